@@ -1,0 +1,373 @@
+//! A real Apache Kafka broker for the integration tests: single node, KRaft mode with the
+//! broker and controller roles in one JVM, listening on 127.0.0.1 only.
+//!
+//! The jars come from Maven (`tests/harness/kafka/pom.xml`) and are cached in
+//! `target/test-infra/kafka-<version>/libs`. Each test binary starts one broker on first
+//! use; its data lives in `target/test-infra/runs/kafka-<pid>-*/` and is removed when the
+//! broker stops, which the watchdog makes happen when the test process exits.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+
+use super::process::{self, Service};
+
+/// The Apache Kafka release the harness runs (also the default in the harness pom).
+pub const KAFKA_VERSION: &str = "4.1.1";
+
+/// Set to a bootstrap address to run the tests against an already running broker.
+pub const BOOTSTRAP_ENV: &str = "SYNCLAG_TEST_BOOTSTRAP";
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+const START_ATTEMPTS: usize = 3;
+
+/// What the tests are talking to.
+pub struct BrokerInfo {
+    /// `host:port` list for `bootstrap.servers`.
+    pub bootstrap: String,
+    /// The broker process, when this test binary started one.
+    pub local: Option<LocalBroker>,
+}
+
+pub struct LocalBroker {
+    pub service: Service,
+    pub log: PathBuf,
+    /// From spawning the JVM to the first successful metadata fetch.
+    pub startup: Duration,
+}
+
+static BROKER: OnceLock<BrokerInfo> = OnceLock::new();
+
+/// The broker shared by every test in this binary, started on first call.
+pub fn broker() -> &'static BrokerInfo {
+    BROKER.get_or_init(|| match std::env::var(BOOTSTRAP_ENV) {
+        Ok(external) if !external.trim().is_empty() => BrokerInfo {
+            bootstrap: external.trim().to_owned(),
+            local: None,
+        },
+        _ => start_local_broker(),
+    })
+}
+
+/// `bootstrap.servers` for the test broker (starting it if needed).
+pub fn bootstrap() -> String {
+    broker().bootstrap.clone()
+}
+
+/// A client config pointing at the test broker; add settings as needed.
+pub fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap())
+        .set("broker.address.family", "v4");
+    config
+}
+
+/// A producer for the test broker: acks=all, short linger, 30 s delivery timeout.
+pub fn producer() -> FutureProducer {
+    client_config()
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("create FutureProducer for the test broker")
+}
+
+/// A consumer in `group`: reads from the earliest offset, commits only when told to.
+pub fn consumer(group: &str) -> StreamConsumer {
+    consumer_with(group, &[])
+}
+
+/// Like [`consumer`], with extra or overriding client settings.
+pub fn consumer_with(group: &str, overrides: &[(&str, &str)]) -> StreamConsumer {
+    let mut config = client_config();
+    config
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000");
+    for (key, value) in overrides {
+        config.set(*key, *value);
+    }
+    config
+        .create()
+        .expect("create StreamConsumer for the test broker")
+}
+
+/// Creates `name` with `partitions` partitions (replication factor 1) and waits until every
+/// partition has a leader, so producing right away does not race the metadata.
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client_config()
+        .create()
+        .expect("create AdminClient for the test broker");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .unwrap_or_else(|e| panic!("CreateTopics request for {name} failed: {e}"));
+    for result in results {
+        if let Err((topic, code)) = result {
+            panic!("creating topic {topic} failed: {code}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let led = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .ok()
+            .and_then(|md| {
+                md.topics().first().map(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .unwrap_or(false);
+        if led {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("topic {name} was created but its {partitions} partitions got no leaders within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn start_local_broker() -> BrokerInfo {
+    process::require_java("the test Kafka broker");
+    let home = process::infra_dir().join(format!("kafka-{KAFKA_VERSION}"));
+    let libs = home.join("libs");
+    process::fetch_with_maven(
+        &format!("Apache Kafka {KAFKA_VERSION} jars"),
+        &process::harness_pom("kafka"),
+        &[
+            "dependency:copy-dependencies".to_owned(),
+            format!("-Dkafka.version={KAFKA_VERSION}"),
+            "-DincludeScope=runtime".to_owned(),
+        ],
+        "outputDirectory",
+        &libs,
+    );
+
+    let mut failures = String::new();
+    for attempt in 1..=START_ATTEMPTS {
+        match try_start(&libs) {
+            Ok(info) => return info,
+            Err((message, port_clash)) => {
+                let _ = writeln!(failures, "attempt {attempt}: {message}");
+                if !port_clash {
+                    break;
+                }
+            }
+        }
+    }
+    panic!("could not start the test Kafka broker ({BOOTSTRAP_ENV} is not set):\n{failures}");
+}
+
+/// One start attempt. Err carries the reason and whether it was a port clash worth retrying.
+fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
+    let ports = process::free_ports(2);
+    let (broker_port, controller_port) = (ports[0], ports[1]);
+    let run = process::run_dir("kafka");
+    let data = run.join("data");
+    let config = run.join("server.properties");
+    let log4j = run.join("log4j2.properties");
+    let log = run.join("broker.log");
+    write_file(
+        &config,
+        &server_properties(&data, broker_port, controller_port),
+    );
+    write_file(&log4j, LOG4J2_CONFIG);
+
+    let classpath = format!("{}/*", libs.display());
+    let jvm_common = [
+        "-Xms128m".to_owned(),
+        "-Xmx512m".to_owned(),
+        "-XX:+UseSerialGC".to_owned(),
+        "-Djava.awt.headless=true".to_owned(),
+        format!("-Dlog4j2.configurationFile={}", log4j.display()),
+        "-cp".to_owned(),
+        classpath,
+    ];
+
+    format_storage(&jvm_common, &config, &log);
+
+    let mut args: Vec<String> = jvm_common.to_vec();
+    args.push("kafka.Kafka".to_owned());
+    args.push(config.display().to_string());
+    let service = Service::spawn(
+        "Kafka broker",
+        &process::java_program(),
+        &args,
+        &log,
+        Some(&data),
+    );
+
+    let bootstrap = format!("127.0.0.1:{broker_port}");
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("broker.address.family", "v4")
+        .set("reconnect.backoff.max.ms", "200")
+        .create()
+        .map_err(|e| (format!("cannot create readiness probe client: {e}"), false))?;
+    let ready = process::await_ready(&service, STARTUP_TIMEOUT, || {
+        probe
+            .fetch_metadata(None, Duration::from_millis(500))
+            .map(|md| !md.brokers().is_empty())
+            .unwrap_or(false)
+    });
+    match ready {
+        Ok(startup) => {
+            eprintln!(
+                "test Kafka broker {KAFKA_VERSION} ready at {bootstrap} after {:.1}s (log: {})",
+                startup.as_secs_f64(),
+                log.display()
+            );
+            Ok(BrokerInfo {
+                bootstrap,
+                local: Some(LocalBroker {
+                    service,
+                    log,
+                    startup,
+                }),
+            })
+        }
+        Err(message) => {
+            service.stop();
+            let port_clash = message.contains("Address already in use");
+            Err((message, port_clash))
+        }
+    }
+}
+
+/// `kafka-storage format --standalone` with a fresh cluster id: the node becomes the only
+/// voter of a new KRaft quorum.
+fn format_storage(jvm_common: &[String], config: &Path, log: &Path) {
+    let output = Command::new(process::java_program())
+        .args(jvm_common)
+        .arg("kafka.tools.StorageTool")
+        .arg("format")
+        .arg("--standalone")
+        .arg("--cluster-id")
+        .arg(random_cluster_id())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the Kafka storage formatter: {e}"));
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    write_file(&log.with_extension("format.log"), &text);
+    if !output.status.success() {
+        panic!(
+            "formatting Kafka storage failed with {}:\n{}",
+            output.status,
+            text.lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+fn random_cluster_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(8) {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        hasher.write_u32(std::process::id());
+        chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(22);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for byte in bytes {
+        acc = (acc << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(ALPHABET[((acc >> bits) & 0x3f) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (6 - bits)) & 0x3f) as usize] as char);
+    }
+    out
+}
+
+fn server_properties(data: &Path, broker_port: u16, controller_port: u16) -> String {
+    format!(
+        "\
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.consumer.min.session.timeout.ms=1000
+group.min.session.timeout.ms=1000
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+log.retention.check.interval.ms=300000
+auto.create.topics.enable=true
+delete.topic.enable=true
+",
+        data = data.display()
+    )
+}
+
+const LOG4J2_CONFIG: &str = "\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+";
+
+fn write_file(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
