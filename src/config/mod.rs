@@ -1,0 +1,423 @@
+//! `topology.yaml`: the model of what synclag watches and how.
+//!
+//! Loading goes in layers — built-in defaults, then the file, then
+//! `SYNCLAG__SECTION__KEY` environment overrides — and validation collects
+//! *every* problem (path, offending value, what would be valid) before failing.
+//!
+//! - [`raw`]        — the file as written (serde, `deny_unknown_fields`).
+//! - [`validate`]   — raw → [`Topology`], all problems at once.
+//! - [`duration`]   — human durations (`90s`, `5m`, `2h`).
+//! - [`field_path`] — where a value lives in a record (`$.a.b`, `header:x`, `kafka:key`).
+//! - [`env`]        — environment overrides.
+
+pub mod duration;
+pub mod env;
+pub mod field_path;
+pub mod raw;
+pub mod validate;
+
+use chrono::{NaiveTime, Weekday};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use field_path::FieldPath;
+
+/// A validated topology: every reference resolved, every value parsed.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub service: Service,
+    pub kafka: Kafka,
+    pub registry: Option<Registry>,
+    pub outputs: Outputs,
+    pub masking: Masking,
+    pub store: Store,
+    pub streams: Vec<Stream>,
+    pub workflows: Vec<Workflow>,
+    pub causes: Vec<Cause>,
+    pub routes: BTreeMap<String, Route>,
+    pub backlog: Backlog,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub group_id: String,
+    pub http_listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+    pub lag_interval: Duration,
+    pub idle_partition: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    pub bootstrap_servers: String,
+    /// librdkafka properties, passed through untouched.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub url: String,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub breaches_topic: String,
+    pub lag_topic: String,
+    pub backlog_topic: String,
+    pub dead_letter_topic: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Masking {
+    pub key_env: Option<String>,
+    pub correlation_ids: bool,
+    pub dimensions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub max_pending: usize,
+    pub dimension_value_cap: usize,
+    pub oldest_n: usize,
+}
+
+/// How a stream's records are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Plain JSON value.
+    Json,
+    /// Avro in the Confluent wire format (magic byte, schema id), schemas from the registry.
+    Avro,
+    /// Debezium change event: `before`/`after`/`source`/`ts_ms`, JSON.
+    DebeziumCdc,
+    /// Debezium Outbox Event Router output: payload with `id`/`type` headers.
+    DebeziumOutbox,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["json", "avro", "debezium_cdc", "debezium_outbox"];
+
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "json" => Some(Format::Json),
+            "avro" => Some(Format::Avro),
+            "debezium_cdc" => Some(Format::DebeziumCdc),
+            "debezium_outbox" => Some(Format::DebeziumOutbox),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Avro => "avro",
+            Format::DebeziumCdc => "debezium_cdc",
+            Format::DebeziumOutbox => "debezium_outbox",
+        }
+    }
+}
+
+/// What a stream's records mean to synclag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Records are workflow stages.
+    Stages,
+    /// Records are evidence (errors, throttling) attached to a correlation.
+    Signals,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub name: String,
+    pub topic: String,
+    pub format: Format,
+    pub role: Role,
+    /// The record's own time is when the ERP wrote it (outbox / CDC).
+    pub erp_time: bool,
+    pub correlation_id: FieldPath,
+    pub event_time: Option<FieldPath>,
+    pub event_type: Option<FieldPath>,
+    pub dimensions: Vec<(String, FieldPath)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    /// Index into [`Topology::streams`].
+    pub stream: usize,
+    pub event_type: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BusinessHours {
+    pub timezone: chrono_tz::Tz,
+    pub days: Vec<Weekday>,
+    pub from: NaiveTime,
+    pub to: NaiveTime,
+    pub warn: Duration,
+    pub critical: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sla {
+    pub warn: Duration,
+    pub critical: Duration,
+    pub business_hours: Vec<BusinessHours>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub stages: Vec<Stage>,
+    pub sla: Sla,
+    pub window: Duration,
+    pub dimensions: Vec<String>,
+    /// Default route when no cause matches.
+    pub route: Option<String>,
+}
+
+/// Lag segments of DESIGN §2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LagSegment {
+    PartnerIngestion,
+    MiddlewareErp,
+    OutboxCdc,
+}
+
+impl LagSegment {
+    pub const NAMES: &'static [&'static str] =
+        &["partner_ingestion", "middleware_erp", "outbox_cdc"];
+
+    pub fn parse(s: &str) -> Option<LagSegment> {
+        match s {
+            "partner_ingestion" => Some(LagSegment::PartnerIngestion),
+            "middleware_erp" => Some(LagSegment::MiddlewareErp),
+            "outbox_cdc" => Some(LagSegment::OutboxCdc),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LagSegment::PartnerIngestion => "partner_ingestion",
+            LagSegment::MiddlewareErp => "middleware_erp",
+            LagSegment::OutboxCdc => "outbox_cdc",
+        }
+    }
+}
+
+/// What makes a cause probable for a breach.
+#[derive(Debug, Clone)]
+pub enum CauseMatch {
+    /// A record on this signals stream (optionally of this type) for the same correlation.
+    Signal {
+        stream: usize,
+        event_type: Option<String>,
+    },
+    /// The named lag segment dominated.
+    Segment(LagSegment),
+    /// This watched consumer group was backlogged.
+    Group(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub name: String,
+    pub description: Option<String>,
+    pub matcher: CauseMatch,
+    pub route: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub team: String,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum GroupSelector {
+    Name(String),
+    Pattern(regex::Regex),
+}
+
+impl GroupSelector {
+    pub fn matches(&self, group: &str) -> bool {
+        match self {
+            GroupSelector::Name(n) => n == group,
+            GroupSelector::Pattern(re) => re.is_match(group),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    pub interval: Duration,
+    pub window: usize,
+    pub groups: Vec<GroupSelector>,
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// YAML path, e.g. `workflows[1].sla.warn`.
+    pub path: String,
+    /// What is wrong, with the offending value and what would be valid.
+    pub message: String,
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            if p.path.is_empty() {
+                writeln!(f, "  - {}", p.message)?;
+            } else {
+                writeln!(f, "  - {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Topology {
+    /// Reads, overrides from the process environment, and validates a topology file.
+    pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::from_yaml_str(&file, &text, std::env::vars())
+    }
+
+    /// Parses and validates YAML text with the given environment overrides.
+    pub fn from_yaml_str(
+        file: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Topology, ConfigErrors> {
+        let fail = |problems| ConfigErrors {
+            file: file.to_string(),
+            problems,
+        };
+        let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
+            fail(vec![Problem {
+                path: String::new(),
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        let mut problems = env::apply_overrides(&mut value, env);
+        match validate::validate(&value) {
+            Ok(t) if problems.is_empty() => Ok(t),
+            Ok(_) => Err(fail(problems)),
+            Err(mut more) => {
+                problems.append(&mut more);
+                Err(fail(problems))
+            }
+        }
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&Stream> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    pub fn workflow(&self, name: &str) -> Option<&Workflow> {
+        self.workflows.iter().find(|w| w.name == name)
+    }
+
+    /// A one-screen summary for `synclag validate`.
+    pub fn summary(&self) -> String {
+        use duration::format_duration as d;
+        let mut out = String::new();
+        out.push_str(&format!(
+            "kafka: {}  group: {}  registry: {}\n",
+            self.kafka.bootstrap_servers,
+            self.service.group_id,
+            self.registry
+                .as_ref()
+                .map_or("none (JSON outputs)", |r| r.url.as_str())
+        ));
+        out.push_str(&format!("streams ({}):\n", self.streams.len()));
+        for s in &self.streams {
+            out.push_str(&format!(
+                "  {:<22} {:<30} {:<16} {}\n",
+                s.name,
+                s.topic,
+                s.format.name(),
+                if s.role == Role::Signals {
+                    "signals"
+                } else {
+                    "stages"
+                }
+            ));
+        }
+        out.push_str(&format!("workflows ({}):\n", self.workflows.len()));
+        for w in &self.workflows {
+            let chain: Vec<&str> = w.stages.iter().map(|s| s.name.as_str()).collect();
+            let bh = if w.sla.business_hours.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  (+{} business-hours override)",
+                    w.sla.business_hours.len()
+                )
+            };
+            out.push_str(&format!(
+                "  {:<22} warn {:<6} critical {:<6} window {:<6}{bh}\n    {}\n",
+                w.name,
+                d(w.sla.warn),
+                d(w.sla.critical),
+                d(w.window),
+                chain.join(" -> ")
+            ));
+        }
+        out.push_str(&format!("causes ({}): ", self.causes.len()));
+        let causes: Vec<String> = self
+            .causes
+            .iter()
+            .map(|c| format!("{} -> {}", c.name, c.route))
+            .collect();
+        out.push_str(&causes.join(", "));
+        out.push('\n');
+        let groups: Vec<String> = self
+            .backlog
+            .groups
+            .iter()
+            .map(|g| match g {
+                GroupSelector::Name(n) => n.clone(),
+                GroupSelector::Pattern(p) => format!("/{}/", p.as_str()),
+            })
+            .collect();
+        out.push_str(&format!(
+            "watched groups ({}): {}\n",
+            groups.len(),
+            groups.join(", ")
+        ));
+        out
+    }
+}

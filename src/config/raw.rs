@@ -1,0 +1,301 @@
+//! The file as written: serde structs whose leaves are kept as text where a
+//! value needs checking (durations, paths, time zones), so that validation can
+//! report every problem at once instead of stopping at the first.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Keys accepted at the top level of `topology.yaml`.
+pub const TOP_KEYS: &[&str] = &[
+    "service",
+    "kafka",
+    "registry",
+    "outputs",
+    "masking",
+    "store",
+    "streams",
+    "workflows",
+    "causes",
+    "routes",
+    "backlog",
+];
+
+/// `service:` — how this instance runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Consumer group id of synclag itself.
+    pub group_id: Option<String>,
+    /// Address of the HTTP server (metrics and API).
+    pub http_listen: Option<String>,
+    /// Longest time a graceful shutdown may take.
+    pub shutdown_timeout: Option<String>,
+    /// How often to publish lag summaries.
+    pub lag_interval: Option<String>,
+    /// After this long with no record, an input partition stops holding the watermark back.
+    pub idle_partition: Option<String>,
+}
+pub const SERVICE_KEYS: &[&str] = &[
+    "group_id",
+    "http_listen",
+    "shutdown_timeout",
+    "lag_interval",
+    "idle_partition",
+];
+
+/// `kafka:` — the cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// `host:port` list.
+    pub bootstrap_servers: Option<String>,
+    /// librdkafka properties passed through untouched (SASL, TLS, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_norway::Value>,
+}
+pub const KAFKA_KEYS: &[&str] = &["bootstrap_servers", "properties"];
+
+/// `registry:` — a Confluent-compatible schema registry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    /// Name of an environment variable holding the password (never the password itself).
+    pub password_env: Option<String>,
+    pub timeout: Option<String>,
+}
+pub const REGISTRY_KEYS: &[&str] = &["url", "username", "password_env", "timeout"];
+
+/// `outputs:` — topic names of what synclag writes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutputs {
+    pub breaches_topic: Option<String>,
+    pub lag_topic: Option<String>,
+    pub backlog_topic: Option<String>,
+    pub dead_letter_topic: Option<String>,
+}
+pub const OUTPUTS_KEYS: &[&str] = &[
+    "breaches_topic",
+    "lag_topic",
+    "backlog_topic",
+    "dead_letter_topic",
+];
+
+/// `masking:` — keyed hashing of sensitive values.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMasking {
+    /// Environment variable holding the HMAC key.
+    pub key_env: Option<String>,
+    /// Mask correlation ids in events, logs and the API.
+    pub correlation_ids: Option<bool>,
+    /// Dimension names whose values are masked.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+}
+pub const MASKING_KEYS: &[&str] = &["key_env", "correlation_ids", "dimensions"];
+
+/// `store:` — bounds of the correlation store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub max_pending: Option<u64>,
+    pub dimension_value_cap: Option<u64>,
+    pub oldest_n: Option<u64>,
+}
+pub const STORE_KEYS: &[&str] = &["max_pending", "dimension_value_cap", "oldest_n"];
+
+/// One entry of `streams:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub name: String,
+    pub topic: String,
+    pub format: String,
+    /// `stages` (default) or `signals` (errors, throttling: attached to a correlation as evidence).
+    pub role: Option<String>,
+    /// True when the record's own time is the ERP write time (default for Debezium formats).
+    pub erp_time: Option<bool>,
+    pub fields: RawFields,
+}
+pub const STREAM_KEYS: &[&str] = &["name", "topic", "format", "role", "erp_time", "fields"];
+
+/// `fields:` of a stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFields {
+    pub correlation_id: String,
+    pub event_time: Option<String>,
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, String>,
+}
+pub const FIELDS_KEYS: &[&str] = &["correlation_id", "event_time", "event_type", "dimensions"];
+
+/// One entry of `workflows:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub stages: Vec<RawStage>,
+    pub sla: RawSla,
+    pub window: String,
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    pub route: Option<String>,
+}
+pub const WORKFLOW_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "stages",
+    "sla",
+    "window",
+    "dimensions",
+    "route",
+];
+
+/// One stage of a workflow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub name: String,
+    pub stream: String,
+    /// Only records whose `event_type` equals this value close the stage.
+    pub event_type: Option<String>,
+}
+pub const STAGE_KEYS: &[&str] = &["name", "stream", "event_type"];
+
+/// `sla:` of a workflow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSla {
+    pub warn: String,
+    pub critical: String,
+    #[serde(default)]
+    pub business_hours: Vec<RawBusinessHours>,
+}
+pub const SLA_KEYS: &[&str] = &["warn", "critical", "business_hours"];
+
+/// A tighter (or looser) SLA during local business hours.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBusinessHours {
+    pub timezone: String,
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub warn: String,
+    pub critical: String,
+}
+pub const BUSINESS_HOURS_KEYS: &[&str] = &["timezone", "days", "from", "to", "warn", "critical"];
+
+/// One entry of `causes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCause {
+    pub name: String,
+    pub route: String,
+    pub description: Option<String>,
+    /// A record on this signal stream for the same correlation.
+    pub signal_stream: Option<String>,
+    /// ... optionally only with this event type.
+    pub signal_type: Option<String>,
+    /// The lag segment that dominated.
+    pub segment: Option<String>,
+    /// A watched consumer group that was backlogged.
+    pub group: Option<String>,
+}
+pub const CAUSE_KEYS: &[&str] = &[
+    "name",
+    "route",
+    "description",
+    "signal_stream",
+    "signal_type",
+    "segment",
+    "group",
+];
+
+/// One entry of `routes:` (a map name → route).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub team: String,
+    pub description: Option<String>,
+}
+pub const ROUTE_KEYS: &[&str] = &["team", "description"];
+
+/// `backlog:` — consumer groups whose backlog is watched.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBacklog {
+    pub interval: Option<String>,
+    /// Number of observations in the status window.
+    pub window: Option<u64>,
+    #[serde(default)]
+    pub groups: Vec<RawGroup>,
+}
+pub const BACKLOG_KEYS: &[&str] = &["interval", "window", "groups"];
+
+/// A watched group: an exact `name` or a `pattern` (regex).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub name: Option<String>,
+    pub pattern: Option<String>,
+    pub description: Option<String>,
+}
+pub const GROUP_KEYS: &[&str] = &["name", "pattern", "description"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+
+    /// The key lists used for typo reports must match what serde accepts.
+    fn accepted_keys<T: DeserializeOwned>() -> Vec<String> {
+        let err = serde_norway::from_str::<T>("__not_a_key: 1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let list = err
+            .split("expected ")
+            .nth(1)
+            .unwrap_or("")
+            .trim_start_matches("one of ")
+            .replace(" or ", ",");
+        list.split(',')
+            .map(|k| k.trim().trim_matches('`').to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    fn same(mut a: Vec<String>, b: &[&str]) {
+        let mut b: Vec<String> = b.iter().map(|s| s.to_string()).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn key_lists_match_structs() {
+        same(accepted_keys::<RawService>(), SERVICE_KEYS);
+        same(accepted_keys::<RawKafka>(), KAFKA_KEYS);
+        same(accepted_keys::<RawRegistry>(), REGISTRY_KEYS);
+        same(accepted_keys::<RawOutputs>(), OUTPUTS_KEYS);
+        same(accepted_keys::<RawMasking>(), MASKING_KEYS);
+        same(accepted_keys::<RawStore>(), STORE_KEYS);
+        same(accepted_keys::<RawStream>(), STREAM_KEYS);
+        same(accepted_keys::<RawFields>(), FIELDS_KEYS);
+        same(accepted_keys::<RawWorkflow>(), WORKFLOW_KEYS);
+        same(accepted_keys::<RawStage>(), STAGE_KEYS);
+        same(accepted_keys::<RawSla>(), SLA_KEYS);
+        same(accepted_keys::<RawBusinessHours>(), BUSINESS_HOURS_KEYS);
+        same(accepted_keys::<RawCause>(), CAUSE_KEYS);
+        same(accepted_keys::<RawRoute>(), ROUTE_KEYS);
+        same(accepted_keys::<RawBacklog>(), BACKLOG_KEYS);
+        same(accepted_keys::<RawGroup>(), GROUP_KEYS);
+    }
+}

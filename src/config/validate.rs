@@ -1,0 +1,1159 @@
+//! Raw YAML → [`Topology`], collecting every problem.
+//!
+//! Three passes, each reporting all it finds: (1) shape — unknown keys (with a
+//! "did you mean") and missing required keys anywhere in the tree; (2) types —
+//! serde per section and per list element, so one bad element does not hide
+//! the others; (3) meaning — durations, names, references, SLA ordering.
+
+use super::duration::parse_duration;
+use super::field_path::{FieldPath, FIELD_PATH_HELP};
+use super::raw::*;
+use super::*;
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+/// Where a key leads: a nested object, or a list of objects.
+#[derive(Clone, Copy)]
+enum Child {
+    Object(&'static Shape),
+    List(&'static Shape),
+    /// A map with free keys (properties, dimensions): not checked.
+    Free,
+}
+
+struct Shape {
+    keys: &'static [&'static str],
+    required: &'static [&'static str],
+    children: &'static [(&'static str, Child)],
+}
+
+static FIELDS_SHAPE: Shape = Shape {
+    keys: FIELDS_KEYS,
+    required: &["correlation_id"],
+    children: &[("dimensions", Child::Free)],
+};
+static STREAM_SHAPE: Shape = Shape {
+    keys: STREAM_KEYS,
+    required: &["name", "topic", "format", "fields"],
+    children: &[("fields", Child::Object(&FIELDS_SHAPE))],
+};
+static STAGE_SHAPE: Shape = Shape {
+    keys: STAGE_KEYS,
+    required: &["name", "stream"],
+    children: &[],
+};
+static BH_SHAPE: Shape = Shape {
+    keys: BUSINESS_HOURS_KEYS,
+    required: &["timezone", "days", "from", "to", "warn", "critical"],
+    children: &[],
+};
+static SLA_SHAPE: Shape = Shape {
+    keys: SLA_KEYS,
+    required: &["warn", "critical"],
+    children: &[("business_hours", Child::List(&BH_SHAPE))],
+};
+static WORKFLOW_SHAPE: Shape = Shape {
+    keys: WORKFLOW_KEYS,
+    required: &["name", "stages", "sla", "window"],
+    children: &[
+        ("stages", Child::List(&STAGE_SHAPE)),
+        ("sla", Child::Object(&SLA_SHAPE)),
+    ],
+};
+static CAUSE_SHAPE: Shape = Shape {
+    keys: CAUSE_KEYS,
+    required: &["name", "route"],
+    children: &[],
+};
+static ROUTE_SHAPE: Shape = Shape {
+    keys: ROUTE_KEYS,
+    required: &["team"],
+    children: &[],
+};
+static GROUP_SHAPE: Shape = Shape {
+    keys: GROUP_KEYS,
+    required: &[],
+    children: &[],
+};
+static BACKLOG_SHAPE: Shape = Shape {
+    keys: BACKLOG_KEYS,
+    required: &[],
+    children: &[("groups", Child::List(&GROUP_SHAPE))],
+};
+static SERVICE_SHAPE: Shape = Shape {
+    keys: SERVICE_KEYS,
+    required: &[],
+    children: &[],
+};
+static KAFKA_SHAPE: Shape = Shape {
+    keys: KAFKA_KEYS,
+    required: &["bootstrap_servers"],
+    children: &[("properties", Child::Free)],
+};
+static REGISTRY_SHAPE: Shape = Shape {
+    keys: REGISTRY_KEYS,
+    required: &["url"],
+    children: &[],
+};
+static OUTPUTS_SHAPE: Shape = Shape {
+    keys: OUTPUTS_KEYS,
+    required: &[],
+    children: &[],
+};
+static MASKING_SHAPE: Shape = Shape {
+    keys: MASKING_KEYS,
+    required: &[],
+    children: &[],
+};
+static STORE_SHAPE: Shape = Shape {
+    keys: STORE_KEYS,
+    required: &[],
+    children: &[],
+};
+
+struct Ctx {
+    problems: Vec<Problem>,
+}
+
+impl Ctx {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// ", did you mean `x`?" when a candidate is close, else "".
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    candidates
+        .into_iter()
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| format!("; did you mean `{c}`?"))
+        .unwrap_or_default()
+}
+
+fn list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("`{s}`"),
+        Value::Null => "nothing".into(),
+        other => serde_norway::to_string(other)
+            .map(|s| format!("`{}`", s.trim()))
+            .unwrap_or_else(|_| "a value".into()),
+    }
+}
+
+/// Pass 1: reports unknown and missing keys, removes unknown keys so pass 2 can go on.
+fn check_shape(ctx: &mut Ctx, value: &mut Value, path: &str, shape: &Shape) -> bool {
+    let Value::Mapping(map) = value else {
+        ctx.push(
+            path,
+            format!(
+                "expected a mapping of {}, found {}",
+                list(shape.keys),
+                show(value)
+            ),
+        );
+        return false;
+    };
+    let mut complete = true;
+    let mut unknown = Vec::new();
+    for key in map.keys() {
+        let name = key
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| show(key));
+        if !shape.keys.contains(&name.as_str()) {
+            ctx.push(
+                join(path, &name),
+                format!(
+                    "unknown key{}; valid keys here: {}",
+                    suggest(&name, shape.keys.iter().copied()),
+                    list(shape.keys)
+                ),
+            );
+            unknown.push(key.clone());
+        }
+    }
+    for key in unknown {
+        map.remove(&key);
+    }
+    for req in shape.required {
+        if map.get(*req).is_none_or(Value::is_null) {
+            ctx.push(join(path, req), "missing; this key is required");
+            complete = false;
+        }
+    }
+    for (key, child) in shape.children {
+        let Some(v) = map.get_mut(*key) else { continue };
+        let p = join(path, key);
+        match child {
+            Child::Free => {}
+            Child::Object(s) => complete &= check_shape(ctx, v, &p, s),
+            Child::List(s) => complete &= check_list(ctx, v, &p, s),
+        }
+    }
+    complete
+}
+
+fn check_list(ctx: &mut Ctx, value: &mut Value, path: &str, shape: &Shape) -> bool {
+    match value {
+        Value::Sequence(items) => {
+            let mut ok = true;
+            for (i, item) in items.iter_mut().enumerate() {
+                ok &= check_shape(ctx, item, &format!("{path}[{i}]"), shape);
+            }
+            ok
+        }
+        Value::Null => true,
+        other => {
+            ctx.push(path, format!("expected a list, found {}", show(other)));
+            false
+        }
+    }
+}
+
+/// Pass 2: serde with the path of the first type error.
+fn typed<T: DeserializeOwned>(ctx: &mut Ctx, value: Value, path: &str) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let p = if inner == "." {
+                path.to_string()
+            } else {
+                join(path, &inner)
+            };
+            ctx.push(p, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(
+    ctx: &mut Ctx,
+    root: &mut serde_norway::Mapping,
+    key: &str,
+    shape: &Shape,
+) -> Option<T> {
+    match root.get_mut(key) {
+        None | Some(Value::Null) => {
+            if shape.required.is_empty() {
+                Some(T::default())
+            } else {
+                ctx.push(
+                    key,
+                    format!(
+                        "missing; this section is required (keys: {})",
+                        list(shape.required)
+                    ),
+                );
+                None
+            }
+        }
+        Some(v) => {
+            if check_shape(ctx, v, key, shape) {
+                typed(ctx, v.clone(), key)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn elements<T: DeserializeOwned>(
+    ctx: &mut Ctx,
+    root: &mut serde_norway::Mapping,
+    key: &str,
+    shape: &Shape,
+) -> Vec<(usize, T)> {
+    let mut out = Vec::new();
+    match root.get_mut(key) {
+        None | Some(Value::Null) => {}
+        Some(Value::Sequence(items)) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let p = format!("{key}[{i}]");
+                if check_shape(ctx, item, &p, shape) {
+                    if let Some(t) = typed(ctx, item.clone(), &p) {
+                        out.push((i, t));
+                    }
+                }
+            }
+        }
+        Some(other) => ctx.push(key, format!("expected a list, found {}", show(other))),
+    }
+    out
+}
+
+fn duration(ctx: &mut Ctx, path: &str, text: Option<&str>, default: Duration) -> Duration {
+    match text {
+        None => default,
+        Some(t) => match parse_duration(t) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                ctx.push(
+                    path,
+                    format!("`{t}` is zero; expected a positive duration like `90s`, `5m` or `2h`"),
+                );
+                default
+            }
+            Err(why) => {
+                ctx.push(
+                    path,
+                    format!("{why}; expected a duration like `90s`, `5m`, `2h` or `1h30m`"),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn field_path(ctx: &mut Ctx, path: &str, text: &str) -> Option<FieldPath> {
+    match FieldPath::parse(text) {
+        Ok(p) => Some(p),
+        Err(why) => {
+            ctx.push(
+                path,
+                format!("bad field path `{text}`: {why}; expected {FIELD_PATH_HELP}"),
+            );
+            None
+        }
+    }
+}
+
+fn check_name(ctx: &mut Ctx, path: &str, name: &str, seen: &mut HashSet<String>, what: &str) {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        ctx.push(
+            path,
+            format!("`{name}` is not a valid {what} name; use letters, digits, `_` or `-`"),
+        );
+    }
+    if !seen.insert(name.to_string()) {
+        ctx.push(
+            path,
+            format!("duplicate {what} name `{name}`; names must be unique"),
+        );
+    }
+}
+
+fn check_topic(ctx: &mut Ctx, path: &str, topic: &str) {
+    if topic.trim().is_empty() {
+        ctx.push(path, "empty topic; expected a Kafka topic name");
+    } else if topic.len() > 249
+        || !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        ctx.push(path, format!("`{topic}` is not a valid Kafka topic name; use up to 249 of letters, digits, `.`, `_`, `-`"));
+    }
+}
+
+fn parse_weekdays(ctx: &mut Ctx, path: &str, days: &[String]) -> Vec<Weekday> {
+    const NAMES: [(&str, Weekday); 7] = [
+        ("mon", Weekday::Mon),
+        ("tue", Weekday::Tue),
+        ("wed", Weekday::Wed),
+        ("thu", Weekday::Thu),
+        ("fri", Weekday::Fri),
+        ("sat", Weekday::Sat),
+        ("sun", Weekday::Sun),
+    ];
+    let lookup = |s: &str| {
+        NAMES
+            .iter()
+            .position(|(n, _)| *n == s.trim().to_lowercase())
+    };
+    let mut out = Vec::new();
+    for (i, d) in days.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let range: Vec<&str> = d.split('-').collect();
+        let bounds: Option<Vec<usize>> = range.iter().map(|s| lookup(s)).collect();
+        match bounds.as_deref() {
+            Some([one]) => out.push(NAMES[*one].1),
+            Some([from, to]) if from <= to => {
+                out.extend(NAMES[*from..=*to].iter().map(|(_, w)| *w))
+            }
+            _ => ctx.push(
+                p,
+                format!("`{d}` is not a day; expected `mon`..`sun` or a range like `mon-fri`"),
+            ),
+        }
+    }
+    if days.is_empty() {
+        ctx.push(path, "no days; expected e.g. [mon-fri]");
+    }
+    out
+}
+
+fn parse_time(ctx: &mut Ctx, path: &str, t: &str) -> Option<NaiveTime> {
+    match NaiveTime::parse_from_str(t, "%H:%M") {
+        Ok(v) => Some(v),
+        Err(_) => {
+            ctx.push(
+                path,
+                format!("`{t}` is not a time of day; expected `HH:MM` (24h), e.g. `14:00`"),
+            );
+            None
+        }
+    }
+}
+
+/// Validates a YAML tree (after environment overrides) into a [`Topology`].
+pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
+    let mut ctx = Ctx {
+        problems: Vec::new(),
+    };
+    let mut value = value.clone();
+    let Value::Mapping(root) = &mut value else {
+        return Err(vec![Problem {
+            path: String::new(),
+            message: format!("expected a mapping with sections {}", list(TOP_KEYS)),
+        }]);
+    };
+    let unknown: Vec<Value> = root
+        .keys()
+        .filter(|k| !k.as_str().is_some_and(|k| TOP_KEYS.contains(&k)))
+        .cloned()
+        .collect();
+    for k in unknown {
+        let name = k.as_str().map(str::to_string).unwrap_or_else(|| show(&k));
+        ctx.push(
+            name.clone(),
+            format!(
+                "unknown section{}; valid sections: {}",
+                suggest(&name, TOP_KEYS.iter().copied()),
+                list(TOP_KEYS)
+            ),
+        );
+        root.remove(&k);
+    }
+
+    let service: Option<RawService> = section(&mut ctx, root, "service", &SERVICE_SHAPE);
+    let kafka: Option<RawKafka> = section(&mut ctx, root, "kafka", &KAFKA_SHAPE);
+    let registry: Option<Option<RawRegistry>> = match root.get("registry") {
+        None | Some(Value::Null) => Some(None),
+        Some(_) => section(&mut ctx, root, "registry", &REGISTRY_SHAPE).map(Some),
+    };
+    let outputs: Option<RawOutputs> = section(&mut ctx, root, "outputs", &OUTPUTS_SHAPE);
+    let masking: Option<RawMasking> = section(&mut ctx, root, "masking", &MASKING_SHAPE);
+    let store: Option<RawStore> = section(&mut ctx, root, "store", &STORE_SHAPE);
+    let backlog: Option<RawBacklog> = section(&mut ctx, root, "backlog", &BACKLOG_SHAPE);
+    let streams: Vec<(usize, RawStream)> = elements(&mut ctx, root, "streams", &STREAM_SHAPE);
+    let workflows: Vec<(usize, RawWorkflow)> =
+        elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);
+    let causes: Vec<(usize, RawCause)> = elements(&mut ctx, root, "causes", &CAUSE_SHAPE);
+    let mut routes_raw: Vec<(String, RawRoute)> = Vec::new();
+    match root.get_mut("routes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m.iter_mut() {
+                let name = k.as_str().unwrap_or_default().to_string();
+                let p = format!("routes.{name}");
+                if check_shape(&mut ctx, v, &p, &ROUTE_SHAPE) {
+                    if let Some(r) = typed::<RawRoute>(&mut ctx, v.clone(), &p) {
+                        routes_raw.push((name, r));
+                    }
+                }
+            }
+        }
+        Some(other) => ctx.push(
+            "routes",
+            format!(
+                "expected a mapping of route name to {{team, description}}, found {}",
+                show(other)
+            ),
+        ),
+    }
+    if root.get("streams").is_none_or(Value::is_null) {
+        ctx.push("streams", "missing; at least one stream is required");
+    }
+    if root.get("workflows").is_none_or(Value::is_null) {
+        ctx.push("workflows", "missing; at least one workflow is required");
+    }
+
+    // ---- service, kafka, registry, outputs, masking, store
+    let service = service.unwrap_or_default();
+    let http_text = service
+        .http_listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:9187".into());
+    let http_listen = http_text.parse().unwrap_or_else(|_| {
+        ctx.push(
+            "service.http_listen",
+            format!("`{http_text}` is not an address; expected `host:port`, e.g. `0.0.0.0:9187`"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 9187))
+    });
+    let group_id = service.group_id.clone().unwrap_or_else(|| "synclag".into());
+    if group_id.trim().is_empty() {
+        ctx.push("service.group_id", "empty consumer group id");
+    }
+    let service = Service {
+        group_id,
+        http_listen,
+        shutdown_timeout: duration(
+            &mut ctx,
+            "service.shutdown_timeout",
+            service.shutdown_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        lag_interval: duration(
+            &mut ctx,
+            "service.lag_interval",
+            service.lag_interval.as_deref(),
+            Duration::from_secs(60),
+        ),
+        idle_partition: duration(
+            &mut ctx,
+            "service.idle_partition",
+            service.idle_partition.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
+
+    let kafka = kafka.unwrap_or_default();
+    let bootstrap = kafka.bootstrap_servers.clone().unwrap_or_default();
+    if root.get("kafka").is_some()
+        && bootstrap.trim().is_empty()
+        && kafka.bootstrap_servers.is_some()
+    {
+        ctx.push(
+            "kafka.bootstrap_servers",
+            "empty; expected `host:port[,host:port…]`",
+        );
+    }
+    let mut properties = BTreeMap::new();
+    for (k, v) in &kafka.properties {
+        let text = match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        match text {
+            Some(t) => {
+                properties.insert(k.clone(), t);
+            }
+            None => ctx.push(format!("kafka.properties.{k}"), format!("{} is not a plain value; librdkafka properties are strings, numbers or booleans", show(v))),
+        }
+    }
+    for reserved in [
+        "group.id",
+        "bootstrap.servers",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+    ] {
+        if properties.contains_key(reserved) {
+            ctx.push(
+                format!("kafka.properties.{reserved}"),
+                "is managed by synclag; set `service.group_id` / `kafka.bootstrap_servers` instead, offsets are committed by synclag",
+            );
+        }
+    }
+    let kafka = Kafka {
+        bootstrap_servers: bootstrap,
+        properties,
+    };
+
+    let registry = registry.flatten().map(|r| {
+        let url = r.url.clone().unwrap_or_default();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            ctx.push("registry.url", format!("`{url}` is not an http(s) URL"));
+        }
+        Registry {
+            url: url.trim_end_matches('/').to_string(),
+            username: r.username,
+            password_env: r.password_env,
+            timeout: duration(
+                &mut ctx,
+                "registry.timeout",
+                r.timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+        }
+    });
+
+    let outputs = outputs.unwrap_or_default();
+    let outputs = Outputs {
+        breaches_topic: outputs
+            .breaches_topic
+            .unwrap_or_else(|| "synclag.breaches".into()),
+        lag_topic: outputs.lag_topic.unwrap_or_else(|| "synclag.lag".into()),
+        backlog_topic: outputs
+            .backlog_topic
+            .unwrap_or_else(|| "synclag.backlog".into()),
+        dead_letter_topic: outputs
+            .dead_letter_topic
+            .unwrap_or_else(|| "synclag.dlq".into()),
+    };
+    for (p, t) in [
+        ("outputs.breaches_topic", &outputs.breaches_topic),
+        ("outputs.lag_topic", &outputs.lag_topic),
+        ("outputs.backlog_topic", &outputs.backlog_topic),
+        ("outputs.dead_letter_topic", &outputs.dead_letter_topic),
+    ] {
+        check_topic(&mut ctx, p, t);
+    }
+
+    let store = store.unwrap_or_default();
+    let positive = |ctx: &mut Ctx, p: &str, v: Option<u64>, default: usize| -> usize {
+        match v {
+            None => default,
+            Some(0) => {
+                ctx.push(p, "`0` is not allowed; expected a positive number");
+                default
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    };
+    let store = Store {
+        max_pending: positive(&mut ctx, "store.max_pending", store.max_pending, 1_000_000),
+        dimension_value_cap: positive(
+            &mut ctx,
+            "store.dimension_value_cap",
+            store.dimension_value_cap,
+            64,
+        ),
+        oldest_n: positive(&mut ctx, "store.oldest_n", store.oldest_n, 20),
+    };
+
+    // ---- streams
+    let mut stream_names = HashSet::new();
+    let mut streams_out: Vec<Stream> = Vec::new();
+    let mut topics_seen: BTreeMap<String, String> = BTreeMap::new();
+    for (i, s) in &streams {
+        let p = format!("streams[{i}]");
+        check_name(
+            &mut ctx,
+            &format!("{p}.name"),
+            &s.name,
+            &mut stream_names,
+            "stream",
+        );
+        check_topic(&mut ctx, &format!("{p}.topic"), &s.topic);
+        if let Some(other) = topics_seen.insert(s.topic.clone(), s.name.clone()) {
+            ctx.push(format!("{p}.topic"), format!("topic `{}` is already read by stream `{other}`; one stream per topic (use stage `event_type` to split a topic)", s.topic));
+        }
+        let format = Format::parse(&s.format).unwrap_or_else(|| {
+            ctx.push(
+                format!("{p}.format"),
+                format!(
+                    "unknown format `{}`{}; expected one of {}",
+                    s.format,
+                    suggest(&s.format, Format::NAMES.iter().copied()),
+                    list(Format::NAMES)
+                ),
+            );
+            Format::Json
+        });
+        if format == Format::Avro && registry.is_none() {
+            ctx.push(
+                format!("{p}.format"),
+                "`avro` needs a `registry:` section with the schema registry URL",
+            );
+        }
+        let role = match s.role.as_deref() {
+            None | Some("stages") => Role::Stages,
+            Some("signals") => Role::Signals,
+            Some(other) => {
+                ctx.push(
+                    format!("{p}.role"),
+                    format!("unknown role `{other}`; expected `stages` or `signals`"),
+                );
+                Role::Stages
+            }
+        };
+        let erp_time = s.erp_time.unwrap_or(matches!(
+            format,
+            Format::DebeziumCdc | Format::DebeziumOutbox
+        ));
+        let fp = format!("{p}.fields");
+        let correlation_id = field_path(
+            &mut ctx,
+            &format!("{fp}.correlation_id"),
+            &s.fields.correlation_id,
+        );
+        let event_time = s
+            .fields
+            .event_time
+            .as_deref()
+            .and_then(|t| field_path(&mut ctx, &format!("{fp}.event_time"), t));
+        let event_type = s
+            .fields
+            .event_type
+            .as_deref()
+            .and_then(|t| field_path(&mut ctx, &format!("{fp}.event_type"), t));
+        let mut dimensions = Vec::new();
+        for (name, path) in &s.fields.dimensions {
+            if let Some(fpath) = field_path(&mut ctx, &format!("{fp}.dimensions.{name}"), path) {
+                dimensions.push((name.clone(), fpath));
+            }
+        }
+        streams_out.push(Stream {
+            name: s.name.clone(),
+            topic: s.topic.clone(),
+            format,
+            role,
+            erp_time,
+            correlation_id: correlation_id.unwrap_or(FieldPath::Kafka(field_path::KafkaField::Key)),
+            event_time,
+            event_type,
+            dimensions,
+        });
+    }
+    let stream_index = |name: &str| streams_out.iter().position(|s| s.name == name);
+    let all_stream_names: Vec<String> = streams_out.iter().map(|s| s.name.clone()).collect();
+
+    // ---- routes
+    let routes: BTreeMap<String, Route> = routes_raw
+        .into_iter()
+        .map(|(k, r)| {
+            (
+                k,
+                Route {
+                    team: r.team,
+                    description: r.description,
+                },
+            )
+        })
+        .collect();
+    let route_names: Vec<&str> = routes.keys().map(String::as_str).collect();
+    let check_route = |ctx: &mut Ctx, p: &str, r: &str| {
+        if !routes.contains_key(r) {
+            ctx.push(
+                p,
+                format!(
+                    "unknown route `{r}`{}; defined routes: {}",
+                    suggest(r, route_names.iter().copied()),
+                    if route_names.is_empty() {
+                        "none (add a `routes:` section)".into()
+                    } else {
+                        list(&route_names)
+                    }
+                ),
+            );
+        }
+    };
+
+    // ---- workflows
+    let mut workflow_names = HashSet::new();
+    let mut workflows_out = Vec::new();
+    for (i, w) in &workflows {
+        let p = format!("workflows[{i}]");
+        check_name(
+            &mut ctx,
+            &format!("{p}.name"),
+            &w.name,
+            &mut workflow_names,
+            "workflow",
+        );
+        if w.stages.len() < 2 {
+            ctx.push(
+                format!("{p}.stages"),
+                format!("{} stage(s); a workflow is a chain of at least 2 stages (a start and the stage that closes it)", w.stages.len()),
+            );
+        }
+        let mut stage_names = HashSet::new();
+        let mut stages = Vec::new();
+        for (j, st) in w.stages.iter().enumerate() {
+            let sp = format!("{p}.stages[{j}]");
+            check_name(
+                &mut ctx,
+                &format!("{sp}.name"),
+                &st.name,
+                &mut stage_names,
+                "stage",
+            );
+            match stream_index(&st.stream) {
+                Some(idx) => {
+                    if streams_out[idx].role == Role::Signals {
+                        ctx.push(
+                            format!("{sp}.stream"),
+                            format!(
+                                "stream `{}` has role `signals`; stages need a `stages` stream",
+                                st.stream
+                            ),
+                        );
+                    }
+                    if st.event_type.is_some() && streams_out[idx].event_type.is_none() {
+                        ctx.push(format!("{sp}.event_type"), format!("stream `{}` has no `fields.event_type`, so stages cannot filter on a type", st.stream));
+                    }
+                    stages.push(Stage {
+                        name: st.name.clone(),
+                        stream: idx,
+                        event_type: st.event_type.clone(),
+                    });
+                }
+                None => ctx.push(
+                    format!("{sp}.stream"),
+                    format!(
+                        "unknown stream `{}`{}; defined streams: {}",
+                        st.stream,
+                        suggest(&st.stream, all_stream_names.iter().map(String::as_str)),
+                        list(
+                            &all_stream_names
+                                .iter()
+                                .map(String::as_str)
+                                .collect::<Vec<_>>()
+                        )
+                    ),
+                ),
+            }
+        }
+        let mut seen_pairs = HashSet::new();
+        for st in &stages {
+            if !seen_pairs.insert((st.stream, st.event_type.clone())) {
+                ctx.push(
+                    format!("{p}.stages"),
+                    format!("two stages read stream `{}` with the same event_type; give each its own `event_type`", streams_out[st.stream].name),
+                );
+            }
+        }
+        let sp = format!("{p}.sla");
+        let warn = duration(
+            &mut ctx,
+            &format!("{sp}.warn"),
+            Some(&w.sla.warn),
+            Duration::from_secs(60),
+        );
+        let critical = duration(
+            &mut ctx,
+            &format!("{sp}.critical"),
+            Some(&w.sla.critical),
+            Duration::from_secs(120),
+        );
+        if warn >= critical {
+            ctx.push(
+                &sp,
+                format!(
+                    "warn `{}` must be shorter than critical `{}`",
+                    w.sla.warn, w.sla.critical
+                ),
+            );
+        }
+        let window = duration(
+            &mut ctx,
+            &format!("{p}.window"),
+            Some(&w.window),
+            Duration::from_secs(3600),
+        );
+        let mut business_hours = Vec::new();
+        for (j, bh) in w.sla.business_hours.iter().enumerate() {
+            let bp = format!("{sp}.business_hours[{j}]");
+            let timezone = bh.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+                ctx.push(format!("{bp}.timezone"), format!("unknown time zone `{}`; expected an IANA name like `Europe/Brussels` or `UTC`", bh.timezone));
+            });
+            let days = parse_weekdays(&mut ctx, &format!("{bp}.days"), &bh.days);
+            let from = parse_time(&mut ctx, &format!("{bp}.from"), &bh.from);
+            let to = parse_time(&mut ctx, &format!("{bp}.to"), &bh.to);
+            if let (Some(f), Some(t)) = (from, to) {
+                if f >= t {
+                    ctx.push(format!("{bp}.to"), format!("`{}` must be after from `{}` (windows across midnight: use two entries)", bh.to, bh.from));
+                }
+            }
+            let bwarn = duration(&mut ctx, &format!("{bp}.warn"), Some(&bh.warn), warn);
+            let bcrit = duration(
+                &mut ctx,
+                &format!("{bp}.critical"),
+                Some(&bh.critical),
+                critical,
+            );
+            if bwarn >= bcrit {
+                ctx.push(
+                    &bp,
+                    format!(
+                        "warn `{}` must be shorter than critical `{}`",
+                        bh.warn, bh.critical
+                    ),
+                );
+            }
+            if window < bcrit {
+                ctx.push(&bp, format!("critical `{}` is longer than the workflow window `{}`; the correlation would be dropped before it can breach", bh.critical, w.window));
+            }
+            if let (Ok(tz), Some(from), Some(to)) = (timezone, from, to) {
+                business_hours.push(BusinessHours {
+                    timezone: tz,
+                    days,
+                    from,
+                    to,
+                    warn: bwarn,
+                    critical: bcrit,
+                });
+            }
+        }
+        if window < critical {
+            ctx.push(
+                format!("{p}.window"),
+                format!("`{}` is shorter than the critical SLA `{}`; the window must cover it so the critical breach can fire", w.window, w.sla.critical),
+            );
+        }
+        let provided: BTreeSet<&str> = stages
+            .iter()
+            .flat_map(|s| {
+                streams_out[s.stream]
+                    .dimensions
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+            })
+            .collect();
+        for (j, d) in w.dimensions.iter().enumerate() {
+            if !provided.contains(d.as_str()) {
+                ctx.push(
+                    format!("{p}.dimensions[{j}]"),
+                    format!(
+                        "no stage stream of this workflow provides dimension `{d}`{}; provided: {}",
+                        suggest(d, provided.iter().copied()),
+                        if provided.is_empty() {
+                            "none".to_string()
+                        } else {
+                            list(&provided.iter().copied().collect::<Vec<_>>())
+                        }
+                    ),
+                );
+            }
+        }
+        if let Some(r) = &w.route {
+            check_route(&mut ctx, &format!("{p}.route"), r);
+        }
+        workflows_out.push(Workflow {
+            name: w.name.clone(),
+            description: w.description.clone(),
+            stages,
+            sla: Sla {
+                warn,
+                critical,
+                business_hours,
+            },
+            window,
+            dimensions: w.dimensions.clone(),
+            route: w.route.clone(),
+        });
+    }
+    if workflows.is_empty()
+        && root.get("workflows").is_some_and(|v| !v.is_null())
+        && ctx.problems.is_empty()
+    {
+        ctx.push("workflows", "empty; at least one workflow is required");
+    }
+
+    // ---- backlog
+    let backlog = backlog.unwrap_or_default();
+    let mut groups = Vec::new();
+    let mut group_names = HashSet::new();
+    for (i, g) in backlog.groups.iter().enumerate() {
+        let p = format!("backlog.groups[{i}]");
+        match (&g.name, &g.pattern) {
+            (Some(n), None) => {
+                if n.trim().is_empty() {
+                    ctx.push(format!("{p}.name"), "empty group name");
+                } else if !group_names.insert(n.clone()) {
+                    ctx.push(format!("{p}.name"), format!("group `{n}` is listed twice"));
+                }
+                groups.push(GroupSelector::Name(n.clone()));
+            }
+            (None, Some(pat)) => match regex::Regex::new(pat) {
+                Ok(re) => groups.push(GroupSelector::Pattern(re)),
+                Err(e) => ctx.push(
+                    format!("{p}.pattern"),
+                    format!("`{pat}` is not a valid regular expression: {e}"),
+                ),
+            },
+            _ => ctx.push(
+                &p,
+                "give exactly one of `name` (a group id) or `pattern` (a regular expression)",
+            ),
+        }
+    }
+    let backlog_window = match backlog.window {
+        None => 10,
+        Some(n) if n >= 2 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => {
+            ctx.push(
+                "backlog.window",
+                format!("`{n}` observations is too few; the status needs at least 2"),
+            );
+            10
+        }
+    };
+    let backlog = Backlog {
+        interval: duration(
+            &mut ctx,
+            "backlog.interval",
+            backlog.interval.as_deref(),
+            Duration::from_secs(30),
+        ),
+        window: backlog_window,
+        groups,
+    };
+
+    // ---- causes
+    let mut cause_names = HashSet::new();
+    let mut causes_out = Vec::new();
+    for (i, c) in &causes {
+        let p = format!("causes[{i}]");
+        check_name(
+            &mut ctx,
+            &format!("{p}.name"),
+            &c.name,
+            &mut cause_names,
+            "cause",
+        );
+        check_route(&mut ctx, &format!("{p}.route"), &c.route);
+        let matcher = match (&c.signal_stream, &c.segment, &c.group) {
+            (Some(s), None, None) => match stream_index(s) {
+                Some(idx) if streams_out[idx].role == Role::Signals => Some(CauseMatch::Signal {
+                    stream: idx,
+                    event_type: c.signal_type.clone(),
+                }),
+                Some(_) => {
+                    ctx.push(
+                        format!("{p}.signal_stream"),
+                        format!(
+                            "stream `{s}` is not a `signals` stream; set `role: signals` on it"
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    ctx.push(
+                        format!("{p}.signal_stream"),
+                        format!(
+                            "unknown stream `{s}`{}",
+                            suggest(s, all_stream_names.iter().map(String::as_str))
+                        ),
+                    );
+                    None
+                }
+            },
+            (None, Some(seg), None) => match LagSegment::parse(seg) {
+                Some(s) => Some(CauseMatch::Segment(s)),
+                None => {
+                    ctx.push(
+                        format!("{p}.segment"),
+                        format!(
+                            "unknown segment `{seg}`; expected one of {}",
+                            list(LagSegment::NAMES)
+                        ),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(g)) => {
+                if !backlog.groups.iter().any(|sel| sel.matches(g)) {
+                    ctx.push(
+                        format!("{p}.group"),
+                        format!("group `{g}` is not watched; add it under `backlog.groups`"),
+                    );
+                }
+                Some(CauseMatch::Group(g.clone()))
+            }
+            _ => {
+                ctx.push(
+                    &p,
+                    "give exactly one of `signal_stream`, `segment` or `group`",
+                );
+                None
+            }
+        };
+        if c.signal_type.is_some() && c.signal_stream.is_none() {
+            ctx.push(
+                format!("{p}.signal_type"),
+                "only applies together with `signal_stream`",
+            );
+        }
+        if let Some(matcher) = matcher {
+            causes_out.push(Cause {
+                name: c.name.clone(),
+                description: c.description.clone(),
+                matcher,
+                route: c.route.clone(),
+            });
+        }
+    }
+
+    // ---- masking
+    let masking = masking.unwrap_or_default();
+    let masking = Masking {
+        key_env: masking.key_env,
+        correlation_ids: masking.correlation_ids.unwrap_or(false),
+        dimensions: masking.dimensions,
+    };
+    if (masking.correlation_ids || !masking.dimensions.is_empty()) && masking.key_env.is_none() {
+        ctx.push(
+            "masking.key_env",
+            "missing; masking needs the name of an environment variable holding the HMAC key",
+        );
+    }
+    let all_dims: BTreeSet<&str> = streams_out
+        .iter()
+        .flat_map(|s| s.dimensions.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    for (i, d) in masking.dimensions.iter().enumerate() {
+        if !all_dims.contains(d.as_str()) {
+            ctx.push(
+                format!("masking.dimensions[{i}]"),
+                format!(
+                    "no stream defines dimension `{d}`{}",
+                    suggest(d, all_dims.iter().copied())
+                ),
+            );
+        }
+    }
+
+    if ctx.problems.is_empty() {
+        Ok(Topology {
+            service,
+            kafka,
+            registry,
+            outputs,
+            masking,
+            store,
+            streams: streams_out,
+            workflows: workflows_out,
+            causes: causes_out,
+            routes,
+            backlog,
+        })
+    } else {
+        Err(ctx.problems)
+    }
+}

@@ -1,0 +1,23 @@
+//! synclag — how late logistics data reaches the ERP, per business workflow.
+//!
+//! The crate reads top to bottom in the order data flows:
+//!
+//! - [`config`]    — `topology.yaml` model: parsing, env overrides, validation (all errors at once).
+//! - [`ingest`]    — Kafka consumer group, per-partition offset tracking, rebalance handling.
+//! - [`decode`]    — JSON, Avro (Confluent wire format + registry), Debezium envelopes, field paths.
+//! - [`correlate`] — the pure engine: windowed state by correlation id, SLA timers, watermarks, HDR lag.
+//! - [`backlog`]   — offset and time lag of the integration's own consumer groups, with status.
+//! - [`emit`]      — breach / lag / backlog events onto Kafka, HTTP API.
+//! - [`telemetry`] — every Prometheus metric name in one place, registration, exporter.
+//! - [`sim`]       — the simulator: realistic logistics + Odoo outbox traffic with injected faults.
+//!
+//! `main.rs` only parses the command line and calls into these modules.
+
+pub mod backlog;
+pub mod config;
+pub mod correlate;
+pub mod decode;
+pub mod emit;
+pub mod ingest;
+pub mod sim;
+pub mod telemetry;
