@@ -24,6 +24,35 @@ enum Command {
         #[arg(long, short, default_value = "topology.yaml")]
         config: PathBuf,
     },
+    /// Watch the backlog (offset and time lag, status) of the configured consumer groups.
+    Backlog(synclag::backlog::BacklogArgs),
+    /// Produce realistic logistics and Odoo outbox traffic with injected faults.
+    Simulate(synclag::sim::SimulateArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCLAG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -40,5 +69,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Backlog(args) => {
+            init_logging();
+            report(runtime().and_then(|rt| rt.block_on(synclag::backlog::run_standalone(args))))
+        }
+        Command::Simulate(args) => {
+            init_logging();
+            report(runtime().and_then(|rt| rt.block_on(synclag::sim::simulate(args))))
+        }
     }
 }
