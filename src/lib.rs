@@ -6,6 +6,7 @@
 //! - [`ingest`]    — Kafka consumer group, per-partition offset tracking, rebalance handling.
 //! - [`decode`]    — JSON, Avro (Confluent wire format + registry), Debezium envelopes, field paths.
 //! - [`correlate`] — the pure engine: windowed state by correlation id, SLA timers, watermarks, HDR lag.
+//! - [`rules`]     — stage matching, cause attribution and routes, stable breach ids, masking.
 //! - [`backlog`]   — offset and time lag of the integration's own consumer groups, with status.
 //! - [`emit`]      — breach / lag / backlog events onto Kafka, HTTP API.
 //! - [`telemetry`] — every Prometheus metric name in one place, registration, exporter.
@@ -19,5 +20,6 @@ pub mod correlate;
 pub mod decode;
 pub mod emit;
 pub mod ingest;
+pub mod rules;
 pub mod sim;
 pub mod telemetry;

@@ -1,0 +1,216 @@
+//! The HTTP surface: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the JSON API
+//! `/api/v1/workflows`, `/api/v1/pending?workflow=&limit=`, `/api/v1/groups`.
+//!
+//! Handlers only read snapshots that the pipeline publishes (once a second); they never
+//! touch the engine, so a slow client cannot slow ingestion.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// Status of one workflow for `/api/v1/workflows`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkflowStatus {
+    pub name: String,
+    pub description: Option<String>,
+    pub stages: Vec<String>,
+    pub sla_warn_seconds: f64,
+    pub sla_critical_seconds: f64,
+    pub business_hours_overrides: usize,
+    pub window_seconds: f64,
+    pub completed: u64,
+    pub breaches_warn: u64,
+    pub breaches_critical: u64,
+    pub never_arrived: u64,
+    pub late_arrivals: u64,
+    pub pending: usize,
+    /// Pending correlations by age bucket label.
+    pub pending_by_age: BTreeMap<String, u64>,
+    /// End-to-end lag over all dimension values (ms), when any completed.
+    pub end_to_end: Option<Quantiles>,
+}
+
+/// Lag quantiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// One pending correlation for `/api/v1/pending`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingItem {
+    pub workflow: String,
+    pub correlation_id: String,
+    pub started_at_ms: i64,
+    pub age_seconds: f64,
+    pub stages_seen: Vec<String>,
+    pub waiting_for: Option<String>,
+    pub dimensions: BTreeMap<String, String>,
+}
+
+/// What the pipeline publishes for the API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub engine_clock_ms: i64,
+    pub caught_up: bool,
+    pub workflows: Vec<WorkflowStatus>,
+    /// Oldest pending first, per workflow.
+    pub pending: BTreeMap<String, Vec<PendingItem>>,
+}
+
+/// Readiness: partitions assigned, and the registry answers when one is configured.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub assigned: AtomicBool,
+    pub registry_ok: AtomicBool,
+    pub registry_required: bool,
+}
+
+type GroupsFn = dyn Fn() -> serde_json::Value + Send + Sync;
+
+/// Shared state of the HTTP server.
+#[derive(Clone)]
+pub struct ApiState {
+    pub metrics: Option<PrometheusHandle>,
+    pub status: Arc<RwLock<StatusSnapshot>>,
+    pub ready: Arc<Readiness>,
+    pub groups: Option<Arc<GroupsFn>>,
+}
+
+impl ApiState {
+    pub fn new(metrics: Option<PrometheusHandle>, registry_required: bool) -> ApiState {
+        ApiState {
+            metrics,
+            status: Arc::new(RwLock::new(StatusSnapshot::default())),
+            ready: Arc::new(Readiness {
+                registry_required,
+                ..Readiness::default()
+            }),
+            groups: None,
+        }
+    }
+}
+
+/// The router, separate from the listener so tests can drive it directly.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/api/v1/workflows", get(workflows))
+        .route("/api/v1/pending", get(pending))
+        .route("/api/v1/groups", get(groups))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let app = router(state);
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    match &s.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let assigned = s.ready.assigned.load(Ordering::Relaxed);
+    let registry = !s.ready.registry_required || s.ready.registry_ok.load(Ordering::Relaxed);
+    let body = serde_json::json!({"ready": assigned && registry, "partitions_assigned": assigned, "registry_ok": registry});
+    let code = if assigned && registry {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn workflows(State(s): State<ApiState>) -> Response {
+    let snap = match s.status.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    Json(serde_json::json!({
+        "engine_clock_ms": snap.engine_clock_ms,
+        "caught_up": snap.caught_up,
+        "workflows": snap.workflows,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct PendingQuery {
+    workflow: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn pending(State(s): State<ApiState>, Query(q): Query<PendingQuery>) -> Response {
+    let snap = match s.status.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    if let Some(w) = &q.workflow {
+        if !snap.workflows.iter().any(|x| &x.name == w) {
+            let names: Vec<&str> = snap.workflows.iter().map(|x| x.name.as_str()).collect();
+            return (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": format!("unknown workflow `{w}`"), "workflows": names})),
+            )
+                .into_response();
+        }
+    }
+    let limit = q.limit.unwrap_or(20).min(1000);
+    let mut items: Vec<PendingItem> = snap
+        .pending
+        .into_iter()
+        .filter(|(w, _)| q.workflow.as_ref().is_none_or(|x| x == w))
+        .flat_map(|(_, v)| v)
+        .collect();
+    items.sort_by_key(|i| i.started_at_ms);
+    items.truncate(limit);
+    Json(serde_json::json!({"pending": items})).into_response()
+}
+
+async fn groups(State(s): State<ApiState>) -> Response {
+    match &s.groups {
+        Some(f) => Json(f()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "the backlog monitor is not running"})),
+        )
+            .into_response(),
+    }
+}
