@@ -9,6 +9,7 @@
 //! - [`rules`]     — stage matching, cause attribution and routes, stable breach ids, masking.
 //! - [`backlog`]   — offset and time lag of the integration's own consumer groups, with status.
 //! - [`emit`]      — breach / lag / backlog events onto Kafka, HTTP API.
+//! - [`service`]   — `synclag run`: the pipeline task wiring all of the above.
 //! - [`telemetry`] — every Prometheus metric name in one place, registration, exporter.
 //! - [`sim`]       — the simulator: realistic logistics + Odoo outbox traffic with injected faults.
 //!
@@ -21,5 +22,6 @@ pub mod decode;
 pub mod emit;
 pub mod ingest;
 pub mod rules;
+pub mod service;
 pub mod sim;
 pub mod telemetry;

@@ -24,6 +24,12 @@ enum Command {
         #[arg(long, short, default_value = "topology.yaml")]
         config: PathBuf,
     },
+    /// Run the service: consume, correlate, emit breaches, lag and metrics.
+    Run {
+        /// Path to topology.yaml.
+        #[arg(long, short, default_value = "topology.yaml")]
+        config: PathBuf,
+    },
     /// Watch the backlog (offset and time lag, status) of the configured consumer groups.
     Backlog(synclag::backlog::BacklogArgs),
     /// Produce realistic logistics and Odoo outbox traffic with injected faults.
@@ -37,6 +43,36 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// First SIGTERM / Ctrl-C: graceful shutdown (stop fetching, flush, commit).
+/// Second: exit at once.
+fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+            }
+            seen += 1;
+            if seen == 1 {
+                tracing::info!("shutdown requested; a second signal exits at once");
+                shutdown.cancel();
+            } else {
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -69,6 +105,25 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Run { config } => {
+            let topology = match Topology::load(&config) {
+                Ok(t) => t,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging();
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let shutdown = tokio_util::sync::CancellationToken::new();
+                    spawn_signal_handler(shutdown.clone());
+                    synclag::service::run(topology, shutdown)
+                        .await
+                        .map_err(anyhow::Error::from)
+                })
+            }))
+        }
         Command::Backlog(args) => {
             init_logging();
             report(runtime().and_then(|rt| rt.block_on(synclag::backlog::run_standalone(args))))

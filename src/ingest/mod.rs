@@ -1,1 +1,241 @@
-//! ingest
+//! Ingest: synclag's consumer group over every configured topic.
+//!
+//! At-least-once: auto-commit and auto offset store are off; synclag commits, per
+//! partition, the lowest of (a) the next offset to read and (b) the oldest record a
+//! still-pending correlation depends on — so a restart re-reads exactly what it needs
+//! to rebuild pending state, and loses no correlation. Offsets are committed
+//! periodically, on partition revoke (synchronously, inside the rebalance callback)
+//! and on shutdown.
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// (topic, partition).
+pub type Tp = (String, i32);
+
+/// Where each input partition stands, as librdkafka's statistics report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub lo_offset: i64,
+    pub hi_offset: i64,
+    pub committed_offset: i64,
+}
+
+/// Shared between the consumer's callbacks (librdkafka's thread) and the pipeline task.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Offsets that are safe to commit, published by the pipeline after each batch.
+    pub committable: Mutex<HashMap<Tp, i64>>,
+    /// Latest statistics per partition.
+    pub stats: Mutex<HashMap<Tp, PartitionStats>>,
+    /// Rebalance events for the pipeline: (partition, assigned?).
+    pub changes: Mutex<Vec<(Tp, bool)>>,
+    pub assigned: AtomicBool,
+}
+
+/// Consumer context: commits on revoke, collects statistics and assignment changes.
+pub struct IngestContext {
+    pub shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut stats = lock(&self.shared.stats);
+        for (topic, t) in statistics.topics {
+            for (p, part) in t.partitions {
+                if p < 0 {
+                    continue; // the internal "unassigned" partition
+                }
+                stats.insert(
+                    (topic.clone(), p),
+                    PartitionStats {
+                        lo_offset: part.lo_offset,
+                        hi_offset: part.hi_offset,
+                        committed_offset: part.committed_offset,
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let committable = lock(&self.shared.committable);
+            let mut out = TopicPartitionList::new();
+            for e in tpl.elements() {
+                if let Some(off) = committable.get(&(e.topic().to_string(), e.partition())) {
+                    let _ =
+                        out.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*off));
+                }
+            }
+            drop(committable);
+            if out.count() > 0 {
+                match consumer.commit(&out, rdkafka::consumer::CommitMode::Sync) {
+                    Ok(()) => tracing::info!(
+                        partitions = out.count(),
+                        "committed offsets of revoked partitions"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not commit offsets of revoked partitions; they will be re-read")
+                    }
+                }
+            }
+            let mut changes = lock(&self.shared.changes);
+            for e in tpl.elements() {
+                changes.push(((e.topic().to_string(), e.partition()), false));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut changes = lock(&self.shared.changes);
+                for e in tpl.elements() {
+                    changes.push(((e.topic().to_string(), e.partition()), true));
+                }
+                self.shared
+                    .assigned
+                    .store(tpl.count() > 0, Ordering::Relaxed);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => self.shared.assigned.store(false, Ordering::Relaxed),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Per input partition: the next offset to read, and a dense id for the engine.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    ids: HashMap<Tp, u32>,
+    tps: Vec<Tp>,
+    next: HashMap<u32, i64>,
+}
+
+impl OffsetTracker {
+    /// The dense id of a partition (assigned on first sight, stable for the process).
+    pub fn id(&mut self, topic: &str, partition: i32) -> u32 {
+        if let Some(id) = self.ids.get(&(topic.to_string(), partition)) {
+            return *id;
+        }
+        let id = u32::try_from(self.tps.len()).unwrap_or(u32::MAX);
+        self.ids.insert((topic.to_string(), partition), id);
+        self.tps.push((topic.to_string(), partition));
+        id
+    }
+
+    pub fn lookup(&self, tp: &Tp) -> Option<u32> {
+        self.ids.get(tp).copied()
+    }
+
+    pub fn tp(&self, id: u32) -> Option<&Tp> {
+        self.tps.get(id as usize)
+    }
+
+    /// Marks `offset` as fully processed.
+    pub fn processed(&mut self, id: u32, offset: i64) {
+        let e = self.next.entry(id).or_insert(offset + 1);
+        *e = (*e).max(offset + 1);
+    }
+
+    pub fn next_offset(&self, id: u32) -> Option<i64> {
+        self.next.get(&id).copied()
+    }
+
+    /// Forgets the read position of a revoked partition (it may come back elsewhere).
+    pub fn revoke(&mut self, id: u32) {
+        self.next.remove(&id);
+    }
+
+    /// Committable offset per partition: never past the oldest record a pending
+    /// correlation depends on.
+    pub fn committable(&self, min_pinned: impl Fn(u32) -> Option<i64>) -> HashMap<Tp, i64> {
+        self.next
+            .iter()
+            .filter_map(|(id, next)| {
+                let tp = self.tps.get(*id as usize)?.clone();
+                let safe = min_pinned(*id).map_or(*next, |p| p.min(*next));
+                Some((tp, safe))
+            })
+            .collect()
+    }
+}
+
+/// Whether a partition has been read up to its end.
+pub fn caught_up(stats: Option<&PartitionStats>, next_offset: Option<i64>) -> bool {
+    match stats {
+        None => false,
+        Some(s) if s.hi_offset < 0 => false,
+        Some(s) => {
+            let position = next_offset.unwrap_or(-1).max(s.committed_offset);
+            s.hi_offset <= s.lo_offset || position >= s.hi_offset
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committable_never_passes_a_pinned_record() {
+        let mut t = OffsetTracker::default();
+        let a = t.id("orders", 0);
+        let b = t.id("orders", 1);
+        assert_eq!(t.id("orders", 0), a);
+        for o in 0..10 {
+            t.processed(a, o);
+        }
+        t.processed(b, 4);
+        let c = t.committable(|id| if id == a { Some(3) } else { None });
+        assert_eq!(c.get(&("orders".to_string(), 0)), Some(&3));
+        assert_eq!(c.get(&("orders".to_string(), 1)), Some(&5));
+        t.revoke(b);
+        assert!(!t
+            .committable(|_| None)
+            .contains_key(&("orders".to_string(), 1)));
+    }
+
+    #[test]
+    fn caught_up_rules() {
+        let s = PartitionStats {
+            lo_offset: 0,
+            hi_offset: 10,
+            committed_offset: -1001,
+        };
+        assert!(!caught_up(None, Some(10)));
+        assert!(!caught_up(Some(&s), Some(9)));
+        assert!(caught_up(Some(&s), Some(10)));
+        assert!(caught_up(
+            Some(&PartitionStats {
+                committed_offset: 10,
+                ..s
+            }),
+            None
+        ));
+        assert!(caught_up(
+            Some(&PartitionStats {
+                lo_offset: 5,
+                hi_offset: 5,
+                committed_offset: -1001
+            }),
+            None
+        ));
+        assert!(!caught_up(
+            Some(&PartitionStats { hi_offset: -1, ..s }),
+            None
+        ));
+    }
+}
