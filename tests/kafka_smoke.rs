@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
 
 const PARTITIONS: i32 = 6;
@@ -36,8 +36,7 @@ fn record_for(partition: i32, n: i64) -> Sent {
     }
 }
 
-async fn produce(topic: &str, record: &Sent) -> (i32, i64) {
-    let producer = support::producer();
+async fn produce(producer: &FutureProducer, topic: &str, record: &Sent) -> (i32, i64) {
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: "workflow",
@@ -144,11 +143,12 @@ async fn produce_consume_commit_and_read_committed_offsets() {
 
     // Produce three records to every partition, with explicit partition, key, headers and
     // timestamp; remember where the broker put each one.
+    let producer = support::producer();
     let mut expected = BTreeMap::new();
     for n in 0..PER_PARTITION {
         for partition in 0..PARTITIONS {
             let record = record_for(partition, n);
-            let (p, offset) = produce(&topic, &record).await;
+            let (p, offset) = produce(&producer, &topic, &record).await;
             assert_eq!(p, partition);
             assert_eq!(offset, n, "offsets in a fresh partition count from 0");
             expected.insert((p, offset), record);
@@ -235,5 +235,26 @@ fn bootstrap_is_a_loopback_address_unless_overridden() {
             .expect("a local broker was started");
         assert!(local.service.pid().is_some(), "the broker PID is known");
         assert!(local.service.exited().is_none(), "the broker is running");
+    }
+}
+
+#[test]
+fn cluster_ids_are_valid_for_the_storage_formatter() {
+    let ids: std::collections::HashSet<String> = (0..2000)
+        .map(|_| support::kafka::random_cluster_id())
+        .collect();
+    assert_eq!(ids.len(), 2000, "cluster ids repeat");
+    for id in &ids {
+        assert_eq!(id.len(), 22, "16 bytes in unpadded base64: {id}");
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "not URL-safe base64: {id}"
+        );
+        assert!(
+            id.starts_with(|c: char| c.is_ascii_alphabetic()),
+            "an id starting with {:?} would be read as an option: {id}",
+            id.chars().next()
+        );
     }
 }

@@ -196,6 +196,8 @@ fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
         "-Xms128m".to_owned(),
         "-Xmx512m".to_owned(),
         "-XX:+UseSerialGC".to_owned(),
+        // C1 only: faster JVM start-up, plenty for test traffic.
+        "-XX:TieredStopAtLevel=1".to_owned(),
         "-Djava.awt.headless=true".to_owned(),
         format!("-Dlog4j2.configurationFile={}", log4j.display()),
         "-cp".to_owned(),
@@ -287,7 +289,7 @@ fn format_storage(jvm_common: &[String], config: &Path, log: &Path) {
 }
 
 /// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
-fn random_cluster_id() -> String {
+pub fn random_cluster_id() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     let mut bytes = [0u8; 16];
@@ -302,6 +304,9 @@ fn random_cluster_id() -> String {
         hasher.write_u32(std::process::id());
         chunk.copy_from_slice(&hasher.finish().to_le_bytes());
     }
+    // The formatter parses its arguments with argparse4j, which would take an id starting
+    // with '-' for an option: keep the first character a letter (index < 32).
+    bytes[0] &= 0x7f;
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(22);
     let mut acc: u32 = 0;
