@@ -1,4 +1,140 @@
-//! Consumer backlog monitor (offset lag, time lag, status) — not built yet.
+//! Consumer backlog monitor: for the integration's own consumer groups (the Odoo
+//! connector, the middleware, synclag itself), per partition the offset lag, the time lag
+//! and a threshold-free status, also for groups with no active member and partitions
+//! with no commit. Full definitions: `docs/backlog.md`.
+//!
+//! - [`status`]   — the status rules over a sliding window of observations (pure).
+//! - [`timeline`] — time lag from the record at the committed offset, or interpolated (pure).
+//! - [`probe`]    — the batched Kafka requests of one cycle (blocking, librdkafka).
+//! - [`monitor`]  — [`BacklogMonitor`]: one cycle = probe → windows → [`BacklogReport`].
+//! - [`report`]   — the JSON report (`/api/v1/groups`) and its Prometheus rendering.
+//! - [`event`]    — the periodic `synclag.backlog` event (Avro with a registry, else JSON).
+//!
+//! Inside `synclag run`:
+//!
+//! ```no_run
+//! # async fn demo(topology: synclag::config::Topology) -> Result<(), synclag::backlog::BacklogError> {
+//! use synclag::backlog::{BacklogMonitor, MonitorConfig};
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let monitor = BacklogMonitor::new(MonitorConfig::from_topology(&topology))?;
+//! let backlog = monitor.handle(); // clone freely into the HTTP layer
+//! let task = tokio::spawn(monitor.run(shutdown.clone()));
+//! // GET /api/v1/groups  -> serde_json::to_vec(&*backlog.snapshot())
+//! // GET /metrics        -> prometheus_handle.render() + &backlog.render_prometheus()
+//! # shutdown.cancel(); let _ = task.await; Ok(()) }
+//! ```
+
+pub mod event;
+pub mod monitor;
+pub mod probe;
+pub mod report;
+pub mod status;
+pub mod timeline;
+
+pub use event::{BacklogEvent, EventSink};
+pub use monitor::{BacklogMonitor, MonitorConfig};
+pub use report::{BacklogReport, GroupReport, PartitionReport, ResetPolicy};
+pub use status::Status;
+pub use timeline::Method;
+
+use crate::config::{GroupSelector, Topology};
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Why the monitor, one of its cycles, or its output failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BacklogError {
+    /// A Kafka client could not be created: the configuration is wrong. Not retryable.
+    #[error("cannot create a Kafka client: {0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+    /// Cluster metadata could not be read this cycle. Retryable.
+    #[error("cannot read cluster metadata: {0}")]
+    Metadata(#[source] rdkafka::error::KafkaError),
+    /// The consumer group list could not be read this cycle. Retryable.
+    #[error("cannot list consumer groups: {0}")]
+    GroupList(#[source] rdkafka::error::KafkaError),
+    /// The schema registry refused or could not be reached. Retryable.
+    #[error("schema registry: {0}")]
+    Registry(String),
+    /// An event could not be encoded. Not retryable (a bug or a schema mismatch).
+    #[error("cannot encode a backlog event: {0}")]
+    Encode(String),
+    /// An event was not delivered to Kafka. Retryable.
+    #[error("cannot publish a backlog event: {0}")]
+    Publish(String),
+    /// A blocking worker died. Not retryable.
+    #[error("backlog worker failed: {0}")]
+    Worker(String),
+    /// The standalone HTTP endpoint could not listen. Not retryable.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BacklogError {
+    /// Whether trying again later can succeed without changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BacklogError::Metadata(_)
+                | BacklogError::GroupList(_)
+                | BacklogError::Registry(_)
+                | BacklogError::Publish(_)
+        )
+    }
+}
+
+/// Where "now" comes from; time lags are `now − record time`.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// Shared, cheap access to the latest report. Cloning shares the same report.
+#[derive(Debug, Clone, Default)]
+pub struct BacklogHandle {
+    latest: Arc<RwLock<Arc<BacklogReport>>>,
+}
+
+impl BacklogHandle {
+    /// The latest report (an empty one with `cycle == 0` before the first cycle).
+    pub fn snapshot(&self) -> Arc<BacklogReport> {
+        self.latest
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The backlog series of the latest report, Prometheus text format; append it to
+    /// the recorder's output on `/metrics`.
+    pub fn render_prometheus(&self) -> String {
+        self.snapshot().render_prometheus()
+    }
+
+    /// The `/api/v1/groups` body.
+    pub fn groups_json(&self) -> String {
+        serde_json::to_string(&*self.snapshot()).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    fn publish(&self, report: Arc<BacklogReport>) {
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = report;
+    }
+}
 
 /// Flags of `synclag backlog`.
 #[derive(Debug, clap::Args)]
@@ -6,9 +142,110 @@ pub struct BacklogArgs {
     /// Path to topology.yaml.
     #[arg(long, short, default_value = "topology.yaml")]
     pub config: std::path::PathBuf,
+    /// Groups that start from the earliest offset on partitions without a commit (exact
+    /// name, or /regex/). Others use `latest`. Repeatable.
+    #[arg(long = "reset-earliest", value_name = "GROUP")]
+    pub reset_earliest: Vec<String>,
+    /// Run one cycle, print the report as JSON and exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
-/// Runs the backlog monitor alone.
-pub async fn run_standalone(_args: BacklogArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the backlog monitor is not available yet")
+/// Runs the backlog monitor alone: serves `/metrics` and `/api/v1/groups` on the
+/// topology's `service.http_listen`, publishes events, stops on Ctrl-C.
+pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
+    let topology = Topology::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = MonitorConfig::from_topology(&topology);
+    for g in &args.reset_earliest {
+        let selector = match g.strip_prefix('/').and_then(|s| s.strip_suffix('/')) {
+            Some(pattern) => GroupSelector::Pattern(regex::Regex::new(pattern)?),
+            None => GroupSelector::Name(g.clone()),
+        };
+        config
+            .reset_policies
+            .push((selector, ResetPolicy::Earliest));
+    }
+    let mut monitor = BacklogMonitor::new(config)?;
+    if args.once {
+        let report = monitor.poll_once().await?;
+        println!("{}", serde_json::to_string_pretty(&*report)?);
+        return Ok(());
+    }
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    crate::telemetry::describe_all();
+    let shutdown = CancellationToken::new();
+    let handle = monitor.handle();
+    let addr = topology.service.http_listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BacklogError::Listen { addr, source })?;
+    tracing::info!(%addr, "backlog monitor serving /metrics and /api/v1/groups");
+    let http = tokio::spawn(serve(listener, handle, prometheus, shutdown.clone()));
+    let signal = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                shutdown.cancel();
+            }
+        })
+    };
+    let result = monitor.run(shutdown.clone()).await;
+    shutdown.cancel();
+    signal.abort();
+    let _ = http.await;
+    result.map_err(Into::into)
+}
+
+/// A minimal HTTP/1.1 endpoint for standalone mode (`synclag run` has the real API).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    backlog: BacklogHandle,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let backlog = backlog.clone();
+        let prometheus = prometheus.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // Read until the end of the request head (bounded), then answer and close.
+            while len < buf.len() {
+                match stream.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, content_type, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    prometheus.render() + &backlog.render_prometheus(),
+                ),
+                "/api/v1/groups" => ("200 OK", "application/json", backlog.groups_json()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }
