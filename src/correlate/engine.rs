@@ -247,6 +247,8 @@ pub struct Engine {
     max_pending: usize,
     oldest_n: usize,
     scratch: Vec<(i64, u32)>,
+    /// `(slot, hash)` of the key `process` is working on, so finishing it needs no rehash.
+    hot: Option<(u32, u64)>,
 }
 
 fn bit(stage: usize) -> u16 {
@@ -318,6 +320,7 @@ impl Engine {
             max_pending: cfg.max_pending,
             oldest_n: cfg.oldest_n,
             scratch: Vec::new(),
+            hot: None,
         })
     }
 
@@ -416,12 +419,10 @@ impl Engine {
                 .copied()
         };
         if let Some(slot) = found {
+            self.hot = Some((slot, hash));
             self.on_existing(slot, ev, at, out);
-        } else if self
-            .recent
-            .get_mut(hash, w, ev.correlation_id.as_bytes())
-            .is_some()
-        {
+            self.hot = None;
+        } else if self.recent.get_mut(hash, w).is_some() {
             self.on_finished(hash, ev, at, out);
         } else {
             self.create(hash, ev, at, out);
@@ -901,10 +902,14 @@ impl Engine {
     /// Removes an entry everywhere, emits its terminal outcome, remembers the key.
     fn finish(&mut self, slot: u32, terminal: Terminal, kind: OutcomeKind, out: &mut Vec<Outcome>) {
         self.delist(slot);
-        let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(mut e) = self.slab.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
-        let hash = self.hash_key(e.workflow, &e.id);
+        // The key being processed was hashed already; timers and eviction hash again.
+        let hash = match self.hot {
+            Some((s, h)) if s == slot => h,
+            _ => self.hash_key(e.workflow, &e.id),
+        };
         if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
             found.remove();
         }
@@ -916,16 +921,19 @@ impl Engine {
         }
         self.free.push(slot);
         self.len -= 1;
-        let info = self.info(&e, CorrelationId::from(&*e.id));
+        let started = e.started();
+        let (workflow, variant, combo, seen) = (e.workflow, e.lane, e.combo, e.seen);
+        // The id moves into the outcome: no copy on the way out.
+        let id = std::mem::take(&mut e.id);
+        let info = self.info(&e, CorrelationId::from(id));
         self.recent.remember(RecentRec {
             hash,
-            workflow: e.workflow,
-            id: e.id,
+            workflow,
             start_ms: info.start_ms,
-            started: info.started,
-            variant: e.lane,
-            combo: e.combo,
-            seen: e.seen,
+            started,
+            variant,
+            combo,
+            seen,
             terminal,
         });
         out.push(Outcome { info, kind });
@@ -934,7 +942,7 @@ impl Engine {
     /// A stage for a correlation that already finished: a duplicate or a late arrival.
     fn on_finished(&mut self, hash: u64, ev: StageEvent, at: i64, out: &mut Vec<Outcome>) {
         let w = ev.workflow as u16;
-        let Some(r) = self.recent.get_mut(hash, w, ev.correlation_id.as_bytes()) else {
+        let Some(r) = self.recent.get_mut(hash, w) else {
             return;
         };
         if r.seen & bit(ev.stage) != 0 {

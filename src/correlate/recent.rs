@@ -14,7 +14,6 @@ use super::outcome::Terminal;
 pub(crate) struct RecentRec {
     pub hash: u64,
     pub workflow: u16,
-    pub id: Box<[u8]>,
     pub start_ms: i64,
     pub started: bool,
     pub variant: u8,
@@ -73,16 +72,14 @@ impl Recent {
         });
     }
 
-    pub(crate) fn get_mut(
-        &mut self,
-        hash: u64,
-        workflow: u16,
-        id: &[u8],
-    ) -> Option<&mut RecentRec> {
+    pub(crate) fn get_mut(&mut self, hash: u64, workflow: u16) -> Option<&mut RecentRec> {
+        if self.ring.is_empty() {
+            return None;
+        }
         let (ring, base) = (&self.ring, self.base);
         let seq = *self.table.find(hash, |&s| {
             ring.get((s - base) as usize)
-                .is_some_and(|r| r.workflow == workflow && &*r.id == id)
+                .is_some_and(|r| r.hash == hash && r.workflow == workflow)
         })?;
         self.ring.get_mut((seq - self.base) as usize)
     }
@@ -92,11 +89,10 @@ impl Recent {
 mod tests {
     use super::*;
 
-    fn rec(hash: u64, id: &str) -> RecentRec {
+    fn rec(hash: u64) -> RecentRec {
         RecentRec {
             hash,
             workflow: 0,
-            id: id.as_bytes().into(),
             start_ms: 0,
             started: true,
             variant: 0,
@@ -109,15 +105,14 @@ mod tests {
     #[test]
     fn oldest_keys_are_forgotten_and_counted() {
         let mut r = Recent::new(2);
-        // Same hash for all keys exercises the equality check.
-        r.remember(rec(7, "a"));
-        r.remember(rec(7, "b"));
-        assert!(r.get_mut(7, 0, b"a").is_some());
-        r.remember(rec(7, "c"));
-        assert!(r.get_mut(7, 0, b"a").is_none());
-        assert!(r.get_mut(7, 0, b"b").is_some());
-        assert!(r.get_mut(7, 0, b"c").is_some());
-        assert!(r.get_mut(7, 1, b"c").is_none());
+        r.remember(rec(7));
+        r.remember(rec(8));
+        assert!(r.get_mut(7, 0).is_some());
+        r.remember(rec(9));
+        assert!(r.get_mut(7, 0).is_none());
+        assert!(r.get_mut(8, 0).is_some());
+        assert!(r.get_mut(9, 0).is_some());
+        assert!(r.get_mut(9, 1).is_none());
         assert_eq!(r.forgotten, 1);
         assert_eq!(r.len(), 2);
     }
