@@ -9,6 +9,8 @@
 //! - `SYNCLAG_TEST_BOOTSTRAP`: use this Kafka bootstrap address instead of starting a broker.
 //! - `SYNCLAG_TEST_REGISTRY_URL`: use this Confluent-compatible registry base URL instead of
 //!   starting Apicurio.
+//! - `SYNCLAG_TEST_INFRA_DIR`: where fetched jars and per-run logs go (default
+//!   `target/test-infra`).
 //!
 //! Nothing here ever skips a test: if Java or Maven is missing, or a service cannot start,
 //! the calling test panics with the reason and the tail of the service's log.

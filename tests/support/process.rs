@@ -10,10 +10,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `target/test-infra`: cached jars and per-run scratch directories.
+/// Overrides where cached jars and per-run scratch directories go.
+pub const INFRA_DIR_ENV: &str = "SYNCLAG_TEST_INFRA_DIR";
+
+/// `target/test-infra` (or `$SYNCLAG_TEST_INFRA_DIR`): cached jars and per-run scratch
+/// directories.
 pub fn infra_dir() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.parent().unwrap_or(tmp).join("test-infra");
+    let dir = match std::env::var_os(INFRA_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            tmp.parent().unwrap_or(tmp).join("test-infra")
+        }
+    };
     fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create test infra dir {}: {e}", dir.display()));
     dir
