@@ -165,7 +165,10 @@ impl Simulator {
             .enumerate()
             .map(|(i, w)| WorkflowModel::new(i, w, topology, &encoders))
             .collect();
-        let signals_stream = topology.streams.iter().position(|s| s.role == Role::Signals);
+        let signals_stream = topology
+            .streams
+            .iter()
+            .position(|s| s.role == Role::Signals);
         let mut problems = Vec::new();
 
         let mut values = BTreeMap::new();
@@ -215,7 +218,9 @@ impl Simulator {
             let phase_end = if last {
                 end_ms
             } else {
-                cursor.saturating_add(duration_ms(phase.duration)).min(end_ms)
+                cursor
+                    .saturating_add(duration_ms(phase.duration))
+                    .min(end_ms)
             };
             let total_rate = match (phase.rate, options.rate) {
                 (Some(r), _) => r * scale,
@@ -242,9 +247,7 @@ impl Simulator {
                             .iter()
                             .any(|&wi| workflows[wi].stages.iter().any(|s| &s.name == n));
                         if !known {
-                            problems.push(format!(
-                                "{at}: no targeted workflow has a stage `{n}`"
-                            ));
+                            problems.push(format!("{at}: no targeted workflow has a stage `{n}`"));
                         }
                     }
                 }
@@ -509,8 +512,7 @@ impl Simulator {
         }
         let planned = plan(&mut self.rng, wf, start_ms, &selected);
 
-        let year = DateTime::<Utc>::from_timestamp_millis(start_ms)
-            .map_or(1970, |t| t.year());
+        let year = DateTime::<Utc>::from_timestamp_millis(start_ms).map_or(1970, |t| t.year());
         let counter = self.id_counters.entry(wf.id_prefix.clone()).or_insert(0);
         *counter += 1;
         let correlation_id = format!("{}-{year}-{:06}", wf.id_prefix, *counter);
@@ -534,7 +536,11 @@ impl Simulator {
             workflow: workflow_name,
             correlation_id,
             dimensions: dims,
-            phase: self.phases.get(pi).map(|p| p.name.clone()).unwrap_or_default(),
+            phase: self
+                .phases
+                .get(pi)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
             start: rfc3339(planned.stages.first().map_or(start_ms, |s| s.event_time_ms)),
             start_ms: planned.stages.first().map_or(start_ms, |s| s.event_time_ms),
             stages: planned.stages,
@@ -741,9 +747,11 @@ fn select_stages(
     let source_on_dimension = |i: usize| {
         let s = &wf.stages[i];
         !s.erp
-            && fault.target.dimension.as_ref().is_none_or(|(d, _)| {
-                encoders.get(s.stream).is_some_and(|e| e.has_dimension(d))
-            })
+            && fault
+                .target
+                .dimension
+                .as_ref()
+                .is_none_or(|(d, _)| encoders.get(s.stream).is_some_and(|e| e.has_dimension(d)))
     };
     let selector = match (&fault.target.stages, &fault.kind) {
         (StageSelector::Default, FaultKind::ErpDelay { .. } | FaultKind::Drop) => {

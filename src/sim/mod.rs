@@ -95,7 +95,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 /// Kafka producer properties and registry settings for a topology.
-pub fn kafka_sink_for(topology: &Topology, bootstrap: Option<&str>) -> Result<KafkaSink, sink::SinkError> {
+pub fn kafka_sink_for(
+    topology: &Topology,
+    bootstrap: Option<&str>,
+) -> Result<KafkaSink, sink::SinkError> {
     let mut props: Vec<(String, String)> = topology
         .kafka
         .properties
@@ -125,9 +128,9 @@ pub fn kafka_sink_for(topology: &Topology, bootstrap: Option<&str>) -> Result<Ka
 pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let topology = Topology::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let scenario = Scenario::resolve(&args.scenario)?;
-    let seed = args.seed.unwrap_or_else(|| {
-        Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64
-    });
+    let seed = args
+        .seed
+        .unwrap_or_else(|| Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64);
     let start = match (args.clock, args.start) {
         (ClockKind::Simulated, Some(s)) => s,
         (ClockKind::Real, Some(_)) => anyhow::bail!("--start needs --clock simulated"),
@@ -165,7 +168,14 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let summary = match args.clock {
         ClockKind::Real => {
-            run(&mut sim, &RealClock, &mut sink, truth, &RunOptions::default()).await?
+            run(
+                &mut sim,
+                &RealClock,
+                &mut sink,
+                truth,
+                &RunOptions::default(),
+            )
+            .await?
         }
         ClockKind::Simulated => {
             let clock = SimulatedClock::new(start);
@@ -200,3 +210,6 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

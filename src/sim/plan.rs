@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, Utc};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Sla, Topology, Workflow};
 
@@ -111,7 +111,12 @@ pub struct WorkflowModel {
 }
 
 impl WorkflowModel {
-    pub fn new(index: usize, wf: &Workflow, topology: &Topology, encoders: &[StreamEncoder]) -> Self {
+    pub fn new(
+        index: usize,
+        wf: &Workflow,
+        topology: &Topology,
+        encoders: &[StreamEncoder],
+    ) -> Self {
         let stages: Vec<StageModel> = wf
             .stages
             .iter()
@@ -120,7 +125,9 @@ impl WorkflowModel {
                 stream: s.stream,
                 event_type: s.event_type.clone(),
                 erp: topology.streams.get(s.stream).is_some_and(|st| st.erp_time),
-                time_encoding: encoders.get(s.stream).and_then(StreamEncoder::time_encoding),
+                time_encoding: encoders
+                    .get(s.stream)
+                    .and_then(StreamEncoder::time_encoding),
             })
             .collect();
         let mut dimensions = wf.dimensions.clone();
@@ -197,7 +204,7 @@ pub fn sla_tiers(sla: &Sla, start_ms: i64) -> (i64, i64, bool) {
 }
 
 /// The outcome a monitor must report for a correlation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Expected {
     /// Completed within the warn tier.
@@ -234,7 +241,7 @@ pub enum Effect {
 }
 
 /// One stage of a planned correlation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedStage {
     pub name: String,
     /// Business time written in the record (as a decoder reads it back).
@@ -249,7 +256,7 @@ pub struct PlannedStage {
 }
 
 /// One signal of a planned correlation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedSignal {
     pub signal_type: String,
     pub fault: String,
@@ -261,7 +268,7 @@ pub struct PlannedSignal {
 }
 
 /// SLA tiers that apply to a correlation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlaApplied {
     pub warn_ms: i64,
     pub critical_ms: i64,
@@ -271,7 +278,7 @@ pub struct SlaApplied {
 }
 
 /// One line of the ground-truth file: everything about one correlation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroundTruth {
     pub workflow: String,
     pub correlation_id: String,
@@ -356,7 +363,10 @@ pub fn plan(
             })
             .collect(),
         bursts: (0..n).map(|_| rng.random::<f64>()).collect(),
-        jitter: faults.iter().map(|_| 1.0 + 0.2 * rng.random::<f64>()).collect(),
+        jitter: faults
+            .iter()
+            .map(|_| 1.0 + 0.2 * rng.random::<f64>())
+            .collect(),
         signal_transit: log_normal(rng, 200.0, TRANSIT_SIGMA).max(1.0),
     };
     let first_encoding = wf.stages.first().and_then(|s| s.time_encoding);
@@ -408,7 +418,9 @@ pub fn plan(
             fault_names.push(f.name.clone());
         }
         let Some(spec) = &f.signal else { continue };
-        let every = i64::try_from(spec.every.as_millis()).unwrap_or(i64::MAX).max(1);
+        let every = i64::try_from(spec.every.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
         let max = spec.max.clamp(1, MAX_SIGNALS);
         let mut t = from;
         for k in 0..max {
@@ -556,7 +568,9 @@ mod tests {
     #[test]
     fn log_normal_has_the_requested_median() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut xs: Vec<f64> = (0..20_001).map(|_| log_normal(&mut rng, 1000.0, 0.5)).collect();
+        let mut xs: Vec<f64> = (0..20_001)
+            .map(|_| log_normal(&mut rng, 1000.0, 0.5))
+            .collect();
         xs.sort_by(f64::total_cmp);
         let median = xs[10_000];
         assert!((900.0..1100.0).contains(&median), "median {median}");

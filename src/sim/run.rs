@@ -110,7 +110,8 @@ fn write_truth(
     for t in truths {
         let line = serde_json::to_string(&t)
             .map_err(|e| RunError::GroundTruth(std::io::Error::other(e)))?;
-        w.write_all(line.as_bytes()).map_err(RunError::GroundTruth)?;
+        w.write_all(line.as_bytes())
+            .map_err(RunError::GroundTruth)?;
         w.write_all(b"\n").map_err(RunError::GroundTruth)?;
         summary.ground_truth += 1;
     }

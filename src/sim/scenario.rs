@@ -107,7 +107,10 @@ pub enum Delay {
     Fixed(Duration),
     /// A multiple of the SLA tier that applies to the correlation (business hours included),
     /// so one fault can push workflows with very different SLAs past the same tier.
-    Sla { factor: f64, tier: SlaTier },
+    Sla {
+        factor: f64,
+        tier: SlaTier,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,7 +320,9 @@ fn convert(raw: RawScenario, source_name: &str, problems: &mut Vec<String>) -> S
     }
     for (w, weight) in &raw.weights {
         if !(weight.is_finite() && *weight >= 0.0) {
-            problems.push(format!("weights.{w}: `{weight}` must be a non-negative number"));
+            problems.push(format!(
+                "weights.{w}: `{weight}` must be a non-negative number"
+            ));
         }
     }
     for (d, vals) in &raw.values {
@@ -442,11 +447,15 @@ fn convert_fault(f: RawFault, at: &str, problems: &mut Vec<String>) -> Option<Fa
         (Some(d), Some(v)) => Some((d, v)),
         (None, None) => None,
         (Some(d), None) => {
-            problems.push(format!("{at}.value: `dimension: {d}` needs the value to match"));
+            problems.push(format!(
+                "{at}.value: `dimension: {d}` needs the value to match"
+            ));
             None
         }
         (None, Some(v)) => {
-            problems.push(format!("{at}.dimension: `value: {v}` needs the dimension name"));
+            problems.push(format!(
+                "{at}.dimension: `value: {v}` needs the dimension name"
+            ));
             None
         }
     };

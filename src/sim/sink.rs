@@ -5,14 +5,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
+use futures::channel::oneshot::Canceled;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use futures::channel::oneshot::Canceled;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{
-    DeliveryFuture, FutureProducer, FutureRecord, Producer,
-};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{
@@ -206,8 +204,10 @@ impl KafkaSink {
                 let apache_avro::types::Value::Record(fields) = value else {
                     return Err(encode_err("the value is not an Avro record".into(), false));
                 };
-                let fields: Vec<(&str, apache_avro::types::Value)> =
-                    fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                let fields: Vec<(&str, apache_avro::types::Value)> = fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .collect();
                 let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
                     record.topic.clone(),
                     false,
