@@ -343,6 +343,8 @@ impl Engine {
 
     /// Lowest offset on `partition_id` that a pending correlation was built from; the
     /// consumer must not commit past it. `None` when nothing on that partition is pinned.
+    /// Only the first record of each stage pins; a repeated stage is counted and dropped,
+    /// so committing past it loses nothing.
     pub fn min_pinned_offset(&self, partition_id: u32) -> Option<i64> {
         self.pins.min(partition_id)
     }
