@@ -37,9 +37,14 @@ pub fn harness_pom(name: &str) -> PathBuf {
         .join("pom.xml")
 }
 
+/// Run directories (logs of past test runs) older than this are removed.
+const KEEP_RUNS_FOR: Duration = Duration::from_secs(3 * 24 * 3600);
+
 /// A fresh directory under `target/test-infra/runs/` for one service of this process.
 pub fn run_dir(service: &str) -> PathBuf {
-    let dir = infra_dir().join("runs").join(format!(
+    let runs = infra_dir().join("runs");
+    prune_old_runs(&runs);
+    let dir = runs.join(format!(
         "{service}-{}-{}",
         std::process::id(),
         unique_suffix()
@@ -47,6 +52,23 @@ pub fn run_dir(service: &str) -> PathBuf {
     fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create run dir {}: {e}", dir.display()));
     dir
+}
+
+fn prune_old_runs(runs: &Path) {
+    let Ok(entries) = fs::read_dir(runs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > KEEP_RUNS_FOR);
+        if old {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn unique_suffix() -> String {
