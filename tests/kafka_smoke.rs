@@ -258,3 +258,92 @@ fn cluster_ids_are_valid_for_the_storage_formatter() {
         );
     }
 }
+
+/// The watchdog that every harness JVM runs under: it reports early exits with the log,
+/// stops the service by PID on request, and stops it when the guarded process dies.
+mod watchdog {
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::Duration;
+
+    use super::support;
+    use support::process::{await_ready, run_dir, Service};
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["-c".to_owned(), script.to_owned()]
+    }
+
+    fn alive(pid: u32) -> bool {
+        // A zombie has no /proc/<pid>/cwd target we can read; a live process does.
+        Path::new(&format!("/proc/{pid}/cwd")).read_link().is_ok()
+    }
+
+    #[test]
+    fn early_exit_is_reported_with_the_log_tail() {
+        let run = run_dir("watchdog-test");
+        let service = Service::spawn(
+            "doomed",
+            Path::new("sh"),
+            &sh("echo 'fatal: listener already bound' >&2; exit 3"),
+            &run.join("doomed.log"),
+            None,
+        );
+        let err = await_ready(&service, Duration::from_secs(30), || false)
+            .expect_err("a service that exits is never ready");
+        assert!(err.contains("exited during startup"), "{err}");
+        assert!(err.contains("fatal: listener already bound"), "{err}");
+    }
+
+    #[test]
+    fn stop_ends_the_service_and_removes_its_scratch_dir() {
+        let run = run_dir("watchdog-test");
+        let scratch = run.join("scratch");
+        std::fs::create_dir_all(&scratch).expect("create scratch dir");
+        let service = Service::spawn(
+            "sleeper",
+            Path::new("sleep"),
+            &["300".to_owned()],
+            &run.join("sleeper.log"),
+            Some(&scratch),
+        );
+        support::wait_until(Duration::from_secs(10), "the sleeper has a PID", || {
+            service.pid().is_some()
+        });
+        let pid = service.pid().expect("pid");
+        assert!(alive(pid));
+        service.stop();
+        assert!(service.exited().is_some());
+        assert!(!alive(pid), "service {pid} still running after stop()");
+        assert!(!scratch.exists(), "scratch dir left behind");
+    }
+
+    #[test]
+    fn service_does_not_outlive_the_guarded_process() {
+        let run = run_dir("watchdog-test");
+        let mut parent = Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("start a stand-in parent process");
+        let service = Service::spawn_guarded_by(
+            parent.id(),
+            "orphan",
+            Path::new("sleep"),
+            &["300".to_owned()],
+            &run.join("orphan.log"),
+            None,
+        );
+        support::wait_until(Duration::from_secs(10), "the orphan has a PID", || {
+            service.pid().is_some()
+        });
+        let pid = service.pid().expect("pid");
+        assert!(alive(pid));
+        parent.kill().expect("kill the stand-in parent");
+        parent.wait().expect("reap the stand-in parent");
+        support::wait_until(
+            Duration::from_secs(15),
+            "the service is stopped after its parent died",
+            || service.exited().is_some(),
+        );
+        assert!(!alive(pid), "service {pid} outlived its parent");
+    }
+}

@@ -19,7 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod kafka;
-mod process;
+pub mod process;
 pub mod registry;
 
 use std::future::Future;

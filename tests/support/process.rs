@@ -213,6 +213,19 @@ impl Service {
         log: &Path,
         scratch: Option<&Path>,
     ) -> Service {
+        Service::spawn_guarded_by(std::process::id(), name, program, args, log, scratch)
+    }
+
+    /// Like [`Service::spawn`], but the service is stopped when process `parent` (instead of
+    /// this test process) is gone.
+    pub fn spawn_guarded_by(
+        parent: u32,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        scratch: Option<&Path>,
+    ) -> Service {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -229,7 +242,7 @@ impl Service {
             .arg("-c")
             .arg(WATCHDOG)
             .arg("synclag-test-watchdog")
-            .arg(std::process::id().to_string())
+            .arg(parent.to_string())
             .arg(
                 scratch
                     .map(|p| p.as_os_str().to_owned())
