@@ -31,6 +31,9 @@ pub type Tp = (String, i32);
 /// Committed offset per partition (`None`: no commit), or why the fetch failed.
 pub type Committed = Result<BTreeMap<Tp, Option<i64>>, String>;
 
+/// `group.id` of the monitor's own readers (never subscribed, never committing).
+pub const READER_GROUP_ID: &str = "synclag-backlog-reader";
+
 /// The internal topic that holds committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -363,9 +366,12 @@ impl Probe {
     }
 }
 
+/// Clients that never join a group or commit. librdkafka only allows `assign()` on a
+/// consumer with a `group.id`, so the readers get a fixed one; with no subscription and
+/// no commits it never becomes a group the cluster lists.
 fn group_less(base: &ClientConfig) -> ClientConfig {
     let mut c = base.clone();
-    c.remove("group.id");
+    c.set("group.id", READER_GROUP_ID);
     c.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     c

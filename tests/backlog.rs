@@ -1,0 +1,338 @@
+//! The backlog monitor against the real broker: offset lag, time lag, status, groups
+//! without members, deleted groups, and the `synclag.backlog` events. Cycles are driven
+//! with `poll_once()`; nothing waits on the monitor's interval.
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use synclag::backlog::{
+    BacklogEvent, BacklogMonitor, BacklogReport, EventSink, GroupReport, Method, MonitorConfig,
+    PartitionReport, ResetPolicy, Status,
+};
+use synclag::config::GroupSelector;
+
+const WINDOW: usize = 3;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn config(groups: Vec<GroupSelector>) -> MonitorConfig {
+    let mut c = MonitorConfig::new(support::bootstrap(), groups);
+    c.properties
+        .insert("broker.address.family".into(), "v4".into());
+    c.window = WINDOW;
+    c
+}
+
+fn monitor_for(group: &str) -> BacklogMonitor {
+    BacklogMonitor::new(config(vec![GroupSelector::Name(group.to_owned())]))
+        .expect("create the backlog monitor")
+}
+
+/// Produces one record per timestamp to `partition`, in order.
+async fn produce(topic: &str, partition: i32, timestamps_ms: &[i64]) {
+    let producer = support::producer();
+    for (i, ts) in timestamps_ms.iter().enumerate() {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(partition)
+                    .key(&format!("k{i}"))
+                    .payload(&format!("{{\"n\":{i}}}"))
+                    .timestamp(*ts),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}/{partition} failed: {e}"));
+    }
+}
+
+fn commit(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("add partition offset");
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .expect("synchronous commit");
+}
+
+fn group<'a>(report: &'a BacklogReport, name: &str) -> &'a GroupReport {
+    report
+        .group(name)
+        .unwrap_or_else(|| panic!("group {name} missing from report: {report:#?}"))
+}
+
+fn partition<'a>(g: &'a GroupReport, topic: &str, p: i32) -> &'a PartitionReport {
+    g.partitions
+        .iter()
+        .find(|x| x.topic == topic && x.partition == p)
+        .unwrap_or_else(|| panic!("{topic}/{p} missing from group {}: {g:#?}", g.group))
+}
+
+#[tokio::test]
+async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up() {
+    const N: i64 = 10;
+    const M: i64 = 4;
+    let topic = support::random_name("backlog-lag");
+    let name = support::random_name("backlog-lag-group");
+    support::create_topic(&topic, 1).await;
+    // Record i is (600 − 30·i) s old: far enough apart that ±1 s pins down record M.
+    let base = now_ms();
+    let stamps: Vec<i64> = (0..N).map(|i| base - 600_000 + i * 30_000).collect();
+    produce(&topic, 0, &stamps).await;
+
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, M);
+
+    let mut monitor = monitor_for(&name);
+    let before = now_ms();
+    let report = monitor.poll_once().await.expect("first cycle");
+    let after = now_ms();
+    let g = group(&report, &name);
+    let p = partition(g, &topic, 0);
+    assert_eq!(p.committed, Some(M));
+    assert_eq!(p.log_end, Some(N));
+    assert_eq!(p.offset_lag, Some(N - M), "offset lag is N − M");
+    assert_eq!(p.method, Method::Record, "the record at the commit exists");
+    let time_lag = p.time_lag_seconds.expect("a time lag");
+    let true_age_min = (before - stamps[M as usize]) as f64 / 1000.0;
+    let true_age_max = (after - stamps[M as usize]) as f64 / 1000.0;
+    assert!(
+        time_lag >= true_age_min - 1.0 && time_lag <= true_age_max + 1.0,
+        "time lag {time_lag} s is not within ±1 s of the age of record {M} ({true_age_min}..{true_age_max} s)"
+    );
+    assert!(!p.no_commit);
+    assert_eq!(g.members, 0);
+    assert_eq!(g.offset_lag, N - M);
+
+    let metrics = monitor.handle().render_prometheus();
+    let series = format!(
+        "synclag_backlog_offset_lag_records{{group=\"{name}\",topic=\"{topic}\",partition=\"0\"}} {}",
+        N - M
+    );
+    assert!(
+        metrics.contains(&series),
+        "missing `{series}` in:\n{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "synclag_backlog_time_lag_seconds{{group=\"{name}\",topic=\"{topic}\",partition=\"0\",method=\"record\"}}"
+    )));
+
+    // An unchanged commit is not read again.
+    let again = monitor.poll_once().await.expect("second cycle");
+    assert_eq!(again.records_read, 0, "cached record is re-read");
+    assert_eq!(
+        partition(group(&again, &name), &topic, 0).method,
+        Method::Record
+    );
+
+    // Caught up: lag 0, time lag 0, OK.
+    commit(&committer, &topic, 0, N);
+    let caught_up = monitor.poll_once().await.expect("third cycle");
+    let g = group(&caught_up, &name);
+    let p = partition(g, &topic, 0);
+    assert_eq!(p.offset_lag, Some(0));
+    assert_eq!(p.time_lag_seconds, Some(0.0));
+    assert_eq!(p.status, Status::Ok);
+    assert_eq!(g.status, Status::Ok);
+}
+
+#[tokio::test]
+async fn stop_when_commits_cease_while_producers_continue() {
+    let topic = support::random_name("backlog-stop");
+    let name = support::random_name("backlog-stop-group");
+    support::create_topic(&topic, 1).await;
+    let base = now_ms() - 60_000;
+    produce(&topic, 0, &[base, base + 1, base + 2, base + 3]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 2);
+
+    let mut monitor = monitor_for(&name);
+    let mut statuses = Vec::new();
+    let mut lags = Vec::new();
+    for i in 0..=WINDOW {
+        produce(&topic, 0, &[now_ms() + i as i64]).await;
+        let report = monitor.poll_once().await.expect("cycle");
+        assert!(
+            report.commit_log,
+            "the commit log is readable on the test broker"
+        );
+        let p = partition(group(&report, &name), &topic, 0).clone();
+        statuses.push(p.status);
+        lags.push(p.offset_lag.expect("offset lag"));
+    }
+    assert_eq!(lags, vec![3, 4, 5, 6], "producers kept going");
+    assert_eq!(
+        statuses[..WINDOW - 1],
+        vec![Status::Ok; WINDOW - 1],
+        "too little evidence before the window is full"
+    );
+    assert_eq!(statuses[WINDOW - 1..], [Status::Stop, Status::Stop]);
+    let report = monitor.handle().snapshot();
+    assert_eq!(group(&report, &name).status, Status::Stop);
+    assert!(report.render_prometheus().contains(&format!(
+        "synclag_backlog_group_status_info{{group=\"{name}\",status=\"STOP\"}} 1"
+    )));
+}
+
+#[tokio::test]
+async fn stall_when_the_same_offset_is_committed_with_lag() {
+    let topic = support::random_name("backlog-stall");
+    let name = support::random_name("backlog-stall-group");
+    support::create_topic(&topic, 1).await;
+    let base = now_ms() - 60_000;
+    produce(&topic, 0, &[base, base + 1, base + 2, base + 3, base + 4]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 2);
+
+    let mut monitor = monitor_for(&name);
+    let mut statuses = Vec::new();
+    for _ in 0..=WINDOW {
+        commit(&committer, &topic, 0, 2);
+        let report = monitor.poll_once().await.expect("cycle");
+        let p = partition(group(&report, &name), &topic, 0);
+        assert_eq!(p.offset_lag, Some(3));
+        statuses.push(p.status);
+    }
+    assert_eq!(statuses[WINDOW - 1..], [Status::Stall, Status::Stall]);
+}
+
+#[tokio::test]
+async fn idle_topic_with_a_caught_up_group_has_zero_time_lag_and_is_ok() {
+    let topic = support::random_name("backlog-idle");
+    let name = support::random_name("backlog-idle-group");
+    support::create_topic(&topic, 1).await;
+    let hour_ago = now_ms() - 3_600_000;
+    produce(&topic, 0, &[hour_ago, hour_ago + 1, hour_ago + 2]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 3);
+
+    let mut monitor = monitor_for(&name);
+    for _ in 0..=WINDOW {
+        let report = monitor.poll_once().await.expect("cycle");
+        let p = partition(group(&report, &name), &topic, 0);
+        assert_eq!(p.offset_lag, Some(0));
+        assert_eq!(
+            p.time_lag_seconds,
+            Some(0.0),
+            "idle topic must not show the hour-old record's age"
+        );
+        assert_eq!(p.status, Status::Ok);
+    }
+}
+
+#[tokio::test]
+async fn group_without_members_is_reported_and_its_series_go_when_it_is_deleted() {
+    let topic = support::random_name("backlog-empty");
+    let prefix = support::random_name("backlog-empty-group");
+    let name = format!("{prefix}-connector");
+    support::create_topic(&topic, 2).await;
+    let old = now_ms() - 7_200_000;
+    produce(&topic, 0, &[old, old + 1, old + 2]).await;
+    produce(&topic, 1, &[old, old + 1]).await;
+    {
+        // Old commits on partition 0 only; the client leaves, so the group has no member.
+        let committer = support::consumer(&name);
+        commit(&committer, &topic, 0, 1);
+    }
+
+    // Matched by pattern from the cluster's group list, not listed by name.
+    let pattern = regex::Regex::new(&format!("^{}-.*$", regex::escape(&prefix))).expect("regex");
+    let mut monitor = BacklogMonitor::new(config(vec![GroupSelector::Pattern(pattern)]))
+        .expect("create the monitor");
+    let report = monitor.poll_once().await.expect("cycle");
+    let g = group(&report, &name);
+    assert_eq!(g.members, 0);
+    assert_eq!(g.state, "Empty");
+    let p0 = partition(g, &topic, 0);
+    assert_eq!((p0.committed, p0.offset_lag), (Some(1), Some(2)));
+    let age = p0.time_lag_seconds.expect("time lag of the old commit");
+    assert!(age > 7_190.0, "two-hour-old record shows {age} s");
+    let p1 = partition(g, &topic, 1);
+    assert!(p1.no_commit, "partition without a commit is flagged");
+    assert_eq!(p1.committed, None);
+    assert_eq!(
+        p1.offset_lag,
+        Some(0),
+        "reset policy latest: nothing to catch up"
+    );
+    assert_eq!(g.uncommitted_partitions, 1);
+    let metrics = report.render_prometheus();
+    assert!(metrics.contains(&format!(
+        "synclag_backlog_group_members{{group=\"{name}\"}} 0"
+    )));
+
+    // With `earliest`, the whole partition is backlog.
+    let mut earliest = config(vec![GroupSelector::Name(name.clone())]);
+    earliest
+        .reset_policies
+        .push((GroupSelector::Name(name.clone()), ResetPolicy::Earliest));
+    let mut other = BacklogMonitor::new(earliest).expect("create the monitor");
+    let report = other.poll_once().await.expect("cycle");
+    let p1 = partition(group(&report, &name), &topic, 1);
+    assert_eq!((p1.no_commit, p1.offset_lag), (true, Some(2)));
+    assert_eq!(group(&report, &name).reset_policy, ResetPolicy::Earliest);
+
+    // Delete the group: its series are gone after the next cycle.
+    let admin: AdminClient<DefaultClientContext> =
+        support::client_config().create().expect("admin client");
+    let results = admin
+        .delete_groups(&[name.as_str()], &AdminOptions::new())
+        .await
+        .expect("DeleteGroups request");
+    for r in results {
+        r.unwrap_or_else(|(g, code)| panic!("deleting {g} failed: {code}"));
+    }
+    let report = monitor.poll_once().await.expect("cycle after deletion");
+    assert!(
+        report.group(&name).is_none(),
+        "deleted group still reported"
+    );
+    let metrics = monitor.handle().render_prometheus();
+    assert!(
+        !metrics.contains(&name),
+        "series of the deleted group remain:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn backlog_events_are_published_per_group_as_json_without_a_registry() {
+    let topic = support::random_name("backlog-ev-src");
+    let out = support::random_name("backlog-ev-out");
+    let name = support::random_name("backlog-ev-group");
+    support::create_topic(&topic, 1).await;
+    support::create_topic(&out, 1).await;
+    let base = now_ms() - 10_000;
+    produce(&topic, 0, &[base, base + 1]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 1);
+
+    let mut cfg = config(vec![GroupSelector::Name(name.clone())]);
+    cfg.backlog_topic = out.clone();
+    let sink = EventSink::new(&cfg).expect("event sink");
+    let mut monitor = BacklogMonitor::new(cfg).expect("monitor");
+    let report = monitor.poll_once().await.expect("cycle");
+    assert_eq!(sink.publish(&report).await.expect("publish"), 1);
+
+    let reader = support::consumer(&support::random_name("backlog-ev-reader"));
+    reader.subscribe(&[&out]).expect("subscribe");
+    let msg = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+        .await
+        .expect("event arrives within 30 s")
+        .expect("receive");
+    assert_eq!(msg.key(), Some(name.as_bytes()));
+    let event: BacklogEvent =
+        serde_json::from_slice(msg.payload().expect("payload")).expect("JSON event");
+    assert_eq!(event.group, name);
+    assert_eq!(event.offset_lag, 1);
+    assert_eq!(event.partitions.len(), 1);
+    assert_eq!(event.partitions[0].committed, Some(1));
+    assert_eq!(event.partitions[0].method, "record");
+}
