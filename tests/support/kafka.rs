@@ -45,11 +45,12 @@ pub struct LocalBroker {
     pub startup: Duration,
 }
 
-static BROKER: OnceLock<BrokerInfo> = OnceLock::new();
+static BROKER: OnceLock<Result<BrokerInfo, String>> = OnceLock::new();
 
-/// The broker shared by every test in this binary, started on first call.
+/// The broker shared by every test in this binary, started on first call. If it cannot be
+/// started, this and every later call panic with the reason.
 pub fn broker() -> &'static BrokerInfo {
-    BROKER.get_or_init(|| match std::env::var(BOOTSTRAP_ENV) {
+    process::start_once(&BROKER, || match std::env::var(BOOTSTRAP_ENV) {
         Ok(external) if !external.trim().is_empty() => BrokerInfo {
             bootstrap: external.trim().to_owned(),
             local: None,

@@ -5,9 +5,10 @@
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::net::TcpListener;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Overrides where cached jars and per-run scratch directories go.
@@ -373,5 +374,27 @@ pub fn await_ready(
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `start` once per process and hands out its result. If it panics, the panic message
+/// is kept and every later caller fails with it at once, instead of trying (and waiting for)
+/// the same failing start-up again.
+pub fn start_once<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    start: impl FnOnce() -> T,
+) -> &'static T {
+    let result = cell.get_or_init(|| {
+        panic::catch_unwind(AssertUnwindSafe(start)).map_err(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "start-up panicked".to_owned())
+        })
+    });
+    match result {
+        Ok(value) => value,
+        Err(message) => panic!("{message}"),
     }
 }

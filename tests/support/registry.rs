@@ -40,11 +40,12 @@ pub struct LocalRegistry {
     pub startup: Duration,
 }
 
-static REGISTRY: OnceLock<RegistryInfo> = OnceLock::new();
+static REGISTRY: OnceLock<Result<RegistryInfo, String>> = OnceLock::new();
 
-/// The registry shared by every test in this binary, started on first call.
+/// The registry shared by every test in this binary, started on first call. If it cannot be
+/// started, this and every later call panic with the reason.
 pub fn registry() -> &'static RegistryInfo {
-    REGISTRY.get_or_init(|| match std::env::var(REGISTRY_ENV) {
+    process::start_once(&REGISTRY, || match std::env::var(REGISTRY_ENV) {
         Ok(external) if !external.trim().is_empty() => RegistryInfo {
             url: external.trim().trim_end_matches('/').to_owned(),
             local: None,
