@@ -794,3 +794,28 @@ async fn without_drain_the_run_stops_at_the_end_and_cuts_off_what_is_in_flight()
         assert!(g.stages.iter().any(|s| !s.emitted));
     }
 }
+
+#[test]
+fn every_builtin_and_the_shipped_drill_fit_the_shipped_topology() {
+    let t = topology();
+    let mut names: Vec<String> = scenario::BUILTIN
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    names.push(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/drill.yaml").to_string());
+    for name in names {
+        let s = Scenario::resolve(&name).unwrap_or_else(|e| panic!("{e}"));
+        let options = SimOptions {
+            seed: 1,
+            start: morning(),
+            duration: None,
+            rate: None,
+            drain: false,
+        };
+        let sim = Simulator::new(&t, &s, &options).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            sim.end() - sim.start(),
+            chrono::Duration::from_std(s.duration()).unwrap()
+        );
+    }
+}
