@@ -85,6 +85,8 @@ struct Pipeline {
     backlogged: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     out: Vec<Outcome>,
     last_committed: HashMap<Tp, i64>,
+    /// The longest workflow window: records younger than this are never committed past.
+    max_window_ms: i64,
 }
 
 /// Runs the service until `shutdown` is cancelled; returns the address the HTTP server bound.
@@ -176,6 +178,12 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         backlogged: backlog_state,
         out: Vec::new(),
         last_committed: HashMap::new(),
+        max_window_ms: topology
+            .workflows
+            .iter()
+            .map(|w| i64::try_from(w.window.as_millis()).unwrap_or(i64::MAX))
+            .max()
+            .unwrap_or(0),
         topology: topology.clone(),
     };
 
@@ -367,7 +375,8 @@ impl Pipeline {
             Err(e) => {
                 metrics::counter!(names::DECODE_ERRORS_TOTAL, "topic" => record.topic.to_string(), "reason" => e.reason()).increment(1);
                 self.dead_letter(&record, e.reason(), &e.to_string()).await;
-                self.offsets.processed(pid, record.offset);
+                self.offsets
+                    .processed(pid, record.offset, record.timestamp_ms);
                 return;
             }
         };
@@ -380,7 +389,8 @@ impl Pipeline {
             metrics::counter!(names::SIGNALS_TOTAL, "stream" => stream.name.clone(), "kind" => kind.clone()).increment(1);
             self.signals
                 .record(decoded.stream, &decoded.correlation_id, &kind);
-            self.offsets.processed(pid, record.offset);
+            self.offsets
+                .processed(pid, record.offset, record.timestamp_ms);
             return;
         }
         let events = self.rules.stage_events(
@@ -397,9 +407,11 @@ impl Pipeline {
         for ev in events {
             if ev.stage == 0 {
                 if let (Some(t0), Some(t1)) = (ev.ts.source_event_ms, ev.ts.kafka_ms) {
-                    if t1 - t0 >= PARTNER_DELAY_NOTABLE_MS {
-                        self.partner_delay
-                            .insert((ev.workflow, ev.correlation_id.as_bytes().into()), t1 - t0);
+                    if t1.saturating_sub(t0) >= PARTNER_DELAY_NOTABLE_MS {
+                        self.partner_delay.insert(
+                            (ev.workflow, ev.correlation_id.as_bytes().into()),
+                            t1.saturating_sub(t0),
+                        );
                     }
                 }
             }
@@ -408,7 +420,8 @@ impl Pipeline {
                 self.dead_letter(&record, "rejected", &e.to_string()).await;
             }
         }
-        self.offsets.processed(pid, record.offset);
+        self.offsets
+            .processed(pid, record.offset, record.timestamp_ms);
         self.drain_outcomes();
     }
 
@@ -488,7 +501,13 @@ impl Pipeline {
                 }
             }
         }
-        if let Some(now) = self.watermarks.effective_now(wall_ms()) {
+        // Without an assignment there is nothing to judge time by: the clock must not jump
+        // to wall time before the backlog has even been seen.
+        let has_assignment = assignment.as_ref().is_some_and(|tpl| tpl.count() > 0);
+        if let Some(now) = has_assignment
+            .then(|| self.watermarks.effective_now(wall_ms()))
+            .flatten()
+        {
             self.engine.advance(now, &mut self.out);
             metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
         }
@@ -497,7 +516,10 @@ impl Pipeline {
 
     fn commit(&mut self, consumer: &StreamConsumer<IngestContext>, mode: CommitMode) {
         let engine = &self.engine;
-        let committable = self.offsets.committable(|id| engine.min_pinned_offset(id));
+        let cut = engine.now().saturating_sub(self.max_window_ms);
+        let committable = self
+            .offsets
+            .committable(|id| engine.min_pinned_offset(id), cut);
         let mut tpl = TopicPartitionList::new();
         for (tp, off) in &committable {
             metrics::gauge!(names::INPUT_OFFSET, "topic" => tp.0.clone(), "partition" => tp.1.to_string()).set(*off as f64);
@@ -516,6 +538,14 @@ impl Pipeline {
         match consumer.commit(&tpl, mode) {
             Ok(()) => self.last_committed.extend(committable),
             Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    /// The engine clock, or wall time before the engine has been advanced at all.
+    fn clock_ms(&self) -> i64 {
+        match self.engine.now() {
+            i64::MIN => wall_ms(),
+            t => t,
         }
     }
 
@@ -703,7 +733,7 @@ impl Pipeline {
             } => {
                 self.stats[wf].never_arrived += 1;
                 metrics::counter!(names::NEVER_ARRIVED_TOTAL, "workflow" => wname).increment(1);
-                let lag = window_end_ms - o.info.start_ms;
+                let lag = window_end_ms.saturating_sub(o.info.start_ms);
                 let ev = self.event(
                     o,
                     "never_arrived",
@@ -750,7 +780,7 @@ impl Pipeline {
                     missing.first().copied(),
                     last_seen(*stages_seen),
                     None,
-                    at_ms - o.info.start_ms,
+                    at_ms.saturating_sub(o.info.start_ms),
                 );
                 self.send(ev);
             }
@@ -772,7 +802,7 @@ impl Pipeline {
         let cid = o.info.correlation_id.to_string();
         let key: (usize, Box<[u8]>) = (wf, o.info.correlation_id.as_bytes().into());
         let partner = self.partner_delay.get(&key).copied();
-        let middleware = Some(lag_ms - partner.unwrap_or(0)).filter(|v| *v > 0);
+        let middleware = Some(lag_ms.saturating_sub(partner.unwrap_or(0))).filter(|v| *v > 0);
         let dominant: Option<LagSegment> = rules::dominant_segment(partner, middleware, None);
         let signals = self.signals.signals(&cid);
         let backlogged = (self.backlogged)();
@@ -812,7 +842,7 @@ impl Pipeline {
             last_stage_seen: last_stage_seen.map(|s| self.stage_name(wf, s)),
             started_at_ms: o.info.start_ms,
             deadline_ms,
-            observed_at_ms: self.engine.now(),
+            observed_at_ms: self.clock_ms(),
             lag_ms,
             dimensions: self.dims(o),
             segments_ms: segments(partner, middleware, None),
@@ -874,7 +904,7 @@ impl Pipeline {
         metrics::counter!(names::DUPLICATES_TOTAL).absolute(c.duplicates);
         metrics::counter!(names::DIMENSION_OVERFLOW_TOTAL).absolute(c.dimension_overflow);
         metrics::counter!(names::SIGNALS_FORGOTTEN_TOTAL).absolute(self.signals.forgotten());
-        let now = self.engine.now();
+        let now = self.clock_ms();
         let mut snapshot = StatusSnapshot {
             engine_clock_ms: now,
             caught_up: self.watermarks.watermark(wall_ms()).is_none(),
@@ -906,7 +936,7 @@ impl Pipeline {
                 end_to_end: st
                     .end_to_end
                     .as_ref()
-                    .filter(|h| h.len() > 0)
+                    .filter(|h| !h.is_empty())
                     .map(|h| Quantiles {
                         count: h.len(),
                         p50_ms: h.value_at_quantile(0.5),
@@ -929,7 +959,7 @@ impl Pipeline {
                             cid
                         },
                         started_at_ms: p.start_ms,
-                        age_seconds: (now - p.start_ms).max(0) as f64 / 1000.0,
+                        age_seconds: now.saturating_sub(p.start_ms).max(0) as f64 / 1000.0,
                         stages_seen: p
                             .stages_seen
                             .iter()

@@ -1,11 +1,15 @@
 //! Ingest: synclag's consumer group over every configured topic.
 //!
 //! At-least-once: auto-commit and auto offset store are off; synclag commits, per
-//! partition, the lowest of (a) the next offset to read and (b) the oldest record a
-//! still-pending correlation depends on — so a restart re-reads exactly what it needs
-//! to rebuild pending state, and loses no correlation. Offsets are committed
-//! periodically, on partition revoke (synchronously, inside the rebalance callback)
-//! and on shutdown.
+//! partition, the lowest of (a) the next offset to read, (b) the oldest record a
+//! still-pending correlation depends on, and (c) the oldest record younger than the
+//! longest workflow window. (b) alone is not enough when a correlation spans
+//! partitions: a finished correlation whose start is re-read after a restart but whose
+//! end is not would look pending again and be falsely breached. With (c), whenever a
+//! start is re-read its later stages are re-read too, so a restart replays the same
+//! outcomes (breaches carry the same `breach_id`; completions are counted again, the
+//! usual at-least-once duplicate). Offsets are committed periodically, on partition
+//! revoke (synchronously, inside the rebalance callback) and on shutdown.
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
@@ -116,12 +120,17 @@ impl ConsumerContext for IngestContext {
     }
 }
 
-/// Per input partition: the next offset to read, and a dense id for the engine.
+/// Records are grouped by record time in buckets of this size for the retention cut.
+const RETAIN_BUCKET_MS: i64 = 10_000;
+
+/// Per input partition: the next offset to read, the first offset of each recent time
+/// bucket (for the retention cut), and a dense id for the engine.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     ids: HashMap<Tp, u32>,
     tps: Vec<Tp>,
     next: HashMap<u32, i64>,
+    retain: HashMap<u32, std::collections::VecDeque<(i64, i64)>>,
 }
 
 impl OffsetTracker {
@@ -144,10 +153,18 @@ impl OffsetTracker {
         self.tps.get(id as usize)
     }
 
-    /// Marks `offset` as fully processed.
-    pub fn processed(&mut self, id: u32, offset: i64) {
+    /// Marks `offset` (record time `ts_ms`) as fully processed.
+    pub fn processed(&mut self, id: u32, offset: i64, ts_ms: Option<i64>) {
         let e = self.next.entry(id).or_insert(offset + 1);
         *e = (*e).max(offset + 1);
+        if let Some(ts) = ts_ms {
+            let bucket = ts.div_euclid(RETAIN_BUCKET_MS);
+            let q = self.retain.entry(id).or_default();
+            match q.back() {
+                Some((b, _)) if *b >= bucket => {}
+                _ => q.push_back((bucket, offset)),
+            }
+        }
     }
 
     pub fn next_offset(&self, id: u32) -> Option<i64> {
@@ -157,19 +174,37 @@ impl OffsetTracker {
     /// Forgets the read position of a revoked partition (it may come back elsewhere).
     pub fn revoke(&mut self, id: u32) {
         self.next.remove(&id);
+        self.retain.remove(&id);
     }
 
     /// Committable offset per partition: never past the oldest record a pending
-    /// correlation depends on.
-    pub fn committable(&self, min_pinned: impl Fn(u32) -> Option<i64>) -> HashMap<Tp, i64> {
-        self.next
-            .iter()
-            .filter_map(|(id, next)| {
-                let tp = self.tps.get(*id as usize)?.clone();
-                let safe = min_pinned(*id).map_or(*next, |p| p.min(*next));
-                Some((tp, safe))
-            })
-            .collect()
+    /// correlation depends on, nor past the first record with time ≥ `cut_ms`.
+    pub fn committable(
+        &mut self,
+        min_pinned: impl Fn(u32) -> Option<i64>,
+        cut_ms: i64,
+    ) -> HashMap<Tp, i64> {
+        let cut_bucket = cut_ms.div_euclid(RETAIN_BUCKET_MS);
+        let mut out = HashMap::new();
+        for (id, next) in &self.next {
+            let Some(tp) = self.tps.get(*id as usize) else {
+                continue;
+            };
+            let mut safe = min_pinned(*id).map_or(*next, |p| p.min(*next));
+            if let Some(q) = self.retain.get_mut(id) {
+                // Buckets wholly older than the cut no longer hold the commit back.
+                while q.len() > 1 && q.get(1).is_some_and(|(b, _)| *b <= cut_bucket) {
+                    q.pop_front();
+                }
+                if let Some((b, first)) = q.front() {
+                    if *b >= cut_bucket - 1 {
+                        safe = safe.min(*first);
+                    }
+                }
+            }
+            out.insert(tp.clone(), safe);
+        }
+        out
     }
 }
 
@@ -196,16 +231,38 @@ mod tests {
         let b = t.id("orders", 1);
         assert_eq!(t.id("orders", 0), a);
         for o in 0..10 {
-            t.processed(a, o);
+            t.processed(a, o, Some(o * 1_000));
         }
-        t.processed(b, 4);
-        let c = t.committable(|id| if id == a { Some(3) } else { None });
+        t.processed(b, 4, Some(0));
+        let c = t.committable(|id| if id == a { Some(3) } else { None }, 1_000_000);
         assert_eq!(c.get(&("orders".to_string(), 0)), Some(&3));
         assert_eq!(c.get(&("orders".to_string(), 1)), Some(&5));
         t.revoke(b);
         assert!(!t
-            .committable(|_| None)
+            .committable(|_| None, 1_000_000)
             .contains_key(&("orders".to_string(), 1)));
+    }
+
+    #[test]
+    fn commit_never_passes_records_younger_than_the_cut() {
+        let mut t = OffsetTracker::default();
+        let a = t.id("orders", 0);
+        // Offsets 0..30 with record times 0 s, 1 s, ... 29 s.
+        for o in 0..30 {
+            t.processed(a, o, Some(o * 1_000));
+        }
+        let tp = ("orders".to_string(), 0);
+        // Cut at 25 s: records younger than the cut must stay re-readable.
+        let safe = t.committable(|_| None, 25_000)[&tp];
+        assert!(
+            safe <= 20,
+            "offset {safe} passes records younger than the cut"
+        );
+        assert!(safe >= 10, "offset {safe} holds back more than two buckets");
+        // Everything older than the cut can be committed once the cut moves on.
+        assert_eq!(t.committable(|_| None, 1_000_000)[&tp], 30);
+        // A pending correlation still pins below the cut.
+        assert_eq!(t.committable(|_| Some(2), 1_000_000)[&tp], 2);
     }
 
     #[test]
