@@ -1,0 +1,199 @@
+//! Load command for the backlog monitor: builds a cluster's worth of topics and consumer
+//! groups, then times full poll cycles and reports wall time, CPU time and RSS.
+//!
+//! ```text
+//! cargo bench --bench backlog_load -- [--bootstrap HOST:PORT]
+//!     [--topics 40] [--partitions 50] [--groups 20] [--records 5] [--cycles 4]
+//! ```
+//!
+//! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
+//! integration tests do). Every group commits on every partition, at an offset that
+//! differs by group, so the cold cycle has to read `min(groups, records)` records per
+//! partition and later cycles hit the record cache. CPU and RSS come from `/proc`
+//! (Linux) and cover this process only — the broker runs in its own JVM.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+use synclag::backlog::{BacklogMonitor, MonitorConfig};
+use synclag::config::GroupSelector;
+
+struct Args {
+    bootstrap: Option<String>,
+    topics: usize,
+    partitions: i32,
+    groups: usize,
+    records: i64,
+    cycles: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        bootstrap: None,
+        topics: 40,
+        partitions: 50,
+        groups: 20,
+        records: 5,
+        cycles: 4,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--bench" {
+            continue; // added by `cargo bench`
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--bootstrap" => a.bootstrap = Some(value),
+            "--topics" => a.topics = value.parse()?,
+            "--partitions" => a.partitions = value.parse()?,
+            "--groups" => a.groups = value.parse()?,
+            "--records" => a.records = value.parse()?,
+            "--cycles" => a.cycles = value.parse()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// (user + system CPU seconds, RSS MiB, peak RSS MiB) of this process.
+fn usage() -> (f64, f64, f64) {
+    // Clock ticks per second; 100 on every mainstream Linux build.
+    const TICKS: f64 = 100.0;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / TICKS)
+        })
+        .unwrap_or(0.0);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let bootstrap = match &args.bootstrap {
+        Some(b) => b.clone(),
+        None => support::bootstrap(),
+    };
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", &bootstrap)
+        .set("broker.address.family", "v4");
+    let run = support::random_name("bl-load");
+    let topics: Vec<String> = (0..args.topics).map(|i| format!("{run}-t{i}")).collect();
+    let groups: Vec<String> = (0..args.groups).map(|i| format!("{run}-g{i}")).collect();
+    let total = args.topics as i64 * i64::from(args.partitions);
+    eprintln!(
+        "setting up {} topics x {} partitions = {total} partitions, {} groups, {} records each",
+        args.topics, args.partitions, args.groups, args.records
+    );
+
+    let admin: AdminClient<DefaultClientContext> = base.create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, args.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    for r in admin.create_topics(new.iter(), &opts).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
+    }
+
+    {
+        let producer: FutureProducer = base
+            .clone()
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "120000")
+            .create()?;
+        let old = chrono::Utc::now().timestamp_millis() - 3_600_000;
+        let mut pending = Vec::new();
+        for t in &topics {
+            for p in 0..args.partitions {
+                for n in 0..args.records {
+                    let record = FutureRecord::<(), str>::to(t)
+                        .partition(p)
+                        .payload("{}")
+                        .timestamp(old + n * 60_000);
+                    pending.push(producer.send(record, Duration::from_secs(120)));
+                }
+            }
+        }
+        for r in futures::future::join_all(pending).await {
+            r.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        }
+    }
+    for (i, g) in groups.iter().enumerate() {
+        let consumer: BaseConsumer = base
+            .clone()
+            .set("group.id", g)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let offset = (i as i64) % args.records.max(1);
+        let mut tpl = TopicPartitionList::new();
+        for t in &topics {
+            for p in 0..args.partitions {
+                tpl.add_partition_offset(t, p, Offset::Offset(offset))?;
+            }
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+    }
+
+    let mut config = MonitorConfig::new(
+        bootstrap,
+        vec![GroupSelector::Pattern(regex::Regex::new(&format!(
+            "^{}-g",
+            regex::escape(&run)
+        ))?)],
+    );
+    config
+        .properties
+        .insert("broker.address.family".into(), "v4".into());
+    config.max_record_reads = usize::MAX;
+    let mut monitor = BacklogMonitor::new(config)?;
+    println!("cycle  groups  partition-rows  records-read  wall_s  cpu_s  rss_mib  peak_rss_mib");
+    for _ in 0..args.cycles {
+        let (cpu0, _, _) = usage();
+        let t0 = Instant::now();
+        let report = monitor.poll_once().await?;
+        let wall = t0.elapsed().as_secs_f64();
+        let (cpu1, rss, peak) = usage();
+        let rows: usize = report.groups.iter().map(|g| g.partitions.len()).sum();
+        println!(
+            "{:>5}  {:>6}  {:>14}  {:>12}  {:>6.2}  {:>5.2}  {:>7.1}  {:>12.1}",
+            report.cycle,
+            report.groups.len(),
+            rows,
+            report.records_read,
+            wall,
+            cpu1 - cpu0,
+            rss,
+            peak
+        );
+    }
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let _ = admin.delete_groups(&names, &AdminOptions::new()).await;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+    Ok(())
+}
