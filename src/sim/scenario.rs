@@ -582,8 +582,9 @@ phases:
 const WAREHOUSE_OUTAGE: &str = r#"
 name: warehouse_outage
 description: >
-  The WMS bridge of the Liège warehouse stops confirming for twelve minutes, then
-  delivers everything it queued in one burst.
+  The WMS bridge of the Liège warehouse stops confirming picks and dispatches for
+  twelve minutes (orders are still released), then delivers everything it queued in
+  one burst.
 rate: 10
 weights: { order_import: 1.0, shipment_status: 1.0, inventory_sync: 0.8, billing_trigger: 0.6, returns: 0.15 }
 phases:
@@ -591,7 +592,7 @@ phases:
   - name: warehouse_outage
     duration: 12m
     faults:
-      - { name: warehouse_outage, kind: hold, dimension: warehouse, value: WH-LGG, burst: 30s }
+      - { name: warehouse_outage, kind: hold, workflows: [shipment_status], dimension: warehouse, value: WH-LGG, stages: [picked, dispatched], burst: 30s }
   - { name: recovery, duration: 5m }
 "#;
 
@@ -667,7 +668,7 @@ phases:
   - name: warehouse_outage
     duration: 5m
     faults:
-      - { name: warehouse_outage, kind: hold, dimension: warehouse, value: WH-LGG, burst: 30s }
+      - { name: warehouse_outage, kind: hold, workflows: [shipment_status], dimension: warehouse, value: WH-LGG, stages: [picked, dispatched], burst: 30s }
   - name: order_surge
     duration: 5m
     faults:

@@ -596,24 +596,25 @@ async fn warehouse_outage_holds_back_exactly_that_warehouse() {
     let in_outage = |ms: i64| ms >= outage_start && ms < outage_end;
     let mut lgg_in_outage = 0;
     let mut others_in_outage = 0;
-    for r in by_stream(&t, &out, "wms_fulfilment")
-        .into_iter()
-        .chain(by_stream(&t, &out, "inventory_moves"))
-        .chain(by_stream(&t, &out, "returns"))
-    {
+    // The outage stops pick and dispatch confirmations; orders are still released.
+    let mut lgg_released_in_outage = 0;
+    for r in by_stream(&t, &out, "wms_fulfilment") {
         if in_outage(r.timestamp_ms) {
-            if str_at(&r.value, "/warehouse_code") == "WH-LGG" {
-                lgg_in_outage += 1;
-            } else {
-                others_in_outage += 1;
+            let confirmation = matches!(str_at(&r.value, "/event_type"), "picked" | "dispatched");
+            let lgg = str_at(&r.value, "/warehouse_code") == "WH-LGG";
+            match (lgg, confirmation) {
+                (true, true) => lgg_in_outage += 1,
+                (true, false) => lgg_released_in_outage += 1,
+                (false, _) => others_in_outage += 1,
             }
         }
     }
+    assert!(lgg_released_in_outage > 50, "{lgg_released_in_outage}");
     assert_eq!(
         lgg_in_outage, 0,
         "WH-LGG records produced during its outage"
     );
-    assert!(others_in_outage > 1_000, "{others_in_outage}");
+    assert!(others_in_outage > 300, "{others_in_outage}");
     let faulted: Vec<_> = out.truth.iter().filter(|g| !g.faults.is_empty()).collect();
     assert!(faulted.len() > 100);
     for g in faulted {
