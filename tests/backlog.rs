@@ -336,3 +336,137 @@ async fn backlog_events_are_published_per_group_as_json_without_a_registry() {
     assert_eq!(event.partitions[0].committed, Some(1));
     assert_eq!(event.partitions[0].method, "record");
 }
+
+#[tokio::test]
+async fn backlog_events_are_avro_registered_under_topic_value_with_a_registry() {
+    use schema_registry_converter::async_impl::avro::AvroDecoder;
+    use schema_registry_converter::async_impl::schema_registry::{
+        get_schema_by_subject, SrSettings,
+    };
+    use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
+
+    let topic = support::random_name("backlog-avro-src");
+    let out = support::random_name("backlog-avro-out");
+    let name = support::random_name("backlog-avro-group");
+    support::create_topic(&topic, 1).await;
+    support::create_topic(&out, 1).await;
+    let base = now_ms() - 10_000;
+    produce(&topic, 0, &[base, base + 1, base + 2]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 3);
+
+    let url = support::registry_url();
+    let mut cfg = config(vec![GroupSelector::Name(name.clone())]);
+    cfg.backlog_topic = out.clone();
+    cfg.registry = Some(synclag::config::Registry {
+        url: url.clone(),
+        username: None,
+        password_env: None,
+        timeout: Duration::from_secs(10),
+    });
+    let sink = EventSink::new(&cfg).expect("event sink");
+    let mut monitor = BacklogMonitor::new(cfg).expect("monitor");
+    let report = monitor.poll_once().await.expect("cycle");
+    assert_eq!(sink.publish(&report).await.expect("publish"), 1);
+
+    let reader = support::consumer(&support::random_name("backlog-avro-reader"));
+    reader.subscribe(&[&out]).expect("subscribe");
+    let msg = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+        .await
+        .expect("event arrives within 30 s")
+        .expect("receive");
+    let payload = msg.payload().expect("payload");
+    assert_eq!(payload[0], 0, "Confluent wire format magic byte");
+    let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    let registered = get_schema_by_subject(
+        &SrSettings::new(url.clone()),
+        &SubjectNameStrategy::TopicNameStrategy(out.clone(), false),
+    )
+    .await
+    .expect("schema registered under <topic>-value");
+    assert_eq!(registered.id, id);
+
+    let decoded = AvroDecoder::new(SrSettings::new(url))
+        .decode(Some(payload))
+        .await
+        .expect("decodes with the registered schema");
+    let event: BacklogEvent = apache_avro::from_value(&decoded.value).expect("BacklogEvent");
+    assert_eq!(event.group, name);
+    assert_eq!(event.status, "OK");
+    assert_eq!(event.offset_lag, 0);
+    assert_eq!(event.partitions[0].time_lag_seconds, Some(0.0));
+}
+
+#[tokio::test]
+async fn time_lag_is_interpolated_when_retention_removed_the_committed_record() {
+    let topic = support::random_name("backlog-gone");
+    let name = support::random_name("backlog-gone-group");
+    support::create_topic(&topic, 1).await;
+    let base = now_ms();
+    let stamps: Vec<i64> = (0..10).map(|i| base - 600_000 + i * 30_000).collect();
+    produce(&topic, 0, &stamps).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 2);
+
+    // Records 0..5 are deleted, as retention would: the record at the commit is gone.
+    let admin: AdminClient<DefaultClientContext> =
+        support::client_config().create().expect("admin client");
+    let mut upto = TopicPartitionList::new();
+    upto.add_partition_offset(&topic, 0, Offset::Offset(5))
+        .expect("add partition offset");
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .expect("DeleteRecords");
+
+    let mut monitor = monitor_for(&name);
+    let before = now_ms();
+    let report = monitor.poll_once().await.expect("cycle");
+    let after = now_ms();
+    let p = partition(group(&report, &name), &topic, 0);
+    assert_eq!(p.log_start, Some(5));
+    assert_eq!(p.offset_lag, Some(8), "lag still counts from the commit");
+    assert_eq!(p.method, Method::Interpolated);
+    let lag = p.time_lag_seconds.expect("an estimate");
+    // A lower bound: at least the age of the oldest record left, at most the true age.
+    let oldest_left = (before - stamps[5]) as f64 / 1000.0;
+    let true_age = (after - stamps[2]) as f64 / 1000.0;
+    assert!(
+        lag >= oldest_left - 1.0 && lag <= true_age + 1.0,
+        "estimate {lag} s outside [{oldest_left}, {true_age}] s"
+    );
+}
+
+#[tokio::test]
+async fn run_loop_publishes_reports_until_cancelled() {
+    let topic = support::random_name("backlog-run");
+    let name = support::random_name("backlog-run-group");
+    support::create_topic(&topic, 1).await;
+    produce(&topic, 0, &[now_ms() - 5_000]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 0);
+
+    let mut cfg = config(vec![GroupSelector::Name(name.clone())]);
+    cfg.interval = Duration::from_millis(200);
+    cfg.backlog_topic = support::random_name("backlog-run-out");
+    let monitor = BacklogMonitor::new(cfg).expect("monitor");
+    let handle = monitor.handle();
+    assert_eq!(handle.snapshot().cycle, 0, "no cycle before the task runs");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    support::wait_until_async(Duration::from_secs(60), "two cycles have run", || {
+        let handle = handle.clone();
+        async move { handle.snapshot().cycle >= 2 }
+    })
+    .await;
+    let json: serde_json::Value =
+        serde_json::from_str(&handle.groups_json()).expect("groups JSON parses");
+    assert_eq!(json["groups"][0]["group"], name.as_str());
+    assert_eq!(json["groups"][0]["offset_lag"], 1);
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("run returns after cancellation")
+        .expect("task did not panic");
+    assert!(result.is_ok(), "run ended with {result:?}");
+}

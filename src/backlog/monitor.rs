@@ -352,8 +352,10 @@ impl BacklogMonitor {
                     })
                 };
                 if let (Some(pos), Some(end), Some(start)) = (position, end, start) {
-                    if pos < end && pos >= start {
-                        wanted.insert((tp.0.clone(), tp.1, pos));
+                    if pos < end {
+                        // Retention deleted the committed record: the oldest one left
+                        // becomes a sample, so the estimate is a tight lower bound.
+                        wanted.insert((tp.0.clone(), tp.1, pos.max(start)));
                     }
                 }
                 list.push(Row {
