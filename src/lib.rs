@@ -11,6 +11,7 @@
 //! - [`emit`]      — breach / lag / backlog events onto Kafka, HTTP API.
 //! - [`service`]   — `synclag run`: the pipeline task wiring all of the above.
 //! - [`telemetry`] — every Prometheus metric name in one place, registration, exporter.
+//! - [`demo`]      — `synclag demo`: in-process Kafka, simulator and service, live view and summary.
 //! - [`sim`]       — the simulator: realistic logistics + Odoo outbox traffic with injected faults.
 //!
 //! `main.rs` only parses the command line and calls into these modules.
@@ -19,6 +20,7 @@ pub mod backlog;
 pub mod config;
 pub mod correlate;
 pub mod decode;
+pub mod demo;
 pub mod emit;
 pub mod ingest;
 pub mod rules;

@@ -32,6 +32,9 @@ enum Command {
     },
     /// Watch the backlog (offset and time lag, status) of the configured consumer groups.
     Backlog(synclag::backlog::BacklogArgs),
+    /// The whole product in one command: in-process Kafka, simulated traffic with faults,
+    /// the service on top, a live view, and a summary of what was detected.
+    Demo(synclag::demo::DemoArgs),
     /// Produce realistic logistics and Odoo outbox traffic with injected faults.
     Simulate(synclag::sim::SimulateArgs),
 }
@@ -73,6 +76,16 @@ fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) {
             }
         }
     });
+}
+
+/// The demo owns the terminal: only warnings and errors are logged.
+fn init_logging_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCLAG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -127,6 +140,10 @@ fn main() -> ExitCode {
         Command::Backlog(args) => {
             init_logging();
             report(runtime().and_then(|rt| rt.block_on(synclag::backlog::run_standalone(args))))
+        }
+        Command::Demo(args) => {
+            init_logging_quiet();
+            report(runtime().and_then(|rt| rt.block_on(synclag::demo::run(args)).map(|_| ())))
         }
         Command::Simulate(args) => {
             init_logging();

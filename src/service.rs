@@ -87,6 +87,8 @@ struct Pipeline {
     last_committed: HashMap<Tp, i64>,
     /// The longest workflow window: records younger than this are never committed past.
     max_window_ms: i64,
+    /// Delivery of the last lag summaries.
+    lag_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the service until `shutdown` is cancelled; returns the address the HTTP server bound.
@@ -107,11 +109,35 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
 
     let mut api = ApiState::new(Some(metrics), topology.registry.is_some());
-    let backlog_state: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(Vec::new);
+    let mut backlogged: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(Vec::new);
+    let mut backlog_task = None;
     if !topology.backlog.groups.is_empty() {
-        api.groups = Some(Arc::new(
-            || serde_json::json!({"groups": [], "note": "backlog monitor starting"}),
-        ));
+        let monitor = crate::backlog::BacklogMonitor::new(
+            crate::backlog::MonitorConfig::from_topology(&topology),
+        )
+        .map_err(|e| RunError::Kafka(format!("backlog monitor: {e}")))?;
+        let handle = monitor.handle();
+        let h = handle.clone();
+        api.groups = Some(Arc::new(move || {
+            serde_json::to_value(&*h.snapshot()).unwrap_or_default()
+        }));
+        let h = handle.clone();
+        api.extra_metrics = Some(Arc::new(move || h.render_prometheus()));
+        let h = handle;
+        backlogged = Arc::new(move || {
+            h.snapshot()
+                .groups
+                .iter()
+                .filter(|g| !matches!(g.status, crate::backlog::Status::Ok))
+                .map(|g| g.group.clone())
+                .collect()
+        });
+        let token = shutdown.clone();
+        backlog_task = Some(tokio::spawn(async move {
+            if let Err(e) = monitor.run(token).await {
+                tracing::error!(error = %e, "backlog monitor stopped");
+            }
+        }));
     }
     let addr = topology.service.http_listen;
     let bound = http::serve(addr, api.clone(), shutdown.clone())
@@ -130,6 +156,8 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "1000")
+        // Breaches are judged on the wall clock: records must not idle in a fetch request.
+        .set("fetch.wait.max.ms", "100")
         .set("partition.assignment.strategy", "cooperative-sticky");
     let consumer: StreamConsumer<IngestContext> = cfg
         .create_with_context(IngestContext {
@@ -175,9 +203,10 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         stats,
         open_breaches: HashSet::new(),
         partner_delay: HashMap::new(),
-        backlogged: backlog_state,
+        backlogged,
         out: Vec::new(),
         last_committed: HashMap::new(),
+        lag_task: None,
         max_window_ms: topology
             .workflows
             .iter()
@@ -204,7 +233,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 }
                 if last_lag.elapsed() >= p.topology.service.lag_interval {
                     last_lag = Instant::now();
-                    p.emit_lag().await;
+                    p.emit_lag();
                 }
             }
             msg = consumer.recv() => match msg {
@@ -227,26 +256,37 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         tracing::warn!(error = %e, "outputs not fully flushed before the shutdown timeout");
     }
     consumer.unsubscribe();
+    if let Some(task) = backlog_task {
+        let _ =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), task).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Delivers breach events: many in flight at once (librdkafka keeps them in order per
+/// partition), bounded so a stalled cluster applies back-pressure instead of memory growth.
 async fn emit_breaches(outputs: Arc<Outputs>, mut rx: mpsc::Receiver<BreachEvent>) {
-    while let Some(ev) = rx.recv().await {
-        let mut attempt = 0u32;
-        loop {
-            match outputs.breach(&ev).await {
-                Ok(()) => break,
-                Err(e) if e.is_retryable() && attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "breach event not delivered; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                }
-                Err(e) => {
-                    metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "breaches")
-                        .increment(1);
-                    tracing::error!(error = %e, breach_id = %ev.breach_id, "breach event lost after retries");
-                    break;
+    use futures::stream::{FuturesUnordered, StreamExt};
+    const MAX_IN_FLIGHT: usize = 10_000;
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            ev = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match ev {
+                Some(ev) => match outputs.enqueue_breach(&ev).await {
+                    Ok(delivery) => in_flight.push(delivery),
+                    Err(e) => {
+                        metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "breaches").increment(1);
+                        tracing::error!(error = %e, breach_id = %ev.breach_id, "breach event could not be written");
+                    }
+                },
+                None => open = false,
+            },
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(e) = result {
+                    metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "breaches").increment(1);
+                    tracing::error!(error = %e, "breach event not delivered within the producer's timeout");
                 }
             }
         }
@@ -504,9 +544,11 @@ impl Pipeline {
         // Without an assignment there is nothing to judge time by: the clock must not jump
         // to wall time before the backlog has even been seen.
         let has_assignment = assignment.as_ref().is_some_and(|tpl| tpl.count() > 0);
+        let grace = i64::try_from(self.topology.service.breach_grace.as_millis()).unwrap_or(0);
         if let Some(now) = has_assignment
             .then(|| self.watermarks.effective_now(wall_ms()))
             .flatten()
+            .map(|t| t.saturating_sub(grace))
         {
             self.engine.advance(now, &mut self.out);
             metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
@@ -866,7 +908,7 @@ impl Pipeline {
         }
     }
 
-    async fn emit_lag(&self) {
+    fn emit_lag(&mut self) {
         let now = wall_ms();
         let summaries: Vec<LagSummary> = self
             .engine
@@ -893,10 +935,19 @@ impl Pipeline {
                 hdr_base64: s.histogram_b64,
             })
             .collect();
-        if let Err(e) = self.outputs.lag(&summaries).await {
+        if self.lag_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            tracing::warn!("previous lag summaries still in flight; skipping this interval");
             metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "lag").increment(1);
-            tracing::warn!(error = %e, "lag summaries not delivered");
+            return;
         }
+        // Delivered off the pipeline task: ingestion never waits for the lag topic.
+        let outputs = self.outputs.clone();
+        self.lag_task = Some(tokio::spawn(async move {
+            if let Err(e) = outputs.lag(&summaries).await {
+                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "lag").increment(1);
+                tracing::warn!(error = %e, "lag summaries not delivered");
+            }
+        }));
     }
 
     fn publish(&self) {

@@ -48,6 +48,9 @@ pub struct Service {
     pub shutdown_timeout: Duration,
     pub lag_interval: Duration,
     pub idle_partition: Duration,
+    /// Records still in flight (fetch latency, producer linger) get this long past a
+    /// deadline before a breach is raised on the wall clock.
+    pub breach_grace: Duration,
 }
 
 #[derive(Debug, Clone)]

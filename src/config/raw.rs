@@ -34,8 +34,12 @@ pub struct RawService {
     pub lag_interval: Option<String>,
     /// After this long with no record, an input partition stops holding the watermark back.
     pub idle_partition: Option<String>,
+    /// How long past an SLA deadline synclag waits for records still in flight before it
+    /// raises the breach.
+    pub breach_grace: Option<String>,
 }
 pub const SERVICE_KEYS: &[&str] = &[
+    "breach_grace",
     "group_id",
     "http_listen",
     "shutdown_timeout",

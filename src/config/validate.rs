@@ -548,6 +548,15 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             service.idle_partition.as_deref(),
             Duration::from_secs(30),
         ),
+        breach_grace: match service.breach_grace.as_deref() {
+            Some("0s") | Some("0ms") => Duration::ZERO,
+            other => duration(
+                &mut ctx,
+                "service.breach_grace",
+                other,
+                Duration::from_secs(1),
+            ),
+        },
     };
 
     let kafka = kafka.unwrap_or_default();

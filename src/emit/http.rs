@@ -80,6 +80,7 @@ pub struct Readiness {
 }
 
 type GroupsFn = dyn Fn() -> serde_json::Value + Send + Sync;
+type TextFn = dyn Fn() -> String + Send + Sync;
 
 /// Shared state of the HTTP server.
 #[derive(Clone)]
@@ -88,6 +89,9 @@ pub struct ApiState {
     pub status: Arc<RwLock<StatusSnapshot>>,
     pub ready: Arc<Readiness>,
     pub groups: Option<Arc<GroupsFn>>,
+    /// More Prometheus text appended to `/metrics` (series rendered by their owner, such
+    /// as the backlog monitor's, which must disappear when their group does).
+    pub extra_metrics: Option<Arc<TextFn>>,
 }
 
 impl ApiState {
@@ -100,6 +104,7 @@ impl ApiState {
                 ..Readiness::default()
             }),
             groups: None,
+            extra_metrics: None,
         }
     }
 }
@@ -141,7 +146,13 @@ pub async fn serve(
 
 async fn metrics(State(s): State<ApiState>) -> Response {
     match &s.metrics {
-        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        Some(h) => {
+            let mut text = h.render();
+            if let Some(extra) = &s.extra_metrics {
+                text.push_str(&extra());
+            }
+            ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
     }
 }

@@ -130,7 +130,57 @@ impl Outputs {
         }
     }
 
-    /// Writes one breach event, keyed by workflow + correlation id.
+    /// Encodes a breach event and hands it to the producer queue (order of calls is the
+    /// order on the partition); the returned future resolves on delivery. Waits while
+    /// librdkafka's queue is full instead of dropping.
+    pub async fn enqueue_breach(
+        &self,
+        event: &BreachEvent,
+    ) -> Result<impl std::future::Future<Output = Result<(), EmitError>> + Send + 'static, EmitError>
+    {
+        let bytes = self
+            .encode(&self.breaches_topic, BREACH_SCHEMA, event)
+            .await?;
+        let key = event.key();
+        let topic = self.breaches_topic.clone();
+        let delivery = loop {
+            let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
+            match self.producer.send_result(record) {
+                Ok(d) => break d,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err((e, _)) => {
+                    return Err(EmitError::Delivery {
+                        topic,
+                        why: e.to_string(),
+                    });
+                }
+            }
+        };
+        Ok(async move {
+            let result = match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(EmitError::Delivery {
+                    topic: topic.clone(),
+                    why: e.to_string(),
+                }),
+                Err(_) => Err(EmitError::Delivery {
+                    topic: topic.clone(),
+                    why: "producer dropped the message".into(),
+                }),
+            };
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic, "result" => outcome)
+                .increment(1);
+            result
+        })
+    }
+
+    /// Writes one breach event, keyed by workflow + correlation id, and waits for delivery.
     pub async fn breach(&self, event: &BreachEvent) -> Result<(), EmitError> {
         let bytes = self
             .encode(&self.breaches_topic, BREACH_SCHEMA, event)
@@ -141,11 +191,21 @@ impl Outputs {
 
     /// Writes lag summaries, keyed by workflow.
     pub async fn lag(&self, summaries: &[LagSummary]) -> Result<(), EmitError> {
+        let mut encoded = Vec::with_capacity(summaries.len());
         for s in summaries {
-            let bytes = self.encode(&self.lag_topic, LAG_SCHEMA, s).await?;
-            self.send(&self.lag_topic, &s.workflow, &bytes, None)
-                .await?;
+            encoded.push((
+                s.workflow.as_str(),
+                self.encode(&self.lag_topic, LAG_SCHEMA, s).await?,
+            ));
         }
+        // All in flight at once: one summary per series can be hundreds of records.
+        let sends = encoded
+            .iter()
+            .map(|(key, bytes)| self.send(&self.lag_topic, key, bytes, None));
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
         Ok(())
     }
 
