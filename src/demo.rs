@@ -82,7 +82,7 @@ pub struct DemoReport {
 }
 
 /// Scales every phase so the scenario lasts `total`.
-fn squeeze(mut scenario: Scenario, total: Duration) -> Scenario {
+pub fn squeeze(mut scenario: Scenario, total: Duration) -> Scenario {
     let length: Duration = scenario.phases.iter().map(|p| p.duration).sum();
     if length.is_zero() {
         return scenario;
