@@ -54,6 +54,9 @@ pub struct DemoArgs {
     /// Write the simulator's ground truth (one JSON line per correlation).
     #[arg(long)]
     pub ground_truth: Option<PathBuf>,
+    /// Write the summary as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// What happened to one injected fault.
@@ -283,6 +286,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         records_produced: produced,
     };
     print_summary(&report);
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(report)
 }
 
