@@ -89,6 +89,12 @@ struct Pipeline {
     max_window_ms: i64,
     /// Delivery of the last lag summaries.
     lag_task: Option<tokio::task::JoinHandle<()>>,
+    /// Largest record time seen per input partition.
+    max_record_ts: HashMap<u32, i64>,
+    /// Whether the engine clock follows the wall clock (all partitions caught up).
+    live: bool,
+    /// Outcomes waiting for the engine clock to pass their time (see `drain_outcomes`).
+    deferred: std::collections::VecDeque<(i64, Outcome)>,
 }
 
 /// Runs the service until `shutdown` is cancelled; returns the address the HTTP server bound.
@@ -117,21 +123,8 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         )
         .map_err(|e| RunError::Kafka(format!("backlog monitor: {e}")))?;
         let handle = monitor.handle();
-        let h = handle.clone();
-        api.groups = Some(Arc::new(move || {
-            serde_json::to_value(&*h.snapshot()).unwrap_or_default()
-        }));
-        let h = handle.clone();
-        api.extra_metrics = Some(Arc::new(move || h.render_prometheus()));
-        let h = handle;
-        backlogged = Arc::new(move || {
-            h.snapshot()
-                .groups
-                .iter()
-                .filter(|g| !matches!(g.status, crate::backlog::Status::Ok))
-                .map(|g| g.group.clone())
-                .collect()
-        });
+        handle.attach(&mut api);
+        backlogged = Arc::new(move || handle.backlogged_groups());
         let token = shutdown.clone();
         backlog_task = Some(tokio::spawn(async move {
             if let Err(e) = monitor.run(token).await {
@@ -207,6 +200,9 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         out: Vec::new(),
         last_committed: HashMap::new(),
         lag_task: None,
+        max_record_ts: HashMap::new(),
+        live: false,
+        deferred: std::collections::VecDeque::new(),
         max_window_ms: topology
             .workflows
             .iter()
@@ -245,6 +241,8 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
 
     tracing::info!("shutting down: flushing outputs and committing offsets");
     let budget = p.topology.service.shutdown_timeout;
+    // Evidence will not get more complete: emit what is still waiting.
+    p.release_deferred(true);
     p.publish();
     let deadline = Instant::now() + budget;
     p.commit(&consumer, CommitMode::Sync);
@@ -409,6 +407,8 @@ impl Pipeline {
         };
         if let Some(t) = record.timestamp_ms {
             self.watermarks.observe(pid, t, wall);
+            let seen = self.max_record_ts.entry(pid).or_insert(t);
+            *seen = (*seen).max(t);
         }
         let decoded = match decoded {
             Ok(d) => d,
@@ -527,6 +527,15 @@ impl Pipeline {
                     let s = stats.get(&tp);
                     let up = caught_up(s, self.offsets.next_offset(id));
                     self.watermarks.set_caught_up(id, up);
+                    tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), up, stats = ?s, next = ?self.offsets.next_offset(id), "partition position");
+                    // A partition known to be behind is never idle, however long the
+                    // consumer spends on other partitions; the idle timeout only covers
+                    // partitions without statistics.
+                    if s.is_some() && !up {
+                        if let Some(t) = self.max_record_ts.get(&id) {
+                            self.watermarks.observe(id, *t, wall_ms());
+                        }
+                    }
                     if let Some(s) = s {
                         let pos = self
                             .offsets
@@ -550,6 +559,24 @@ impl Pipeline {
             .flatten()
             .map(|t| t.saturating_sub(grace))
         {
+            tracing::debug!(engine_now = now, wall = wall_ms(), "engine clock");
+            let live = self.watermarks.watermark(wall_ms()).is_none();
+            if live != self.live {
+                self.live = live;
+                let behind: Vec<String> = assignment
+                    .iter()
+                    .flat_map(|tpl| tpl.elements())
+                    .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+                    .collect();
+                if live {
+                    tracing::info!(
+                        partitions = behind.len(),
+                        "caught up: the engine clock follows the wall clock"
+                    );
+                } else {
+                    tracing::info!(partitions = ?behind, "reading a backlog: the engine clock follows the event-time watermark");
+                }
+            }
             self.engine.advance(now, &mut self.out);
             metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
         }
@@ -649,13 +676,46 @@ impl Pipeline {
         metrics::histogram!(names::LAG_SECONDS, labels).record(ms.max(0) as f64 / 1000.0);
     }
 
+    /// Stage lags are recorded at once. Everything that becomes an event (breach,
+    /// completion, never arrived, late, evicted) waits, in engine order, until the engine
+    /// clock has passed the time it is about: while a backlog is read, a completion can
+    /// fire a breach before the signal records (errors, throttling) of the same moment
+    /// have been read from another partition; waiting for the clock makes the evidence
+    /// complete, and costs nothing live, where that time has already passed.
     fn drain_outcomes(&mut self) {
         let outcomes = std::mem::take(&mut self.out);
-        for o in &outcomes {
-            self.on_outcome(o);
+        for o in outcomes.iter() {
+            let release_at = match &o.kind {
+                OutcomeKind::StageReached { .. } => {
+                    self.on_outcome(o);
+                    continue;
+                }
+                OutcomeKind::Breach { deadline_ms, .. } => *deadline_ms,
+                OutcomeKind::Completed { at_ms, .. } => *at_ms,
+                OutcomeKind::NeverArrived { window_end_ms, .. } => *window_end_ms,
+                OutcomeKind::LateArrival { at_ms, .. } => *at_ms,
+                OutcomeKind::Evicted { at_ms, .. } => *at_ms,
+            };
+            self.deferred.push_back((release_at, o.clone()));
         }
         self.out = outcomes;
         self.out.clear();
+        self.release_deferred(false);
+    }
+
+    /// Handles deferred outcomes whose time the engine clock has passed (all of them
+    /// when `all`, at shutdown).
+    fn release_deferred(&mut self, all: bool) {
+        let now = self.engine.now();
+        while let Some((at, _)) = self.deferred.front() {
+            if !all && (now == i64::MIN || *at > now) {
+                break;
+            }
+            if let Some((_, o)) = self.deferred.pop_front() {
+                self.on_outcome(&o);
+            }
+        }
+        metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.deferred.len() as f64);
     }
 
     fn on_outcome(&mut self, o: &Outcome) {

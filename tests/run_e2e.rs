@@ -223,7 +223,10 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
             .args(["run", "--config"])
             .arg(&cfg)
-            .env("SYNCLAG_LOG", "info")
+            .env(
+                "SYNCLAG_LOG",
+                std::env::var("SYNCLAG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
@@ -597,9 +600,12 @@ async fn decode_breaches(msgs: &[rdkafka::message::OwnedMessage]) -> Vec<BreachE
 
 /// Decodes a breach record locally (the schema is ours), for stop conditions while reading.
 fn breach_of(m: &rdkafka::message::OwnedMessage) -> Option<BreachEvent> {
-    let schema = apache_avro::Schema::parse_str(synclag::emit::events::BREACH_SCHEMA).ok()?;
+    static SCHEMA: std::sync::OnceLock<Option<apache_avro::Schema>> = std::sync::OnceLock::new();
+    let schema = SCHEMA
+        .get_or_init(|| apache_avro::Schema::parse_str(synclag::emit::events::BREACH_SCHEMA).ok())
+        .as_ref()?;
     let payload = m.payload()?;
-    let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
         .ok()?
         .read_value(&mut payload.get(5..)?)
@@ -607,11 +613,20 @@ fn breach_of(m: &rdkafka::message::OwnedMessage) -> Option<BreachEvent> {
     apache_avro::from_value(&value).ok()
 }
 
-fn distinct(msgs: &[rdkafka::message::OwnedMessage]) -> BTreeSet<(String, String, String)> {
-    msgs.iter()
-        .filter_map(breach_of)
-        .map(|e| (e.correlation_id, e.kind, e.severity))
-        .collect()
+/// A stop condition for [`read_topic`]: true once `want` distinct
+/// (correlation, kind, severity) breach events were read. Decodes each record once.
+fn distinct_at_least(want: usize) -> impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut done = 0;
+    move |msgs| {
+        for m in &msgs[done..] {
+            if let Some(e) = breach_of(m) {
+                seen.insert((e.correlation_id, e.kind, e.severity));
+            }
+        }
+        done = msgs.len();
+        seen.len() >= want
+    }
 }
 
 fn expected_events(truth: &[Truth]) -> BTreeSet<(String, String, String, String)> {
@@ -765,9 +780,11 @@ async fn scripted_scenario_matches_ground_truth() {
     // Every expected breach arrives, decodable with a Confluent-compatible Avro deserializer;
     // nothing unexpected.
     let expected = expected_events(&truth);
-    let msgs = read_topic(&t.breaches, Duration::from_secs(60), |m| {
-        distinct(m).len() >= expected.len()
-    })
+    let msgs = read_topic(
+        &t.breaches,
+        Duration::from_secs(60),
+        distinct_at_least(expected.len()),
+    )
     .await;
     let events = decode_breaches(&msgs).await;
     let got: BTreeSet<(String, String, String, String)> = events
@@ -879,7 +896,15 @@ async fn scripted_scenario_matches_ground_truth() {
     assert_eq!(reasons, expected_reasons);
 
     // Lag summaries arrive per workflow (Avro).
-    let lag = read_topic(&t.lag, Duration::from_secs(30), |m| m.len() >= 3).await;
+    // Lag summaries are keyed by workflow: read until every workflow has one.
+    let lag = read_topic(&t.lag, Duration::from_secs(30), |m| {
+        m.iter()
+            .filter_map(|r| r.key())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= 3
+    })
+    .await;
     let dec = AvroDecoder::new(SrSettings::new(support::registry_url()));
     let mut workflows = BTreeSet::new();
     for m in &lag {
@@ -1057,6 +1082,41 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     first.kill();
 
+    // Which offsets a restart re-reads: every record here is younger than the longest
+    // window, so nothing may have been committed past the start of any partition.
+    let probe: StreamConsumer = support::consumer(&t.group);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (topic, parts) in [(&t.orders, 3), (&t.outbox, 3)] {
+        for p in 0..parts {
+            tpl.add_partition(topic, p);
+        }
+    }
+    let committed = probe
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("read synclag's committed offsets");
+    let mut seen_commit = false;
+    for e in committed.elements() {
+        match e.offset() {
+            rdkafka::Offset::Invalid => {}
+            rdkafka::Offset::Offset(o) => {
+                seen_commit = true;
+                assert_eq!(
+                    o,
+                    0,
+                    "{}[{}] committed past records a restart needs",
+                    e.topic(),
+                    e.partition()
+                );
+            }
+            other => panic!("unexpected committed offset {other:?}"),
+        }
+    }
+    assert!(
+        seen_commit,
+        "run 1 committed its (safe) offsets before the kill"
+    );
+    drop(probe);
+
     // Phase 2 while synclag is down.
     let phase2: Vec<Rec> = (0..n)
         .filter(|i| group(*i) == "ok_after")
@@ -1094,9 +1154,11 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let all = read_topic(&t.breaches, Duration::from_secs(60), |m| {
-        distinct(m).len() >= expect_done * 3
-    })
+    let all = read_topic(
+        &t.breaches,
+        Duration::from_secs(60),
+        distinct_at_least(expect_done * 3),
+    )
     .await;
     let all = decode_breaches(&all).await;
 

@@ -40,7 +40,6 @@ pub use timeline::Method;
 use crate::config::{GroupSelector, Topology};
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Why the monitor, one of its cycles, or its output failed.
@@ -131,6 +130,26 @@ impl BacklogHandle {
         serde_json::to_string(&*self.snapshot()).unwrap_or_else(|_| "{}".to_owned())
     }
 
+    /// Watched groups whose status is not OK in the latest report (evidence for causes).
+    pub fn backlogged_groups(&self) -> Vec<String> {
+        self.snapshot()
+            .groups
+            .iter()
+            .filter(|g| g.status != Status::Ok)
+            .map(|g| g.group.clone())
+            .collect()
+    }
+
+    /// Serves this monitor's report on `/api/v1/groups` and its series on `/metrics`.
+    pub fn attach(&self, api: &mut crate::emit::http::ApiState) {
+        let h = self.clone();
+        api.groups = Some(Arc::new(move || {
+            serde_json::to_value(&*h.snapshot()).unwrap_or_default()
+        }));
+        let h = self.clone();
+        api.extra_metrics = Some(Arc::new(move || h.render_prometheus()));
+    }
+
     fn publish(&self, report: Arc<BacklogReport>) {
         *self.latest.write().unwrap_or_else(PoisonError::into_inner) = report;
     }
@@ -171,16 +190,19 @@ pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&*report)?);
         return Ok(());
     }
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    crate::telemetry::describe_all();
+    let metrics = crate::telemetry::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let shutdown = CancellationToken::new();
-    let handle = monitor.handle();
+    let mut api = crate::emit::http::ApiState::new(Some(metrics), false);
+    // Nothing to be assigned in standalone mode: ready as soon as it serves.
+    api.ready
+        .assigned
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    monitor.handle().attach(&mut api);
     let addr = topology.service.http_listen;
-    let listener = tokio::net::TcpListener::bind(addr)
+    let bound = crate::emit::http::serve(addr, api, shutdown.clone())
         .await
         .map_err(|source| BacklogError::Listen { addr, source })?;
-    tracing::info!(%addr, "backlog monitor serving /metrics and /api/v1/groups");
-    let http = tokio::spawn(serve(listener, handle, prometheus, shutdown.clone()));
+    tracing::info!(%bound, "backlog monitor serving /metrics and /api/v1/groups");
     let signal = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -192,60 +214,5 @@ pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
     let result = monitor.run(shutdown.clone()).await;
     shutdown.cancel();
     signal.abort();
-    let _ = http.await;
     result.map_err(Into::into)
-}
-
-/// A minimal HTTP/1.1 endpoint for standalone mode (`synclag run` has the real API).
-async fn serve(
-    listener: tokio::net::TcpListener,
-    backlog: BacklogHandle,
-    prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let backlog = backlog.clone();
-        let prometheus = prometheus.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read until the end of the request head (bounded), then answer and close.
-            while len < buf.len() {
-                match stream.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
-                }
-                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, content_type, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    prometheus.render() + &backlog.render_prometheus(),
-                ),
-                "/api/v1/groups" => ("200 OK", "application/json", backlog.groups_json()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
 }

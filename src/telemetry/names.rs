@@ -127,6 +127,11 @@ pub fn describe_all() {
         Unit::Count,
         "Records written to output topics, by topic and result."
     );
+    describe_gauge!(
+        DEFERRED_OUTCOMES,
+        Unit::Count,
+        "Outcomes waiting for the engine clock to pass their time before they are emitted (non-zero while reading a backlog)."
+    );
     describe_counter!(
         OUTPUT_ERRORS_TOTAL,
         Unit::Count,
@@ -187,3 +192,4 @@ pub const ENGINE_CLOCK_SECONDS: &str = "synclag_engine_clock_seconds";
 pub const GROUP_MEMBERS: &str = "synclag_group_members";
 pub const OUTPUT_RECORDS_TOTAL: &str = "synclag_output_records_total";
 pub const OUTPUT_ERRORS_TOTAL: &str = "synclag_output_errors_total";
+pub const DEFERRED_OUTCOMES: &str = "synclag_deferred_outcomes";
