@@ -1217,3 +1217,57 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
     );
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_group_member_is_reported() {
+    let t = Topics::new();
+    t.create().await;
+    let slas = Slas {
+        a: (20, 40, 60),
+        b: (20, 40, 60),
+        c: (20, 40, 60),
+    };
+    let port = free_port();
+    let svc = Service::start(&config(&t, port, &slas), port, "two-members");
+    support::wait_until_async(
+        Duration::from_secs(60),
+        "synclag has its partitions",
+        || async {
+            reqwest::get(svc.url("/readyz"))
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        },
+    )
+    .await;
+    // Another process joins synclag's group (same assignor, or the join is refused).
+    let intruder: StreamConsumer = support::consumer_with(
+        &t.group,
+        &[("partition.assignment.strategy", "cooperative-sticky")],
+    );
+    intruder.subscribe(&[t.orders.as_str()]).expect("subscribe");
+    let poller = tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_millis(200), intruder.recv()).await;
+        }
+    });
+    support::wait_until_async(
+        Duration::from_secs(90),
+        "synclag reports two group members",
+        || async {
+            let Ok(r) = reqwest::get(svc.url("/metrics")).await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            metric_sum(&text, "synclag_group_members", &[]) >= 2.0
+        },
+    )
+    .await;
+    assert!(
+        std::fs::read_to_string(&svc.log)
+            .unwrap_or_default()
+            .contains("another instance joined"),
+        "the log says so loudly\n{}",
+        svc.log_tail()
+    );
+    poller.abort();
+}
