@@ -97,6 +97,10 @@ pub fn squeeze(mut scenario: Scenario, total: Duration) -> Scenario {
             if let FaultKind::Hold { burst } = &mut f.kind {
                 *burst = burst.mul_f64(factor).max(Duration::from_secs(1));
             }
+            // Retry signals keep their cadence relative to the phase.
+            if let Some(signal) = &mut f.signal {
+                signal.every = signal.every.mul_f64(factor).max(Duration::from_secs(1));
+            }
         }
     }
     scenario

@@ -15,7 +15,9 @@ use crate::decode::{Decoder, RecordView};
 use crate::emit::events::{BreachEvent, LagSummary};
 use crate::emit::http::{self, ApiState, PendingItem, Quantiles, StatusSnapshot, WorkflowStatus};
 use crate::emit::producer::{client_config, Outputs};
-use crate::ingest::{caught_up, IngestContext, OffsetTracker, Shared, Tp};
+use crate::ingest::{
+    cached_watermarks, caught_up, IngestContext, OffsetTracker, PartitionStats, Shared, Tp,
+};
 use crate::rules::{self, Evidence, Masker, Rules, SignalBook};
 use crate::telemetry::names;
 use hdrhistogram::Histogram;
@@ -524,7 +526,17 @@ impl Pipeline {
                 for e in tpl.elements() {
                     let tp = (e.topic().to_string(), e.partition());
                     let id = self.offsets.id(&tp.0, tp.1);
-                    let s = stats.get(&tp);
+                    // Fresh watermarks from fetch responses when the client has them,
+                    // the statistics (at most a second old) otherwise.
+                    let fresh =
+                        cached_watermarks(consumer.client(), &tp.0, tp.1).map(|(lo, hi)| {
+                            PartitionStats {
+                                lo_offset: lo,
+                                hi_offset: hi,
+                                committed_offset: stats.get(&tp).map_or(-1, |s| s.committed_offset),
+                            }
+                        });
+                    let s = fresh.as_ref().or(stats.get(&tp));
                     let up = caught_up(s, self.offsets.next_offset(id));
                     self.watermarks.set_caught_up(id, up);
                     tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), up, stats = ?s, next = ?self.offsets.next_offset(id), "partition position");
@@ -1013,6 +1025,7 @@ impl Pipeline {
     fn publish(&self) {
         let c = self.engine.counters();
         metrics::counter!(names::DUPLICATES_TOTAL).absolute(c.duplicates);
+        metrics::counter!(names::STAGES_AFTER_COMPLETION_TOTAL).absolute(c.after_completion);
         metrics::counter!(names::DIMENSION_OVERFLOW_TOTAL).absolute(c.dimension_overflow);
         metrics::counter!(names::SIGNALS_FORGOTTEN_TOTAL).absolute(self.signals.forgotten());
         let now = self.clock_ms();

@@ -85,6 +85,9 @@ pub struct Counters {
     pub negative_lags: u64,
     /// Finished keys dropped from the bounded recent-terminal memory.
     pub recent_forgotten: u64,
+    /// Intermediate stages read after their correlation completed (consumption order
+    /// across partitions, usual while replaying a backlog): counted, no outcome.
+    pub after_completion: u64,
 }
 
 /// One pending correlation in the status listing.
@@ -954,6 +957,12 @@ impl Engine {
         r.seen |= bit(ev.stage);
         let (start_ms, started, variant, combo, after) =
             (r.start_ms, r.started, r.variant, r.combo, r.terminal);
+        // Only a correlation declared missing (never arrived, evicted) can have a late
+        // arrival; after completion, a stage read late is a matter of read order.
+        if after == Terminal::Completed {
+            self.counters.after_completion += 1;
+            return;
+        }
         let wf = &self.wfs[usize::from(w)];
         let deadlines = started.then(|| {
             let (warn, critical) = wf.policy.tiers(usize::from(variant));

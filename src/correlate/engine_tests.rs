@@ -250,6 +250,28 @@ fn intermediate_stages_report_lags_from_previous_and_first() {
 }
 
 #[test]
+fn an_intermediate_stage_read_after_completion_is_no_late_arrival() {
+    // Replay order across partitions: the closing record is read before `labelled`,
+    // which happened earlier. Live, the same stages arrive in order; both must give
+    // the same outcomes.
+    let mut e = engine(vec![wf(
+        "dispatch",
+        &["released", "picked", "labelled", "done"],
+        10 * MIN,
+        20 * MIN,
+        60 * MIN,
+    )]);
+    let mut out = Vec::new();
+    e.process(ev(0, "P2", 0, 0), &mut out).unwrap();
+    e.process(ev(1, "P2", 1_000, 1), &mut out).unwrap();
+    e.process(ev(3, "P2", 7_000, 2), &mut out).unwrap();
+    e.process(ev(2, "P2", 3_000, 3), &mut out).unwrap();
+    assert_eq!(kinds(&out), ["stage", "completed"]);
+    assert_eq!(e.counters().after_completion, 1);
+    assert_eq!(e.counters().late_arrivals, 0);
+}
+
+#[test]
 fn duplicates_are_suppressed_and_counted_also_after_completion() {
     let mut e = order_flow();
     let mut out = Vec::new();

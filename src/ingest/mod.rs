@@ -208,6 +208,31 @@ impl OffsetTracker {
     }
 }
 
+/// The last known (low, high) watermarks of a partition from the consumer's own fetch
+/// responses — no broker request, updated with every fetched batch, so "caught up" is
+/// known within a fetch cycle instead of a statistics interval.
+pub fn cached_watermarks(
+    client: &rdkafka::client::Client<IngestContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: `client` keeps the handle alive for the call; librdkafka only reads its
+    // cache and writes the two out-parameters, which live on this stack frame.
+    let err = unsafe {
+        rdkafka_sys::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low, high))
+}
+
 /// Whether a partition has been read up to its end.
 pub fn caught_up(stats: Option<&PartitionStats>, next_offset: Option<i64>) -> bool {
     match stats {

@@ -127,6 +127,11 @@ pub fn describe_all() {
         Unit::Count,
         "Records written to output topics, by topic and result."
     );
+    describe_counter!(
+        STAGES_AFTER_COMPLETION_TOTAL,
+        Unit::Count,
+        "Intermediate stages read after their correlation completed (read order across partitions); no event."
+    );
     describe_gauge!(
         DEFERRED_OUTCOMES,
         Unit::Count,
@@ -193,3 +198,4 @@ pub const GROUP_MEMBERS: &str = "synclag_group_members";
 pub const OUTPUT_RECORDS_TOTAL: &str = "synclag_output_records_total";
 pub const OUTPUT_ERRORS_TOTAL: &str = "synclag_output_errors_total";
 pub const DEFERRED_OUTCOMES: &str = "synclag_deferred_outcomes";
+pub const STAGES_AFTER_COMPLETION_TOTAL: &str = "synclag_stages_after_completion_total";
