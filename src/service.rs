@@ -49,6 +49,8 @@ pub enum RunError {
 /// A partner delay worth remembering for cause attribution (below this, it is noise).
 const PARTNER_DELAY_NOTABLE_MS: i64 = 1_000;
 const TICK: Duration = Duration::from_millis(200);
+/// A partition that was caught up less than this long ago still counts as caught up.
+const LIVE_TOLERANCE_MS: i64 = 1_000;
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 fn wall_ms() -> i64 {
@@ -93,6 +95,8 @@ struct Pipeline {
     lag_task: Option<tokio::task::JoinHandle<()>>,
     /// Largest record time seen per input partition.
     max_record_ts: HashMap<u32, i64>,
+    /// Wall time each input partition was last seen at its end.
+    last_caught_up: HashMap<u32, i64>,
     /// Whether the engine clock follows the wall clock (all partitions caught up).
     live: bool,
     /// Outcomes waiting for the engine clock to pass their time (see `drain_outcomes`).
@@ -203,6 +207,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         last_committed: HashMap::new(),
         lag_task: None,
         max_record_ts: HashMap::new(),
+        last_caught_up: HashMap::new(),
         live: false,
         deferred: std::collections::VecDeque::new(),
         max_window_ms: topology
@@ -537,7 +542,20 @@ impl Pipeline {
                             }
                         });
                     let s = fresh.as_ref().or(stats.get(&tp));
-                    let up = caught_up(s, self.offsets.next_offset(id));
+                    let now_wall = wall_ms();
+                    let mut up = caught_up(s, self.offsets.next_offset(id));
+                    if up {
+                        self.last_caught_up.insert(id, now_wall);
+                    } else if self
+                        .last_caught_up
+                        .get(&id)
+                        .is_some_and(|t| now_wall.saturating_sub(*t) < LIVE_TOLERANCE_MS)
+                    {
+                        // Live traffic: the partition was at its end a moment ago and the
+                        // records just fetched are new. Holding the clock at its last
+                        // record (seconds old on a quiet partition) would delay breaches.
+                        up = true;
+                    }
                     self.watermarks.set_caught_up(id, up);
                     tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), up, stats = ?s, next = ?self.offsets.next_offset(id), "partition position");
                     // A partition known to be behind is never idle, however long the
@@ -593,6 +611,7 @@ impl Pipeline {
             metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
         }
         self.drain_outcomes();
+        self.release_deferred(false);
     }
 
     fn commit(&mut self, consumer: &StreamConsumer<IngestContext>, mode: CommitMode) {
@@ -712,21 +731,30 @@ impl Pipeline {
         }
         self.out = outcomes;
         self.out.clear();
-        self.release_deferred(false);
     }
 
     /// Handles deferred outcomes whose time the engine clock has passed (all of them
-    /// when `all`, at shutdown).
+    /// when `all`, at shutdown). Order is kept per correlation only: one correlation
+    /// waiting for its time does not hold back the others.
     fn release_deferred(&mut self, all: bool) {
+        use std::hash::{BuildHasher, Hash, Hasher};
         let now = self.engine.now();
-        while let Some((at, _)) = self.deferred.front() {
-            if !all && (now == i64::MIN || *at > now) {
-                break;
-            }
-            if let Some((_, o)) = self.deferred.pop_front() {
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut blocked: HashSet<u64> = HashSet::new();
+        let mut keep = std::collections::VecDeque::new();
+        for (at, o) in std::mem::take(&mut self.deferred) {
+            let mut h = hasher.build_hasher();
+            (o.info.workflow, o.info.correlation_id.as_bytes()).hash(&mut h);
+            let key = h.finish();
+            let due = all || (now != i64::MIN && at <= now);
+            if due && !blocked.contains(&key) {
                 self.on_outcome(&o);
+            } else {
+                blocked.insert(key);
+                keep.push_back((at, o));
             }
         }
+        self.deferred = keep;
         metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.deferred.len() as f64);
     }
 

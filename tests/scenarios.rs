@@ -1012,23 +1012,17 @@ async fn steady_history_replays_without_a_breach() {
     }
     assert_eq!(svc.terminate().await, Some(0), "clean shutdown");
     let seen = watcher.finish().await;
-    let alarms: Vec<&BreachEvent> = seen
-        .iter()
-        .map(|s| &s.event)
-        .filter(|e| e.kind != "late_arrival")
-        .collect();
+    // A replay gives the same outcomes as live: no breach and no other record either
+    // (stages read after their correlation's closing record are counted, not emitted).
+    let records: Vec<&BreachEvent> = seen.iter().map(|s| &s.event).collect();
     assert!(
-        alarms.is_empty(),
-        "{} breach records for steady traffic, e.g. {:?}",
-        alarms.len(),
-        &alarms[..alarms.len().min(5)]
+        records.is_empty(),
+        "{} breach-topic records for steady traffic, e.g. {:?}",
+        records.len(),
+        &records[..records.len().min(5)]
     );
-    // What remains are informational `late_arrival` records: intermediate stages read
-    // after their correlation's closing record (another topic, further down the backlog).
-    assert!(seen.iter().all(|s| s.event.severity == "info"));
     eprintln!(
-        "steady: {} correlations over 5 min of simulated time replayed with no breach ({} late_arrival info records); completed {completed:?}",
-        truth.len(),
-        seen.len()
+        "steady: {} correlations over 5 min of simulated time replayed with no breach-topic record; completed {completed:?}",
+        truth.len()
     );
 }
