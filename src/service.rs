@@ -737,15 +737,13 @@ impl Pipeline {
     /// when `all`, at shutdown). Order is kept per correlation only: one correlation
     /// waiting for its time does not hold back the others.
     fn release_deferred(&mut self, all: bool) {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         let now = self.engine.now();
         let hasher = std::collections::hash_map::RandomState::new();
         let mut blocked: HashSet<u64> = HashSet::new();
         let mut keep = std::collections::VecDeque::new();
         for (at, o) in std::mem::take(&mut self.deferred) {
-            let mut h = hasher.build_hasher();
-            (o.info.workflow, o.info.correlation_id.as_bytes()).hash(&mut h);
-            let key = h.finish();
+            let key = hasher.hash_one((o.info.workflow, o.info.correlation_id.as_bytes()));
             let due = all || (now != i64::MIN && at <= now);
             if due && !blocked.contains(&key) {
                 self.on_outcome(&o);
