@@ -12,18 +12,10 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SCHEMA: &str = r#"{"type":"record","name":"Move","namespace":"test.outage","fields":[
   {"name":"move_id","type":"string"},{"name":"moved_at","type":"long"}]}"#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Forwards every connection on `port` to `target` (host:port) once started.
 async fn relay(port: u16, target: String) {
@@ -59,7 +51,7 @@ async fn registry_outage_delays_but_loses_nothing() {
     let real = support::registry_url(); // http://127.0.0.1:PORT/apis/ccompat/v7
     let rest = real.trim_start_matches("http://");
     let (hostport, path) = rest.split_once('/').expect("registry url has a path");
-    let relay_port = free_port();
+    let relay_port = support::free_port();
     let via_relay = format!("http://127.0.0.1:{relay_port}/{path}");
 
     let moves = support::random_name("moves");
@@ -112,7 +104,7 @@ async fn registry_outage_delays_but_loses_nothing() {
             .expect("produce");
     }
 
-    let http = free_port();
+    let http = support::free_port();
     let config = format!(
         r#"
 service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h }}
@@ -137,16 +129,7 @@ workflows:
         group = support::random_name("synclag"),
         bootstrap = support::bootstrap(),
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("topology.yaml");
-    std::fs::write(&cfg, config).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_synclag"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn synclag run");
+    let svc = support::SynclagProcess::start(&config, http, "registry-outage");
 
     // While the registry is unreachable: retries, nothing dead-lettered, not ready.
     support::wait_until_async(
@@ -186,6 +169,5 @@ workflows:
         },
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(svc);
 }

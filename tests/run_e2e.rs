@@ -14,8 +14,6 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use synclag::emit::events::{BreachEvent, LagSummary};
 
@@ -197,82 +195,7 @@ routes:
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free loopback port")
-}
-
-/// A running `synclag run` process, killed by PID when dropped.
-struct Service {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Service {
-    fn start(config_yaml: &str, port: u16, name: &str) -> Service {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(support::random_name(name));
-        std::fs::create_dir_all(&dir).expect("create service dir");
-        let cfg = dir.join("topology.yaml");
-        std::fs::write(&cfg, config_yaml).expect("write config");
-        let log = dir.join("synclag.log");
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env(
-                "SYNCLAG_LOG",
-                std::env::var("SYNCLAG_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn synclag run");
-        Service { child, port, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
-        reqwest::get(self.url(path)).await.ok()?.json().await.ok()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use support::{free_port, SynclagProcess as Service};
 
 /// One record to produce, at its Kafka timestamp.
 struct Rec {
@@ -991,7 +914,7 @@ async fn scripted_scenario_matches_ground_truth() {
 
     // Graceful shutdown: SIGTERM → exit 0 and offsets committed.
     assert_eq!(
-        svc.terminate(),
+        svc.terminate().await,
         Some(0),
         "clean exit on SIGTERM\n{}",
         svc.log_tail()

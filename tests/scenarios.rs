@@ -15,10 +15,10 @@
 
 mod support;
 
+use support::{free_port, SynclagProcess};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,13 +44,6 @@ const DETECTION_BOUND_MS: i64 = 2_000;
 
 fn wall_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free loopback port")
 }
 
 // ---- topology and topics
@@ -165,104 +158,6 @@ async fn create_log_append_topic(name: &str) {
 }
 
 // ---- the service under test
-
-/// A running `synclag run` process, killed by PID when dropped.
-struct Service {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Service {
-    fn start(rig: &Rig, name: &str) -> Service {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(support::random_name(name));
-        std::fs::create_dir_all(&dir).expect("create service dir");
-        let cfg = dir.join("topology.yaml");
-        std::fs::write(&cfg, &rig.yaml).expect("write config");
-        let log = dir.join("synclag.log");
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("SYNCLAG_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn synclag run");
-        Service {
-            child,
-            port: rig.port,
-            log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .expect("http client"),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
-    }
-
-    /// Waits until the consumer group has its partitions.
-    async fn wait_ready(&self) {
-        let url = self.url("/readyz");
-        let http = self.http.clone();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = matches!(http.get(&url).send().await, Ok(r) if r.status().is_success());
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "synclag run not ready within 60 s\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// SIGTERM, then the exit code of a clean shutdown (outputs flushed).
-    async fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Sum of a numeric field over the workflows of an `/api/v1/workflows` answer, per workflow.
 fn per_workflow(status: &serde_json::Value, field: &str) -> BTreeMap<String, u64> {
@@ -571,7 +466,7 @@ fn on_target(fault: &Fault, e: &BreachEvent) -> bool {
 async fn fault_scenario(name: &str, seed: u64) {
     let rig = Rig::new(&name.replace('_', "-")).await;
     let watcher = Watcher::start(rig.breaches_topic());
-    let mut svc = Service::start(&rig, name);
+    let mut svc = SynclagProcess::start(&rig.yaml, rig.port, name);
     svc.wait_ready().await;
 
     let scenario = squeezed(name, SCENARIO_LENGTH);
@@ -806,7 +701,7 @@ async fn order_surge_raises_no_breach_and_shows_in_the_counts() {
     const WORKFLOW: &str = "order_import";
     let rig = Rig::new("order-surge").await;
     let watcher = Watcher::start(rig.breaches_topic());
-    let mut svc = Service::start(&rig, "order_surge");
+    let mut svc = SynclagProcess::start(&rig.yaml, rig.port, "order_surge");
     svc.wait_ready().await;
 
     // Sample the API while the scenario runs: (engine clock, completed order imports).
@@ -815,7 +710,10 @@ async fn order_surge_raises_no_breach_and_shows_in_the_counts() {
     let sampler = {
         let (samples, stop) = (samples.clone(), stop_sampling.clone());
         let url = svc.url("/api/v1/workflows");
-        let http = svc.http.clone();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("http client");
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(200));
             loop {
@@ -975,7 +873,7 @@ async fn steady_history_replays_without_a_breach() {
     );
 
     let watcher = Watcher::start(rig.breaches_topic());
-    let mut svc = Service::start(&rig, "steady");
+    let mut svc = SynclagProcess::start(&rig.yaml, rig.port, "steady");
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(v) = svc.get_json("/api/v1/workflows").await {

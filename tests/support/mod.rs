@@ -21,6 +21,7 @@
 pub mod kafka;
 pub mod process;
 pub mod registry;
+pub mod service;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,7 @@ pub use kafka::{
     bootstrap, client_config, consumer, consumer_with, create_topic, producer, BrokerInfo,
 };
 pub use registry::registry_url;
+pub use service::{free_port, SynclagProcess};
 
 /// A name that no other test, test binary or earlier run uses: `prefix-<pid>-<time>-<n>`.
 /// Use it for topics, consumer groups and registry subjects.

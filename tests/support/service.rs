@@ -1,0 +1,134 @@
+//! `synclag run` as a child process of a test: config written to a fresh folder under
+//! the cargo target dir, log captured to a file, killed by PID when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound once, then released for the service to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free loopback port")
+}
+
+/// A running `synclag run`.
+pub struct SynclagProcess {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl SynclagProcess {
+    /// Writes `config_yaml` and starts `synclag run` on it; `port` is its `http_listen`
+    /// port. `SYNCLAG_TEST_LOG` sets the service's log filter (default `info`).
+    pub fn start(config_yaml: &str, port: u16, name: &str) -> SynclagProcess {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(super::random_name(name));
+        std::fs::create_dir_all(&dir).expect("create service dir");
+        let cfg = dir.join("topology.yaml");
+        std::fs::write(&cfg, config_yaml).expect("write config");
+        let log = dir.join("synclag.log");
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env(
+                "SYNCLAG_LOG",
+                std::env::var("SYNCLAG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn synclag run");
+        SynclagProcess {
+            child,
+            port,
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET `path` as JSON; `None` while the service is not answering.
+    pub async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// GET `path` as text.
+    pub async fn get_text(&self, path: &str) -> Option<String> {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    }
+
+    /// Waits until `/readyz` answers 200 (partitions assigned, registry reachable).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = matches!(self.http.get(self.url("/readyz")).send().await, Ok(r) if r.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "synclag run not ready within 60 s\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last 40 lines of the service's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no chance to flush or commit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit code of a clean shutdown (outputs flushed, offsets committed).
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for SynclagProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
