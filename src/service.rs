@@ -99,6 +99,8 @@ struct Pipeline {
     last_caught_up: HashMap<u32, i64>,
     /// Whether the engine clock follows the wall clock (all partitions caught up).
     live: bool,
+    /// Events raised since the last flush to the emitter.
+    to_emit: Vec<BreachEvent>,
     /// Outcomes waiting for the engine clock to pass their time (see `drain_outcomes`).
     deferred: std::collections::VecDeque<(i64, Outcome)>,
 }
@@ -210,6 +212,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         last_caught_up: HashMap::new(),
         live: false,
         deferred: std::collections::VecDeque::new(),
+        to_emit: Vec::new(),
         max_window_ms: topology
             .workflows
             .iter()
@@ -229,6 +232,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
                 p.tick(&consumer);
+                p.flush_events().await;
                 if last_publish.elapsed() >= PUBLISH_EVERY {
                     last_publish = Instant::now();
                     p.publish();
@@ -240,7 +244,10 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 }
             }
             msg = consumer.recv() => match msg {
-                Ok(m) => p.handle(&m, &shutdown).await,
+                Ok(m) => {
+                    p.handle(&m, &shutdown).await;
+                    p.flush_events().await;
+                }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             },
         }
@@ -250,6 +257,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     let budget = p.topology.service.shutdown_timeout;
     // Evidence will not get more complete: emit what is still waiting.
     p.release_deferred(true);
+    p.flush_events().await;
     p.publish();
     let deadline = Instant::now() + budget;
     p.commit(&consumer, CommitMode::Sync);
@@ -995,14 +1003,33 @@ impl Pipeline {
         }
     }
 
-    fn send(&self, ev: BreachEvent) {
+    fn send(&mut self, ev: BreachEvent) {
         tracing::info!(kind = %ev.kind, severity = %ev.severity, workflow = %ev.workflow, breach_id = %ev.breach_id, lag_ms = ev.lag_ms, cause = ?ev.probable_cause, "breach event");
-        // A full channel means Kafka is slower than breaches are raised; wait rather than drop.
-        if let Err(mpsc::error::TrySendError::Full(ev)) = self.breach_tx.try_send(ev) {
-            let tx = self.breach_tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(ev).await;
-            });
+        self.to_emit.push(ev);
+    }
+
+    /// Hands the events raised by the last record or tick to the emitter. The channel is
+    /// bounded: when Kafka is slower than breaches are raised, ingestion waits here
+    /// (back-pressure) instead of buffering without limit or dropping.
+    async fn flush_events(&mut self) {
+        if self.to_emit.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        for ev in std::mem::take(&mut self.to_emit) {
+            if self.breach_tx.send(ev).await.is_err() {
+                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "breaches").increment(1);
+                tracing::error!("breach emitter stopped; event not written");
+            }
+        }
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(100) {
+            metrics::histogram!(names::OUTPUT_BACKPRESSURE_WAIT_SECONDS)
+                .record(waited.as_secs_f64());
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                "ingestion waited for the breach topic"
+            );
         }
     }
 

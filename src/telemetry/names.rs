@@ -132,6 +132,11 @@ pub fn describe_all() {
         Unit::Count,
         "Intermediate stages read after their correlation completed (read order across partitions); no event."
     );
+    describe_histogram!(
+        OUTPUT_BACKPRESSURE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Waits over 100 ms of ingestion for the breach emitter's bounded queue (Kafka slower than breaches are raised)."
+    );
     describe_gauge!(
         DEFERRED_OUTCOMES,
         Unit::Count,
@@ -198,4 +203,5 @@ pub const GROUP_MEMBERS: &str = "synclag_group_members";
 pub const OUTPUT_RECORDS_TOTAL: &str = "synclag_output_records_total";
 pub const OUTPUT_ERRORS_TOTAL: &str = "synclag_output_errors_total";
 pub const DEFERRED_OUTCOMES: &str = "synclag_deferred_outcomes";
+pub const OUTPUT_BACKPRESSURE_WAIT_SECONDS: &str = "synclag_output_backpressure_wait_seconds";
 pub const STAGES_AFTER_COMPLETION_TOTAL: &str = "synclag_stages_after_completion_total";
