@@ -9,8 +9,10 @@
 //! workflow and dimension. Detection is judged from the breach topic, exactly as an
 //! alerting system would see it.
 
+use crate::config::duration::millis;
 use crate::config::Topology;
 use crate::emit::events::BreachEvent;
+use crate::service::wall_ms;
 use crate::sim::{self, FaultKind, RealClock, RunOptions, Scenario, SimOptions, Simulator};
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -106,10 +108,6 @@ pub fn squeeze(mut scenario: Scenario, total: Duration) -> Scenario {
     scenario
 }
 
-fn wall_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// Runs the demo; returns its report (also printed).
 pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let mut topology = match &args.config {
@@ -185,7 +183,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let mut phases = Vec::new();
     let mut at = start.timestamp_millis();
     for p in &scenario.phases {
-        let end = at + i64::try_from(p.duration.as_millis()).unwrap_or(i64::MAX);
+        let end = at.saturating_add(millis(p.duration));
         phases.push((p.clone(), at, end));
         at = end;
     }
@@ -198,7 +196,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         .max()
         .unwrap_or_default()
         + Duration::from_secs(5);
-    let stop_at = scenario_end + i64::try_from(grace.as_millis()).unwrap_or(0);
+    let stop_at = scenario_end.saturating_add(millis(grace));
 
     let plain = args.plain || !std::io::stdout().is_terminal();
     let client = reqwest::Client::builder()
@@ -269,7 +267,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
                 phase.name.as_str(),
                 f,
                 *begin,
-                *end + i64::try_from(grace.as_millis()).unwrap_or(0),
+                end.saturating_add(millis(grace)),
                 &seen,
                 &rates,
             ));

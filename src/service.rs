@@ -7,6 +7,7 @@
 //! loss, when Kafka is slow); dead letters are delivered before their offset counts
 //! as processed.
 
+use crate::config::duration::millis;
 use crate::config::{LagSegment, Topology};
 use crate::correlate::{
     Engine, Origin, Outcome, OutcomeKind, StageSet, Tier, Watermarks, AGE_BUCKET_LABELS,
@@ -53,7 +54,7 @@ const TICK: Duration = Duration::from_millis(200);
 const LIVE_TOLERANCE_MS: i64 = 1_000;
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
-fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -191,9 +192,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         rules: Rules::new(&topology),
         decoder: Decoder::new(&topology),
         engine,
-        watermarks: Watermarks::new(
-            i64::try_from(topology.service.idle_partition.as_millis()).unwrap_or(30_000),
-        ),
+        watermarks: Watermarks::new(millis(topology.service.idle_partition)),
         offsets: OffsetTracker::default(),
         signals: SignalBook::new(topology.store.max_pending.clamp(1_000, 1_000_000)),
         masker,
@@ -216,7 +215,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         max_window_ms: topology
             .workflows
             .iter()
-            .map(|w| i64::try_from(w.window.as_millis()).unwrap_or(i64::MAX))
+            .map(|w| millis(w.window))
             .max()
             .unwrap_or(0),
         topology: topology.clone(),
@@ -591,7 +590,7 @@ impl Pipeline {
         // Without an assignment there is nothing to judge time by: the clock must not jump
         // to wall time before the backlog has even been seen.
         let has_assignment = assignment.as_ref().is_some_and(|tpl| tpl.count() > 0);
-        let grace = i64::try_from(self.topology.service.breach_grace.as_millis()).unwrap_or(0);
+        let grace = millis(self.topology.service.breach_grace);
         if let Some(now) = has_assignment
             .then(|| self.watermarks.effective_now(wall_ms()))
             .flatten()
@@ -646,6 +645,15 @@ impl Pipeline {
         match consumer.commit(&tpl, mode) {
             Ok(()) => self.last_committed.extend(committable),
             Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    /// A correlation id as events and the API show it: masked when configured.
+    fn shown_id(&self, cid: String) -> String {
+        if self.topology.masking.correlation_ids {
+            self.masker.mask(&cid)
+        } else {
+            cid
         }
     }
 
@@ -981,11 +989,7 @@ impl Pipeline {
             kind: kind.to_string(),
             severity: severity.to_string(),
             workflow: workflow.name.clone(),
-            correlation_id: if self.topology.masking.correlation_ids {
-                self.masker.mask(&cid)
-            } else {
-                cid.clone()
-            },
+            correlation_id: self.shown_id(cid),
             stage: stage.map(|s| self.stage_name(wf, s)),
             last_stage_seen: last_stage_seen.map(|s| self.stage_name(wf, s)),
             started_at_ms: o.info.start_ms,
@@ -1130,11 +1134,7 @@ impl Pipeline {
                     let missing = p.stages_seen.missing(wf.stages.len());
                     PendingItem {
                         workflow: wf.name.clone(),
-                        correlation_id: if self.topology.masking.correlation_ids {
-                            self.masker.mask(&cid)
-                        } else {
-                            cid
-                        },
+                        correlation_id: self.shown_id(cid),
                         started_at_ms: p.start_ms,
                         age_seconds: now.saturating_sub(p.start_ms).max(0) as f64 / 1000.0,
                         stages_seen: p

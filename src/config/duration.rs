@@ -44,6 +44,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A duration in whole milliseconds, as the engine and the clocks count time
+/// (saturating; no configurable duration comes near the limit).
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Formats a duration the way a person would write it in `topology.yaml`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();

@@ -115,30 +115,20 @@ impl Outputs {
         }
     }
 
-    async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), EmitError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        match self.producer.send(record, Duration::from_secs(30)).await {
-            Ok(_) => {
-                metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.to_string(), "result" => "ok").increment(1);
-                Ok(())
-            }
-            Err((e, _)) => {
-                metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.to_string(), "result" => "error").increment(1);
-                Err(EmitError::Delivery {
-                    topic: topic.into(),
-                    why: e.to_string(),
-                })
-            }
-        }
+    /// Sends one record and waits for its delivery; counted by topic and result.
+    async fn deliver(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), EmitError> {
+        let topic = record.topic.to_string();
+        let result = self
+            .producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| EmitError::Delivery {
+                topic: topic.clone(),
+                why: e.to_string(),
+            });
+        count_delivery(topic, result.is_ok());
+        result
     }
 
     /// Encodes a breach event and hands it to the producer queue (order of calls is the
@@ -184,20 +174,9 @@ impl Outputs {
                     why: "producer dropped the message".into(),
                 }),
             };
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic, "result" => outcome)
-                .increment(1);
+            count_delivery(topic, result.is_ok());
             result
         })
-    }
-
-    /// Writes one breach event, keyed by workflow + correlation id, and waits for delivery.
-    pub async fn breach(&self, event: &BreachEvent) -> Result<(), EmitError> {
-        let bytes = self
-            .encode(&self.breaches_topic, BREACH_SCHEMA, event)
-            .await?;
-        self.send(&self.breaches_topic, &event.key(), &bytes, None)
-            .await
     }
 
     /// Writes lag summaries, keyed by workflow.
@@ -210,9 +189,13 @@ impl Outputs {
             ));
         }
         // All in flight at once: one summary per series can be hundreds of records.
-        let sends = encoded
-            .iter()
-            .map(|(key, bytes)| self.send(&self.lag_topic, key, bytes, None));
+        let sends = encoded.iter().map(|(key, bytes)| {
+            self.deliver(
+                FutureRecord::to(&self.lag_topic)
+                    .key(key.as_bytes())
+                    .payload(bytes.as_slice()),
+            )
+        });
         futures::future::join_all(sends)
             .await
             .into_iter()
@@ -257,21 +240,7 @@ impl Outputs {
         if let Some(ts) = record.timestamp_ms {
             rec = rec.timestamp(ts);
         }
-        let topic = self.dead_letter_topic.clone();
-        match self.producer.send(rec, Duration::from_secs(30)).await {
-            Ok(_) => {
-                metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic, "result" => "ok")
-                    .increment(1);
-                Ok(())
-            }
-            Err((e, _)) => {
-                metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.clone(), "result" => "error").increment(1);
-                Err(EmitError::Delivery {
-                    topic,
-                    why: e.to_string(),
-                })
-            }
-        }
+        self.deliver(rec).await
     }
 
     /// Waits for everything in flight, up to `timeout`.
@@ -283,4 +252,11 @@ impl Outputs {
                 why: e.to_string(),
             })
     }
+}
+
+/// Counts one delivery outcome on `synclag_output_records_total`.
+fn count_delivery(topic: String, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic, "result" => result)
+        .increment(1);
 }

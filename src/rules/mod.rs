@@ -18,9 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 
-fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+use crate::config::duration::millis as ms;
 
 /// One stage a record can close: (workflow, stage, required event type).
 #[derive(Debug, Clone)]
