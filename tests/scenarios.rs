@@ -601,16 +601,15 @@ async fn fault_scenario(name: &str, seed: u64) {
         .min_by_key(|s| s.append_ms)
         .expect("the first affected correlation breached");
     let latency = detecting.append_ms - crossing;
-    // From the engine firing (its clock runs the breach grace behind the wall clock) to
-    // the broker's append, over every breach of the run.
-    let grace = rig.topology.service.breach_grace.as_millis() as i64;
+    // From raising the event (`observed_at_ms` is the wall time it was raised at) to the
+    // broker's append, over every breach of the run.
     let mut emit: Vec<i64> = seen
         .iter()
         .filter(|s| s.event.kind == "breach")
-        .map(|s| s.append_ms - (s.event.observed_at_ms + grace))
+        .map(|s| s.append_ms - s.event.observed_at_ms)
         .collect();
     emit.sort_unstable();
-    // How far past the deadline the engine clock was when a tier fired.
+    // How far past the deadline the event was raised.
     let mut clock: Vec<i64> = seen
         .iter()
         .filter(|s| s.event.kind == "breach")
@@ -618,11 +617,11 @@ async fn fault_scenario(name: &str, seed: u64) {
         .collect();
     clock.sort_unstable();
     eprintln!(
-        "{name}: engine clock past the deadline at firing: first breach {} ms, median {} ms, max {} ms; engine firing to append: first breach {} ms, median {} ms, max {} ms; {} breaches, {} late_arrival records",
+        "{name}: raised after the deadline: first breach {} ms, median {} ms, max {} ms; raised to append: first breach {} ms, median {} ms, max {} ms; {} breaches, {} late_arrival records",
         detecting.event.observed_at_ms - detecting.event.deadline_ms.unwrap_or_default(),
         clock[clock.len() / 2],
         clock[clock.len() - 1],
-        detecting.append_ms - (detecting.event.observed_at_ms + grace),
+        detecting.append_ms - detecting.event.observed_at_ms,
         emit[emit.len() / 2],
         emit[emit.len() - 1],
         emit.len(),
@@ -804,8 +803,8 @@ async fn order_surge_raises_no_breach_and_shows_in_the_counts() {
     }
     let (steady_from, steady_to) = bounds["steady"];
     let (surge_from, surge_to) = bounds["order_surge"];
-    // An order import completes about 1.5 s after it starts; the engine clock runs on the
-    // wall clock less the breach grace. Windows shifted by a second follow the starts.
+    // An order import completes about 1.5 s after it starts. Windows shifted by a second
+    // follow the starts.
     let samples = samples.lock().unwrap().clone();
     let steady = rate(&samples, steady_from + 1_000, steady_to + 1_000)
         .expect("API samples cover the steady phase");

@@ -7,6 +7,7 @@
 //! - [`outcome`]   — [`Outcome`]s: stage reached, completed, breach, never arrived, late, evicted.
 //! - [`engine`]    — the windowed store, SLA timers, bounds, offset pins ([`Engine`]).
 //! - [`lag`]       — HDR lag histograms and their snapshots.
+//! - [`clock`]     — the input clock: confirmed end offsets live, event time while catching up, stalls.
 //! - [`watermark`] — the engine clock: watermarks while reading a backlog, wall time when caught up.
 //! - `dims`, `pins`, `recent` — dimension interning, offset pinning, memory of finished keys.
 //!
@@ -44,6 +45,7 @@
 //!   correlation beyond the id's own bytes at 1M pending — 64-byte entry, one B-tree slot in
 //!   its lane, one offset pin, one hash-table slot, and growth headroom of the slab.
 
+pub mod clock;
 pub mod engine;
 pub mod event;
 pub mod lag;

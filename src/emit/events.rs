@@ -31,6 +31,9 @@ pub struct BreachEvent {
     pub team: Option<String>,
     pub signals: Vec<String>,
     pub backlogged_groups: Vec<String>,
+    /// Input partitions that may hold the missing stage but were stalled (`topic[p]: reason`).
+    #[serde(default)]
+    pub stalled_inputs: Vec<String>,
 }
 
 impl BreachEvent {
@@ -85,6 +88,7 @@ mod tests {
             team: None,
             signals: vec!["carrier_api_throttled".into()],
             backlogged_groups: vec![],
+            stalled_inputs: vec![],
         }
     }
 

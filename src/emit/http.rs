@@ -66,6 +66,9 @@ pub struct PendingItem {
 pub struct StatusSnapshot {
     pub engine_clock_ms: i64,
     pub caught_up: bool,
+    /// Input partitions that stopped holding the clock back (`topic[p]: reason`).
+    #[serde(default)]
+    pub stalled_inputs: Vec<String>,
     pub workflows: Vec<WorkflowStatus>,
     /// Oldest pending first, per workflow.
     pub pending: BTreeMap<String, Vec<PendingItem>>,
@@ -177,6 +180,7 @@ async fn workflows(State(s): State<ApiState>) -> Response {
     Json(serde_json::json!({
         "engine_clock_ms": snap.engine_clock_ms,
         "caught_up": snap.caught_up,
+        "stalled_inputs": snap.stalled_inputs,
         "workflows": snap.workflows,
     }))
     .into_response()

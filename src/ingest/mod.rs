@@ -11,6 +11,9 @@
 //! usual at-least-once duplicate). Offsets are committed periodically, on partition
 //! revoke (synchronously, inside the rebalance callback) and on shutdown.
 
+pub mod commit;
+pub mod ends;
+
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -28,6 +31,10 @@ pub struct PartitionStats {
     pub lo_offset: i64,
     pub hi_offset: i64,
     pub committed_offset: i64,
+    /// librdkafka's fetch position (ahead of what the application has been handed).
+    pub fetch_offset: i64,
+    /// Records fetched for this partition and queued locally, not yet handed over.
+    pub queued: i64,
 }
 
 /// Shared between the consumer's callbacks (librdkafka's thread) and the pipeline task.
@@ -65,6 +72,8 @@ impl ClientContext for IngestContext {
                         lo_offset: part.lo_offset,
                         hi_offset: part.hi_offset,
                         committed_offset: part.committed_offset,
+                        fetch_offset: part.next_offset,
+                        queued: part.fetchq_cnt,
                     },
                 );
             }
@@ -233,18 +242,6 @@ pub fn cached_watermarks(
         .then_some((low, high))
 }
 
-/// Whether a partition has been read up to its end.
-pub fn caught_up(stats: Option<&PartitionStats>, next_offset: Option<i64>) -> bool {
-    match stats {
-        None => false,
-        Some(s) if s.hi_offset < 0 => false,
-        Some(s) => {
-            let position = next_offset.unwrap_or(-1).max(s.committed_offset);
-            s.hi_offset <= s.lo_offset || position >= s.hi_offset
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,36 +285,5 @@ mod tests {
         assert_eq!(t.committable(|_| None, 1_000_000)[&tp], 30);
         // A pending correlation still pins below the cut.
         assert_eq!(t.committable(|_| Some(2), 1_000_000)[&tp], 2);
-    }
-
-    #[test]
-    fn caught_up_rules() {
-        let s = PartitionStats {
-            lo_offset: 0,
-            hi_offset: 10,
-            committed_offset: -1001,
-        };
-        assert!(!caught_up(None, Some(10)));
-        assert!(!caught_up(Some(&s), Some(9)));
-        assert!(caught_up(Some(&s), Some(10)));
-        assert!(caught_up(
-            Some(&PartitionStats {
-                committed_offset: 10,
-                ..s
-            }),
-            None
-        ));
-        assert!(caught_up(
-            Some(&PartitionStats {
-                lo_offset: 5,
-                hi_offset: 5,
-                committed_offset: -1001
-            }),
-            None
-        ));
-        assert!(!caught_up(
-            Some(&PartitionStats { hi_offset: -1, ..s }),
-            None
-        ));
     }
 }

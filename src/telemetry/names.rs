@@ -145,9 +145,61 @@ pub fn describe_all() {
     describe_counter!(
         OUTPUT_ERRORS_TOTAL,
         Unit::Count,
-        "Output events that could not be encoded or delivered, by topic."
+        "Output events that could not be encoded or delivered, by topic (each is retried until acknowledged)."
+    );
+
+    // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
+    describe_gauge!(
+        INPUT_STALLED,
+        Unit::Count,
+        "1 while an input partition has neither moved nor confirmed its end for the stall budget (service.idle_partition): it no longer holds the clock back, and breaches that may wait behind it carry it as evidence. By topic, partition and reason."
+    );
+    describe_gauge!(
+        INPUT_HELD_RECORDS,
+        Unit::Count,
+        "Input records waiting (e.g. for the schema registry) with their partition paused behind them."
+    );
+    describe_gauge!(
+        OUTPUT_QUEUED,
+        Unit::Count,
+        "Outputs waiting beyond the emitter's channel; while above 0 every input partition is paused (back-pressure)."
+    );
+    describe_gauge!(
+        INPUTS_PAUSED_FOR_OUTPUT,
+        Unit::Count,
+        "1 while input is paused because outputs wait for Kafka."
+    );
+    describe_gauge!(
+        CLOCK_LIVE,
+        Unit::Count,
+        "1 while every input partition is read to its latest end offset (the clock follows confirmed wall time); 0 while a backlog is read (event time)."
+    );
+    describe_gauge!(
+        OUTPUT_UNACKED,
+        Unit::Count,
+        "Outputs submitted but not yet acknowledged by Kafka; input offsets are committed only behind them."
+    );
+    describe_gauge!(
+        EVIDENCE_ENTRIES,
+        Unit::Count,
+        "Entries in the bounded cause-evidence memory (open breaches, partner delays)."
+    );
+    describe_counter!(
+        EVIDENCE_FORGOTTEN_TOTAL,
+        Unit::Count,
+        "Evidence entries dropped because the bounded memory was full."
     );
 }
+
+// ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
+pub const INPUT_STALLED: &str = "synclag_input_stalled_partitions";
+pub const INPUT_HELD_RECORDS: &str = "synclag_input_held_records";
+pub const OUTPUT_QUEUED: &str = "synclag_output_queued_records";
+pub const INPUTS_PAUSED_FOR_OUTPUT: &str = "synclag_input_paused_for_output";
+pub const CLOCK_LIVE: &str = "synclag_clock_live";
+pub const OUTPUT_UNACKED: &str = "synclag_output_unacknowledged_records";
+pub const EVIDENCE_ENTRIES: &str = "synclag_evidence_entries";
+pub const EVIDENCE_FORGOTTEN_TOTAL: &str = "synclag_evidence_forgotten_total";
 
 // ---- backlog monitor (src/backlog)
 // BACKLOG-NAMES-MARKER

@@ -1,0 +1,350 @@
+//! The output path: every event synclag writes (breaches, dead letters, lag summaries)
+//! goes through one task, numbered in the order the pipeline raised it.
+//!
+//! - **The pipeline never waits here.** [`Emitter::submit`] hands an output over without
+//!   awaiting; when the channel is full the output waits in an overflow queue and
+//!   [`Emitter::saturated`] tells the pipeline to pause its input partitions — timers keep
+//!   firing, only reading stops (back-pressure without stopping the clock).
+//! - **Nothing is given up.** An output that cannot be encoded (registry down) or
+//!   delivered is retried with backoff until it is acknowledged; failures are counted and
+//!   logged, never dropped.
+//! - **Acknowledgements.** Each output has a sequence number; [`Emitter::acked_through`]
+//!   is the highest number up to which every output has been acknowledged by Kafka.
+//!   Input offsets are committed only behind it (see `ingest::commit`).
+
+use super::events::{BreachEvent, LagSummary};
+use super::producer::{EmitError, Outputs};
+use crate::decode::RecordView;
+use crate::telemetry::names;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// An input record copied for the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp_ms: Option<i64>,
+    pub reason: &'static str,
+    pub error: String,
+}
+
+impl DeadLetter {
+    /// Copies `record` with the reason it could not be processed.
+    pub fn new(record: &RecordView<'_>, reason: &'static str, error: String) -> DeadLetter {
+        DeadLetter {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.map(<[u8]>::to_vec),
+            payload: record.payload.map(<[u8]>::to_vec),
+            headers: record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.map(<[u8]>::to_vec)))
+                .collect(),
+            timestamp_ms: record.timestamp_ms,
+            reason,
+            error,
+        }
+    }
+}
+
+/// One output.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Breach(Box<BreachEvent>),
+    DeadLetter(Box<DeadLetter>),
+    Lag(Vec<LagSummary>),
+}
+
+impl Output {
+    fn topic_label(&self) -> &'static str {
+        match self {
+            Output::Breach(_) => "breaches",
+            Output::DeadLetter(_) => "dead_letter",
+            Output::Lag(_) => "lag",
+        }
+    }
+}
+
+/// Outputs handed to the emitter task at once (beyond it, the pipeline's overflow queue).
+const CHANNEL: usize = 4_096;
+/// Outputs in librdkafka's hands awaiting acknowledgement.
+const MAX_IN_FLIGHT: usize = 20_000;
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The pipeline's side of the output path.
+pub struct Emitter {
+    tx: Option<mpsc::Sender<(u64, Output)>>,
+    overflow: VecDeque<(u64, Output)>,
+    next_seq: u64,
+    acked: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Emitter {
+    /// Starts the emitter task writing through `outputs`.
+    pub fn start(outputs: Arc<Outputs>) -> Emitter {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let acked = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(outputs, rx, acked.clone()));
+        Emitter {
+            tx: Some(tx),
+            overflow: VecDeque::new(),
+            next_seq: 0,
+            acked,
+            task: Some(task),
+        }
+    }
+
+    /// Hands `output` over without waiting; returns its sequence number (from 1).
+    pub fn submit(&mut self, output: Output) -> u64 {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        if self.overflow.is_empty() {
+            if let Some(tx) = &self.tx {
+                match tx.try_send((seq, output)) {
+                    Ok(()) => return seq,
+                    Err(mpsc::error::TrySendError::Full(item))
+                    | Err(mpsc::error::TrySendError::Closed(item)) => {
+                        self.overflow.push_back(item);
+                    }
+                }
+                self.gauge();
+                return seq;
+            }
+        }
+        self.overflow.push_back((seq, output));
+        self.gauge();
+        seq
+    }
+
+    /// Moves waiting outputs into the channel as far as it has room.
+    pub fn pump(&mut self) {
+        let Some(tx) = &self.tx else { return };
+        while let Some(item) = self.overflow.pop_front() {
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item))
+                | Err(mpsc::error::TrySendError::Closed(item)) => {
+                    self.overflow.push_front(item);
+                    break;
+                }
+            }
+        }
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!(names::OUTPUT_QUEUED).set(self.overflow.len() as f64);
+    }
+
+    /// Whether outputs wait beyond the channel: the pipeline should stop reading input.
+    pub fn saturated(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    /// Sequence number of the last output submitted (0 before any).
+    pub fn submitted(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Every output with a sequence number up to this one has been acknowledged.
+    pub fn acked_through(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Waits until every submitted output is acknowledged, or `deadline`; then closes
+    /// the channel. Returns whether everything was acknowledged.
+    pub async fn drain(&mut self, deadline: Instant) -> bool {
+        let target = self.next_seq;
+        while self.acked_through() < target && Instant::now() < deadline {
+            if let Some(tx) = &self.tx {
+                while let Some(item) = self.overflow.pop_front() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, tx.send(item)).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            if self.acked_through() >= target {
+                let _ = tokio::time::timeout(
+                    deadline.saturating_duration_since(Instant::now()),
+                    task,
+                )
+                .await;
+            } else {
+                task.abort();
+            }
+        }
+        self.acked_through() >= target
+    }
+}
+
+type Delivery = Pin<Box<dyn Future<Output = (u64, Result<(), EmitError>, Output)> + Send>>;
+
+/// Tracks which sequence numbers are outstanding; the acknowledged prefix is published.
+struct Acks {
+    outstanding: BTreeSet<u64>,
+    highest_seen: u64,
+    published: Arc<AtomicU64>,
+}
+
+impl Acks {
+    fn started(&mut self, seq: u64) {
+        self.outstanding.insert(seq);
+        self.highest_seen = self.highest_seen.max(seq);
+    }
+
+    fn done(&mut self, seq: u64) {
+        self.outstanding.remove(&seq);
+        let through = match self.outstanding.first() {
+            Some(first) => first - 1,
+            None => self.highest_seen,
+        };
+        self.published.fetch_max(through, Ordering::AcqRel);
+    }
+}
+
+async fn run(outputs: Arc<Outputs>, mut rx: mpsc::Receiver<(u64, Output)>, acked: Arc<AtomicU64>) {
+    let mut acks = Acks {
+        outstanding: BTreeSet::new(),
+        highest_seen: 0,
+        published: acked,
+    };
+    let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    let mut open = true;
+    enum Step {
+        New(u64, Output),
+        Closed,
+        Done(u64, Result<(), EmitError>, Output),
+    }
+    while open || !in_flight.is_empty() {
+        let step = tokio::select! {
+            item = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match item {
+                Some((seq, output)) => Step::New(seq, output),
+                None => Step::Closed,
+            },
+            Some((seq, result, output)) = in_flight.next(), if !in_flight.is_empty() => {
+                Step::Done(seq, result, output)
+            }
+        };
+        match step {
+            Step::New(seq, output) => {
+                acks.started(seq);
+                let delivery = start(&outputs, seq, output).await;
+                in_flight.push(delivery);
+            }
+            Step::Closed => open = false,
+            Step::Done(seq, Ok(()), _) => acks.done(seq),
+            Step::Done(seq, Err(e), output) => {
+                let topic = output.topic_label();
+                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic).increment(1);
+                tracing::error!(error = %e, topic, "output not delivered; retrying (input offsets stay behind it)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let delivery = start(&outputs, seq, output).await;
+                in_flight.push(delivery);
+            }
+        }
+    }
+}
+
+/// Puts one output on its way. Breach events are encoded and queued here, in sequence
+/// order, so librdkafka keeps their order per partition; waiting for an encoder
+/// (registry) retries with backoff and holds the later outputs behind it.
+async fn start(outputs: &Arc<Outputs>, seq: u64, output: Output) -> Delivery {
+    match output {
+        Output::Breach(ev) => {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match outputs.enqueue_breach(&ev).await {
+                    Ok(delivery) => {
+                        let out = Output::Breach(ev);
+                        return Box::pin(async move { (seq, delivery.await, out) });
+                    }
+                    Err(e) => {
+                        metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "breaches")
+                            .increment(1);
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "breach event not queued; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        Output::DeadLetter(dl) => {
+            let outputs = outputs.clone();
+            Box::pin(async move {
+                let headers: Vec<(String, Option<&[u8]>)> = dl
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_deref()))
+                    .collect();
+                let view = RecordView {
+                    topic: &dl.topic,
+                    partition: dl.partition,
+                    offset: dl.offset,
+                    key: dl.key.as_deref(),
+                    payload: dl.payload.as_deref(),
+                    headers: &headers,
+                    timestamp_ms: dl.timestamp_ms,
+                };
+                let result = outputs.dead_letter(&view, dl.reason, &dl.error).await;
+                if result.is_ok() {
+                    metrics::counter!(names::DEAD_LETTERS_TOTAL, "reason" => dl.reason)
+                        .increment(1);
+                }
+                drop(headers);
+                (seq, result, Output::DeadLetter(dl))
+            })
+        }
+        Output::Lag(summaries) => {
+            let outputs = outputs.clone();
+            Box::pin(async move {
+                let result = outputs.lag(&summaries).await;
+                (seq, result, Output::Lag(summaries))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledged_prefix_waits_for_the_oldest_outstanding() {
+        let published = Arc::new(AtomicU64::new(0));
+        let mut a = Acks {
+            outstanding: BTreeSet::new(),
+            highest_seen: 0,
+            published: published.clone(),
+        };
+        for s in 1..=4 {
+            a.started(s);
+        }
+        a.done(2);
+        a.done(3);
+        assert_eq!(published.load(Ordering::Acquire), 0);
+        a.done(1);
+        assert_eq!(published.load(Ordering::Acquire), 3);
+        a.done(4);
+        assert_eq!(published.load(Ordering::Acquire), 4);
+    }
+}

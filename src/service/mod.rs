@@ -1,0 +1,694 @@
+//! `synclag run`: the service path, as a pipeline.
+//!
+//! ```text
+//! consumer ─> records (decode, classify; a record that must wait pauses its partition
+//!             alone) ─> engine ─> outcomes (events + evidence) ─> emitter (Kafka, acks)
+//!     ^                   ^                                             │
+//!     │                   └── clock (correlate::clock: confirmed ends, event time, stalls)
+//!     └── commit gate (ingest::commit): offsets follow acknowledged outputs <──┘
+//! ```
+//!
+//! One task owns the engine (no locks on the hot path). Nothing on it waits for the
+//! network: a record that needs the registry is held with its partition paused and retried
+//! off the loop; outputs are handed to the emitter without waiting, and while they pile up
+//! input is paused — the clock and the timers keep running in every case.
+
+mod outcomes;
+mod records;
+mod status;
+
+use crate::config::duration::millis;
+use crate::config::Topology;
+use crate::correlate::clock::{InputClock, Reading};
+use crate::correlate::{Engine, Outcome};
+use crate::decode::Decoder;
+use crate::emit::emitter::{Emitter, Output};
+use crate::emit::events::LagSummary;
+use crate::emit::http::{self, ApiState};
+use crate::emit::producer::{client_config, Outputs};
+use crate::ingest::commit::CommitGate;
+use crate::ingest::ends::{self, Ends};
+use crate::ingest::{cached_watermarks, IngestContext, OffsetTracker, Shared, Tp};
+use crate::rules::{Masker, Rules, SignalBook};
+use crate::telemetry::names;
+use outcomes::{Context, Outcomes};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use records::{Held, Retry};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why the service could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid engine configuration: {0}")]
+    Engine(String),
+    #[error("Kafka client: {0}")]
+    Kafka(String),
+    #[error("cannot serve HTTP on {addr}: {why}")]
+    Http { addr: String, why: String },
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("masking: environment variable `{0}` (masking.key_env) is not set")]
+    MaskKey(String),
+}
+
+const TICK: Duration = Duration::from_millis(100);
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+pub(crate) fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Everything the pipeline task owns.
+struct Pipeline {
+    topology: Arc<Topology>,
+    rules: Rules,
+    decoder: Arc<Decoder>,
+    engine: Engine,
+    clock: InputClock,
+    offsets: OffsetTracker,
+    gate: CommitGate,
+    signals: SignalBook,
+    outcomes: Outcomes,
+    emitter: Emitter,
+    shared: Arc<Shared>,
+    api: ApiState,
+    backlogged: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    out: Vec<Outcome>,
+    last_committed: HashMap<Tp, i64>,
+    /// The longest workflow window: records younger than this are never committed past.
+    max_window_ms: i64,
+    /// Partitions the end-offset prober asks about.
+    assigned: ends::Assigned,
+    /// Records waiting (for the registry), per paused partition, in offset order.
+    held: HashMap<u32, Held>,
+    retry_tx: mpsc::Sender<Retry>,
+    /// Input is paused because outputs wait beyond the emitter's channel.
+    paused_for_output: bool,
+    /// Stalled partitions by topic, as the last clock reading said (`topic[p]: reason`).
+    stalled: HashMap<String, Vec<String>>,
+    stalled_ids: BTreeSet<u32>,
+    live: bool,
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), RunError> {
+    let metrics = crate::telemetry::install().map_err(RunError::Metrics)?;
+    let topology = Arc::new(topology);
+    let masker = match &topology.masking.key_env {
+        Some(var)
+            if topology.masking.correlation_ids || !topology.masking.dimensions.is_empty() =>
+        {
+            let key = std::env::var(var).map_err(|_| RunError::MaskKey(var.clone()))?;
+            Masker::new(Some(key.into_bytes()))
+        }
+        _ => Masker::off(),
+    };
+    let engine = Engine::new(&Rules::engine_config(&topology))
+        .map_err(|e| RunError::Engine(e.to_string()))?;
+    let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
+
+    let mut api = ApiState::new(Some(metrics), topology.registry.is_some());
+    let mut backlogged: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(Vec::new);
+    let mut backlog_task = None;
+    if !topology.backlog.groups.is_empty() {
+        let monitor = crate::backlog::BacklogMonitor::new(
+            crate::backlog::MonitorConfig::from_topology(&topology),
+        )
+        .map_err(|e| RunError::Kafka(format!("backlog monitor: {e}")))?;
+        let handle = monitor.handle();
+        handle.attach(&mut api);
+        backlogged = Arc::new(move || handle.backlogged_groups());
+        let token = shutdown.clone();
+        backlog_task = Some(tokio::spawn(async move {
+            if let Err(e) = monitor.run(token).await {
+                tracing::error!(error = %e, "backlog monitor stopped");
+            }
+        }));
+    }
+    let addr = topology.service.http_listen;
+    let bound = http::serve(addr, api.clone(), shutdown.clone())
+        .await
+        .map_err(|e| RunError::Http {
+            addr: addr.to_string(),
+            why: e.to_string(),
+        })?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /api/v1");
+    spawn_registry_probe(&topology, api.clone(), shutdown.clone());
+
+    let shared = Arc::new(Shared::default());
+    let mut cfg = client_config(&topology);
+    cfg.set("group.id", &topology.service.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "100")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    let consumer: StreamConsumer<IngestContext> = cfg
+        .create_with_context(IngestContext {
+            shared: shared.clone(),
+        })
+        .map_err(|e| RunError::Kafka(e.to_string()))?;
+    let topics: Vec<&str> = topology.streams.iter().map(|s| s.topic.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| RunError::Kafka(e.to_string()))?;
+    spawn_member_watch(&topology, shutdown.clone());
+
+    // The end-offset prober stops with the pipeline, not with the first signal: it is
+    // needed until the last commit.
+    let stop_prober = CancellationToken::new();
+    let assigned: ends::Assigned = Arc::new(Mutex::new(Vec::new()));
+    let mut ends_rx = {
+        let mut probe_cfg = client_config(&topology);
+        probe_cfg.set("isolation.level", "read_committed");
+        ends::spawn(probe_cfg, assigned.clone(), stop_prober.clone())
+            .map_err(|e| RunError::Kafka(format!("end-offset reader: {e}")))?
+    };
+    let (retry_tx, mut retry_rx) = mpsc::channel(1_024);
+
+    metrics::gauge!(names::STORE_CAPACITY).set(topology.store.max_pending as f64);
+    let mut p = Pipeline {
+        rules: Rules::new(&topology),
+        decoder: Arc::new(Decoder::new(&topology)),
+        engine,
+        clock: InputClock::new(millis(topology.service.idle_partition)),
+        offsets: OffsetTracker::default(),
+        gate: CommitGate::default(),
+        signals: SignalBook::new(topology.store.max_pending.clamp(1_000, 1_000_000)),
+        outcomes: Outcomes::new(topology.clone(), masker),
+        emitter: Emitter::start(outputs.clone()),
+        shared: shared.clone(),
+        api,
+        backlogged,
+        out: Vec::new(),
+        last_committed: HashMap::new(),
+        max_window_ms: topology
+            .workflows
+            .iter()
+            .map(|w| millis(w.window))
+            .max()
+            .unwrap_or(0),
+        assigned,
+        held: HashMap::new(),
+        retry_tx,
+        paused_for_output: false,
+        stalled: HashMap::new(),
+        stalled_ids: BTreeSet::new(),
+        live: false,
+        topology: topology.clone(),
+    };
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_publish = Instant::now();
+    let mut last_lag = Instant::now();
+    let mut last_summary = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(ends) = ends_rx.recv() => {
+                p.on_ends(&ends);
+                p.advance_clock(&consumer);
+            }
+            Some(retry) = retry_rx.recv() => p.on_retry(retry, &consumer).await,
+            _ = tick.tick() => {
+                p.tick(&consumer);
+                if last_publish.elapsed() >= PUBLISH_EVERY {
+                    last_publish = Instant::now();
+                    p.publish();
+                    p.commit(&consumer, CommitMode::Async);
+                }
+                if last_lag.elapsed() >= p.topology.service.lag_interval {
+                    last_lag = Instant::now();
+                    p.emit_lag();
+                }
+                if last_summary.elapsed() >= LOG_SUMMARY_EVERY {
+                    last_summary = Instant::now();
+                    p.outcomes.log_summary();
+                }
+            }
+            msg = consumer.recv() => match msg {
+                Ok(m) => p.on_message(&m, &consumer).await,
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            },
+        }
+    }
+
+    // Stop fetching, emit what is still held, wait for every output, then commit.
+    tracing::info!("shutting down: draining outputs, then committing offsets");
+    let deadline = Instant::now() + p.topology.service.shutdown_timeout;
+    p.pause_all(&consumer);
+    p.tick(&consumer);
+    p.release(true);
+    p.publish();
+    let drained = p.emitter.drain(deadline).await;
+    if !drained {
+        tracing::warn!(
+            unacknowledged = p.emitter.submitted() - p.emitter.acked_through(),
+            "outputs not all acknowledged before the shutdown timeout; offsets stay behind them and the records are re-read after the restart"
+        );
+    }
+    p.commit(&consumer, CommitMode::Sync);
+    stop_prober.cancel();
+    consumer.unsubscribe();
+    if let Some(task) = backlog_task {
+        let _ =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), task).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Keeps `/readyz` honest about the registry: probes it every few seconds.
+fn spawn_registry_probe(topology: &Topology, api: ApiState, shutdown: CancellationToken) {
+    let Some(reg) = topology.registry.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let client = match reqwest::Client::builder().timeout(reg.timeout).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the registry probe client");
+                return;
+            }
+        };
+        loop {
+            let mut req = client.get(format!("{}/subjects", reg.url));
+            if let Some(user) = &reg.username {
+                let pw = reg
+                    .password_env
+                    .as_ref()
+                    .and_then(|v| std::env::var(v).ok());
+                req = req.basic_auth(user, pw);
+            }
+            let ok = matches!(req.send().await, Ok(r) if r.status().is_success());
+            api.ready.registry_ok.store(ok, Ordering::Relaxed);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 2 })) => {}
+            }
+        }
+    });
+}
+
+/// Until scale-out exists, one instance owns the group: warn loudly when another joins.
+fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
+    let cfg = client_config(topology);
+    let group = topology.service.group_id.clone();
+    tokio::spawn(async move {
+        let client: rdkafka::consumer::BaseConsumer = match cfg.create() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch group membership");
+                return;
+            }
+        };
+        let client = Arc::new(client);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+            let c = client.clone();
+            let g = group.clone();
+            let members = tokio::task::spawn_blocking(move || {
+                c.fetch_group_list(Some(&g), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|l| l.groups().first().map(|x| x.members().len()))
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(n) = members {
+                metrics::gauge!(names::GROUP_MEMBERS).set(n as f64);
+                if n > 1 {
+                    tracing::error!(
+                        members = n,
+                        group = %group,
+                        "another instance joined synclag's consumer group; correlation state is per instance, so stages split across instances will be reported as never arrived — run one instance per group"
+                    );
+                }
+            }
+        }
+    });
+}
+
+
+impl Pipeline {
+    /// Context for turning outcomes into events, as of now.
+    fn release(&mut self, all: bool) {
+        let backlogged = (self.backlogged)();
+        let ctx = Context {
+            signals: &self.signals,
+            backlogged_groups: &backlogged,
+            stalled: &self.stalled,
+            wall_ms: wall_ms(),
+        };
+        let mut events = Vec::new();
+        self.outcomes
+            .release(self.engine.now(), all, &ctx, &mut events);
+        for ev in events {
+            tracing::debug!(kind = %ev.kind, severity = %ev.severity, workflow = %ev.workflow, breach_id = %ev.breach_id, lag_ms = ev.lag_ms, cause = ?ev.probable_cause, "breach event");
+            self.emitter.submit(Output::Breach(Box::new(ev)));
+        }
+        self.after_submit();
+    }
+
+    /// Outputs were submitted: move them on, and pause or resume input as they pile up.
+    fn after_submit(&mut self) {
+        self.emitter.pump();
+        metrics::gauge!(names::OUTPUT_UNACKED)
+            .set((self.emitter.submitted() - self.emitter.acked_through()) as f64);
+    }
+
+    fn take_outcomes(&mut self) {
+        self.outcomes.take(&mut self.out, self.gate.generation());
+    }
+
+    /// End offsets arrived from the prober.
+    fn on_ends(&mut self, ends: &Ends) {
+        for (tp, end) in &ends.offsets {
+            if let Some(id) = self.offsets.lookup(tp) {
+                self.clock.end_offset(id, *end, ends.asked_at_ms);
+            }
+        }
+    }
+
+    /// Rebalance changes, consumer positions, the clock, held outcomes and back-pressure.
+    fn tick(&mut self, consumer: &StreamConsumer<IngestContext>) {
+        let wall = wall_ms();
+        let changes: Vec<(Tp, bool)> = std::mem::take(
+            &mut *self
+                .shared
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if !changes.is_empty() {
+            for ((topic, partition), assigned) in changes {
+                let id = self.offsets.id(&topic, partition);
+                let tp = (topic, partition);
+                if assigned {
+                    self.clock.assign(id, wall);
+                    if self.paused_for_output {
+                        pause(consumer, &[tp.clone()]);
+                    }
+                } else {
+                    self.clock.revoke(id);
+                    self.offsets.revoke(id);
+                    self.gate.revoke(&tp);
+                    self.last_committed.remove(&tp);
+                    if self.held.remove(&id).is_some() {
+                        tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "revoked while a record waited; the next owner reads it");
+                    }
+                }
+            }
+            let list: Vec<Tp> = consumer
+                .assignment()
+                .map(|tpl| {
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) = list;
+        }
+        self.api.ready.assigned.store(
+            self.shared.assigned.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.observe_positions(consumer, wall);
+        self.advance_clock(consumer);
+        let held: usize = self.held.values().map(Held::len).sum();
+        metrics::gauge!(names::INPUT_HELD_RECORDS).set(held as f64);
+    }
+
+    /// Where the consumer stands on each partition beyond the records handed to us: past
+    /// transaction markers and aborted records (its position), or at the committed offset
+    /// or the log start when it has not delivered anything yet.
+    fn observe_positions(&mut self, consumer: &StreamConsumer<IngestContext>, wall: i64) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        let stats = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+        for e in positions.elements() {
+            let tp = (e.topic().to_string(), e.partition());
+            let Some(id) = self.offsets.lookup(&tp) else {
+                continue;
+            };
+            if self.held.contains_key(&id) || !self.clock.is_assigned(id) {
+                continue;
+            }
+            if let Offset::Offset(o) = e.offset() {
+                self.clock.position(id, o, wall);
+            }
+            if let Some(s) = stats.get(&tp) {
+                if s.committed_offset >= 0 {
+                    self.clock.position(id, s.committed_offset, wall);
+                }
+                if s.fetch_offset >= 0 {
+                    self.clock.fetched(id, s.fetch_offset, s.queued > 0, wall);
+                }
+            }
+            if let Some((lo, hi)) = cached_watermarks(consumer.client(), &tp.0, tp.1) {
+                if lo >= 0 {
+                    self.clock.position(id, lo, wall);
+                }
+                let pos = self.offsets.next_offset(id).unwrap_or(lo).max(lo);
+                metrics::gauge!(names::INPUT_LAG_RECORDS, "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+                    .set((hi - pos).max(0) as f64);
+            }
+        }
+    }
+
+    /// Reads the clock, advances the engine and emits what is due.
+    fn advance_clock(&mut self, consumer: &StreamConsumer<IngestContext>) {
+        let wall = wall_ms();
+        let reading = self.clock.read(wall);
+        self.note_stalls(&reading, wall);
+        if reading.live != self.live {
+            self.live = reading.live;
+            if self.live {
+                tracing::info!("caught up: the clock follows confirmed wall time");
+            } else {
+                tracing::info!("reading a backlog: the clock follows the event-time watermark");
+            }
+            metrics::gauge!(names::CLOCK_LIVE).set(if self.live { 1.0 } else { 0.0 });
+        }
+        if let Some(now) = reading.now_ms {
+            self.engine.advance(now, &mut self.out);
+            metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
+        }
+        self.take_outcomes();
+        self.release(false);
+        self.apply_backpressure(consumer);
+    }
+
+    /// Keeps the stalled-partition evidence and metrics current; logs changes.
+    fn note_stalls(&mut self, reading: &Reading, wall: i64) {
+        let ids: BTreeSet<u32> = reading.stalled.iter().map(|s| s.partition).collect();
+        if ids == self.stalled_ids {
+            return;
+        }
+        for gone in self.stalled_ids.difference(&ids) {
+            if let Some(tp) = self.offsets.tp(*gone) {
+                tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "input partition moves again");
+                for reason in ["record_waiting", "no_progress"] {
+                    metrics::gauge!(names::INPUT_STALLED, "topic" => tp.0.clone(), "partition" => tp.1.to_string(), "reason" => reason).set(0.0);
+                }
+            }
+        }
+        self.stalled.clear();
+        for s in &reading.stalled {
+            let Some(tp) = self.offsets.tp(s.partition) else {
+                continue;
+            };
+            let seconds = wall.saturating_sub(s.since_ms) / 1000;
+            if !self.stalled_ids.contains(&s.partition) {
+                tracing::warn!(partition = %format!("{}[{}]", tp.0, tp.1), reason = s.reason.as_str(), seconds, "input partition stalled: it no longer holds the clock back; breaches that may wait behind it say so");
+            }
+            metrics::gauge!(names::INPUT_STALLED, "topic" => tp.0.clone(), "partition" => tp.1.to_string(), "reason" => s.reason.as_str()).set(1.0);
+            self.stalled
+                .entry(tp.0.clone())
+                .or_default()
+                .push(format!("{}[{}]: {}", tp.0, tp.1, s.reason.as_str()));
+        }
+        self.stalled_ids = ids;
+    }
+
+    /// Outputs pile up beyond the emitter's channel: stop reading input (the clock and
+    /// the timers go on); resume once they have moved on.
+    fn apply_backpressure(&mut self, consumer: &StreamConsumer<IngestContext>) {
+        let saturated = self.emitter.saturated();
+        if saturated == self.paused_for_output {
+            return;
+        }
+        self.paused_for_output = saturated;
+        metrics::gauge!(names::INPUTS_PAUSED_FOR_OUTPUT).set(if saturated { 1.0 } else { 0.0 });
+        let tps: Vec<Tp> = self
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if saturated {
+            tracing::warn!("outputs wait for Kafka: input paused, timers keep running");
+            pause(consumer, &tps);
+        } else {
+            tracing::info!("outputs moving again: input resumed");
+            // Partitions with a waiting record stay paused behind it.
+            let resumable: Vec<Tp> = tps
+                .into_iter()
+                .filter(|tp| {
+                    self.offsets
+                        .lookup(tp)
+                        .is_none_or(|id| !self.held.contains_key(&id))
+                })
+                .collect();
+            resume(consumer, &resumable);
+        }
+    }
+
+    fn pause_all(&mut self, consumer: &StreamConsumer<IngestContext>) {
+        let tps: Vec<Tp> = self
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        pause(consumer, &tps);
+    }
+
+    fn commit(&mut self, consumer: &StreamConsumer<IngestContext>, mode: CommitMode) {
+        let engine = &self.engine;
+        let cut = engine.now().saturating_sub(self.max_window_ms);
+        let processed = self
+            .offsets
+            .committable(|id| engine.min_pinned_offset(id), cut);
+        self.gate.offer(processed);
+        let Some(committable) = self.gate.ready(
+            self.outcomes.oldest_held_generation(),
+            self.emitter.submitted(),
+            self.emitter.acked_through(),
+        ) else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (tp, off) in &committable {
+            metrics::gauge!(names::INPUT_OFFSET, "topic" => tp.0.clone(), "partition" => tp.1.to_string()).set(*off as f64);
+            if self.last_committed.get(tp) != Some(off) || matches!(mode, CommitMode::Sync) {
+                let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(*off));
+            }
+        }
+        self.shared
+            .committable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(&committable);
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => self.last_committed.extend(committable),
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    fn emit_lag(&mut self) {
+        let now = wall_ms();
+        let summaries: Vec<LagSummary> = self
+            .engine
+            .lag_snapshot()
+            .into_iter()
+            .map(|s| LagSummary {
+                workflow: s.workflow,
+                from_stage: s.from_stage,
+                to_stage: s.to_stage,
+                segment: s.key.segment.as_str().to_string(),
+                dimensions: s
+                    .dimensions
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                emitted_at_ms: now,
+                count: i64::try_from(s.count).unwrap_or(i64::MAX),
+                min_ms: i64::try_from(s.min_ms).unwrap_or(i64::MAX),
+                p50_ms: i64::try_from(s.p50_ms).unwrap_or(i64::MAX),
+                p90_ms: i64::try_from(s.p90_ms).unwrap_or(i64::MAX),
+                p99_ms: i64::try_from(s.p99_ms).unwrap_or(i64::MAX),
+                p999_ms: i64::try_from(s.p999_ms).unwrap_or(i64::MAX),
+                max_ms: i64::try_from(s.max_ms).unwrap_or(i64::MAX),
+                hdr_base64: s.histogram_b64,
+            })
+            .collect();
+        if summaries.is_empty() {
+            return;
+        }
+        self.emitter.submit(Output::Lag(summaries));
+        self.after_submit();
+    }
+
+    fn publish(&self) {
+        let c = self.engine.counters();
+        metrics::counter!(names::DUPLICATES_TOTAL).absolute(c.duplicates);
+        metrics::counter!(names::STAGES_AFTER_COMPLETION_TOTAL).absolute(c.after_completion);
+        metrics::counter!(names::DIMENSION_OVERFLOW_TOTAL).absolute(c.dimension_overflow);
+        metrics::counter!(names::SIGNALS_FORGOTTEN_TOTAL).absolute(self.signals.forgotten());
+        metrics::counter!(names::EVIDENCE_FORGOTTEN_TOTAL)
+            .absolute(self.outcomes.evidence_forgotten());
+        metrics::gauge!(names::EVIDENCE_ENTRIES).set(self.outcomes.evidence_entries() as f64);
+        let clock = match self.engine.now() {
+            i64::MIN => wall_ms(),
+            t => t,
+        };
+        let mut stalled: Vec<String> = self.stalled.values().flatten().cloned().collect();
+        stalled.sort();
+        let snapshot = status::snapshot(
+            &self.topology,
+            &self.engine,
+            &self.outcomes,
+            clock,
+            self.live,
+            stalled,
+        );
+        match self.api.status.write() {
+            Ok(mut g) => *g = snapshot,
+            Err(p) => *p.into_inner() = snapshot,
+        }
+    }
+}
+
+fn partition_list(tps: &[Tp]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in tps {
+        tpl.add_partition(t, *p);
+    }
+    tpl
+}
+
+fn pause(consumer: &StreamConsumer<IngestContext>, tps: &[Tp]) {
+    if tps.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.pause(&partition_list(tps)) {
+        tracing::warn!(error = %e, "cannot pause input partitions");
+    }
+}
+
+fn resume(consumer: &StreamConsumer<IngestContext>, tps: &[Tp]) {
+    if tps.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.resume(&partition_list(tps)) {
+        tracing::warn!(error = %e, "cannot resume input partitions");
+    }
+}

@@ -1,0 +1,626 @@
+//! Outcomes become events: the engine's outcomes are turned into breach events (with the
+//! evidence for their cause), metrics and the per-workflow counts the API shows.
+//!
+//! Stage lags are recorded at once. Everything that becomes an event (breach, completion,
+//! never arrived, late, evicted) is held back, in engine order, until the engine clock has
+//! passed the time it is about: while a backlog is read, a completion can fire before the
+//! signal records (errors, throttling) of the same moment have been read from another
+//! partition; waiting for the clock makes the evidence complete, and costs nothing live.
+//! Order is kept per correlation only, so one correlation waiting does not hold back others.
+//!
+//! Pure apart from metrics: no Kafka, no wall clock (times are passed in).
+
+use crate::config::{LagSegment, Topology};
+use crate::correlate::{Outcome, OutcomeKind, StageEvent, StageSet, Tier};
+use crate::emit::events::BreachEvent;
+use crate::rules::{self, Evidence, Masker, SignalBook};
+use crate::telemetry::names;
+use hdrhistogram::Histogram;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+/// A partner delay worth remembering for cause attribution (below this, it is noise).
+const PARTNER_DELAY_NOTABLE_MS: i64 = 1_000;
+
+/// Per-workflow counts and end-to-end lag for the API.
+#[derive(Debug)]
+pub struct WorkflowStats {
+    pub completed: u64,
+    pub warn: u64,
+    pub critical: u64,
+    pub never_arrived: u64,
+    pub late: u64,
+    pub end_to_end: Option<Histogram<u64>>,
+}
+
+/// What, besides the outcome itself, an event's cause is judged by.
+pub struct Context<'a> {
+    pub signals: &'a SignalBook,
+    pub backlogged_groups: &'a [String],
+    /// Stalled input partitions by topic: `topic[partition]: reason`.
+    pub stalled: &'a HashMap<String, Vec<String>>,
+    /// Wall time the event is raised at (`observed_at_ms`).
+    pub wall_ms: i64,
+}
+
+type Key = (usize, Box<[u8]>);
+
+/// A map that forgets its oldest entries beyond a capacity, counting what it forgets.
+#[derive(Debug)]
+struct Bounded<V> {
+    map: HashMap<Key, V>,
+    order: VecDeque<Key>,
+    capacity: usize,
+    forgotten: u64,
+}
+
+impl<V> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            forgotten: 0,
+        }
+    }
+
+    fn insert(&mut self, key: Key, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        // The order queue may hold keys already removed; skip those when trimming.
+        while self.map.len() > self.capacity || self.order.len() > 2 * self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.len() > self.capacity && self.map.remove(&old).is_some() {
+                self.forgotten += 1;
+            }
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<V> {
+        self.map.remove(key)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+struct Held {
+    release_at: i64,
+    generation: u64,
+    outcome: Outcome,
+}
+
+/// Turns outcomes into events and statistics.
+pub struct Outcomes {
+    topology: Arc<Topology>,
+    masker: Masker,
+    stats: Vec<WorkflowStats>,
+    /// Correlations with an open breach, so their completion is announced as `resolved`.
+    open_breaches: Bounded<()>,
+    /// Notable partner delays (t1 − t0) of pending correlations' start records.
+    partner_delay: Bounded<i64>,
+    held: VecDeque<Held>,
+    /// Topics each workflow stage is read from (for stalled-input evidence).
+    stage_topics: Vec<Vec<String>>,
+    /// Events raised since the last log summary, by kind.
+    since_summary: BTreeMap<&'static str, u64>,
+}
+
+impl Outcomes {
+    pub fn new(topology: Arc<Topology>, masker: Masker) -> Outcomes {
+        let stats = topology
+            .workflows
+            .iter()
+            .map(|_| WorkflowStats {
+                completed: 0,
+                warn: 0,
+                critical: 0,
+                never_arrived: 0,
+                late: 0,
+                end_to_end: Histogram::new(3).ok(),
+            })
+            .collect();
+        let stage_topics = topology
+            .workflows
+            .iter()
+            .map(|w| {
+                w.stages
+                    .iter()
+                    .map(|s| {
+                        topology
+                            .streams
+                            .get(s.stream)
+                            .map(|st| st.topic.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect();
+        let capacity = topology.store.max_pending.max(1_000);
+        Outcomes {
+            topology,
+            masker,
+            stats,
+            open_breaches: Bounded::new(capacity),
+            partner_delay: Bounded::new(capacity),
+            held: VecDeque::new(),
+            stage_topics,
+            since_summary: BTreeMap::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &[WorkflowStats] {
+        &self.stats
+    }
+
+    /// Generation of the oldest held-back outcome (see `ingest::commit`).
+    pub fn oldest_held_generation(&self) -> Option<u64> {
+        self.held.iter().map(|h| h.generation).min()
+    }
+
+    /// Entries the evidence maps forgot because they were full.
+    pub fn evidence_forgotten(&self) -> u64 {
+        self.open_breaches.forgotten + self.partner_delay.forgotten
+    }
+
+    /// Entries in the evidence maps.
+    pub fn evidence_entries(&self) -> usize {
+        self.open_breaches.len() + self.partner_delay.len()
+    }
+
+    /// Remembers a notable partner delay of a start stage (cause evidence while pending).
+    pub fn note_stage(&mut self, ev: &StageEvent) {
+        if ev.stage != 0 {
+            return;
+        }
+        if let (Some(t0), Some(t1)) = (ev.ts.source_event_ms, ev.ts.kafka_ms) {
+            let delay = t1.saturating_sub(t0);
+            if delay >= PARTNER_DELAY_NOTABLE_MS {
+                self.partner_delay
+                    .insert((ev.workflow, ev.correlation_id.as_bytes().into()), delay);
+            }
+        }
+    }
+
+    /// Takes the engine's outcomes: stage lags are recorded now, the rest is held back
+    /// (stamped with `generation`) until [`release`](Self::release).
+    pub fn take(&mut self, outcomes: &mut Vec<Outcome>, generation: u64) {
+        for o in outcomes.drain(..) {
+            let release_at = match &o.kind {
+                OutcomeKind::StageReached { .. } => {
+                    self.stage_reached(&o);
+                    continue;
+                }
+                OutcomeKind::Breach { deadline_ms, .. } => *deadline_ms,
+                OutcomeKind::Completed { at_ms, .. } => *at_ms,
+                OutcomeKind::NeverArrived { window_end_ms, .. } => *window_end_ms,
+                OutcomeKind::LateArrival { at_ms, .. } => *at_ms,
+                OutcomeKind::Evicted { at_ms, .. } => *at_ms,
+            };
+            self.held.push_back(Held {
+                release_at,
+                generation,
+                outcome: o,
+            });
+        }
+        metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.held.len() as f64);
+    }
+
+    /// Turns held outcomes whose time the engine clock `now` has passed (all of them when
+    /// `all`, at shutdown) into events appended to `sink`.
+    pub fn release(
+        &mut self,
+        now: i64,
+        all: bool,
+        ctx: &Context<'_>,
+        sink: &mut Vec<BreachEvent>,
+    ) {
+        if self.held.is_empty() {
+            return;
+        }
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut blocked: HashSet<u64> = HashSet::new();
+        let mut keep = VecDeque::new();
+        for h in std::mem::take(&mut self.held) {
+            let key = hasher.hash_one((h.outcome.info.workflow, h.outcome.info.correlation_id.as_bytes()));
+            let due = all || (now != i64::MIN && h.release_at <= now);
+            if due && !blocked.contains(&key) {
+                if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
+                    *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
+                    sink.push(ev);
+                }
+            } else {
+                blocked.insert(key);
+                keep.push_back(h);
+            }
+        }
+        self.held = keep;
+        metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.held.len() as f64);
+    }
+
+    /// Logs what was raised since the last call (one INFO line instead of one per event).
+    pub fn log_summary(&mut self) {
+        if self.since_summary.is_empty() {
+            return;
+        }
+        let counts = std::mem::take(&mut self.since_summary);
+        tracing::info!(events = ?counts, held = self.held.len(), "breach events raised since the last summary");
+    }
+
+    fn stage_reached(&mut self, o: &Outcome) {
+        let OutcomeKind::StageReached {
+            stage,
+            previous_stage,
+            lag_from_previous_ms,
+            lag_from_first_ms,
+            ..
+        } = &o.kind
+        else {
+            return;
+        };
+        let wf = o.info.workflow;
+        metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => o.info.workflow_name.to_string(), "stage" => self.stage_name(wf, *stage)).increment(1);
+        self.record_lag(
+            o,
+            *previous_stage,
+            *stage,
+            "stage_to_stage",
+            *lag_from_previous_ms,
+        );
+        if *previous_stage != 0 {
+            self.record_lag(o, 0, *stage, "from_first", *lag_from_first_ms);
+        }
+    }
+
+    fn on_outcome(&mut self, o: &Outcome, ctx: &Context<'_>) -> Option<BreachEvent> {
+        let wf = o.info.workflow;
+        let wname = o.info.workflow_name.to_string();
+        let key: Key = (wf, o.info.correlation_id.as_bytes().into());
+        match &o.kind {
+            OutcomeKind::StageReached { .. } => {
+                self.stage_reached(o);
+                None
+            }
+            OutcomeKind::Completed {
+                previous_stage,
+                lag_from_previous_ms,
+                end_to_end_ms,
+                decomposition,
+                ..
+            } => {
+                let last = self.topology.workflows[wf].stages.len() - 1;
+                metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wname.clone(), "stage" => self.stage_name(wf, last)).increment(1);
+                metrics::counter!(names::COMPLETED_TOTAL, "workflow" => wname).increment(1);
+                self.record_lag(
+                    o,
+                    *previous_stage,
+                    last,
+                    "stage_to_stage",
+                    *lag_from_previous_ms,
+                );
+                self.record_lag(o, 0, last, "end_to_end", *end_to_end_ms);
+                for (seg, v) in [
+                    ("partner_ingestion", decomposition.partner_ingestion_ms),
+                    ("middleware_erp", decomposition.middleware_erp_ms),
+                    ("outbox_cdc", decomposition.outbox_cdc_ms),
+                ] {
+                    if let Some(v) = v {
+                        self.record_lag(o, 0, last, seg, v);
+                    }
+                }
+                let st = &mut self.stats[wf];
+                st.completed += 1;
+                if let Some(h) = &mut st.end_to_end {
+                    let _ = h.record(u64::try_from((*end_to_end_ms).max(0)).unwrap_or(0));
+                }
+                self.partner_delay.remove(&key);
+                self.open_breaches.remove(&key)?;
+                let mut ev = self.event(o, ctx, "resolved", "info", Some(last), None, None, *end_to_end_ms);
+                ev.segments_ms = segments(
+                    decomposition.partner_ingestion_ms,
+                    decomposition.middleware_erp_ms,
+                    decomposition.outbox_cdc_ms,
+                );
+                ev.dominant_segment = rules::dominant_segment(
+                    decomposition.partner_ingestion_ms,
+                    decomposition.middleware_erp_ms,
+                    decomposition.outbox_cdc_ms,
+                )
+                .map(|s| s.name().to_string());
+                Some(ev)
+            }
+            OutcomeKind::Breach {
+                tier,
+                deadline_ms,
+                lag_so_far_ms,
+                last_stage_seen,
+                missing_stage,
+            } => {
+                let severity = match tier {
+                    Tier::Warn => "warn",
+                    Tier::Critical => "critical",
+                };
+                let st = &mut self.stats[wf];
+                match tier {
+                    Tier::Warn => st.warn += 1,
+                    Tier::Critical => st.critical += 1,
+                }
+                self.open_breaches.insert(key, ());
+                let ev = self.event(
+                    o,
+                    ctx,
+                    "breach",
+                    severity,
+                    Some(*missing_stage),
+                    *last_stage_seen,
+                    Some(*deadline_ms),
+                    *lag_so_far_ms,
+                );
+                metrics::counter!(names::BREACHES_TOTAL, "workflow" => wname, "severity" => severity, "cause" => ev.probable_cause.clone().unwrap_or_else(|| "unknown".into())).increment(1);
+                Some(ev)
+            }
+            OutcomeKind::NeverArrived {
+                window_end_ms,
+                stages_seen,
+                missing,
+            } => {
+                self.stats[wf].never_arrived += 1;
+                metrics::counter!(names::NEVER_ARRIVED_TOTAL, "workflow" => wname).increment(1);
+                let lag = window_end_ms.saturating_sub(o.info.start_ms);
+                let ev = self.event(
+                    o,
+                    ctx,
+                    "never_arrived",
+                    "never_arrived",
+                    missing.first().copied(),
+                    last_seen(*stages_seen),
+                    None,
+                    lag,
+                );
+                self.open_breaches.remove(&key);
+                self.partner_delay.remove(&key);
+                Some(ev)
+            }
+            OutcomeKind::LateArrival {
+                stage,
+                lag_from_first_ms,
+                ..
+            } => {
+                self.stats[wf].late += 1;
+                metrics::counter!(names::LATE_ARRIVALS_TOTAL, "workflow" => wname).increment(1);
+                Some(self.event(
+                    o,
+                    ctx,
+                    "late_arrival",
+                    "info",
+                    Some(*stage),
+                    None,
+                    None,
+                    lag_from_first_ms.unwrap_or(0),
+                ))
+            }
+            OutcomeKind::Evicted {
+                at_ms,
+                stages_seen,
+                missing,
+            } => {
+                metrics::counter!(names::EVICTED_TOTAL).increment(1);
+                self.open_breaches.remove(&key);
+                self.partner_delay.remove(&key);
+                Some(self.event(
+                    o,
+                    ctx,
+                    "evicted",
+                    "info",
+                    missing.first().copied(),
+                    last_seen(*stages_seen),
+                    None,
+                    at_ms.saturating_sub(o.info.start_ms),
+                ))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        o: &Outcome,
+        ctx: &Context<'_>,
+        kind: &str,
+        severity: &str,
+        stage: Option<usize>,
+        last_stage_seen: Option<usize>,
+        deadline_ms: Option<i64>,
+        lag_ms: i64,
+    ) -> BreachEvent {
+        let wf = o.info.workflow;
+        let cid = o.info.correlation_id.to_string();
+        let key: Key = (wf, o.info.correlation_id.as_bytes().into());
+        let partner = self.partner_delay.get(&key).copied();
+        let middleware = Some(lag_ms.saturating_sub(partner.unwrap_or(0))).filter(|v| *v > 0);
+        let dominant: Option<LagSegment> = rules::dominant_segment(partner, middleware, None);
+        let signals = ctx.signals.signals(&cid);
+        // Inputs that may hold the stage this event is about, but are stalled: the event
+        // may be caused by synclag not having read them.
+        let stalled_inputs: Vec<String> = if kind == "breach" || kind == "never_arrived" {
+            stage
+                .and_then(|s| self.stage_topics[wf].get(s))
+                .and_then(|topic| ctx.stalled.get(topic))
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let workflow = &self.topology.workflows[wf];
+        let cause = rules::attribute(
+            &self.topology.causes,
+            &Evidence {
+                signals,
+                dominant_segment: dominant,
+                backlogged_groups: ctx.backlogged_groups,
+            },
+        );
+        let (probable_cause, route) = if !stalled_inputs.is_empty() {
+            (Some(INPUT_STALLED.to_string()), workflow.route.clone())
+        } else {
+            (
+                cause.map(|c| c.name.clone()),
+                cause
+                    .map(|c| c.route.clone())
+                    .or_else(|| workflow.route.clone()),
+            )
+        };
+        let team = route
+            .as_ref()
+            .and_then(|r| self.topology.routes.get(r))
+            .map(|r| r.team.clone());
+        let id_kind = if kind == "breach" { severity } else { kind };
+        BreachEvent {
+            breach_id: rules::breach_id(
+                &workflow.name,
+                o.info.correlation_id.as_bytes(),
+                id_kind,
+                o.info.start_ms,
+            ),
+            kind: kind.to_string(),
+            severity: severity.to_string(),
+            workflow: workflow.name.clone(),
+            correlation_id: self.shown_id(cid),
+            stage: stage.map(|s| self.stage_name(wf, s)),
+            last_stage_seen: last_stage_seen.map(|s| self.stage_name(wf, s)),
+            started_at_ms: o.info.start_ms,
+            deadline_ms,
+            observed_at_ms: ctx.wall_ms,
+            lag_ms,
+            dimensions: self.dims(o),
+            segments_ms: segments(partner, middleware, None),
+            dominant_segment: dominant.map(|s| s.name().to_string()),
+            probable_cause,
+            route,
+            team,
+            signals: signals.iter().map(|(_, k)| k.clone()).collect(),
+            backlogged_groups: ctx.backlogged_groups.to_vec(),
+            stalled_inputs,
+        }
+    }
+
+    /// A correlation id as events and the API show it: masked when configured.
+    pub fn shown_id(&self, cid: String) -> String {
+        if self.topology.masking.correlation_ids {
+            self.masker.mask(&cid)
+        } else {
+            cid
+        }
+    }
+
+    pub fn stage_name(&self, workflow: usize, stage: usize) -> String {
+        self.topology.workflows[workflow]
+            .stages
+            .get(stage)
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn dims(&self, o: &Outcome) -> BTreeMap<String, String> {
+        o.info
+            .dimensions
+            .iter()
+            .map(|(k, v)| {
+                let value = if self
+                    .topology
+                    .masking
+                    .dimensions
+                    .iter()
+                    .any(|d| d.as_str() == &**k)
+                {
+                    self.masker.mask(v)
+                } else {
+                    v.to_string()
+                };
+                (k.to_string(), value)
+            })
+            .collect()
+    }
+
+    fn record_lag(&self, o: &Outcome, from: usize, to: usize, segment: &'static str, ms: i64) {
+        let wf = o.info.workflow;
+        let mut labels = vec![
+            metrics::Label::new("workflow", o.info.workflow_name.to_string()),
+            metrics::Label::new("from_stage", self.stage_name(wf, from)),
+            metrics::Label::new("to_stage", self.stage_name(wf, to)),
+            metrics::Label::new("segment", segment),
+        ];
+        for (k, v) in self.dims(o) {
+            labels.push(metrics::Label::new(k, v));
+        }
+        metrics::histogram!(names::LAG_SECONDS, labels).record(ms.max(0) as f64 / 1000.0);
+    }
+}
+
+/// `probable_cause` of an event raised while an input it may depend on is stalled.
+pub const INPUT_STALLED: &str = "input_stalled";
+
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "breach" => "breach",
+        "resolved" => "resolved",
+        "never_arrived" => "never_arrived",
+        "late_arrival" => "late_arrival",
+        "evicted" => "evicted",
+        _ => "other",
+    }
+}
+
+fn last_seen(s: StageSet) -> Option<usize> {
+    s.iter().last()
+}
+
+fn segments(
+    partner: Option<i64>,
+    middleware: Option<i64>,
+    outbox: Option<i64>,
+) -> BTreeMap<String, i64> {
+    [
+        ("partner_ingestion", partner),
+        ("middleware_erp", middleware),
+        ("outbox_cdc", outbox),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_map_forgets_the_oldest_and_counts_it() {
+        let mut b: Bounded<i64> = Bounded::new(2);
+        for i in 0..5u8 {
+            b.insert((0, Box::from([i].as_slice())), i64::from(i));
+        }
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.forgotten, 3);
+        assert_eq!(b.get(&(0, Box::from([4u8].as_slice()))), Some(&4));
+        // The first insert evicts the oldest (3); after that there is room, so entries
+        // removed again are never counted as forgotten, and the order queue stays bounded.
+        for i in 10..200u8 {
+            let k: Key = (0, Box::from([i].as_slice()));
+            b.insert(k.clone(), 1);
+            b.remove(&k);
+        }
+        assert_eq!(b.forgotten, 4);
+        assert_eq!(b.get(&(0, Box::from([4u8].as_slice()))), Some(&4));
+        assert!(b.order.len() <= 4);
+    }
+}

@@ -1,0 +1,264 @@
+//! The per-record path: decode, classify, feed the engine — and what happens when a record
+//! cannot be decoded yet.
+//!
+//! A record whose schema the registry must provide and that does not answer within
+//! [`DECODE_WAIT`] is *held*: its partition is paused behind it (records after it are
+//! fetched again from there on resume), the decode is retried off the pipeline task with
+//! backoff, and the clock knows the partition waits. Every other partition, the tick and
+//! the timers go on; nothing is dropped and nothing is dead-lettered for an outage.
+
+use super::{pause, resume, wall_ms, Pipeline};
+use crate::config::Role;
+use crate::correlate::Origin;
+use crate::decode::{Decoded, DecodeError, Decoder, RecordView};
+use crate::emit::emitter::{DeadLetter, Output};
+use crate::ingest::IngestContext;
+use crate::telemetry::names;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a decode may wait for the registry on the pipeline task before the record is
+/// held and retried off it.
+const DECODE_WAIT: Duration = Duration::from_millis(50);
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Records of one paused partition waiting to be decoded, oldest first.
+pub struct Held {
+    records: VecDeque<OwnedMessage>,
+    backoff: Duration,
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// The result of a decode retried off the pipeline task.
+pub struct Retry {
+    partition_id: u32,
+    offset: i64,
+    result: Result<Decoded, DecodeError>,
+}
+
+/// Headers as the decoder reads them.
+fn header_list<M: Message>(m: &M) -> Vec<(String, Option<&[u8]>)> {
+    m.headers()
+        .map(|h| h.iter().map(|x| (x.key.to_string(), x.value)).collect())
+        .unwrap_or_default()
+}
+
+fn view<'a, M: Message>(m: &'a M, headers: &'a [(String, Option<&'a [u8]>)]) -> RecordView<'a> {
+    RecordView {
+        topic: m.topic(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key(),
+        payload: m.payload(),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+    }
+}
+
+impl Pipeline {
+    /// A record from the consumer.
+    pub(super) async fn on_message(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        consumer: &StreamConsumer<IngestContext>,
+    ) {
+        metrics::counter!(names::RECORDS_CONSUMED_TOTAL, "topic" => m.topic().to_string())
+            .increment(1);
+        let pid = self.offsets.id(m.topic(), m.partition());
+        if let Some(held) = self.held.get_mut(&pid) {
+            // Fetched before the pause took effect: it waits behind the held one.
+            held.records.push_back(m.detach());
+            return;
+        }
+        let headers = header_list(m);
+        let record = view(m, &headers);
+        match tokio::time::timeout(DECODE_WAIT, self.decoder.decode(&record)).await {
+            Ok(Err(e)) if e.is_retryable() => self.hold(pid, m.detach(), consumer),
+            Err(_) => self.hold(pid, m.detach(), consumer),
+            Ok(result) => self.process(pid, &record, result),
+        }
+    }
+
+    /// Pauses the record's partition behind it and retries its decode off the task.
+    fn hold(&mut self, pid: u32, record: OwnedMessage, consumer: &StreamConsumer<IngestContext>) {
+        let tp = (record.topic().to_string(), record.partition());
+        tracing::warn!(partition = %format!("{}[{}]", tp.0, tp.1), offset = record.offset(), "record waits for the schema registry; its partition is paused, the rest goes on");
+        pause(consumer, &[tp]);
+        self.clock.wait(pid, wall_ms());
+        let held = self.held.entry(pid).or_insert_with(|| Held {
+            records: VecDeque::new(),
+            backoff: RETRY_FIRST,
+        });
+        held.records.push_front(record);
+        self.schedule_retry(pid);
+    }
+
+    fn schedule_retry(&mut self, pid: u32) {
+        let Some(held) = self.held.get_mut(&pid) else {
+            return;
+        };
+        let Some(head) = held.records.front().cloned() else {
+            return;
+        };
+        let delay = held.backoff + jitter(held.backoff);
+        held.backoff = (held.backoff * 2).min(RETRY_MAX);
+        metrics::counter!(names::REGISTRY_RETRIES_TOTAL).increment(1);
+        let decoder: Arc<Decoder> = self.decoder.clone();
+        let tx = self.retry_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let headers = header_list(&head);
+            let result = decoder.decode(&view(&head, &headers)).await;
+            let _ = tx
+                .send(Retry {
+                    partition_id: pid,
+                    offset: head.offset(),
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// A retried decode finished: process the held records it unblocks, in order, and
+    /// resume the partition once none waits.
+    pub(super) async fn on_retry(
+        &mut self,
+        retry: Retry,
+        consumer: &StreamConsumer<IngestContext>,
+    ) {
+        let pid = retry.partition_id;
+        let Some(held) = self.held.get_mut(&pid) else {
+            return; // revoked meanwhile
+        };
+        if held.records.front().map(Message::offset) != Some(retry.offset) {
+            return;
+        }
+        if matches!(&retry.result, Err(e) if e.is_retryable()) {
+            self.schedule_retry(pid);
+            return;
+        }
+        let mut result = Some(retry.result);
+        loop {
+            let Some(held) = self.held.get_mut(&pid) else {
+                return;
+            };
+            let Some(record) = held.records.pop_front() else {
+                break;
+            };
+            let headers = header_list(&record);
+            let v = view(&record, &headers);
+            let decoded = match result.take() {
+                Some(r) => r,
+                None => match tokio::time::timeout(DECODE_WAIT, self.decoder.decode(&v)).await
+                {
+                    Ok(r) if !matches!(&r, Err(e) if e.is_retryable()) => r,
+                    _ => {
+                        drop(headers);
+                        if let Some(held) = self.held.get_mut(&pid) {
+                            held.records.push_front(record);
+                        }
+                        self.schedule_retry(pid);
+                        return;
+                    }
+                },
+            };
+            self.process(pid, &v, decoded);
+        }
+        self.held.remove(&pid);
+        self.clock.resume(pid, wall_ms());
+        if let Some(tp) = self.offsets.tp(pid).cloned() {
+            tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "waiting records processed; partition resumed");
+            if !self.paused_for_output {
+                resume(consumer, &[tp]);
+            }
+        }
+        self.advance_clock(consumer);
+    }
+
+    /// A decoded (or undecodable) record: dead letter, signal, or stage events for the
+    /// engine. Afterwards the record counts as processed.
+    fn process(
+        &mut self,
+        pid: u32,
+        record: &RecordView<'_>,
+        decoded: Result<Decoded, DecodeError>,
+    ) {
+        let wall = wall_ms();
+        match decoded {
+            Err(e) => {
+                metrics::counter!(names::DECODE_ERRORS_TOTAL, "topic" => record.topic.to_string(), "reason" => e.reason()).increment(1);
+                self.dead_letter(record, e.reason(), e.to_string());
+            }
+            Ok(d) if self.topology.streams[d.stream].role == Role::Signals => {
+                let stream = &self.topology.streams[d.stream];
+                let kind = d.event_type.clone().unwrap_or_else(|| "signal".into());
+                metrics::counter!(names::SIGNALS_TOTAL, "stream" => stream.name.clone(), "kind" => kind.clone()).increment(1);
+                self.signals.record(d.stream, &d.correlation_id, &kind);
+            }
+            Ok(d) => {
+                let events = self.rules.stage_events(
+                    &d,
+                    Origin {
+                        partition_id: pid,
+                        offset: record.offset,
+                    },
+                );
+                if events.is_empty() {
+                    metrics::counter!(names::UNMATCHED_RECORDS_TOTAL, "topic" => record.topic.to_string())
+                        .increment(1);
+                }
+                for ev in events {
+                    self.outcomes.note_stage(&ev);
+                    let (workflow, stage) = (ev.workflow, ev.stage);
+                    match self.engine.process(ev, &mut self.out) {
+                        Ok(()) if stage == 0 => {
+                            let wf = &self.topology.workflows[workflow];
+                            metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wf.name.clone(), "stage" => wf.stages[0].name.clone()).increment(1);
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            metrics::counter!(names::REJECTED_EVENTS_TOTAL).increment(1);
+                            self.dead_letter(record, "rejected", e.to_string());
+                        }
+                    }
+                }
+                self.take_outcomes();
+            }
+        }
+        self.offsets
+            .processed(pid, record.offset, record.timestamp_ms);
+        self.clock
+            .record(pid, record.offset, record.timestamp_ms, wall);
+    }
+
+    /// Hands a copy of `record` to the dead-letter topic (acknowledged before its offset
+    /// is committed, see `ingest::commit`).
+    fn dead_letter(&mut self, record: &RecordView<'_>, reason: &'static str, error: String) {
+        tracing::debug!(
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            reason,
+            error = %error,
+            "record sent to the dead-letter topic"
+        );
+        self.emitter
+            .submit(Output::DeadLetter(Box::new(DeadLetter::new(record, reason, error))));
+        self.after_submit();
+    }
+}
+
+/// Up to 25 % random jitter, so many instances do not retry in lockstep.
+pub(super) fn jitter(base: Duration) -> Duration {
+    let nanos = u64::from(chrono::Utc::now().timestamp_subsec_nanos());
+    base.mul_f64((nanos % 250) as f64 / 1000.0)
+}

@@ -1,0 +1,371 @@
+//! The clock never stops: conditions the simulator does not make, on the real broker.
+//!
+//! - inputs written by a transactional producer (commit markers after the last record, an
+//!   aborted transaction) still confirm as read, so breaches fire on time;
+//! - a record waiting for an unreachable registry pauses only its own partition: other
+//!   workflows breach on time, and a correlation that may wait behind the stalled
+//!   partition still breaches, flagged `input_stalled` with the partition.
+
+mod support;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use schema_registry_converter::async_impl::avro::AvroEncoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::service::SynclagProcess;
+use synclag::emit::events::BreachEvent;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Reads `topic` from the start (read_committed) until `done` or `timeout`.
+async fn read_topic(
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = support::consumer_with(
+        &support::random_name("reader"),
+        &[("isolation.level", "read_committed")],
+    );
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while Instant::now() < deadline && !done(&out) {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await
+        {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+fn breaches(msgs: &[OwnedMessage]) -> Vec<BreachEvent> {
+    msgs.iter()
+        .filter_map(|m| serde_json::from_slice(m.payload()?).ok())
+        .collect()
+}
+
+/// `(workflow, correlation, kind/severity)` of the events read so far.
+fn kinds(msgs: &[OwnedMessage]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for b in breaches(msgs) {
+        out.entry((b.workflow.clone(), b.correlation_id.clone()))
+            .or_default()
+            .push(format!("{}/{}", b.kind, b.severity));
+    }
+    out
+}
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_inputs_confirm_and_breach_on_time() {
+    let starts = support::random_name("tx-starts");
+    let ends = support::random_name("tx-ends");
+    let out = support::random_name("tx-breaches");
+    for t in [&starts, &ends, &out] {
+        support::create_topic(t, 1).await;
+    }
+    let http = support::free_port();
+    let config = format!(
+        r#"
+service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 60s }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+streams:
+  - name: starts
+    topic: {starts}
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+  - name: ends
+    topic: {ends}
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+workflows:
+  - name: tx
+    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
+    sla: {{ warn: 3s, critical: 6s }}
+    window: 60s
+"#,
+        group = support::random_name("synclag-tx"),
+        bootstrap = support::bootstrap(),
+    );
+    let mut svc = SynclagProcess::start(&config, http, "tx");
+    svc.wait_ready().await;
+
+    // Every input record comes from a transactional producer, as from Kafka Connect or
+    // Kafka Streams with exactly-once: each partition ends with a commit marker.
+    let producer: FutureProducer = support::client_config()
+        .set("transactional.id", support::random_name("txid"))
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init transactions");
+    let t0 = now_ms();
+    let send = |topic: &str, id: &str| {
+        let payload = json(serde_json::json!({"id": id, "at": now_ms()}));
+        let topic = topic.to_string();
+        let id = id.to_string();
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&id).payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce");
+        }
+    };
+    producer.begin_transaction().expect("begin");
+    for id in ["TX-OK", "TX-ABORTED-END", "TX-OPEN"] {
+        send(&starts, id).await;
+    }
+    send(&ends, "TX-OK").await;
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+    // The only end of TX-ABORTED-END is in an aborted transaction: it must not count.
+    producer.begin_transaction().expect("begin");
+    send(&ends, "TX-ABORTED-END").await;
+    producer
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
+
+    // Both unfinished correlations breach (warn at t0 + 3 s, critical at t0 + 6 s) while
+    // nothing else is ever written to the inputs: the markers must count as read.
+    let msgs = read_topic(&out, Duration::from_secs(30), |m| {
+        let k = kinds(m);
+        ["TX-ABORTED-END", "TX-OPEN"].iter().all(|id| {
+            k.get(&("tx".to_string(), id.to_string()))
+                .is_some_and(|v| v.iter().any(|s| s == "breach/critical"))
+        })
+    })
+    .await;
+    let got = kinds(&msgs);
+    for id in ["TX-ABORTED-END", "TX-OPEN"] {
+        let v = got
+            .get(&("tx".to_string(), id.to_string()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no breach for {id} with transactional inputs; events: {got:?}\n{}",
+                    svc.log_tail()
+                )
+            });
+        assert!(v.contains(&"breach/warn".to_string()), "{id}: {v:?}");
+        assert!(v.contains(&"breach/critical".to_string()), "{id}: {v:?}");
+    }
+    assert!(
+        !got.contains_key(&("tx".to_string(), "TX-OK".to_string())),
+        "a completed correlation breached: {got:?}"
+    );
+    // On time: raised once the inputs were confirmed read past the deadline, not after
+    // some unrelated record moved the clock (none was written).
+    for b in breaches(&msgs) {
+        if let Some(deadline) = b.deadline_ms {
+            assert!(
+                b.observed_at_ms >= deadline,
+                "raised before its deadline: {b:?}"
+            );
+            assert!(
+                b.observed_at_ms - deadline < 3_000,
+                "raised {} ms after its deadline",
+                b.observed_at_ms - deadline
+            );
+        }
+    }
+    assert!(now_ms() - t0 < 60_000);
+    let metrics = svc.get_text("/metrics").await.unwrap_or_default();
+    assert!(
+        metrics.contains("synclag_clock_live 1"),
+        "the clock never went live on transactional inputs:\n{}",
+        svc.log_tail()
+    );
+    assert_eq!(svc.terminate().await, Some(0));
+}
+
+const MOVE_SCHEMA: &str = r#"{"type":"record","name":"Move","namespace":"test.stall","fields":[
+  {"name":"move_id","type":"string"},{"name":"moved_at","type":"long"}]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waiting_for_the_registry_stalls_only_its_partition() {
+    let orders = support::random_name("st-orders");
+    let moves = support::random_name("st-moves");
+    let done = support::random_name("st-done");
+    let out = support::random_name("st-breaches");
+    let dlq = support::random_name("st-dlq");
+    for t in [&orders, &moves, &done, &out, &dlq] {
+        support::create_topic(t, 1).await;
+    }
+    // Avro encoded with the real registry; synclag is pointed at a port where nothing
+    // answers, so it cannot fetch the schema.
+    let enc = AvroEncoder::new(SrSettings::new(support::registry_url()));
+    let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+        moves.clone(),
+        false,
+        SuppliedSchema::new(None, SchemaType::Avro, MOVE_SCHEMA.to_string()),
+    );
+    let dead_registry = format!("http://127.0.0.1:{}", support::free_port());
+    let http = support::free_port();
+    let config = format!(
+        r#"
+service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 2s }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+registry: {{ url: "{dead_registry}", timeout: 1s }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {dlq}, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+streams:
+  - name: orders
+    topic: {orders}
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+  - name: moves
+    topic: {moves}
+    format: avro
+    fields: {{ correlation_id: $.move_id, event_time: $.moved_at }}
+  - name: done
+    topic: {done}
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+workflows:
+  - name: via_avro
+    stages: [ {{ name: ordered, stream: orders }}, {{ name: moved, stream: moves }} ]
+    sla: {{ warn: 4s, critical: 8s }}
+    window: 60s
+  - name: json_only
+    stages: [ {{ name: ordered, stream: orders }}, {{ name: finished, stream: done }} ]
+    sla: {{ warn: 4s, critical: 8s }}
+    window: 60s
+"#,
+        group = support::random_name("synclag-stall"),
+        bootstrap = support::bootstrap(),
+    );
+    let mut svc = SynclagProcess::start(&config, http, "stall");
+    let producer = support::producer();
+    let produce = |topic: String, key: String, payload: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("produce");
+        }
+    };
+    // The Avro record first: it waits for the registry from the start.
+    let t0 = now_ms();
+    {
+        use apache_avro::types::Value;
+        let bytes = enc
+            .encode(
+                vec![
+                    ("move_id", Value::String("MV-1".into())),
+                    ("moved_at", Value::Long(t0)),
+                ],
+                strategy.clone(),
+            )
+            .await
+            .expect("encode");
+        produce(moves.clone(), "MV-1".into(), bytes).await;
+    }
+    for id in ["MV-1", "J-OPEN", "J-DONE"] {
+        produce(
+            orders.clone(),
+            id.into(),
+            json(serde_json::json!({"id": id, "at": now_ms()})),
+        )
+        .await;
+    }
+    produce(
+        done.clone(),
+        "J-DONE".into(),
+        json(serde_json::json!({"id": "J-DONE", "at": now_ms()})),
+    )
+    .await;
+
+    let msgs = read_topic(&out, Duration::from_secs(40), |m| {
+        let k = kinds(m);
+        k.contains_key(&("json_only".into(), "J-OPEN".into()))
+            && k.contains_key(&("via_avro".into(), "MV-1".into()))
+    })
+    .await;
+    let events = breaches(&msgs);
+    let open = events
+        .iter()
+        .find(|b| b.workflow == "json_only" && b.correlation_id == "J-OPEN")
+        .unwrap_or_else(|| {
+            panic!(
+                "the JSON workflow went silent while one Avro record waited; events: {events:?}\n{}",
+                svc.log_tail()
+            )
+        });
+    assert_eq!(open.kind, "breach");
+    assert_eq!(open.severity, "warn");
+    assert!(
+        open.stalled_inputs.is_empty(),
+        "its missing stage is not behind the stall: {open:?}"
+    );
+    assert!(
+        !events.iter().any(|b| b.correlation_id == "J-DONE"),
+        "{events:?}"
+    );
+    let mv = events
+        .iter()
+        .find(|b| b.workflow == "via_avro" && b.correlation_id == "MV-1")
+        .expect("the correlation behind the stalled partition was not breached");
+    assert_eq!(mv.kind, "breach");
+    assert_eq!(mv.probable_cause.as_deref(), Some("input_stalled"), "{mv:?}");
+    assert_eq!(
+        mv.stalled_inputs,
+        vec![format!("{moves}[0]: record_waiting")],
+        "{mv:?}"
+    );
+    let deadline = mv.deadline_ms.expect("deadline");
+    assert!(mv.observed_at_ms >= deadline);
+    assert!(
+        mv.observed_at_ms - t0 < 20_000,
+        "raised {} ms after the start",
+        mv.observed_at_ms - t0
+    );
+
+    // The stall is visible, and nothing was dead-lettered for an outage.
+    let metrics = svc.get_text("/metrics").await.unwrap_or_default();
+    let stalled_line = format!(
+        "synclag_input_stalled_partitions{{partition=\"0\",reason=\"record_waiting\",topic=\"{moves}\"}} 1"
+    );
+    assert!(
+        metrics.contains(&stalled_line),
+        "missing `{stalled_line}`:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("stalled") || l.contains("held"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(metrics.contains("synclag_input_held_records 1"));
+    let status = svc
+        .get_json("/api/v1/workflows")
+        .await
+        .expect("workflows API");
+    assert!(
+        status.to_string().contains("record_waiting"),
+        "API does not show the stall: {status}"
+    );
+    let dead = read_topic(&dlq, Duration::from_secs(2), |_| false).await;
+    assert!(dead.is_empty(), "dead-lettered during a registry outage");
+    assert_eq!(svc.terminate().await, Some(0));
+    drop(producer.flush(Duration::from_secs(5)));
+}
