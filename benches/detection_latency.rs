@@ -233,7 +233,10 @@ workflows:
                 }
             }
             Some(_) => {
-                let closed = acked_at.get(&ev.correlation_id).copied().unwrap_or(i64::MAX);
+                let closed = acked_at
+                    .get(&ev.correlation_id)
+                    .copied()
+                    .unwrap_or(i64::MAX);
                 if closed < deadline {
                     false_breaches.push((ev.correlation_id.clone(), deadline - closed));
                 }

@@ -39,18 +39,75 @@ async fn read_topic(
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while Instant::now() < deadline && !done(&out) {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await
-        {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await {
             out.push(m.detach());
         }
     }
     out
 }
 
+/// Breach events, JSON or Avro (Confluent wire format, decoded with our own schema).
 fn breaches(msgs: &[OwnedMessage]) -> Vec<BreachEvent> {
+    static SCHEMA: std::sync::OnceLock<Option<apache_avro::Schema>> = std::sync::OnceLock::new();
+    let schema = SCHEMA
+        .get_or_init(|| apache_avro::Schema::parse_str(synclag::emit::events::BREACH_SCHEMA).ok())
+        .as_ref();
     msgs.iter()
-        .filter_map(|m| serde_json::from_slice(m.payload()?).ok())
+        .filter_map(|m| {
+            let payload = m.payload()?;
+            if payload.first() == Some(&0) {
+                let value = apache_avro::reader::datum::GenericDatumReader::builder(schema?)
+                    .build()
+                    .ok()?
+                    .read_value(&mut payload.get(5..)?)
+                    .ok()?;
+                apache_avro::from_value(&value).ok()
+            } else {
+                serde_json::from_slice(payload).ok()
+            }
+        })
         .collect()
+}
+
+/// Forwards connections on `port` to `target` until `cut` is set; then it drops every
+/// forwarded connection and accepts new ones without ever answering (a registry that
+/// stops responding).
+async fn relay(port: u16, target: String, cut: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind relay port");
+    let mut forwarding: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut silent = Vec::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if cut.load(Ordering::SeqCst) {
+                    for f in forwarding.drain(..) {
+                        f.abort();
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok((mut inbound, _)) = accepted else {
+            return;
+        };
+        if cut.load(Ordering::SeqCst) {
+            for f in forwarding.drain(..) {
+                f.abort();
+            }
+            silent.push(inbound); // held open, never answered
+            continue;
+        }
+        let target = target.clone();
+        forwarding.push(tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        }));
+    }
 }
 
 /// `(workflow, correlation, kind/severity)` of the events read so far.
@@ -202,32 +259,44 @@ const MOVE_SCHEMA: &str = r#"{"type":"record","name":"Move","namespace":"test.st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_waiting_for_the_registry_stalls_only_its_partition() {
     let orders = support::random_name("st-orders");
+    let shipments = support::random_name("st-shipments");
     let moves = support::random_name("st-moves");
     let done = support::random_name("st-done");
     let out = support::random_name("st-breaches");
     let dlq = support::random_name("st-dlq");
-    for t in [&orders, &moves, &done, &out, &dlq] {
+    for t in [&orders, &shipments, &moves, &done, &out, &dlq] {
         support::create_topic(t, 1).await;
     }
-    // Avro encoded with the real registry; synclag is pointed at a port where nothing
-    // answers, so it cannot fetch the schema.
-    let enc = AvroEncoder::new(SrSettings::new(support::registry_url()));
+    // synclag talks to the registry through a relay the test cuts once synclag has
+    // registered its own output schema: from then on the registry stops answering, and
+    // an input schema synclag has not seen cannot be fetched.
+    let real = support::registry_url();
+    let rest = real.trim_start_matches("http://");
+    let (hostport, path) = rest.split_once('/').expect("registry url has a path");
+    let relay_port = support::free_port();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(relay(relay_port, hostport.to_string(), cut.clone()));
+    let via_relay = format!("http://127.0.0.1:{relay_port}/{path}");
+    let enc = AvroEncoder::new(SrSettings::new(real.clone()));
     let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
         moves.clone(),
         false,
         SuppliedSchema::new(None, SchemaType::Avro, MOVE_SCHEMA.to_string()),
     );
-    let dead_registry = format!("http://127.0.0.1:{}", support::free_port());
     let http = support::free_port();
     let config = format!(
         r#"
 service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 2s }}
 kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
-registry: {{ url: "{dead_registry}", timeout: 1s }}
+registry: {{ url: "{via_relay}", timeout: 1s }}
 outputs: {{ breaches_topic: {out}, dead_letter_topic: {dlq}, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
 streams:
   - name: orders
     topic: {orders}
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+  - name: shipments
+    topic: {shipments}
     format: json
     fields: {{ correlation_id: $.id, event_time: $.at }}
   - name: moves
@@ -240,7 +309,7 @@ streams:
     fields: {{ correlation_id: $.id, event_time: $.at }}
 workflows:
   - name: via_avro
-    stages: [ {{ name: ordered, stream: orders }}, {{ name: moved, stream: moves }} ]
+    stages: [ {{ name: shipped, stream: shipments }}, {{ name: moved, stream: moves }} ]
     sla: {{ warn: 4s, critical: 8s }}
     window: 60s
   - name: json_only
@@ -265,6 +334,22 @@ workflows:
                 .expect("produce");
         }
     };
+    // A first breach registers synclag's output schema while the registry answers.
+    svc.wait_ready().await;
+    produce(
+        orders.clone(),
+        "J-WARM".into(),
+        json(serde_json::json!({"id": "J-WARM", "at": now_ms()})),
+    )
+    .await;
+    let warm = read_topic(&out, Duration::from_secs(30), |m| !breaches(m).is_empty()).await;
+    assert!(
+        !breaches(&warm).is_empty(),
+        "no first breach\n{}",
+        svc.log_tail()
+    );
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+
     // The Avro record first: it waits for the registry from the start.
     let t0 = now_ms();
     {
@@ -281,7 +366,13 @@ workflows:
             .expect("encode");
         produce(moves.clone(), "MV-1".into(), bytes).await;
     }
-    for id in ["MV-1", "J-OPEN", "J-DONE"] {
+    produce(
+        shipments.clone(),
+        "MV-1".into(),
+        json(serde_json::json!({"id": "MV-1", "at": now_ms()})),
+    )
+    .await;
+    for id in ["J-OPEN", "J-DONE"] {
         produce(
             orders.clone(),
             id.into(),
@@ -327,7 +418,11 @@ workflows:
         .find(|b| b.workflow == "via_avro" && b.correlation_id == "MV-1")
         .expect("the correlation behind the stalled partition was not breached");
     assert_eq!(mv.kind, "breach");
-    assert_eq!(mv.probable_cause.as_deref(), Some("input_stalled"), "{mv:?}");
+    assert_eq!(
+        mv.probable_cause.as_deref(),
+        Some("input_stalled"),
+        "{mv:?}"
+    );
     assert_eq!(
         mv.stalled_inputs,
         vec![format!("{moves}[0]: record_waiting")],
@@ -344,7 +439,7 @@ workflows:
     // The stall is visible, and nothing was dead-lettered for an outage.
     let metrics = svc.get_text("/metrics").await.unwrap_or_default();
     let stalled_line = format!(
-        "synclag_input_stalled_partitions{{partition=\"0\",reason=\"record_waiting\",topic=\"{moves}\"}} 1"
+        "synclag_input_stalled_partitions{{topic=\"{moves}\",partition=\"0\",reason=\"record_waiting\"}} 1"
     );
     assert!(
         metrics.contains(&stalled_line),
@@ -366,6 +461,22 @@ workflows:
     );
     let dead = read_topic(&dlq, Duration::from_secs(2), |_| false).await;
     assert!(dead.is_empty(), "dead-lettered during a registry outage");
+
+    // The registry answers again: the waiting record is processed, nothing was lost.
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    let msgs = read_topic(&out, Duration::from_secs(40), |m| {
+        breaches(m)
+            .iter()
+            .any(|b| b.correlation_id == "MV-1" && b.kind == "resolved")
+    })
+    .await;
+    assert!(
+        breaches(&msgs)
+            .iter()
+            .any(|b| b.correlation_id == "MV-1" && b.kind == "resolved"),
+        "the waiting record was never processed\n{}",
+        svc.log_tail()
+    );
     assert_eq!(svc.terminate().await, Some(0));
     drop(producer.flush(Duration::from_secs(5)));
 }

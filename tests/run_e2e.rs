@@ -986,9 +986,13 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
         "warn breaches of the old group before the kill\n{}",
         first.log_tail()
     );
-    assert!(early
-        .iter()
-        .all(|e| e.severity == "warn" && e.correlation_id.starts_with("K-")));
+    assert!(
+        early
+            .iter()
+            .all(|e| e.severity == "warn" && e.correlation_id.starts_with("K-")),
+        "{early:?}\n{}",
+        first.log_tail()
+    );
     support::wait_until_async(
         Duration::from_secs(30),
         "run 1 completed the ok_before group",

@@ -174,7 +174,10 @@ impl InputClock {
         if queued || p.fetched.is_some_and(|old| fetch_position > old) {
             p.progress_ms = p.progress_ms.max(wall_ms);
         }
-        p.fetched = Some(p.fetched.map_or(fetch_position, |old| old.max(fetch_position)));
+        p.fetched = Some(
+            p.fetched
+                .map_or(fetch_position, |old| old.max(fetch_position)),
+        );
     }
 
     /// The partition's end offset, asked for at `asked_at_ms` (wall time before the
@@ -323,7 +326,11 @@ mod tests {
             c.record(0, o, Some(1_000 + o), 10_010);
         }
         c.end_offset(0, 4, 10_050);
-        assert_eq!(c.read(10_060).now_ms, Some(1_002), "marker unread: event time only");
+        assert_eq!(
+            c.read(10_060).now_ms,
+            Some(1_002),
+            "marker unread: event time only"
+        );
         // The consumer's position moved past the marker.
         c.position(0, 4, 10_070);
         let r = c.read(10_080);

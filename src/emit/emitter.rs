@@ -69,11 +69,11 @@ pub enum Output {
 }
 
 impl Output {
-    fn topic_label(&self) -> &'static str {
+    fn topic<'a>(&self, topics: &'a crate::config::Outputs) -> &'a str {
         match self {
-            Output::Breach(_) => "breaches",
-            Output::DeadLetter(_) => "dead_letter",
-            Output::Lag(_) => "lag",
+            Output::Breach(_) => &topics.breaches_topic,
+            Output::DeadLetter(_) => &topics.dead_letter_topic,
+            Output::Lag(_) => &topics.lag_topic,
         }
     }
 }
@@ -95,10 +95,10 @@ pub struct Emitter {
 
 impl Emitter {
     /// Starts the emitter task writing through `outputs`.
-    pub fn start(outputs: Arc<Outputs>) -> Emitter {
+    pub fn start(outputs: Arc<Outputs>, topics: &crate::config::Outputs) -> Emitter {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let acked = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(outputs, rx, acked.clone()));
+        let task = tokio::spawn(run(outputs, topics.clone(), rx, acked.clone()));
         Emitter {
             tx: Some(tx),
             overflow: VecDeque::new(),
@@ -184,11 +184,9 @@ impl Emitter {
         self.tx = None;
         if let Some(task) = self.task.take() {
             if self.acked_through() >= target {
-                let _ = tokio::time::timeout(
-                    deadline.saturating_duration_since(Instant::now()),
-                    task,
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), task)
+                        .await;
             } else {
                 task.abort();
             }
@@ -222,12 +220,18 @@ impl Acks {
     }
 }
 
-async fn run(outputs: Arc<Outputs>, mut rx: mpsc::Receiver<(u64, Output)>, acked: Arc<AtomicU64>) {
+async fn run(
+    outputs: Arc<Outputs>,
+    topics: crate::config::Outputs,
+    mut rx: mpsc::Receiver<(u64, Output)>,
+    acked: Arc<AtomicU64>,
+) {
     let mut acks = Acks {
         outstanding: BTreeSet::new(),
         highest_seen: 0,
         published: acked,
     };
+    let breaches_topic = topics.breaches_topic.clone();
     let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
     let mut open = true;
     enum Step {
@@ -248,17 +252,18 @@ async fn run(outputs: Arc<Outputs>, mut rx: mpsc::Receiver<(u64, Output)>, acked
         match step {
             Step::New(seq, output) => {
                 acks.started(seq);
-                let delivery = start(&outputs, seq, output).await;
+                let delivery = start(&outputs, &breaches_topic, seq, output).await;
                 in_flight.push(delivery);
             }
             Step::Closed => open = false,
             Step::Done(seq, Ok(()), _) => acks.done(seq),
             Step::Done(seq, Err(e), output) => {
-                let topic = output.topic_label();
-                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic).increment(1);
+                let topic = output.topic(&topics).to_string();
+                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone())
+                    .increment(1);
                 tracing::error!(error = %e, topic, "output not delivered; retrying (input offsets stay behind it)");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let delivery = start(&outputs, seq, output).await;
+                let delivery = start(&outputs, &breaches_topic, seq, output).await;
                 in_flight.push(delivery);
             }
         }
@@ -268,7 +273,7 @@ async fn run(outputs: Arc<Outputs>, mut rx: mpsc::Receiver<(u64, Output)>, acked
 /// Puts one output on its way. Breach events are encoded and queued here, in sequence
 /// order, so librdkafka keeps their order per partition; waiting for an encoder
 /// (registry) retries with backoff and holds the later outputs behind it.
-async fn start(outputs: &Arc<Outputs>, seq: u64, output: Output) -> Delivery {
+async fn start(outputs: &Arc<Outputs>, breaches_topic: &str, seq: u64, output: Output) -> Delivery {
     match output {
         Output::Breach(ev) => {
             let mut backoff = Duration::from_millis(100);
@@ -279,7 +284,7 @@ async fn start(outputs: &Arc<Outputs>, seq: u64, output: Output) -> Delivery {
                         return Box::pin(async move { (seq, delivery.await, out) });
                     }
                     Err(e) => {
-                        metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => "breaches")
+                        metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => breaches_topic.to_string())
                             .increment(1);
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "breach event not queued; retrying");
                         tokio::time::sleep(backoff).await;

@@ -116,7 +116,11 @@ mod tests {
         assert_eq!(g.ready(Some(outcome_generation), 0, 0), None);
         // The outcome became output 1; it is not acknowledged yet.
         assert_eq!(g.ready(None, 1, 0), None);
-        assert_eq!(g.ready(None, 1, 1), Some(offsets(20)), "newest passing wins");
+        assert_eq!(
+            g.ready(None, 1, 1),
+            Some(offsets(20)),
+            "newest passing wins"
+        );
     }
 
     #[test]

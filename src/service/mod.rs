@@ -17,6 +17,8 @@ mod outcomes;
 mod records;
 mod status;
 
+pub use outcomes::INPUT_STALLED;
+
 use crate::config::duration::millis;
 use crate::config::Topology;
 use crate::correlate::clock::{InputClock, Reading};
@@ -31,6 +33,7 @@ use crate::ingest::ends::{self, Ends};
 use crate::ingest::{cached_watermarks, IngestContext, OffsetTracker, Shared, Tp};
 use crate::rules::{Masker, Rules, SignalBook};
 use crate::telemetry::names;
+use crate::telemetry::series::{self, SignalKinds};
 use outcomes::{Context, Outcomes};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -91,6 +94,9 @@ struct Pipeline {
     retry_tx: mpsc::Sender<Retry>,
     /// Input is paused because outputs wait beyond the emitter's channel.
     paused_for_output: bool,
+    signal_kinds: SignalKinds,
+    /// Since when input is paused for outputs.
+    paused_since: Option<Instant>,
     /// Stalled partitions by topic, as the last clock reading said (`topic[p]: reason`).
     stalled: HashMap<String, Vec<String>>,
     stalled_ids: BTreeSet<u32>,
@@ -175,8 +181,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     };
     let (retry_tx, mut retry_rx) = mpsc::channel(1_024);
 
-    metrics::gauge!(names::STORE_CAPACITY).set(topology.store.max_pending as f64);
+    let signal_kinds = SignalKinds::new(&topology);
+    series::preregister(&topology, &signal_kinds);
     let mut p = Pipeline {
+        signal_kinds,
+        paused_since: None,
         rules: Rules::new(&topology),
         decoder: Arc::new(Decoder::new(&topology)),
         engine,
@@ -185,7 +194,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         gate: CommitGate::default(),
         signals: SignalBook::new(topology.store.max_pending.clamp(1_000, 1_000_000)),
         outcomes: Outcomes::new(topology.clone(), masker),
-        emitter: Emitter::start(outputs.clone()),
+        emitter: Emitter::start(outputs.clone(), &topology.outputs),
         shared: shared.clone(),
         api,
         backlogged,
@@ -342,7 +351,6 @@ fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
         }
     });
 }
-
 
 impl Pipeline {
     /// Context for turning outcomes into events, as of now.
@@ -519,10 +527,12 @@ impl Pipeline {
                 tracing::warn!(partition = %format!("{}[{}]", tp.0, tp.1), reason = s.reason.as_str(), seconds, "input partition stalled: it no longer holds the clock back; breaches that may wait behind it say so");
             }
             metrics::gauge!(names::INPUT_STALLED, "topic" => tp.0.clone(), "partition" => tp.1.to_string(), "reason" => s.reason.as_str()).set(1.0);
-            self.stalled
-                .entry(tp.0.clone())
-                .or_default()
-                .push(format!("{}[{}]: {}", tp.0, tp.1, s.reason.as_str()));
+            self.stalled.entry(tp.0.clone()).or_default().push(format!(
+                "{}[{}]: {}",
+                tp.0,
+                tp.1,
+                s.reason.as_str()
+            ));
         }
         self.stalled_ids = ids;
     }
@@ -543,8 +553,13 @@ impl Pipeline {
             .clone();
         if saturated {
             tracing::warn!("outputs wait for Kafka: input paused, timers keep running");
+            self.paused_since = Some(Instant::now());
             pause(consumer, &tps);
         } else {
+            if let Some(since) = self.paused_since.take() {
+                metrics::histogram!(names::OUTPUT_BACKPRESSURE_WAIT_SECONDS)
+                    .record(since.elapsed().as_secs_f64());
+            }
             tracing::info!("outputs moving again: input resumed");
             // Partitions with a waiting record stay paused behind it.
             let resumable: Vec<Tp> = tps

@@ -15,6 +15,7 @@ use crate::correlate::{Outcome, OutcomeKind, StageEvent, StageSet, Tier};
 use crate::emit::events::BreachEvent;
 use crate::rules::{self, Evidence, Masker, SignalBook};
 use crate::telemetry::names;
+use crate::telemetry::series::{LabelCap, OTHER};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -113,7 +114,13 @@ pub struct Outcomes {
     stage_topics: Vec<Vec<String>>,
     /// Events raised since the last log summary, by kind.
     since_summary: BTreeMap<&'static str, u64>,
+    /// Bound on the lag histogram's label combinations.
+    lag_labels: std::cell::RefCell<LabelCap>,
+    label_hasher: std::collections::hash_map::RandomState,
 }
+
+/// Distinct label combinations of `synclag_lag_seconds` before new ones become `other`.
+const LAG_LABEL_COMBINATIONS: usize = 5_000;
 
 impl Outcomes {
     pub fn new(topology: Arc<Topology>, masker: Masker) -> Outcomes {
@@ -155,6 +162,8 @@ impl Outcomes {
             held: VecDeque::new(),
             stage_topics,
             since_summary: BTreeMap::new(),
+            lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
+            label_hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -217,13 +226,7 @@ impl Outcomes {
 
     /// Turns held outcomes whose time the engine clock `now` has passed (all of them when
     /// `all`, at shutdown) into events appended to `sink`.
-    pub fn release(
-        &mut self,
-        now: i64,
-        all: bool,
-        ctx: &Context<'_>,
-        sink: &mut Vec<BreachEvent>,
-    ) {
+    pub fn release(&mut self, now: i64, all: bool, ctx: &Context<'_>, sink: &mut Vec<BreachEvent>) {
         if self.held.is_empty() {
             return;
         }
@@ -231,7 +234,10 @@ impl Outcomes {
         let mut blocked: HashSet<u64> = HashSet::new();
         let mut keep = VecDeque::new();
         for h in std::mem::take(&mut self.held) {
-            let key = hasher.hash_one((h.outcome.info.workflow, h.outcome.info.correlation_id.as_bytes()));
+            let key = hasher.hash_one((
+                h.outcome.info.workflow,
+                h.outcome.info.correlation_id.as_bytes(),
+            ));
             let due = all || (now != i64::MIN && h.release_at <= now);
             if due && !blocked.contains(&key) {
                 if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
@@ -324,7 +330,16 @@ impl Outcomes {
                 }
                 self.partner_delay.remove(&key);
                 self.open_breaches.remove(&key)?;
-                let mut ev = self.event(o, ctx, "resolved", "info", Some(last), None, None, *end_to_end_ms);
+                let mut ev = self.event(
+                    o,
+                    ctx,
+                    "resolved",
+                    "info",
+                    Some(last),
+                    None,
+                    None,
+                    *end_to_end_ms,
+                );
                 ev.segments_ms = segments(
                     decomposition.partner_ingestion_ms,
                     decomposition.middleware_erp_ms,
@@ -559,7 +574,11 @@ impl Outcomes {
             metrics::Label::new("to_stage", self.stage_name(wf, to)),
             metrics::Label::new("segment", segment),
         ];
-        for (k, v) in self.dims(o) {
+        let dims = self.dims(o);
+        let key = self.label_hasher.hash_one((wf, from, to, segment, &dims));
+        let admitted = self.lag_labels.borrow_mut().admit(key);
+        for (k, v) in dims {
+            let v = if admitted { v } else { OTHER.to_string() };
             labels.push(metrics::Label::new(k, v));
         }
         metrics::histogram!(names::LAG_SECONDS, labels).record(ms.max(0) as f64 / 1000.0);

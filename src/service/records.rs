@@ -10,7 +10,7 @@
 use super::{pause, resume, wall_ms, Pipeline};
 use crate::config::Role;
 use crate::correlate::Origin;
-use crate::decode::{Decoded, DecodeError, Decoder, RecordView};
+use crate::decode::{DecodeError, Decoded, Decoder, RecordView};
 use crate::emit::emitter::{DeadLetter, Output};
 use crate::ingest::IngestContext;
 use crate::telemetry::names;
@@ -158,8 +158,7 @@ impl Pipeline {
             let v = view(&record, &headers);
             let decoded = match result.take() {
                 Some(r) => r,
-                None => match tokio::time::timeout(DECODE_WAIT, self.decoder.decode(&v)).await
-                {
+                None => match tokio::time::timeout(DECODE_WAIT, self.decoder.decode(&v)).await {
                     Ok(r) if !matches!(&r, Err(e) if e.is_retryable()) => r,
                     _ => {
                         drop(headers);
@@ -201,7 +200,8 @@ impl Pipeline {
             Ok(d) if self.topology.streams[d.stream].role == Role::Signals => {
                 let stream = &self.topology.streams[d.stream];
                 let kind = d.event_type.clone().unwrap_or_else(|| "signal".into());
-                metrics::counter!(names::SIGNALS_TOTAL, "stream" => stream.name.clone(), "kind" => kind.clone()).increment(1);
+                let label = self.signal_kinds.label(&stream.name, &kind);
+                metrics::counter!(names::SIGNALS_TOTAL, "stream" => stream.name.clone(), "kind" => label).increment(1);
                 self.signals.record(d.stream, &d.correlation_id, &kind);
             }
             Ok(d) => {
@@ -252,7 +252,9 @@ impl Pipeline {
             "record sent to the dead-letter topic"
         );
         self.emitter
-            .submit(Output::DeadLetter(Box::new(DeadLetter::new(record, reason, error))));
+            .submit(Output::DeadLetter(Box::new(DeadLetter::new(
+                record, reason, error,
+            ))));
         self.after_submit();
     }
 }

@@ -7,6 +7,7 @@
 //! correlation id.
 
 pub mod names;
+pub mod series;
 
 pub use names::describe_all;
 

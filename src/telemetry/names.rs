@@ -185,6 +185,11 @@ pub fn describe_all() {
         "Entries in the bounded cause-evidence memory (open breaches, partner delays)."
     );
     describe_counter!(
+        LAG_LABEL_OVERFLOW_TOTAL,
+        Unit::Count,
+        "Lag observations recorded under `other` dimension labels because the lag histogram reached its cap on label combinations."
+    );
+    describe_counter!(
         EVIDENCE_FORGOTTEN_TOTAL,
         Unit::Count,
         "Evidence entries dropped because the bounded memory was full."
@@ -200,6 +205,7 @@ pub const CLOCK_LIVE: &str = "synclag_clock_live";
 pub const OUTPUT_UNACKED: &str = "synclag_output_unacknowledged_records";
 pub const EVIDENCE_ENTRIES: &str = "synclag_evidence_entries";
 pub const EVIDENCE_FORGOTTEN_TOTAL: &str = "synclag_evidence_forgotten_total";
+pub const LAG_LABEL_OVERFLOW_TOTAL: &str = "synclag_lag_label_overflow_total";
 
 // ---- backlog monitor (src/backlog)
 // BACKLOG-NAMES-MARKER

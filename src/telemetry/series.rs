@@ -1,0 +1,185 @@
+//! Series synclag knows up front, and the rules that keep label values low-cardinality.
+//!
+//! Every counter and gauge whose label set follows from the topology exists from start-up
+//! with value 0, so a dashboard or an alert rule (`rate(...)`, `absent(...)`) sees the
+//! series before the first event. Label values never come from payloads unchecked: signal
+//! kinds that no cause names are counted as `other`.
+
+use super::names;
+use crate::config::{CauseMatch, Role, Topology};
+use crate::correlate::AGE_BUCKET_LABELS;
+use std::collections::HashSet;
+
+/// The `kind` label for signals that no configured cause names.
+pub const OTHER: &str = "other";
+
+/// Creates every series whose labels are known from the topology, at 0.
+pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
+    use metrics::{counter, gauge};
+    for c in [
+        names::DUPLICATES_TOTAL,
+        names::STAGES_AFTER_COMPLETION_TOTAL,
+        names::EVICTED_TOTAL,
+        names::REJECTED_EVENTS_TOTAL,
+        names::DIMENSION_OVERFLOW_TOTAL,
+        names::SIGNALS_FORGOTTEN_TOTAL,
+        names::REGISTRY_RETRIES_TOTAL,
+        names::EVIDENCE_FORGOTTEN_TOTAL,
+        names::LAG_LABEL_OVERFLOW_TOTAL,
+    ] {
+        counter!(c).absolute(0);
+    }
+    for g in [
+        names::ENGINE_CLOCK_SECONDS,
+        names::DEFERRED_OUTCOMES,
+        names::GROUP_MEMBERS,
+        names::INPUT_HELD_RECORDS,
+        names::OUTPUT_QUEUED,
+        names::INPUTS_PAUSED_FOR_OUTPUT,
+        names::CLOCK_LIVE,
+        names::OUTPUT_UNACKED,
+        names::EVIDENCE_ENTRIES,
+    ] {
+        gauge!(g).set(0.0);
+    }
+    gauge!(names::STORE_CAPACITY).set(topology.store.max_pending as f64);
+    for s in &topology.streams {
+        let topic = s.topic.clone();
+        counter!(names::RECORDS_CONSUMED_TOTAL, "topic" => topic.clone()).absolute(0);
+        counter!(names::UNMATCHED_RECORDS_TOTAL, "topic" => topic.clone()).absolute(0);
+        for reason in crate::decode::REASONS {
+            counter!(names::DECODE_ERRORS_TOTAL, "topic" => topic.clone(), "reason" => *reason)
+                .absolute(0);
+        }
+        if s.role == Role::Signals {
+            for kind in signal_kinds.labels_of(&s.name) {
+                counter!(names::SIGNALS_TOTAL, "stream" => s.name.clone(), "kind" => kind)
+                    .absolute(0);
+            }
+        }
+    }
+    for reason in crate::decode::REASONS.iter().chain(["rejected"].iter()) {
+        counter!(names::DEAD_LETTERS_TOTAL, "reason" => *reason).absolute(0);
+    }
+    let o = &topology.outputs;
+    for topic in [&o.breaches_topic, &o.lag_topic, &o.dead_letter_topic] {
+        for result in ["ok", "error"] {
+            counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.clone(), "result" => result)
+                .absolute(0);
+        }
+        counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone()).absolute(0);
+    }
+    let mut causes: Vec<String> = topology.causes.iter().map(|c| c.name.clone()).collect();
+    causes.push("unknown".into());
+    causes.push(crate::service::INPUT_STALLED.into());
+    for w in &topology.workflows {
+        let wf = w.name.clone();
+        counter!(names::COMPLETED_TOTAL, "workflow" => wf.clone()).absolute(0);
+        counter!(names::NEVER_ARRIVED_TOTAL, "workflow" => wf.clone()).absolute(0);
+        counter!(names::LATE_ARRIVALS_TOTAL, "workflow" => wf.clone()).absolute(0);
+        for stage in &w.stages {
+            counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wf.clone(), "stage" => stage.name.clone())
+                .absolute(0);
+        }
+        for severity in ["warn", "critical"] {
+            for cause in &causes {
+                counter!(names::BREACHES_TOTAL, "workflow" => wf.clone(), "severity" => severity, "cause" => cause.clone())
+                    .absolute(0);
+            }
+        }
+        for age in AGE_BUCKET_LABELS.iter() {
+            gauge!(names::PENDING_CORRELATIONS, "workflow" => wf.clone(), "age" => *age).set(0.0);
+        }
+    }
+}
+
+/// Which signal kinds may be a label: those a configured cause names for that stream.
+#[derive(Debug, Default)]
+pub struct SignalKinds {
+    /// (stream name, kind)
+    named: HashSet<(String, String)>,
+}
+
+impl SignalKinds {
+    pub fn new(topology: &Topology) -> SignalKinds {
+        let named = topology
+            .causes
+            .iter()
+            .filter_map(|c| match &c.matcher {
+                CauseMatch::Signal {
+                    stream,
+                    event_type: Some(kind),
+                } => Some((topology.streams.get(*stream)?.name.clone(), kind.clone())),
+                _ => None,
+            })
+            .collect();
+        SignalKinds { named }
+    }
+
+    /// The label for a signal of `kind` read on `stream`.
+    pub fn label(&self, stream: &str, kind: &str) -> String {
+        if self.named.contains(&(stream.to_string(), kind.to_string())) {
+            kind.to_string()
+        } else {
+            OTHER.to_string()
+        }
+    }
+
+    fn labels_of(&self, stream: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .named
+            .iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, k)| k.clone())
+            .collect();
+        out.push(OTHER.to_string());
+        out.sort();
+        out
+    }
+}
+
+/// Bounds the label combinations of one metric: past `cap` distinct combinations, new
+/// ones are folded into one overflow series (counted), so a burst of dimension values
+/// cannot grow the exporter without limit.
+#[derive(Debug)]
+pub struct LabelCap {
+    seen: HashSet<u64>,
+    cap: usize,
+}
+
+impl LabelCap {
+    pub fn new(cap: usize) -> LabelCap {
+        LabelCap {
+            seen: HashSet::new(),
+            cap,
+        }
+    }
+
+    /// Whether the combination hashed to `key` may have its own series.
+    pub fn admit(&mut self, key: u64) -> bool {
+        if self.seen.contains(&key) {
+            return true;
+        }
+        if self.seen.len() >= self.cap {
+            metrics::counter!(names::LAG_LABEL_OVERFLOW_TOTAL).increment(1);
+            return false;
+        }
+        self.seen.insert(key);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_cap_admits_known_combinations_only_up_to_the_cap() {
+        let mut cap = LabelCap::new(2);
+        assert!(cap.admit(1));
+        assert!(cap.admit(2));
+        assert!(cap.admit(1));
+        assert!(!cap.admit(3));
+        assert!(cap.admit(2));
+    }
+}
