@@ -219,10 +219,12 @@ impl InputClock {
         let mut min: Option<i64> = None;
         let mut holding = false; // a contributing partition with nothing to go by yet
         let mut live = true;
+        let mut assigned = 0usize;
         for (id, p) in self.parts.iter_mut().enumerate() {
             if !p.assigned {
                 continue;
             }
+            assigned += 1;
             if p.waiting_since.is_none() {
                 if let Some(pos) = p.position {
                     while let Some(&(at, end)) = p.probes.front() {
@@ -267,7 +269,9 @@ impl InputClock {
                 None => holding = true,
             }
         }
-        let candidate = if holding {
+        // Without an assignment there is nothing to judge time by: the clock must not
+        // jump to wall time before the backlog has even been seen.
+        let candidate = if holding || assigned == 0 {
             None
         } else {
             Some(min.map_or(wall_ms, |m| m.min(wall_ms)))
@@ -279,7 +283,7 @@ impl InputClock {
         self.last = now;
         Reading {
             now_ms: now,
-            live: live && !holding,
+            live: live && !holding && assigned > 0,
             stalled,
         }
     }
@@ -455,6 +459,18 @@ mod tests {
         let r = c.read(6_010);
         assert!(r.stalled.is_empty());
         assert_eq!(r.now_ms, Some(6_000));
+    }
+
+    #[test]
+    fn no_clock_before_any_partition_is_assigned() {
+        let mut c = InputClock::new(BUDGET);
+        let r = c.read(1_000_000);
+        assert_eq!(r.now_ms, None);
+        assert!(!r.live);
+        c.assign(0, 1_000_010);
+        c.record(0, 0, Some(500), 1_000_020);
+        c.end_offset(0, 10, 1_000_030);
+        assert_eq!(c.read(1_000_040).now_ms, Some(500), "replays from the start");
     }
 
     #[test]
