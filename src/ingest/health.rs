@@ -12,9 +12,11 @@
 //!   → never ready again).
 //!
 //! Kafka counts as reachable only when the last probe succeeded, the statistics do not
-//! say every broker is down, and no `AllBrokersDown` arrived after that probe started.
-//! Flipping to unreachable therefore takes the fastest signal; coming back takes a
-//! successful probe, so `/readyz` does not report ready on a half-open connection.
+//! say every broker is down, and no `AllBrokersDown` arrived since the consumer last had
+//! a broker connection up (by its statistics; by a later successful probe when the
+//! consumer sends no statistics). Flipping to unreachable takes the fastest signal;
+//! coming back takes both the probe and the consumer's own reconnection, so `/readyz`
+//! does not flap while the consumer is still in its reconnect backoff.
 //!
 //! A missing topic does not make `/readyz` fail: the other workflows still work, and a
 //! service that restarts or leaves rotation over one absent topic would hide everything
@@ -92,8 +94,19 @@ impl State {
 
     fn probe_done(&mut self, started_epoch: u64, ok: bool) {
         self.probe_ok = Some(ok);
-        if ok {
+        // The consumer's own statistics, when it sends them, decide when its outage is
+        // over: the probe's client may reconnect seconds before the consumer does.
+        if ok && self.stats_up.is_none() {
             self.cleared_epoch = self.cleared_epoch.max(started_epoch);
+        }
+    }
+
+    fn stats(&mut self, up: Option<bool>) {
+        self.stats_up = up;
+        // Statistics come through the consumer's queue after any error event before
+        // them: a connection up now is up after the last `AllBrokersDown`.
+        if up == Some(true) {
+            self.cleared_epoch = self.down_epoch;
         }
     }
 
@@ -163,7 +176,7 @@ impl InputHealth {
                 .values()
                 .map(|b| (b.source.as_str(), b.state.as_str())),
         );
-        self.lock().stats_up = up;
+        self.lock().stats(up);
         self.log_transition();
     }
 
@@ -238,15 +251,33 @@ fn brokers_up<'a>(brokers: impl Iterator<Item = (&'a str, &'a str)>) -> Option<b
     any.then_some(false)
 }
 
-/// Whether a consumer error only says that a subscribed topic does not exist. The probe
-/// reports that once per change (log, metric, `/readyz`), so the consumer's repeated
-/// error for it can be logged at DEBUG.
-pub fn is_missing_topic_error(error: &KafkaError) -> bool {
+/// Whether a consumer error is one this module reports once per change (a missing
+/// subscribed topic, broker connections down): the pipeline can log librdkafka's
+/// repetitions of it at DEBUG instead of one WARN per retry.
+pub fn is_reported_by_health(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic)
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+        )
     )
 }
+
+/// Context of synclag's side clients (the probe, the membership watch): their errors are
+/// what they report, so librdkafka's own error callback only logs at DEBUG instead of
+/// repeating every connection failure at ERROR.
+pub struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "Kafka side client error");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// Starts the metadata probe (see the module docs); it stops with `shutdown`.
 pub fn spawn_probe(topology: &Topology, health: InputHealth, shutdown: CancellationToken) {
@@ -258,7 +289,7 @@ pub fn spawn_probe(topology: &Topology, health: InputHealth, shutdown: Cancellat
     // auto.create.topics.enable would), and must notice a returning cluster quickly.
     cfg.set("allow.auto.create.topics", "false")
         .set("reconnect.backoff.max.ms", "1000");
-    let client: BaseConsumer = match cfg.create() {
+    let client: BaseConsumer<QuietContext> = match cfg.create_with_context(QuietContext) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the Kafka health probe; /readyz cannot tell whether Kafka is reachable");
@@ -297,7 +328,7 @@ pub fn spawn_probe(topology: &Topology, health: InputHealth, shutdown: Cancellat
 /// One metadata request per topic (cheaper than the whole cluster's metadata on big
 /// clusters). Err when the cluster does not answer.
 fn probe_topics(
-    client: &BaseConsumer,
+    client: &BaseConsumer<QuietContext>,
     topics: &[String],
 ) -> Result<Vec<(String, TopicState)>, String> {
     let mut out = Vec::with_capacity(topics.len());
@@ -331,6 +362,22 @@ mod tests {
         s.probe_done(0, false);
         assert!(!s.reachable());
         s.probe_done(0, true);
+        assert!(s.reachable());
+    }
+
+    #[test]
+    fn with_statistics_only_the_consumer_reconnecting_ends_an_outage() {
+        let mut s = State::default();
+        s.stats(Some(true));
+        s.probe_done(0, true);
+        assert!(s.reachable());
+        s.down_epoch += 1;
+        // The probe's own client is back first: still not ready.
+        s.probe_done(s.down_epoch, true);
+        assert!(!s.reachable());
+        s.stats(Some(false));
+        assert!(!s.reachable());
+        s.stats(Some(true));
         assert!(s.reachable());
     }
 
@@ -400,12 +447,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_topic_errors_are_recognised() {
-        assert!(is_missing_topic_error(&KafkaError::MessageConsumption(
-            RDKafkaErrorCode::UnknownTopicOrPartition
-        )));
-        assert!(!is_missing_topic_error(&KafkaError::MessageConsumption(
-            RDKafkaErrorCode::AllBrokersDown
+    fn errors_reported_by_health_are_recognised() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert!(is_reported_by_health(&KafkaError::MessageConsumption(code)));
+        }
+        assert!(!is_reported_by_health(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::OffsetOutOfRange
         )));
     }
 }

@@ -86,11 +86,16 @@ pub fn own_client_id(topology: &Topology) -> String {
 }
 
 /// Settings for synclag's input consumer: static membership and a client id that tells
-/// this instance's sessions apart from other instances'. A `client.id` the user set in
-/// `kafka.properties` is kept.
+/// this instance's sessions apart from other instances'. A `group.instance.id` or
+/// `client.id` the user set in `kafka.properties` is kept (it is already in the base
+/// client config).
 pub fn consumer_settings(topology: &Topology) -> Vec<(&'static str, String)> {
-    let mut out = vec![("group.instance.id", topology.service.instance_id.clone())];
-    if !topology.kafka.properties.contains_key("client.id") {
+    let props = &topology.kafka.properties;
+    let mut out = Vec::new();
+    if !props.contains_key("group.instance.id") {
+        out.push(("group.instance.id", topology.service.instance_id.clone()));
+    }
+    if !props.contains_key("client.id") {
         out.push(("client.id", own_client_id(topology)));
     }
     out
@@ -121,13 +126,14 @@ pub fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
     let group = topology.service.group_id.clone();
     let own = own_client_id(topology);
     tokio::spawn(async move {
-        let client: BaseConsumer = match cfg.create() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch group membership");
-                return;
-            }
-        };
+        let client: BaseConsumer<super::health::QuietContext> =
+            match cfg.create_with_context(super::health::QuietContext) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch group membership");
+                    return;
+                }
+            };
         let client = Arc::new(client);
         loop {
             tokio::select! {
@@ -213,6 +219,60 @@ mod tests {
         let long = default_instance_id(&"g".repeat(400));
         assert_eq!(long.len(), MAX_INSTANCE_ID_LEN);
         assert_eq!(check_instance_id(&long), Ok(()));
+    }
+
+    fn topology(service: &str, properties: &str) -> Topology {
+        let yaml = format!(
+            r#"
+service: {{ group_id: "grp 1"{service} }}
+kafka: {{ bootstrap_servers: "127.0.0.1:9092", properties: {{ {properties} }} }}
+streams:
+  - {{ name: a, topic: a, format: json, fields: {{ correlation_id: $.id, event_time: $.t }} }}
+  - {{ name: b, topic: b, format: json, fields: {{ correlation_id: $.id, event_time: $.t }} }}
+workflows:
+  - name: w
+    stages: [{{ name: s1, stream: a }}, {{ name: s2, stream: b }}]
+    sla: {{ warn: 1m, critical: 2m }}
+    window: 1h
+"#
+        );
+        match Topology::from_yaml_str("t.yaml", &yaml, Vec::new()) {
+            Ok(t) => t,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn consumer_settings_default_to_the_host_and_keep_what_the_user_set() {
+        let t = topology("", "");
+        let id = default_instance_id("grp 1");
+        assert_eq!(t.service.instance_id, id);
+        assert_eq!(
+            consumer_settings(&t),
+            vec![
+                ("group.instance.id", id.clone()),
+                ("client.id", format!("synclag-{id}"))
+            ]
+        );
+        let t = topology(", instance_id: node-2", "");
+        assert_eq!(own_client_id(&t), "synclag-node-2");
+        assert_eq!(
+            consumer_settings(&t)[0],
+            ("group.instance.id", "node-2".into())
+        );
+        let t = topology("", "client.id: mine, group.instance.id: theirs");
+        assert!(consumer_settings(&t).is_empty());
+        assert_eq!(own_client_id(&t), "mine");
+    }
+
+    #[test]
+    fn a_bad_instance_id_is_a_config_problem() {
+        let yaml = "service: { instance_id: \"a b\" }\n";
+        let err = Topology::from_yaml_str("t.yaml", yaml, Vec::new())
+            .err()
+            .map(|e| format!("{e:?}"))
+            .unwrap_or_default();
+        assert!(err.contains("service.instance_id"), "{err}");
     }
 
     #[test]
