@@ -151,7 +151,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /api/v1");
     spawn_registry_probe(&topology, api.clone(), shutdown.clone());
 
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        health: api.ready.inputs.clone(),
+        ..Shared::default()
+    });
+    crate::ingest::health::spawn_probe(&topology, api.ready.inputs.clone(), shutdown.clone());
     let mut cfg = client_config(&topology);
     cfg.set("group.id", &topology.service.group_id)
         .set("enable.auto.commit", "false")
@@ -160,7 +164,14 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         .set("statistics.interval.ms", "1000")
         // Breaches are judged on the wall clock: records must not idle in a fetch request.
         .set("fetch.wait.max.ms", "100")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Subscribed topics created after start are only seen at the next metadata
+        // refresh (5 min by default). Stand-in until the consumer defaults in
+        // config/kafka.rs carry it.
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    for (key, value) in crate::ingest::membership::consumer_settings(&topology) {
+        cfg.set(key, value);
+    }
     let consumer: StreamConsumer<IngestContext> = cfg
         .create_with_context(IngestContext {
             shared: shared.clone(),
@@ -170,7 +181,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     consumer
         .subscribe(&topics)
         .map_err(|e| RunError::Kafka(e.to_string()))?;
-    spawn_member_watch(&topology, shutdown.clone());
+    crate::ingest::membership::spawn_member_watch(&topology, shutdown.clone());
 
     let (breach_tx, breach_rx) = mpsc::channel(10_000);
     let emitter = tokio::spawn(emit_breaches(outputs.clone(), breach_rx));
@@ -246,6 +257,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 Ok(m) => {
                     p.handle(&m, &shutdown).await;
                     p.flush_events().await;
+                }
+                // Missing topics and broker outages are reported once per change by
+                // ingest::health; librdkafka repeats them on every retry.
+                Err(e) if crate::ingest::health::is_reported_by_health(&e) => {
+                    tracing::debug!(error = %e, "consumer error");
                 }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             },
@@ -332,48 +348,6 @@ fn spawn_registry_probe(topology: &Topology, api: ApiState, shutdown: Cancellati
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(if ok { 10 } else { 2 })) => {}
-            }
-        }
-    });
-}
-
-/// Until scale-out exists, one instance owns the group: warn loudly when another joins.
-fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
-    let cfg = client_config(topology);
-    let group = topology.service.group_id.clone();
-    tokio::spawn(async move {
-        let client: rdkafka::consumer::BaseConsumer = match cfg.create() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch group membership");
-                return;
-            }
-        };
-        let client = Arc::new(client);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
-            }
-            let c = client.clone();
-            let g = group.clone();
-            let members = tokio::task::spawn_blocking(move || {
-                c.fetch_group_list(Some(&g), Duration::from_secs(5))
-                    .ok()
-                    .and_then(|l| l.groups().first().map(|x| x.members().len()))
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(n) = members {
-                metrics::gauge!(names::GROUP_MEMBERS).set(n as f64);
-                if n > 1 {
-                    tracing::error!(
-                        members = n,
-                        group = %group,
-                        "another instance joined synclag's consumer group; correlation state is per instance, so stages split across instances will be reported as never arrived — run one instance per group"
-                    );
-                }
             }
         }
     });
