@@ -419,3 +419,64 @@ async fn a_restarted_instance_gets_its_partitions_back_before_the_session_timeou
         second.log_tail()
     );
 }
+
+/// The harness's outage tool itself: a controlled stop, then a restart on the same port
+/// that still has the records written before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_broker_keeps_its_port_and_data_across_a_restart() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let broker = std::sync::Arc::new(
+        tokio::task::spawn_blocking(DedicatedBroker::start)
+            .await
+            .expect("start dedicated broker"),
+    );
+    let bootstrap = broker.bootstrap().to_string();
+    let topic = support::random_name("kept");
+    create_topic_on(&bootstrap, &topic, 1).await;
+    let producer = producer_for(&bootstrap);
+    produce(&producer, &topic, ids("KEEP", 3)).await;
+
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.stop())
+        .await
+        .expect("stop broker");
+    assert!(!broker.is_running());
+    let probe: rdkafka::consumer::BaseConsumer = broker
+        .client_config()
+        .create()
+        .expect("create metadata client");
+    assert!(
+        probe
+            .fetch_metadata(None, Duration::from_millis(1500))
+            .is_err(),
+        "nothing answers on {bootstrap} while the broker is stopped"
+    );
+
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.restart())
+        .await
+        .expect("restart broker");
+    assert!(broker.is_running());
+    assert_eq!(broker.bootstrap(), bootstrap);
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", support::random_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create consumer");
+    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let mut keys = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while keys.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "records written before the restart not read back: {keys:?}"
+        );
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+        }
+    }
+    assert_eq!(keys, vec!["KEEP-0000", "KEEP-0001", "KEEP-0002"]);
+}
