@@ -142,6 +142,19 @@ impl InputHealth {
         matches!(self.lock().topics.get(topic), Some(TopicState::Missing(_)))
     }
 
+    /// Breach evidence: the topic of stage `stage` of workflow `workflow` (indices into
+    /// the topology) when it is known to be missing — "the stage's topic does not exist".
+    pub fn missing_stage_topic(
+        &self,
+        topology: &Topology,
+        workflow: usize,
+        stage: usize,
+    ) -> Option<String> {
+        let stream = topology.workflows.get(workflow)?.stages.get(stage)?.stream;
+        let topic = &topology.streams.get(stream)?.topic;
+        self.is_missing(topic).then(|| topic.clone())
+    }
+
     pub fn snapshot(&self) -> HealthSnapshot {
         let s = self.lock();
         HealthSnapshot {
@@ -444,6 +457,32 @@ mod tests {
         let mut s = State::default();
         assert_eq!(s.topic("a", TopicState::Present), Some(None));
         assert_eq!(s.topic("a", TopicState::Present), None);
+    }
+
+    #[test]
+    fn a_breach_can_name_the_missing_topic_of_its_stage() {
+        let yaml = r#"
+kafka: { bootstrap_servers: "127.0.0.1:9092" }
+streams:
+  - { name: a, topic: orders, format: json, fields: { correlation_id: $.id, event_time: $.t } }
+  - { name: b, topic: outbox, format: json, fields: { correlation_id: $.id, event_time: $.t } }
+workflows:
+  - name: w
+    stages: [{ name: s1, stream: a }, { name: s2, stream: b }]
+    sla: { warn: 1m, critical: 2m }
+    window: 1h
+"#;
+        let t = match Topology::from_yaml_str("t.yaml", yaml, Vec::new()) {
+            Ok(t) => t,
+            Err(e) => panic!("{e:?}"),
+        };
+        let h = InputHealth::default();
+        h.set_topic("orders", TopicState::Present);
+        h.set_topic("outbox", TopicState::Missing("unknown topic".into()));
+        assert_eq!(h.missing_stage_topic(&t, 0, 0), None);
+        assert_eq!(h.missing_stage_topic(&t, 0, 1), Some("outbox".into()));
+        assert_eq!(h.missing_stage_topic(&t, 0, 7), None);
+        assert_eq!(h.missing_stage_topic(&t, 3, 0), None);
     }
 
     #[test]
