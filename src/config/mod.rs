@@ -51,6 +51,8 @@ pub struct Service {
     /// Records still in flight (fetch latency, producer linger) get this long past a
     /// deadline before a breach is raised on the wall clock.
     pub breach_grace: Duration,
+    /// `group.instance.id` of the input consumer (static membership).
+    pub instance_id: String,
 }
 
 #[derive(Debug, Clone)]

@@ -37,10 +37,14 @@ pub struct RawService {
     /// How long past an SLA deadline synclag waits for records still in flight before it
     /// raises the breach.
     pub breach_grace: Option<String>,
+    /// Static group membership id of this instance (`group.instance.id`); default
+    /// `<group_id>-<hostname>`.
+    pub instance_id: Option<String>,
 }
 pub const SERVICE_KEYS: &[&str] = &[
     "breach_grace",
     "group_id",
+    "instance_id",
     "http_listen",
     "shutdown_timeout",
     "lag_interval",

@@ -527,7 +527,17 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     if group_id.trim().is_empty() {
         ctx.push("service.group_id", "empty consumer group id");
     }
+    let instance_id = match service.instance_id.clone() {
+        Some(id) => {
+            if let Err(why) = crate::ingest::membership::check_instance_id(&id) {
+                ctx.push("service.instance_id", why);
+            }
+            id
+        }
+        None => crate::ingest::membership::default_instance_id(&group_id),
+    };
     let service = Service {
+        instance_id,
         group_id,
         http_listen,
         shutdown_timeout: duration(

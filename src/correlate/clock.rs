@@ -470,7 +470,11 @@ mod tests {
         c.assign(0, 1_000_010);
         c.record(0, 0, Some(500), 1_000_020);
         c.end_offset(0, 10, 1_000_030);
-        assert_eq!(c.read(1_000_040).now_ms, Some(500), "replays from the start");
+        assert_eq!(
+            c.read(1_000_040).now_ms,
+            Some(500),
+            "replays from the start"
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use crate::ingest::health::InputHealth;
+
 /// Status of one workflow for `/api/v1/workflows`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkflowStatus {
@@ -74,12 +76,17 @@ pub struct StatusSnapshot {
     pub pending: BTreeMap<String, Vec<PendingItem>>,
 }
 
-/// Readiness: partitions assigned, and the registry answers when one is configured.
+/// Readiness: partitions assigned, Kafka reachable, and the registry answers when one is
+/// configured. Missing input topics are shown but do not make the service unready (see
+/// `ingest::health`).
 #[derive(Debug, Default)]
 pub struct Readiness {
     pub assigned: AtomicBool,
     pub registry_ok: AtomicBool,
     pub registry_required: bool,
+    /// Kafka reachability and missing input topics; the consumer's callbacks and the
+    /// metadata probe must be given this same handle.
+    pub inputs: InputHealth,
 }
 
 type GroupsFn = dyn Fn() -> serde_json::Value + Send + Sync;
@@ -163,8 +170,17 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 async fn readyz(State(s): State<ApiState>) -> Response {
     let assigned = s.ready.assigned.load(Ordering::Relaxed);
     let registry = !s.ready.registry_required || s.ready.registry_ok.load(Ordering::Relaxed);
-    let body = serde_json::json!({"ready": assigned && registry, "partitions_assigned": assigned, "registry_ok": registry});
-    let code = if assigned && registry {
+    let inputs = s.ready.inputs.snapshot();
+    let ready = assigned && registry && inputs.kafka_reachable;
+    let body = serde_json::json!({
+        "ready": ready,
+        "partitions_assigned": assigned,
+        "registry_ok": registry,
+        "kafka_reachable": inputs.kafka_reachable,
+        "missing_topics": inputs.missing_topics,
+        "fatal_error": inputs.fatal_error,
+    });
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod health;
+pub mod membership;
+
 /// (topic, partition).
 pub type Tp = (String, i32);
 
@@ -47,6 +50,9 @@ pub struct Shared {
     /// Rebalance events for the pipeline: (partition, assigned?).
     pub changes: Mutex<Vec<(Tp, bool)>>,
     pub assigned: AtomicBool,
+    /// Kafka reachability and input topic presence (fed by the callbacks below and the
+    /// metadata probe, read by `/readyz`).
+    pub health: health::InputHealth,
 }
 
 /// Consumer context: commits on revoke, collects statistics and assignment changes.
@@ -60,6 +66,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
+        self.shared.health.on_stats(&statistics);
         let mut stats = lock(&self.shared.stats);
         for (topic, t) in statistics.topics {
             for (p, part) in t.partitions {
@@ -78,6 +85,13 @@ impl ClientContext for IngestContext {
                 );
             }
         }
+    }
+
+    /// Feeds the health view only: librdkafka hands the same error to the consumer's
+    /// `recv()` as well, where the pipeline logs it.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.shared.health.on_client_error(&error);
+        tracing::debug!(error = %error, reason, "Kafka client error");
     }
 }
 

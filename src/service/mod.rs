@@ -95,6 +95,8 @@ struct Pipeline {
     /// Input is paused because outputs wait beyond the emitter's channel.
     paused_for_output: bool,
     signal_kinds: SignalKinds,
+    /// Kafka reachability and missing input topics (breach evidence).
+    health: crate::ingest::health::InputHealth,
     /// Since when input is paused for outputs.
     paused_since: Option<Instant>,
     /// Stalled partitions by topic, as the last clock reading said (`topic[p]: reason`).
@@ -148,7 +150,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /api/v1");
     spawn_registry_probe(&topology, api.clone(), shutdown.clone());
 
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        health: api.ready.inputs.clone(),
+        ..Shared::default()
+    });
+    crate::ingest::health::spawn_probe(&topology, api.ready.inputs.clone(), shutdown.clone());
     let mut cfg = client_config(&topology);
     cfg.set("group.id", &topology.service.group_id)
         .set("enable.auto.commit", "false")
@@ -157,7 +163,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "1000")
         .set("fetch.wait.max.ms", "100")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    for (key, value) in crate::ingest::membership::consumer_settings(&topology) {
+        cfg.set(key, value);
+    }
     let consumer: StreamConsumer<IngestContext> = cfg
         .create_with_context(IngestContext {
             shared: shared.clone(),
@@ -167,7 +177,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     consumer
         .subscribe(&topics)
         .map_err(|e| RunError::Kafka(e.to_string()))?;
-    spawn_member_watch(&topology, shutdown.clone());
+    crate::ingest::membership::spawn_member_watch(&topology, shutdown.clone());
 
     // The end-offset prober stops with the pipeline, not with the first signal: it is
     // needed until the last commit.
@@ -185,6 +195,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     series::preregister(&topology, &signal_kinds);
     let mut p = Pipeline {
         signal_kinds,
+        health: api.ready.inputs.clone(),
         paused_since: None,
         rules: Rules::new(&topology),
         decoder: Arc::new(Decoder::new(&topology)),
@@ -248,6 +259,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             }
             msg = consumer.recv() => match msg {
                 Ok(m) => p.on_message(&m, &consumer).await,
+                // Missing topics and broker outages are reported once per change by
+                // ingest::health; librdkafka repeats them on every retry.
+                Err(e) if crate::ingest::health::is_reported_by_health(&e) => {
+                    tracing::debug!(error = %e, "consumer error");
+                }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             },
         }
@@ -310,56 +326,28 @@ fn spawn_registry_probe(topology: &Topology, api: ApiState, shutdown: Cancellati
     });
 }
 
-/// Until scale-out exists, one instance owns the group: warn loudly when another joins.
-fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
-    let cfg = client_config(topology);
-    let group = topology.service.group_id.clone();
-    tokio::spawn(async move {
-        let client: rdkafka::consumer::BaseConsumer = match cfg.create() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch group membership");
-                return;
-            }
-        };
-        let client = Arc::new(client);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
-            }
-            let c = client.clone();
-            let g = group.clone();
-            let members = tokio::task::spawn_blocking(move || {
-                c.fetch_group_list(Some(&g), Duration::from_secs(5))
-                    .ok()
-                    .and_then(|l| l.groups().first().map(|x| x.members().len()))
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(n) = members {
-                metrics::gauge!(names::GROUP_MEMBERS).set(n as f64);
-                if n > 1 {
-                    tracing::error!(
-                        members = n,
-                        group = %group,
-                        "another instance joined synclag's consumer group; correlation state is per instance, so stages split across instances will be reported as never arrived — run one instance per group"
-                    );
-                }
-            }
-        }
-    });
-}
-
 impl Pipeline {
     /// Context for turning outcomes into events, as of now.
     fn release(&mut self, all: bool) {
         let backlogged = (self.backlogged)();
+        // A configured topic that does not exist is evidence like a stalled partition.
+        let missing = self.health.missing_topics();
+        let with_missing;
+        let stalled = if missing.is_empty() {
+            &self.stalled
+        } else {
+            let mut all = self.stalled.clone();
+            for topic in missing {
+                let why = format!("{topic}: topic_missing");
+                all.entry(topic).or_default().push(why);
+            }
+            with_missing = all;
+            &with_missing
+        };
         let ctx = Context {
             signals: &self.signals,
             backlogged_groups: &backlogged,
-            stalled: &self.stalled,
+            stalled,
             wall_ms: wall_ms(),
         };
         let mut events = Vec::new();

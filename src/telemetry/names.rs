@@ -194,6 +194,23 @@ pub fn describe_all() {
         Unit::Count,
         "Evidence entries dropped because the bounded memory was full."
     );
+
+    // ---- input health and membership (src/ingest/health.rs, src/ingest/membership.rs)
+    describe_gauge!(
+        INPUT_TOPIC_MISSING,
+        Unit::Count,
+        "1 while a configured input topic does not exist (or cannot be described), else 0, by topic."
+    );
+    describe_gauge!(
+        KAFKA_REACHABLE,
+        Unit::Count,
+        "1 while Kafka answers synclag's metadata probe and the consumer has a broker connection up, else 0; /readyz is 503 while 0."
+    );
+    describe_counter!(
+        GROUP_MEMBER_CHECKS_TOTAL,
+        Unit::Count,
+        "Listings of synclag's own consumer group by the one-instance watch, by result (ok, error)."
+    );
 }
 
 // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
@@ -263,3 +280,8 @@ pub const OUTPUT_ERRORS_TOTAL: &str = "synclag_output_errors_total";
 pub const DEFERRED_OUTCOMES: &str = "synclag_deferred_outcomes";
 pub const OUTPUT_BACKPRESSURE_WAIT_SECONDS: &str = "synclag_output_backpressure_wait_seconds";
 pub const STAGES_AFTER_COMPLETION_TOTAL: &str = "synclag_stages_after_completion_total";
+
+// ---- input health and membership (src/ingest/health.rs, src/ingest/membership.rs)
+pub const INPUT_TOPIC_MISSING: &str = "synclag_input_topic_missing";
+pub const KAFKA_REACHABLE: &str = "synclag_kafka_reachable";
+pub const GROUP_MEMBER_CHECKS_TOTAL: &str = "synclag_group_member_checks_total";

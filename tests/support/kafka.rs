@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -108,7 +108,14 @@ pub fn consumer_with(group: &str, overrides: &[(&str, &str)]) -> StreamConsumer 
 /// Creates `name` with `partitions` partitions (replication factor 1) and waits until every
 /// partition has a leader, so producing right away does not race the metadata.
 pub async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config()
+    create_topic_on(&bootstrap(), name, partitions).await;
+}
+
+/// [`create_topic`] on the broker at `bootstrap` (e.g. a [`DedicatedBroker`]).
+pub async fn create_topic_on(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
         .create()
         .expect("create AdminClient for the test broker");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -147,21 +154,7 @@ pub async fn create_topic(name: &str, partitions: i32) {
 }
 
 fn start_local_broker() -> BrokerInfo {
-    process::require_java("the test Kafka broker");
-    let home = process::infra_dir().join(format!("kafka-{KAFKA_VERSION}"));
-    let libs = home.join("libs");
-    process::fetch_with_maven(
-        &format!("Apache Kafka {KAFKA_VERSION} jars"),
-        &process::harness_pom("kafka"),
-        &[
-            "dependency:copy-dependencies".to_owned(),
-            format!("-Dkafka.version={KAFKA_VERSION}"),
-            "-DincludeScope=runtime".to_owned(),
-        ],
-        "outputDirectory",
-        &libs,
-    );
-
+    let libs = kafka_libs();
     let mut failures = String::new();
     for attempt in 1..=START_ATTEMPTS {
         match try_start(&libs) {
@@ -177,8 +170,37 @@ fn start_local_broker() -> BrokerInfo {
     panic!("could not start the test Kafka broker ({BOOTSTRAP_ENV} is not set):\n{failures}");
 }
 
-/// One start attempt. Err carries the reason and whether it was a port clash worth retrying.
-fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
+/// The Kafka jars, fetched with Maven on first use (needs Java to run them).
+fn kafka_libs() -> PathBuf {
+    process::require_java("the test Kafka broker");
+    let home = process::infra_dir().join(format!("kafka-{KAFKA_VERSION}"));
+    let libs = home.join("libs");
+    process::fetch_with_maven(
+        &format!("Apache Kafka {KAFKA_VERSION} jars"),
+        &process::harness_pom("kafka"),
+        &[
+            "dependency:copy-dependencies".to_owned(),
+            format!("-Dkafka.version={KAFKA_VERSION}"),
+            "-DincludeScope=runtime".to_owned(),
+        ],
+        "outputDirectory",
+        &libs,
+    );
+    libs
+}
+
+/// One broker's fixed identity: ports, data dir, config and command line. Launching it
+/// again after a stop brings back the same broker with the same data.
+struct BrokerSetup {
+    run: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    bootstrap: String,
+}
+
+/// Picks free ports, writes the config and formats the storage of a new broker.
+fn prepare_broker(libs: &Path) -> BrokerSetup {
     let ports = process::free_ports(2);
     let (broker_port, controller_port) = (ports[0], ports[1]);
     let run = process::run_dir("kafka");
@@ -210,17 +232,31 @@ fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
     let mut args: Vec<String> = jvm_common.to_vec();
     args.push("kafka.Kafka".to_owned());
     args.push(config.display().to_string());
+    BrokerSetup {
+        run,
+        data,
+        log,
+        args,
+        bootstrap: format!("127.0.0.1:{broker_port}"),
+    }
+}
+
+/// Starts the broker of `setup` and waits until it answers metadata requests. `scratch`
+/// is removed when the process exits. Err carries the reason and whether it was a port
+/// clash worth retrying on other ports.
+fn launch_broker(
+    setup: &BrokerSetup,
+    scratch: Option<&Path>,
+) -> Result<(Service, Duration), (String, bool)> {
     let service = Service::spawn(
         "Kafka broker",
         &process::java_program(),
-        &args,
-        &log,
-        Some(&data),
+        &setup.args,
+        &setup.log,
+        scratch,
     );
-
-    let bootstrap = format!("127.0.0.1:{broker_port}");
     let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", &setup.bootstrap)
         .set("broker.address.family", "v4")
         .set("reconnect.backoff.max.ms", "200")
         .create()
@@ -232,27 +268,33 @@ fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
             .unwrap_or(false)
     });
     match ready {
-        Ok(startup) => {
-            eprintln!(
-                "test Kafka broker {KAFKA_VERSION} ready at {bootstrap} after {:.1}s (log: {})",
-                startup.as_secs_f64(),
-                log.display()
-            );
-            Ok(BrokerInfo {
-                bootstrap,
-                local: Some(LocalBroker {
-                    service,
-                    log,
-                    startup,
-                }),
-            })
-        }
+        Ok(startup) => Ok((service, startup)),
         Err(message) => {
             service.stop();
             let port_clash = message.contains("Address already in use");
             Err((message, port_clash))
         }
     }
+}
+
+/// One start attempt. Err carries the reason and whether it was a port clash worth retrying.
+fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
+    let setup = prepare_broker(libs);
+    let (service, startup) = launch_broker(&setup, Some(&setup.data))?;
+    eprintln!(
+        "test Kafka broker {KAFKA_VERSION} ready at {} after {:.1}s (log: {})",
+        setup.bootstrap,
+        startup.as_secs_f64(),
+        setup.log.display()
+    );
+    Ok(BrokerInfo {
+        bootstrap: setup.bootstrap,
+        local: Some(LocalBroker {
+            service,
+            log: setup.log,
+            startup,
+        }),
+    })
 }
 
 /// `kafka-storage format --standalone` with a fresh cluster id: the node becomes the only
@@ -376,4 +418,146 @@ logger.state.level = WARN
 
 fn write_file(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// A broker of its own for one test, which the test may stop and bring back: for outage
+/// tests. Unlike the shared [`broker`], it is always a local JVM (it ignores
+/// `SYNCLAG_TEST_BOOTSTRAP`), and a restart keeps its port and its data (topics, committed
+/// offsets, group state), so clients reconnect to the same address as after a real
+/// broker outage.
+///
+/// ```ignore
+/// let broker = DedicatedBroker::start();
+/// create_topic_on(broker.bootstrap(), "orders", 1).await;
+/// broker.kill();     // or stop(): SIGTERM, a controlled shutdown
+/// broker.restart();  // same port, same data; returns once it answers again
+/// ```
+///
+/// The process is stopped by its PID when the value is dropped (and by the watchdog if
+/// the test process dies first); its data directory is removed on drop. Blocking calls:
+/// from an async test, wrap `start`/`restart` in `tokio::task::spawn_blocking` or accept
+/// that they block a worker thread for the JVM's start-up (seconds).
+pub struct DedicatedBroker {
+    setup: BrokerSetup,
+    service: Mutex<Option<Service>>,
+}
+
+impl DedicatedBroker {
+    /// Starts a new single-node broker on free loopback ports and waits until it answers.
+    pub fn start() -> DedicatedBroker {
+        let libs = kafka_libs();
+        let mut failures = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let setup = prepare_broker(&libs);
+            match launch_broker(&setup, None) {
+                Ok((service, startup)) => {
+                    eprintln!(
+                        "dedicated Kafka broker ready at {} after {:.1}s (log: {})",
+                        setup.bootstrap,
+                        startup.as_secs_f64(),
+                        setup.log.display()
+                    );
+                    return DedicatedBroker {
+                        setup,
+                        service: Mutex::new(Some(service)),
+                    };
+                }
+                Err((message, port_clash)) => {
+                    let _ = fs::remove_dir_all(&setup.run);
+                    let _ = writeln!(failures, "attempt {attempt}: {message}");
+                    if !port_clash {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("could not start a dedicated Kafka broker:\n{failures}");
+    }
+
+    /// `host:port` for `bootstrap.servers`; the same across restarts.
+    pub fn bootstrap(&self) -> &str {
+        &self.setup.bootstrap
+    }
+
+    /// A client config pointing at this broker; add settings as needed.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.bootstrap())
+            .set("broker.address.family", "v4");
+        config
+    }
+
+    /// The broker's log (all runs of it, appended).
+    pub fn log(&self) -> &Path {
+        &self.setup.log
+    }
+
+    /// Whether the broker process is running.
+    pub fn is_running(&self) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|service| service.exited().is_none())
+    }
+
+    /// SIGTERM by PID and waits for the exit: a controlled shutdown (leadership moved,
+    /// logs flushed). No-op when already stopped.
+    pub fn stop(&self) {
+        if let Some(service) = self.lock().take() {
+            service.stop();
+        }
+    }
+
+    /// SIGKILL by PID and waits for the exit: a crash, nothing flushed. No-op when already
+    /// stopped.
+    pub fn kill(&self) {
+        let Some(service) = self.lock().take() else {
+            return;
+        };
+        if let Some(pid) = service.pid() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while service.exited().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the dedicated broker did not exit within 30 s of SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the broker again on the same port with the same data (stopping it first if
+    /// it runs) and waits until it answers metadata requests. Panics with the log tail if
+    /// it cannot.
+    pub fn restart(&self) {
+        self.stop();
+        match launch_broker(&self.setup, None) {
+            Ok((service, startup)) => {
+                eprintln!(
+                    "dedicated Kafka broker back at {} after {:.1}s",
+                    self.setup.bootstrap,
+                    startup.as_secs_f64()
+                );
+                *self.lock() = Some(service);
+            }
+            Err((message, _)) => panic!("could not restart the dedicated broker: {message}"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Service>> {
+        self.service.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for DedicatedBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.setup.run);
+    }
 }
