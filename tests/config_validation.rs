@@ -401,3 +401,84 @@ fn cli_validate_exit_codes() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the file"));
 }
+
+fn with_properties(lines: &str) -> String {
+    BASE.replace(
+        "  bootstrap_servers: localhost:9092\n",
+        &format!("  bootstrap_servers: localhost:9092\n  properties:\n{lines}"),
+    )
+}
+
+#[test]
+fn user_kafka_properties_win_over_synclag_defaults() {
+    use synclag::config::kafka::{admin_config, consumer_config, producer_config};
+    let yaml = with_properties(
+        "    fetch.wait.max.ms: 500\n    auto.offset.reset: latest\n    message.timeout.ms: 120000\n    enable.auto.commit: false\n",
+    );
+    let t = Topology::from_yaml_str("t.yaml", &yaml, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let input = consumer_config(&t);
+    assert_eq!(input.get("fetch.wait.max.ms"), Some("500"));
+    assert_eq!(input.get("auto.offset.reset"), Some("latest"));
+    assert_eq!(input.get("group.id"), Some("synclag"));
+    assert_eq!(input.get("bootstrap.servers"), Some("localhost:9092"));
+    assert_eq!(input.get("enable.auto.commit"), Some("false"));
+    assert_eq!(input.get("isolation.level"), Some("read_committed"));
+    // A default the user did not override is synclag's.
+    assert_eq!(
+        input.get("topic.metadata.refresh.interval.ms"),
+        Some("5000")
+    );
+    let output = producer_config(&t);
+    assert_eq!(output.get("message.timeout.ms"), Some("120000"));
+    assert_eq!(output.get("enable.idempotence"), Some("true"));
+    assert_eq!(output.get("linger.ms"), Some("20"));
+    assert_eq!(admin_config(&t).get("enable.auto.commit"), Some("false"));
+
+    // The same through an environment override.
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![("SYNCLAG__KAFKA__PROPERTIES__LINGER_MS".into(), "0".into())],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(producer_config(&t).get("linger.ms"), Some("0"));
+}
+
+#[test]
+fn kafka_properties_conflicting_with_required_values_are_reported() {
+    expect(
+        &with_properties("    enable.auto.commit: true\n"),
+        "kafka.properties.enable.auto.commit: `true` conflicts with synclag's required `false` for the input consumer: synclag commits an input offset only once every correlation that needs the record is accounted for",
+    );
+    expect(
+        &with_properties("    isolation.level: read_uncommitted\n"),
+        "kafka.properties.isolation.level: `read_uncommitted` conflicts with synclag's required `read_committed` for the input consumer: records of aborted transactions must never count as workflow stages; remove the property",
+    );
+    expect(
+        &with_properties("    statistics.interval.ms: 0\n"),
+        "kafka.properties.statistics.interval.ms: `0` is not allowed for the input consumer",
+    );
+    // Every conflict at once, next to other problems.
+    let found = problems(
+        &with_properties("    enable.idempotence: false\n    enable.auto.offset.store: true\n")
+            .replace("window: 1h", "window: 1x"),
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+
+    // An environment override goes through the same check.
+    let err = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![(
+            "SYNCLAG__KAFKA__PROPERTIES__ENABLE_IDEMPOTENCE".into(),
+            "false".into(),
+        )],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("kafka.properties.enable.idempotence: `false` conflicts with synclag's required `true` for the output producer"),
+        "{err}"
+    );
+}

@@ -9,10 +9,13 @@
 //! - [`duration`]   — human durations (`90s`, `5m`, `2h`).
 //! - [`field_path`] — where a value lives in a record (`$.a.b`, `header:x`, `kafka:key`).
 //! - [`env`]        — environment overrides.
+//! - [`kafka`]      — every librdkafka property synclag sets, per client, and how the
+//!   user's `kafka.properties` combine with them.
 
 pub mod duration;
 pub mod env;
 pub mod field_path;
+pub mod kafka;
 pub mod raw;
 pub mod validate;
 
@@ -56,7 +59,7 @@ pub struct Service {
 #[derive(Debug, Clone)]
 pub struct Kafka {
     pub bootstrap_servers: String,
-    /// librdkafka properties, passed through untouched.
+    /// librdkafka properties; they win over synclag's defaults (see [`kafka`]).
     pub properties: BTreeMap<String, String>,
 }
 

@@ -636,18 +636,10 @@ fn kafka_section(ctx: &mut Ctx, present: bool, kafka: RawKafka) -> Kafka {
             None => ctx.push(format!("kafka.properties.{k}"), format!("{} is not a plain value; librdkafka properties are strings, numbers or booleans", show(v))),
         }
     }
-    for reserved in [
-        "group.id",
-        "bootstrap.servers",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-    ] {
-        if properties.contains_key(reserved) {
-            ctx.push(
-                format!("kafka.properties.{reserved}"),
-                "is managed by synclag; set `service.group_id` / `kafka.bootstrap_servers` instead, offsets are committed by synclag",
-            );
-        }
+    // One table (config::kafka) says which properties synclag sets and which of them
+    // it cannot let the user change; see there for the reasons.
+    for (key, message) in super::kafka::conflicts(&properties) {
+        ctx.push(format!("kafka.properties.{key}"), message);
     }
     Kafka {
         bootstrap_servers: bootstrap,
