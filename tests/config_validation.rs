@@ -482,3 +482,81 @@ fn kafka_properties_conflicting_with_required_values_are_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn event_time_policy_defaults_and_bad_values() {
+    use std::time::Duration;
+    use synclag::config::OnViolation;
+    let t = Topology::from_yaml_str("t.yaml", BASE, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(300));
+    assert_eq!(
+        t.service.event_time.max_behind,
+        Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(t.service.event_time.on_violation, OnViolation::UseKafkaTime);
+
+    let with = |policy: &str| format!("service:\n  event_time: {policy}\n{BASE}");
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        &with("{ max_ahead: 30s, max_behind: 7d, on_violation: dead_letter }"),
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(30));
+    assert_eq!(
+        t.service.event_time.max_behind,
+        Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(t.service.event_time.on_violation, OnViolation::DeadLetter);
+
+    expect(
+        &with("{ on_violation: fallback }"),
+        "service.event_time.on_violation: unknown action `fallback`; expected one of `use_kafka_time`, `dead_letter`",
+    );
+    expect(
+        &with("{ on_violation: dead_leter }"),
+        "unknown action `dead_leter`; did you mean `dead_letter`?",
+    );
+    expect(
+        &with("{ max_ahead: 5 minutes }"),
+        "service.event_time.max_ahead: `5 minutes` has a space",
+    );
+    expect(
+        &with("{ max_ahead: 0s }"),
+        "service.event_time.max_ahead: `0s` is zero; expected a positive duration",
+    );
+    expect(
+        &with("{ max_behind: 30m }"),
+        "service.event_time.max_behind: `30m` is shorter than the window `1h` of workflow `order_import`; a record that late is a genuine delay",
+    );
+    expect(
+        &with("{ max_behnd: 1d }"),
+        "service.event_time.max_behnd: unknown key; did you mean `max_behind`?; valid keys here: `max_ahead`, `max_behind`, `on_violation`",
+    );
+    // Environment overrides go through the same checks.
+    let err = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![(
+            "SYNCLAG__SERVICE__EVENT_TIME__ON_VIOLATION".into(),
+            "drop".into(),
+        )],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("service.event_time.on_violation: unknown action `drop`"),
+        "{err}"
+    );
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![(
+            "SYNCLAG__SERVICE__EVENT_TIME__MAX_AHEAD".into(),
+            "2m".into(),
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(120));
+}

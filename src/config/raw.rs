@@ -37,15 +37,31 @@ pub struct RawService {
     /// How long past an SLA deadline synclag waits for records still in flight before it
     /// raises the breach.
     pub breach_grace: Option<String>,
+    /// Tolerance of payload times against the record's Kafka time.
+    pub event_time: Option<RawEventTime>,
 }
 pub const SERVICE_KEYS: &[&str] = &[
     "breach_grace",
+    "event_time",
     "group_id",
     "http_listen",
     "shutdown_timeout",
     "lag_interval",
     "idle_partition",
 ];
+
+/// `service.event_time:` — when a payload time is not believed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventTime {
+    /// Largest accepted lead over the record's Kafka time (clock skew).
+    pub max_ahead: Option<String>,
+    /// Largest accepted lag behind the record's Kafka time (genuine delays).
+    pub max_behind: Option<String>,
+    /// `use_kafka_time` or `dead_letter`.
+    pub on_violation: Option<String>,
+}
+pub const EVENT_TIME_KEYS: &[&str] = &["max_ahead", "max_behind", "on_violation"];
 
 /// `kafka:` — the cluster.
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +302,7 @@ mod tests {
     #[test]
     fn key_lists_match_structs() {
         same(accepted_keys::<RawService>(), SERVICE_KEYS);
+        same(accepted_keys::<RawEventTime>(), EVENT_TIME_KEYS);
         same(accepted_keys::<RawKafka>(), KAFKA_KEYS);
         same(accepted_keys::<RawRegistry>(), REGISTRY_KEYS);
         same(accepted_keys::<RawOutputs>(), OUTPUTS_KEYS);

@@ -81,10 +81,15 @@ static BACKLOG_SHAPE: Shape = Shape {
     required: &[],
     children: &[("groups", Child::List(&GROUP_SHAPE))],
 };
+static EVENT_TIME_SHAPE: Shape = Shape {
+    keys: EVENT_TIME_KEYS,
+    required: &[],
+    children: &[],
+};
 static SERVICE_SHAPE: Shape = Shape {
     keys: SERVICE_KEYS,
     required: &[],
-    children: &[],
+    children: &[("event_time", Child::Object(&EVENT_TIME_SHAPE))],
 };
 static KAFKA_SHAPE: Shape = Shape {
     keys: KAFKA_KEYS,
@@ -490,6 +495,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let streams_out = streams_section(&mut ctx, &streams, registry.is_some());
     let routes = routes_section(routes_raw);
     let workflows_out = workflows_section(&mut ctx, &workflows, &streams_out, &routes);
+    event_time_covers_windows(&mut ctx, &service.event_time, &workflows_out);
     if workflows.is_empty()
         && root.get("workflows").is_some_and(|v| !v.is_null())
         && ctx.problems.is_empty()
@@ -609,6 +615,60 @@ fn service_section(ctx: &mut Ctx, service: RawService) -> Service {
             Some("0s") | Some("0ms") => Duration::ZERO,
             other => duration(ctx, "service.breach_grace", other, Duration::from_secs(1)),
         },
+        event_time: event_time_policy(ctx, service.event_time.unwrap_or_default()),
+    }
+}
+
+/// `service.event_time:`
+fn event_time_policy(ctx: &mut Ctx, raw: RawEventTime) -> EventTimePolicy {
+    let d = EventTimePolicy::DEFAULT;
+    let on_violation = match raw.on_violation.as_deref() {
+        None => d.on_violation,
+        Some(text) => OnViolation::parse(text).unwrap_or_else(|| {
+            ctx.push(
+                "service.event_time.on_violation",
+                format!(
+                    "unknown action `{text}`{}; expected one of {}",
+                    suggest(text, OnViolation::NAMES.iter().copied()),
+                    list(OnViolation::NAMES)
+                ),
+            );
+            d.on_violation
+        }),
+    };
+    EventTimePolicy {
+        max_ahead: duration(
+            ctx,
+            "service.event_time.max_ahead",
+            raw.max_ahead.as_deref(),
+            d.max_ahead,
+        ),
+        max_behind: duration(
+            ctx,
+            "service.event_time.max_behind",
+            raw.max_behind.as_deref(),
+            d.max_behind,
+        ),
+        on_violation,
+    }
+}
+
+/// A record later than `max_behind` is genuinely late when a workflow still waits for
+/// it; replacing its time would hide the very delay the SLA is about.
+fn event_time_covers_windows(ctx: &mut Ctx, policy: &EventTimePolicy, workflows: &[Workflow]) {
+    if let Some(w) = workflows.iter().max_by_key(|w| w.window) {
+        if policy.max_behind < w.window {
+            ctx.push(
+                "service.event_time.max_behind",
+                format!(
+                    "`{}` is shorter than the window `{}` of workflow `{}`; a record that late is a genuine delay, and replacing its time would hide it; use at least `{}`",
+                    super::duration::format_duration(policy.max_behind),
+                    super::duration::format_duration(w.window),
+                    w.name,
+                    super::duration::format_duration(w.window),
+                ),
+            );
+        }
     }
 }
 

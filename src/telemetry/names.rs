@@ -147,6 +147,13 @@ pub fn describe_all() {
         Unit::Count,
         "Output events that could not be encoded or delivered, by topic."
     );
+
+    // ---- event-time policy (src/decode/time.rs, service.event_time)
+    metrics::describe_counter!(
+        EVENT_TIME_VIOLATIONS_TOTAL,
+        metrics::Unit::Count,
+        "Records whose payload time was out of tolerance against their Kafka time (service.event_time), by topic and action (use_kafka_time, dead_letter)."
+    );
 }
 
 // ---- backlog monitor (src/backlog)
@@ -205,3 +212,6 @@ pub const OUTPUT_ERRORS_TOTAL: &str = "synclag_output_errors_total";
 pub const DEFERRED_OUTCOMES: &str = "synclag_deferred_outcomes";
 pub const OUTPUT_BACKPRESSURE_WAIT_SECONDS: &str = "synclag_output_backpressure_wait_seconds";
 pub const STAGES_AFTER_COMPLETION_TOTAL: &str = "synclag_stages_after_completion_total";
+
+// ---- event-time policy (src/decode/time.rs, service.event_time)
+pub const EVENT_TIME_VIOLATIONS_TOTAL: &str = "synclag_event_time_violations_total";
