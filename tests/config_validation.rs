@@ -369,7 +369,12 @@ fn cli_validate_exit_codes() {
     );
     let out = String::from_utf8_lossy(&good.stdout);
     assert!(
-        out.contains("valid") && out.contains("workflows (5)") && out.contains("watched groups"),
+        out.contains("valid")
+            && out.contains("workflows (5)")
+            && out.contains("watched groups")
+            && out.contains(
+                "event times: at most 5m ahead of / 30d behind the Kafka time, else use_kafka_time"
+            ),
         "{out}"
     );
 

@@ -438,6 +438,13 @@ impl Topology {
                 .as_ref()
                 .map_or("none (JSON outputs)", |r| r.url.as_str())
         ));
+        let et = &self.service.event_time;
+        out.push_str(&format!(
+            "event times: at most {} ahead of / {} behind the Kafka time, else {}\n",
+            d(et.max_ahead),
+            d(et.max_behind),
+            et.on_violation.name()
+        ));
         out.push_str(&format!("streams ({}):\n", self.streams.len()));
         for s in &self.streams {
             out.push_str(&format!(
