@@ -369,7 +369,12 @@ fn cli_validate_exit_codes() {
     );
     let out = String::from_utf8_lossy(&good.stdout);
     assert!(
-        out.contains("valid") && out.contains("workflows (5)") && out.contains("watched groups"),
+        out.contains("valid")
+            && out.contains("workflows (5)")
+            && out.contains("watched groups")
+            && out.contains(
+                "event times: at most 5m ahead of / 30d behind the Kafka time, else use_kafka_time"
+            ),
         "{out}"
     );
 
@@ -400,4 +405,163 @@ fn cli_validate_exit_codes() {
         .expect("run");
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the file"));
+}
+
+fn with_properties(lines: &str) -> String {
+    BASE.replace(
+        "  bootstrap_servers: localhost:9092\n",
+        &format!("  bootstrap_servers: localhost:9092\n  properties:\n{lines}"),
+    )
+}
+
+#[test]
+fn user_kafka_properties_win_over_synclag_defaults() {
+    use synclag::config::kafka::{admin_config, consumer_config, producer_config};
+    let yaml = with_properties(
+        "    fetch.wait.max.ms: 500\n    auto.offset.reset: latest\n    message.timeout.ms: 120000\n    enable.auto.commit: false\n",
+    );
+    let t = Topology::from_yaml_str("t.yaml", &yaml, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let input = consumer_config(&t);
+    assert_eq!(input.get("fetch.wait.max.ms"), Some("500"));
+    assert_eq!(input.get("auto.offset.reset"), Some("latest"));
+    assert_eq!(input.get("group.id"), Some("synclag"));
+    assert_eq!(input.get("bootstrap.servers"), Some("localhost:9092"));
+    assert_eq!(input.get("enable.auto.commit"), Some("false"));
+    assert_eq!(input.get("isolation.level"), Some("read_committed"));
+    // A default the user did not override is synclag's.
+    assert_eq!(
+        input.get("topic.metadata.refresh.interval.ms"),
+        Some("5000")
+    );
+    let output = producer_config(&t);
+    assert_eq!(output.get("message.timeout.ms"), Some("120000"));
+    assert_eq!(output.get("enable.idempotence"), Some("true"));
+    assert_eq!(output.get("linger.ms"), Some("20"));
+    assert_eq!(admin_config(&t).get("enable.auto.commit"), Some("false"));
+
+    // The same through an environment override.
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![("SYNCLAG__KAFKA__PROPERTIES__LINGER_MS".into(), "0".into())],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(producer_config(&t).get("linger.ms"), Some("0"));
+}
+
+#[test]
+fn kafka_properties_conflicting_with_required_values_are_reported() {
+    expect(
+        &with_properties("    enable.auto.commit: true\n"),
+        "kafka.properties.enable.auto.commit: `true` conflicts with synclag's required `false` for the input consumer: synclag commits an input offset only once every correlation that needs the record is accounted for",
+    );
+    expect(
+        &with_properties("    isolation.level: read_uncommitted\n"),
+        "kafka.properties.isolation.level: `read_uncommitted` conflicts with synclag's required `read_committed` for the input consumer: records of aborted transactions must never count as workflow stages; remove the property",
+    );
+    expect(
+        &with_properties("    statistics.interval.ms: 0\n"),
+        "kafka.properties.statistics.interval.ms: `0` is not allowed for the input consumer",
+    );
+    // Every conflict at once, next to other problems.
+    let found = problems(
+        &with_properties("    enable.idempotence: false\n    enable.auto.offset.store: true\n")
+            .replace("window: 1h", "window: 1x"),
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+
+    // An environment override goes through the same check.
+    let err = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![(
+            "SYNCLAG__KAFKA__PROPERTIES__ENABLE_IDEMPOTENCE".into(),
+            "false".into(),
+        )],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("kafka.properties.enable.idempotence: `false` conflicts with synclag's required `true` for the output producer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn event_time_policy_defaults_and_bad_values() {
+    use std::time::Duration;
+    use synclag::config::OnViolation;
+    let t = Topology::from_yaml_str("t.yaml", BASE, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(300));
+    assert_eq!(
+        t.service.event_time.max_behind,
+        Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(t.service.event_time.on_violation, OnViolation::UseKafkaTime);
+
+    let with = |policy: &str| format!("service:\n  event_time: {policy}\n{BASE}");
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        &with("{ max_ahead: 30s, max_behind: 7d, on_violation: dead_letter }"),
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(30));
+    assert_eq!(
+        t.service.event_time.max_behind,
+        Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(t.service.event_time.on_violation, OnViolation::DeadLetter);
+
+    expect(
+        &with("{ on_violation: fallback }"),
+        "service.event_time.on_violation: unknown action `fallback`; expected one of `use_kafka_time`, `dead_letter`",
+    );
+    expect(
+        &with("{ on_violation: dead_leter }"),
+        "unknown action `dead_leter`; did you mean `dead_letter`?",
+    );
+    expect(
+        &with("{ max_ahead: 5 minutes }"),
+        "service.event_time.max_ahead: `5 minutes` has a space",
+    );
+    expect(
+        &with("{ max_ahead: 0s }"),
+        "service.event_time.max_ahead: `0s` is zero; expected a positive duration",
+    );
+    expect(
+        &with("{ max_behind: 30m }"),
+        "service.event_time.max_behind: `30m` is shorter than the window `1h` of workflow `order_import`; a record that late is a genuine delay",
+    );
+    expect(
+        &with("{ max_behnd: 1d }"),
+        "service.event_time.max_behnd: unknown key; did you mean `max_behind`?; valid keys here: `max_ahead`, `max_behind`, `on_violation`",
+    );
+    // Environment overrides go through the same checks.
+    let err = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![(
+            "SYNCLAG__SERVICE__EVENT_TIME__ON_VIOLATION".into(),
+            "drop".into(),
+        )],
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("service.event_time.on_violation: unknown action `drop`"),
+        "{err}"
+    );
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        BASE,
+        vec![(
+            "SYNCLAG__SERVICE__EVENT_TIME__MAX_AHEAD".into(),
+            "2m".into(),
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(120));
 }

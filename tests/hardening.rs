@@ -480,3 +480,126 @@ workflows:
     assert_eq!(svc.terminate().await, Some(0));
     drop(producer.flush(Duration::from_secs(5)));
 }
+
+/// Breaches due while the broker is down wait for it, however long it takes: none is
+/// given up after a delivery timeout, none is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaches_due_during_a_broker_outage_are_delivered_after_it() {
+    use support::kafka::{create_topic_on, DedicatedBroker};
+    let broker = std::sync::Arc::new(
+        tokio::task::spawn_blocking(DedicatedBroker::start)
+            .await
+            .expect("start dedicated broker"),
+    );
+    let bootstrap = broker.bootstrap().to_string();
+    let starts = support::random_name("bo-starts");
+    let ends = support::random_name("bo-ends");
+    let out = support::random_name("bo-breaches");
+    for t in [&starts, &ends, &out] {
+        create_topic_on(&bootstrap, t, 1).await;
+    }
+    let http = support::free_port();
+    let config = format!(
+        r#"
+service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 5s }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+streams:
+  - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+  - {{ name: ends, topic: {ends}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+workflows:
+  - name: outage
+    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
+    sla: {{ warn: 4s, critical: 10m }}
+    window: 30m
+"#,
+        group = support::random_name("synclag-bo"),
+    );
+    let mut svc = SynclagProcess::start(&config, http, "outage");
+    svc.wait_ready().await;
+    let producer: FutureProducer = broker
+        .client_config()
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let n = 100;
+    for i in 0..n {
+        let id = format!("BO-{i:03}");
+        let payload = json(serde_json::json!({"id": id, "at": now_ms()}));
+        producer
+            .send(
+                FutureRecord::to(&starts).key(&id).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("produce");
+    }
+    support::wait_until_async(
+        Duration::from_secs(30),
+        "every start read before the outage",
+        || async {
+            svc.get_json("/api/v1/workflows")
+                .await
+                .and_then(|v| v["workflows"][0]["pending"].as_u64())
+                == Some(n)
+        },
+    )
+    .await;
+    // Down for longer than librdkafka's default delivery timeout (30 s); every warn
+    // deadline falls inside the outage.
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.kill())
+        .await
+        .expect("kill broker");
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.restart())
+        .await
+        .expect("restart broker");
+
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", support::random_name("bo-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("reader");
+    consumer.subscribe(&[&out]).expect("subscribe");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline && seen.len() < n as usize {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            for b in breaches(&[m.detach()]) {
+                if b.kind == "breach" && b.severity == "warn" {
+                    *seen.entry(b.correlation_id).or_default() += 1;
+                }
+            }
+        }
+    }
+    // Let anything written twice arrive too.
+    let settle = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await {
+            for b in breaches(&[m.detach()]) {
+                if b.kind == "breach" && b.severity == "warn" {
+                    *seen.entry(b.correlation_id).or_default() += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        n as usize,
+        "warn breaches lost in the outage: got {} of {n}\n{}",
+        seen.len(),
+        svc.log_tail()
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    let metrics = svc.get_text("/metrics").await.unwrap_or_default();
+    assert!(
+        metrics.contains("synclag_output_unacknowledged_records 0"),
+        "outputs still unacknowledged after the outage"
+    );
+    assert_eq!(svc.terminate().await, Some(0));
+}

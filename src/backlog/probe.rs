@@ -70,35 +70,31 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Creates the shared clients. `properties` are passed to librdkafka untouched.
+    /// Creates the shared clients. `properties` win over synclag's defaults; the values
+    /// the monitor depends on are fixed (see `config::kafka`).
     pub fn new(
         bootstrap_servers: &str,
         properties: &BTreeMap<String, String>,
         timeout: Duration,
         read_commit_log: bool,
     ) -> Result<Probe, BacklogError> {
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", bootstrap_servers);
-        for (k, v) in properties {
-            base.set(k, v);
-        }
+        use crate::config::kafka::{client_config, Client};
+        let base = client_config(Client::Admin, bootstrap_servers, properties);
         let admin = group_less(&base).create().map_err(BacklogError::Client)?;
-        let reader = group_less(&base)
-            .set("enable.partition.eof", "true")
-            // Only the first record per partition is wanted: keep prefetch small.
-            .set("queued.min.messages", "1")
-            .set("queued.max.messages.kbytes", "1024")
-            .set("fetch.message.max.bytes", "65536")
-            .set("fetch.wait.max.ms", "50")
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .map_err(BacklogError::Client)?;
-        let tail: BaseConsumer = group_less(&base)
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "50")
-            .set("isolation.level", "read_uncommitted")
-            .create()
-            .map_err(BacklogError::Client)?;
+        let reader = group_less(&client_config(
+            Client::BacklogReader,
+            bootstrap_servers,
+            properties,
+        ))
+        .create()
+        .map_err(BacklogError::Client)?;
+        let tail: BaseConsumer = group_less(&client_config(
+            Client::CommitLogTail,
+            bootstrap_servers,
+            properties,
+        ))
+        .create()
+        .map_err(BacklogError::Client)?;
         Ok(Probe {
             base,
             timeout,
@@ -219,9 +215,8 @@ impl Probe {
         let client: BaseConsumer = self
             .base
             .clone()
+            // `base` never commits (see config::kafka); only the group differs.
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
             .create()
             .map_err(BacklogError::Client)?;
         let client = Arc::new(client);
@@ -372,8 +367,6 @@ impl Probe {
 fn group_less(base: &ClientConfig) -> ClientConfig {
     let mut c = base.clone();
     c.set("group.id", READER_GROUP_ID);
-    c.set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
     c
 }
 

@@ -9,10 +9,13 @@
 //! - [`duration`]   — human durations (`90s`, `5m`, `2h`).
 //! - [`field_path`] — where a value lives in a record (`$.a.b`, `header:x`, `kafka:key`).
 //! - [`env`]        — environment overrides.
+//! - [`kafka`]      — every librdkafka property synclag sets, per client, and how the
+//!   user's `kafka.properties` combine with them.
 
 pub mod duration;
 pub mod env;
 pub mod field_path;
+pub mod kafka;
 pub mod raw;
 pub mod validate;
 
@@ -53,12 +56,82 @@ pub struct Service {
     pub breach_grace: Duration,
     /// `group.instance.id` of the input consumer (static membership).
     pub instance_id: String,
+    /// What an event time far from its record's Kafka time is taken for.
+    pub event_time: EventTimePolicy,
+}
+
+/// How far a record's payload time (source event time, or ERP write time on `erp_time`
+/// streams) may be from its Kafka time before synclag stops trusting it.
+///
+/// A payload time years away is a bug upstream (a unit or sign error, a default value,
+/// a wrong time zone), not a delay: believed, a far-future time would stay pending
+/// forever and hold the partition's committed offset back; a far-past time would raise
+/// a breach at once. Times out of tolerance are counted per topic and either replaced by
+/// the Kafka time or dead-lettered as `bad_timestamp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimePolicy {
+    /// Largest accepted lead of the payload time over the Kafka time: clock skew.
+    pub max_ahead: Duration,
+    /// Largest accepted lag of the payload time behind the Kafka time: genuine partner,
+    /// batch and CDC delays, which can be days.
+    pub max_behind: Duration,
+    pub on_violation: OnViolation,
+}
+
+impl EventTimePolicy {
+    /// 5 minutes ahead covers the skew between hosts that keep their clocks roughly
+    /// right; a lead of hours is a time-zone or unit error. 30 days behind lets through
+    /// partner backfills, month-end batches and connectors stopped over a long weekend,
+    /// and is longer than any sensible workflow window; anything older is almost surely
+    /// a wrong value (epoch 0, negative epochs, a placeholder date).
+    pub const DEFAULT: EventTimePolicy = EventTimePolicy {
+        max_ahead: Duration::from_secs(5 * 60),
+        max_behind: Duration::from_secs(30 * 86_400),
+        on_violation: OnViolation::UseKafkaTime,
+    };
+}
+
+impl Default for EventTimePolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What happens to a record whose event time is out of tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnViolation {
+    /// The record counts at its Kafka time. The default: the stage still arrives, so a
+    /// bad clock upstream does not turn into `never_arrived` alarms.
+    UseKafkaTime,
+    /// The record goes to the dead-letter topic with reason `bad_timestamp` and never
+    /// reaches the engine.
+    DeadLetter,
+}
+
+impl OnViolation {
+    pub const NAMES: &'static [&'static str] = &["use_kafka_time", "dead_letter"];
+
+    pub fn parse(s: &str) -> Option<OnViolation> {
+        match s {
+            "use_kafka_time" => Some(OnViolation::UseKafkaTime),
+            "dead_letter" => Some(OnViolation::DeadLetter),
+            _ => None,
+        }
+    }
+
+    /// Also the `action` label of `synclag_event_time_violations_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnViolation::UseKafkaTime => "use_kafka_time",
+            OnViolation::DeadLetter => "dead_letter",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Kafka {
     pub bootstrap_servers: String,
-    /// librdkafka properties, passed through untouched.
+    /// librdkafka properties; they win over synclag's defaults (see [`kafka`]).
     pub properties: BTreeMap<String, String>,
 }
 
@@ -366,6 +439,13 @@ impl Topology {
             self.registry
                 .as_ref()
                 .map_or("none (JSON outputs)", |r| r.url.as_str())
+        ));
+        let et = &self.service.event_time;
+        out.push_str(&format!(
+            "event times: at most {} ahead of / {} behind the Kafka time, else {}\n",
+            d(et.max_ahead),
+            d(et.max_behind),
+            et.on_violation.name()
         ));
         out.push_str(&format!("streams ({}):\n", self.streams.len()));
         for s in &self.streams {

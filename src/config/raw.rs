@@ -40,9 +40,12 @@ pub struct RawService {
     /// Static group membership id of this instance (`group.instance.id`); default
     /// `<group_id>-<hostname>`.
     pub instance_id: Option<String>,
+    /// Tolerance of payload times against the record's Kafka time.
+    pub event_time: Option<RawEventTime>,
 }
 pub const SERVICE_KEYS: &[&str] = &[
     "breach_grace",
+    "event_time",
     "group_id",
     "instance_id",
     "http_listen",
@@ -50,6 +53,19 @@ pub const SERVICE_KEYS: &[&str] = &[
     "lag_interval",
     "idle_partition",
 ];
+
+/// `service.event_time:` — when a payload time is not believed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventTime {
+    /// Largest accepted lead over the record's Kafka time (clock skew).
+    pub max_ahead: Option<String>,
+    /// Largest accepted lag behind the record's Kafka time (genuine delays).
+    pub max_behind: Option<String>,
+    /// `use_kafka_time` or `dead_letter`.
+    pub on_violation: Option<String>,
+}
+pub const EVENT_TIME_KEYS: &[&str] = &["max_ahead", "max_behind", "on_violation"];
 
 /// `kafka:` — the cluster.
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +306,7 @@ mod tests {
     #[test]
     fn key_lists_match_structs() {
         same(accepted_keys::<RawService>(), SERVICE_KEYS);
+        same(accepted_keys::<RawEventTime>(), EVENT_TIME_KEYS);
         same(accepted_keys::<RawKafka>(), KAFKA_KEYS);
         same(accepted_keys::<RawRegistry>(), REGISTRY_KEYS);
         same(accepted_keys::<RawOutputs>(), OUTPUTS_KEYS);

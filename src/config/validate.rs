@@ -81,10 +81,15 @@ static BACKLOG_SHAPE: Shape = Shape {
     required: &[],
     children: &[("groups", Child::List(&GROUP_SHAPE))],
 };
+static EVENT_TIME_SHAPE: Shape = Shape {
+    keys: EVENT_TIME_KEYS,
+    required: &[],
+    children: &[],
+};
 static SERVICE_SHAPE: Shape = Shape {
     keys: SERVICE_KEYS,
     required: &[],
-    children: &[],
+    children: &[("event_time", Child::Object(&EVENT_TIME_SHAPE))],
 };
 static KAFKA_SHAPE: Shape = Shape {
     keys: KAFKA_KEYS,
@@ -438,6 +443,11 @@ fn parse_time(ctx: &mut Ctx, path: &str, t: &str) -> Option<NaiveTime> {
 }
 
 /// Validates a YAML tree (after environment overrides) into a [`Topology`].
+///
+/// Sections are read in two passes (shape and types) first, so that one broken section
+/// does not hide problems in the others; then each section is checked for meaning by its
+/// own function, in dependency order: streams before the workflows and causes that name
+/// them, routes before what routes to them, the backlog before causes that name groups.
 pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let mut ctx = Ctx {
         problems: Vec::new(),
@@ -449,6 +459,74 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             message: format!("expected a mapping with sections {}", list(TOP_KEYS)),
         }]);
     };
+    unknown_sections(&mut ctx, root);
+
+    let service: Option<RawService> = section(&mut ctx, root, "service", &SERVICE_SHAPE);
+    let kafka: Option<RawKafka> = section(&mut ctx, root, "kafka", &KAFKA_SHAPE);
+    let registry: Option<Option<RawRegistry>> = match root.get("registry") {
+        None | Some(Value::Null) => Some(None),
+        Some(_) => section(&mut ctx, root, "registry", &REGISTRY_SHAPE).map(Some),
+    };
+    let outputs: Option<RawOutputs> = section(&mut ctx, root, "outputs", &OUTPUTS_SHAPE);
+    let masking: Option<RawMasking> = section(&mut ctx, root, "masking", &MASKING_SHAPE);
+    let store: Option<RawStore> = section(&mut ctx, root, "store", &STORE_SHAPE);
+    let backlog: Option<RawBacklog> = section(&mut ctx, root, "backlog", &BACKLOG_SHAPE);
+    let streams: Vec<(usize, RawStream)> = elements(&mut ctx, root, "streams", &STREAM_SHAPE);
+    let workflows: Vec<(usize, RawWorkflow)> =
+        elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);
+    let causes: Vec<(usize, RawCause)> = elements(&mut ctx, root, "causes", &CAUSE_SHAPE);
+    let routes_raw = route_entries(&mut ctx, root);
+    if root.get("streams").is_none_or(Value::is_null) {
+        ctx.push("streams", "missing; at least one stream is required");
+    }
+    if root.get("workflows").is_none_or(Value::is_null) {
+        ctx.push("workflows", "missing; at least one workflow is required");
+    }
+
+    let service = service_section(&mut ctx, service.unwrap_or_default());
+    let kafka = kafka_section(
+        &mut ctx,
+        root.get("kafka").is_some(),
+        kafka.unwrap_or_default(),
+    );
+    let registry = registry.flatten().map(|r| registry_section(&mut ctx, r));
+    let outputs = outputs_section(&mut ctx, outputs.unwrap_or_default());
+    let store = store_section(&mut ctx, store.unwrap_or_default());
+    let streams_out = streams_section(&mut ctx, &streams, registry.is_some());
+    let routes = routes_section(routes_raw);
+    let workflows_out = workflows_section(&mut ctx, &workflows, &streams_out, &routes);
+    event_time_covers_windows(&mut ctx, &service.event_time, &workflows_out);
+    if workflows.is_empty()
+        && root.get("workflows").is_some_and(|v| !v.is_null())
+        && ctx.problems.is_empty()
+    {
+        ctx.push("workflows", "empty; at least one workflow is required");
+    }
+    let backlog = backlog_section(&mut ctx, backlog.unwrap_or_default());
+    let causes_out = causes_section(&mut ctx, &causes, &streams_out, &routes, &backlog);
+    let masking = masking_section(&mut ctx, masking.unwrap_or_default(), &streams_out);
+
+    if ctx.problems.is_empty() {
+        Ok(Topology {
+            service,
+            kafka,
+            registry,
+            outputs,
+            masking,
+            store,
+            streams: streams_out,
+            workflows: workflows_out,
+            causes: causes_out,
+            routes,
+            backlog,
+        })
+    } else {
+        Err(ctx.problems)
+    }
+}
+
+/// Reports and removes top-level keys that are not sections.
+fn unknown_sections(ctx: &mut Ctx, root: &mut serde_norway::Mapping) {
     let unknown: Vec<Value> = root
         .keys()
         .filter(|k| !k.as_str().is_some_and(|k| TOP_KEYS.contains(&k)))
@@ -466,30 +544,19 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
         );
         root.remove(&k);
     }
+}
 
-    let service: Option<RawService> = section(&mut ctx, root, "service", &SERVICE_SHAPE);
-    let kafka: Option<RawKafka> = section(&mut ctx, root, "kafka", &KAFKA_SHAPE);
-    let registry: Option<Option<RawRegistry>> = match root.get("registry") {
-        None | Some(Value::Null) => Some(None),
-        Some(_) => section(&mut ctx, root, "registry", &REGISTRY_SHAPE).map(Some),
-    };
-    let outputs: Option<RawOutputs> = section(&mut ctx, root, "outputs", &OUTPUTS_SHAPE);
-    let masking: Option<RawMasking> = section(&mut ctx, root, "masking", &MASKING_SHAPE);
-    let store: Option<RawStore> = section(&mut ctx, root, "store", &STORE_SHAPE);
-    let backlog: Option<RawBacklog> = section(&mut ctx, root, "backlog", &BACKLOG_SHAPE);
-    let streams: Vec<(usize, RawStream)> = elements(&mut ctx, root, "streams", &STREAM_SHAPE);
-    let workflows: Vec<(usize, RawWorkflow)> =
-        elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);
-    let causes: Vec<(usize, RawCause)> = elements(&mut ctx, root, "causes", &CAUSE_SHAPE);
-    let mut routes_raw: Vec<(String, RawRoute)> = Vec::new();
+/// `routes:` is a map of name → route, so it is read entry by entry (shape and types).
+fn route_entries(ctx: &mut Ctx, root: &mut serde_norway::Mapping) -> Vec<(String, RawRoute)> {
+    let mut routes_raw = Vec::new();
     match root.get_mut("routes") {
         None | Some(Value::Null) => {}
         Some(Value::Mapping(m)) => {
             for (k, v) in m.iter_mut() {
                 let name = k.as_str().unwrap_or_default().to_string();
                 let p = format!("routes.{name}");
-                if check_shape(&mut ctx, v, &p, &ROUTE_SHAPE) {
-                    if let Some(r) = typed::<RawRoute>(&mut ctx, v.clone(), &p) {
+                if check_shape(ctx, v, &p, &ROUTE_SHAPE) {
+                    if let Some(r) = typed::<RawRoute>(ctx, v.clone(), &p) {
                         routes_raw.push((name, r));
                     }
                 }
@@ -503,15 +570,11 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             ),
         ),
     }
-    if root.get("streams").is_none_or(Value::is_null) {
-        ctx.push("streams", "missing; at least one stream is required");
-    }
-    if root.get("workflows").is_none_or(Value::is_null) {
-        ctx.push("workflows", "missing; at least one workflow is required");
-    }
+    routes_raw
+}
 
-    // ---- service, kafka, registry, outputs, masking, store
-    let service = service.unwrap_or_default();
+/// `service:`
+fn service_section(ctx: &mut Ctx, service: RawService) -> Service {
     let http_text = service
         .http_listen
         .clone()
@@ -536,45 +599,93 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
         }
         None => crate::ingest::membership::default_instance_id(&group_id),
     };
-    let service = Service {
+    Service {
         instance_id,
         group_id,
         http_listen,
         shutdown_timeout: duration(
-            &mut ctx,
+            ctx,
             "service.shutdown_timeout",
             service.shutdown_timeout.as_deref(),
             Duration::from_secs(30),
         ),
         lag_interval: duration(
-            &mut ctx,
+            ctx,
             "service.lag_interval",
             service.lag_interval.as_deref(),
             Duration::from_secs(60),
         ),
         idle_partition: duration(
-            &mut ctx,
+            ctx,
             "service.idle_partition",
             service.idle_partition.as_deref(),
             Duration::from_secs(30),
         ),
         breach_grace: match service.breach_grace.as_deref() {
             Some("0s") | Some("0ms") => Duration::ZERO,
-            other => duration(
-                &mut ctx,
-                "service.breach_grace",
-                other,
-                Duration::from_secs(1),
-            ),
+            other => duration(ctx, "service.breach_grace", other, Duration::from_secs(1)),
         },
-    };
+        event_time: event_time_policy(ctx, service.event_time.unwrap_or_default()),
+    }
+}
 
-    let kafka = kafka.unwrap_or_default();
+/// `service.event_time:`
+fn event_time_policy(ctx: &mut Ctx, raw: RawEventTime) -> EventTimePolicy {
+    let d = EventTimePolicy::DEFAULT;
+    let on_violation = match raw.on_violation.as_deref() {
+        None => d.on_violation,
+        Some(text) => OnViolation::parse(text).unwrap_or_else(|| {
+            ctx.push(
+                "service.event_time.on_violation",
+                format!(
+                    "unknown action `{text}`{}; expected one of {}",
+                    suggest(text, OnViolation::NAMES.iter().copied()),
+                    list(OnViolation::NAMES)
+                ),
+            );
+            d.on_violation
+        }),
+    };
+    EventTimePolicy {
+        max_ahead: duration(
+            ctx,
+            "service.event_time.max_ahead",
+            raw.max_ahead.as_deref(),
+            d.max_ahead,
+        ),
+        max_behind: duration(
+            ctx,
+            "service.event_time.max_behind",
+            raw.max_behind.as_deref(),
+            d.max_behind,
+        ),
+        on_violation,
+    }
+}
+
+/// A record later than `max_behind` is genuinely late when a workflow still waits for
+/// it; replacing its time would hide the very delay the SLA is about.
+fn event_time_covers_windows(ctx: &mut Ctx, policy: &EventTimePolicy, workflows: &[Workflow]) {
+    if let Some(w) = workflows.iter().max_by_key(|w| w.window) {
+        if policy.max_behind < w.window {
+            ctx.push(
+                "service.event_time.max_behind",
+                format!(
+                    "`{}` is shorter than the window `{}` of workflow `{}`; a record that late is a genuine delay, and replacing its time would hide it; use at least `{}`",
+                    super::duration::format_duration(policy.max_behind),
+                    super::duration::format_duration(w.window),
+                    w.name,
+                    super::duration::format_duration(w.window),
+                ),
+            );
+        }
+    }
+}
+
+/// `kafka:` — `present` says whether the section was written at all.
+fn kafka_section(ctx: &mut Ctx, present: bool, kafka: RawKafka) -> Kafka {
     let bootstrap = kafka.bootstrap_servers.clone().unwrap_or_default();
-    if root.get("kafka").is_some()
-        && bootstrap.trim().is_empty()
-        && kafka.bootstrap_servers.is_some()
-    {
+    if present && bootstrap.trim().is_empty() && kafka.bootstrap_servers.is_some() {
         ctx.push(
             "kafka.bootstrap_servers",
             "empty; expected `host:port[,host:port…]`",
@@ -595,43 +706,38 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             None => ctx.push(format!("kafka.properties.{k}"), format!("{} is not a plain value; librdkafka properties are strings, numbers or booleans", show(v))),
         }
     }
-    for reserved in [
-        "group.id",
-        "bootstrap.servers",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-    ] {
-        if properties.contains_key(reserved) {
-            ctx.push(
-                format!("kafka.properties.{reserved}"),
-                "is managed by synclag; set `service.group_id` / `kafka.bootstrap_servers` instead, offsets are committed by synclag",
-            );
-        }
+    // One table (config::kafka) says which properties synclag sets and which of them
+    // it cannot let the user change; see there for the reasons.
+    for (key, message) in super::kafka::conflicts(&properties) {
+        ctx.push(format!("kafka.properties.{key}"), message);
     }
-    let kafka = Kafka {
+    Kafka {
         bootstrap_servers: bootstrap,
         properties,
-    };
+    }
+}
 
-    let registry = registry.flatten().map(|r| {
-        let url = r.url.clone().unwrap_or_default();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            ctx.push("registry.url", format!("`{url}` is not an http(s) URL"));
-        }
-        Registry {
-            url: url.trim_end_matches('/').to_string(),
-            username: r.username,
-            password_env: r.password_env,
-            timeout: duration(
-                &mut ctx,
-                "registry.timeout",
-                r.timeout.as_deref(),
-                Duration::from_secs(10),
-            ),
-        }
-    });
+/// `registry:` (when present).
+fn registry_section(ctx: &mut Ctx, r: RawRegistry) -> Registry {
+    let url = r.url.clone().unwrap_or_default();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        ctx.push("registry.url", format!("`{url}` is not an http(s) URL"));
+    }
+    Registry {
+        url: url.trim_end_matches('/').to_string(),
+        username: r.username,
+        password_env: r.password_env,
+        timeout: duration(
+            ctx,
+            "registry.timeout",
+            r.timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+    }
+}
 
-    let outputs = outputs.unwrap_or_default();
+/// `outputs:`
+fn outputs_section(ctx: &mut Ctx, outputs: RawOutputs) -> Outputs {
     let outputs = Outputs {
         breaches_topic: outputs
             .breaches_topic
@@ -650,10 +756,13 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
         ("outputs.backlog_topic", &outputs.backlog_topic),
         ("outputs.dead_letter_topic", &outputs.dead_letter_topic),
     ] {
-        check_topic(&mut ctx, p, t);
+        check_topic(ctx, p, t);
     }
+    outputs
+}
 
-    let store = store.unwrap_or_default();
+/// `store:`
+fn store_section(ctx: &mut Ctx, store: RawStore) -> Store {
     let positive = |ctx: &mut Ctx, p: &str, v: Option<u64>, default: usize| -> usize {
         match v {
             None => default,
@@ -664,31 +773,37 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         }
     };
-    let store = Store {
-        max_pending: positive(&mut ctx, "store.max_pending", store.max_pending, 1_000_000),
+    Store {
+        max_pending: positive(ctx, "store.max_pending", store.max_pending, 1_000_000),
         dimension_value_cap: positive(
-            &mut ctx,
+            ctx,
             "store.dimension_value_cap",
             store.dimension_value_cap,
             64,
         ),
-        oldest_n: positive(&mut ctx, "store.oldest_n", store.oldest_n, 20),
-    };
+        oldest_n: positive(ctx, "store.oldest_n", store.oldest_n, 20),
+    }
+}
 
-    // ---- streams
+/// `streams:` — `has_registry` says whether Avro streams can be decoded.
+fn streams_section(
+    ctx: &mut Ctx,
+    streams: &[(usize, RawStream)],
+    has_registry: bool,
+) -> Vec<Stream> {
     let mut stream_names = HashSet::new();
     let mut streams_out: Vec<Stream> = Vec::new();
     let mut topics_seen: BTreeMap<String, String> = BTreeMap::new();
-    for (i, s) in &streams {
+    for (i, s) in streams {
         let p = format!("streams[{i}]");
         check_name(
-            &mut ctx,
+            ctx,
             &format!("{p}.name"),
             &s.name,
             &mut stream_names,
             "stream",
         );
-        check_topic(&mut ctx, &format!("{p}.topic"), &s.topic);
+        check_topic(ctx, &format!("{p}.topic"), &s.topic);
         if let Some(other) = topics_seen.insert(s.topic.clone(), s.name.clone()) {
             ctx.push(format!("{p}.topic"), format!("topic `{}` is already read by stream `{other}`; one stream per topic (use stage `event_type` to split a topic)", s.topic));
         }
@@ -704,7 +819,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             );
             Format::Json
         });
-        if format == Format::Avro && registry.is_none() {
+        if format == Format::Avro && !has_registry {
             ctx.push(
                 format!("{p}.format"),
                 "`avro` needs a `registry:` section with the schema registry URL",
@@ -727,7 +842,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
         ));
         let fp = format!("{p}.fields");
         let correlation_id = field_path(
-            &mut ctx,
+            ctx,
             &format!("{fp}.correlation_id"),
             &s.fields.correlation_id,
         );
@@ -735,15 +850,15 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             .fields
             .event_time
             .as_deref()
-            .and_then(|t| field_path(&mut ctx, &format!("{fp}.event_time"), t));
+            .and_then(|t| field_path(ctx, &format!("{fp}.event_time"), t));
         let event_type = s
             .fields
             .event_type
             .as_deref()
-            .and_then(|t| field_path(&mut ctx, &format!("{fp}.event_type"), t));
+            .and_then(|t| field_path(ctx, &format!("{fp}.event_type"), t));
         let mut dimensions = Vec::new();
         for (name, path) in &s.fields.dimensions {
-            if let Some(fpath) = field_path(&mut ctx, &format!("{fp}.dimensions.{name}"), path) {
+            if let Some(fpath) = field_path(ctx, &format!("{fp}.dimensions.{name}"), path) {
                 dimensions.push((name.clone(), fpath));
             }
         }
@@ -759,11 +874,20 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             dimensions,
         });
     }
-    let stream_index = |name: &str| streams_out.iter().position(|s| s.name == name);
-    let all_stream_names: Vec<String> = streams_out.iter().map(|s| s.name.clone()).collect();
+    streams_out
+}
 
-    // ---- routes
-    let routes: BTreeMap<String, Route> = routes_raw
+fn stream_index(streams: &[Stream], name: &str) -> Option<usize> {
+    streams.iter().position(|s| s.name == name)
+}
+
+fn stream_names(streams: &[Stream]) -> Vec<&str> {
+    streams.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// `routes:`
+fn routes_section(routes_raw: Vec<(String, RawRoute)>) -> BTreeMap<String, Route> {
+    routes_raw
         .into_iter()
         .map(|(k, r)| {
             (
@@ -774,108 +898,56 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
                 },
             )
         })
-        .collect();
-    let route_names: Vec<&str> = routes.keys().map(String::as_str).collect();
-    let check_route = |ctx: &mut Ctx, p: &str, r: &str| {
-        if !routes.contains_key(r) {
-            ctx.push(
-                p,
-                format!(
-                    "unknown route `{r}`{}; defined routes: {}",
-                    suggest(r, route_names.iter().copied()),
-                    if route_names.is_empty() {
-                        "none (add a `routes:` section)".into()
-                    } else {
-                        list(&route_names)
-                    }
-                ),
-            );
-        }
-    };
+        .collect()
+}
 
-    // ---- workflows
+/// A reference to a route must name a defined one.
+fn check_route(ctx: &mut Ctx, routes: &BTreeMap<String, Route>, p: &str, r: &str) {
+    if !routes.contains_key(r) {
+        let route_names: Vec<&str> = routes.keys().map(String::as_str).collect();
+        ctx.push(
+            p,
+            format!(
+                "unknown route `{r}`{}; defined routes: {}",
+                suggest(r, route_names.iter().copied()),
+                if route_names.is_empty() {
+                    "none (add a `routes:` section)".into()
+                } else {
+                    list(&route_names)
+                }
+            ),
+        );
+    }
+}
+
+/// `workflows:`
+fn workflows_section(
+    ctx: &mut Ctx,
+    workflows: &[(usize, RawWorkflow)],
+    streams: &[Stream],
+    routes: &BTreeMap<String, Route>,
+) -> Vec<Workflow> {
     let mut workflow_names = HashSet::new();
-    let mut workflows_out = Vec::new();
-    for (i, w) in &workflows {
+    let mut out = Vec::new();
+    for (i, w) in workflows {
         let p = format!("workflows[{i}]");
         check_name(
-            &mut ctx,
+            ctx,
             &format!("{p}.name"),
             &w.name,
             &mut workflow_names,
             "workflow",
         );
-        if w.stages.len() < 2 {
-            ctx.push(
-                format!("{p}.stages"),
-                format!("{} stage(s); a workflow is a chain of at least 2 stages (a start and the stage that closes it)", w.stages.len()),
-            );
-        }
-        let mut stage_names = HashSet::new();
-        let mut stages = Vec::new();
-        for (j, st) in w.stages.iter().enumerate() {
-            let sp = format!("{p}.stages[{j}]");
-            check_name(
-                &mut ctx,
-                &format!("{sp}.name"),
-                &st.name,
-                &mut stage_names,
-                "stage",
-            );
-            match stream_index(&st.stream) {
-                Some(idx) => {
-                    if streams_out[idx].role == Role::Signals {
-                        ctx.push(
-                            format!("{sp}.stream"),
-                            format!(
-                                "stream `{}` has role `signals`; stages need a `stages` stream",
-                                st.stream
-                            ),
-                        );
-                    }
-                    if st.event_type.is_some() && streams_out[idx].event_type.is_none() {
-                        ctx.push(format!("{sp}.event_type"), format!("stream `{}` has no `fields.event_type`, so stages cannot filter on a type", st.stream));
-                    }
-                    stages.push(Stage {
-                        name: st.name.clone(),
-                        stream: idx,
-                        event_type: st.event_type.clone(),
-                    });
-                }
-                None => ctx.push(
-                    format!("{sp}.stream"),
-                    format!(
-                        "unknown stream `{}`{}; defined streams: {}",
-                        st.stream,
-                        suggest(&st.stream, all_stream_names.iter().map(String::as_str)),
-                        list(
-                            &all_stream_names
-                                .iter()
-                                .map(String::as_str)
-                                .collect::<Vec<_>>()
-                        )
-                    ),
-                ),
-            }
-        }
-        let mut seen_pairs = HashSet::new();
-        for st in &stages {
-            if !seen_pairs.insert((st.stream, st.event_type.clone())) {
-                ctx.push(
-                    format!("{p}.stages"),
-                    format!("two stages read stream `{}` with the same event_type; give each its own `event_type`", streams_out[st.stream].name),
-                );
-            }
-        }
+        let stages = workflow_stages(ctx, &p, w, streams);
         let sp = format!("{p}.sla");
         let warn = duration(
-            &mut ctx,
+            ctx,
             &format!("{sp}.warn"),
             Some(&w.sla.warn),
             Duration::from_secs(60),
         );
         let critical = duration(
-            &mut ctx,
+            ctx,
             &format!("{sp}.critical"),
             Some(&w.sla.critical),
             Duration::from_secs(120),
@@ -890,90 +962,37 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             );
         }
         let window = duration(
-            &mut ctx,
+            ctx,
             &format!("{p}.window"),
             Some(&w.window),
             Duration::from_secs(3600),
         );
-        let mut business_hours = Vec::new();
-        for (j, bh) in w.sla.business_hours.iter().enumerate() {
-            let bp = format!("{sp}.business_hours[{j}]");
-            let timezone = bh.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
-                ctx.push(format!("{bp}.timezone"), format!("unknown time zone `{}`; expected an IANA name like `Europe/Brussels` or `UTC`", bh.timezone));
-            });
-            let days = parse_weekdays(&mut ctx, &format!("{bp}.days"), &bh.days);
-            let from = parse_time(&mut ctx, &format!("{bp}.from"), &bh.from);
-            let to = parse_time(&mut ctx, &format!("{bp}.to"), &bh.to);
-            if let (Some(f), Some(t)) = (from, to) {
-                if f >= t {
-                    ctx.push(format!("{bp}.to"), format!("`{}` must be after from `{}` (windows across midnight: use two entries)", bh.to, bh.from));
-                }
-            }
-            let bwarn = duration(&mut ctx, &format!("{bp}.warn"), Some(&bh.warn), warn);
-            let bcrit = duration(
-                &mut ctx,
-                &format!("{bp}.critical"),
-                Some(&bh.critical),
-                critical,
-            );
-            if bwarn >= bcrit {
-                ctx.push(
-                    &bp,
-                    format!(
-                        "warn `{}` must be shorter than critical `{}`",
-                        bh.warn, bh.critical
-                    ),
-                );
-            }
-            if window < bcrit {
-                ctx.push(&bp, format!("critical `{}` is longer than the workflow window `{}`; the correlation would be dropped before it can breach", bh.critical, w.window));
-            }
-            if let (Ok(tz), Some(from), Some(to)) = (timezone, from, to) {
-                business_hours.push(BusinessHours {
-                    timezone: tz,
-                    days,
-                    from,
-                    to,
-                    warn: bwarn,
-                    critical: bcrit,
-                });
-            }
-        }
+        let business_hours = w
+            .sla
+            .business_hours
+            .iter()
+            .enumerate()
+            .filter_map(|(j, bh)| {
+                business_hours(
+                    ctx,
+                    &format!("{sp}.business_hours[{j}]"),
+                    bh,
+                    w,
+                    (warn, critical, window),
+                )
+            })
+            .collect();
         if window < critical {
             ctx.push(
                 format!("{p}.window"),
                 format!("`{}` is shorter than the critical SLA `{}`; the window must cover it so the critical breach can fire", w.window, w.sla.critical),
             );
         }
-        let provided: BTreeSet<&str> = stages
-            .iter()
-            .flat_map(|s| {
-                streams_out[s.stream]
-                    .dimensions
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-            })
-            .collect();
-        for (j, d) in w.dimensions.iter().enumerate() {
-            if !provided.contains(d.as_str()) {
-                ctx.push(
-                    format!("{p}.dimensions[{j}]"),
-                    format!(
-                        "no stage stream of this workflow provides dimension `{d}`{}; provided: {}",
-                        suggest(d, provided.iter().copied()),
-                        if provided.is_empty() {
-                            "none".to_string()
-                        } else {
-                            list(&provided.iter().copied().collect::<Vec<_>>())
-                        }
-                    ),
-                );
-            }
-        }
+        workflow_dimensions(ctx, &p, w, &stages, streams);
         if let Some(r) = &w.route {
-            check_route(&mut ctx, &format!("{p}.route"), r);
+            check_route(ctx, routes, &format!("{p}.route"), r);
         }
-        workflows_out.push(Workflow {
+        out.push(Workflow {
             name: w.name.clone(),
             description: w.description.clone(),
             stages,
@@ -987,15 +1006,164 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             route: w.route.clone(),
         });
     }
-    if workflows.is_empty()
-        && root.get("workflows").is_some_and(|v| !v.is_null())
-        && ctx.problems.is_empty()
-    {
-        ctx.push("workflows", "empty; at least one workflow is required");
-    }
+    out
+}
 
-    // ---- backlog
-    let backlog = backlog.unwrap_or_default();
+/// The stage chain of workflow `p`: names, streams they read, event types.
+fn workflow_stages(ctx: &mut Ctx, p: &str, w: &RawWorkflow, streams: &[Stream]) -> Vec<Stage> {
+    if w.stages.len() < 2 {
+        ctx.push(
+            format!("{p}.stages"),
+            format!("{} stage(s); a workflow is a chain of at least 2 stages (a start and the stage that closes it)", w.stages.len()),
+        );
+    }
+    let mut stage_names = HashSet::new();
+    let mut stages = Vec::new();
+    for (j, st) in w.stages.iter().enumerate() {
+        let sp = format!("{p}.stages[{j}]");
+        check_name(
+            ctx,
+            &format!("{sp}.name"),
+            &st.name,
+            &mut stage_names,
+            "stage",
+        );
+        match stream_index(streams, &st.stream) {
+            Some(idx) => {
+                if streams[idx].role == Role::Signals {
+                    ctx.push(
+                        format!("{sp}.stream"),
+                        format!(
+                            "stream `{}` has role `signals`; stages need a `stages` stream",
+                            st.stream
+                        ),
+                    );
+                }
+                if st.event_type.is_some() && streams[idx].event_type.is_none() {
+                    ctx.push(format!("{sp}.event_type"), format!("stream `{}` has no `fields.event_type`, so stages cannot filter on a type", st.stream));
+                }
+                stages.push(Stage {
+                    name: st.name.clone(),
+                    stream: idx,
+                    event_type: st.event_type.clone(),
+                });
+            }
+            None => {
+                let names = stream_names(streams);
+                ctx.push(
+                    format!("{sp}.stream"),
+                    format!(
+                        "unknown stream `{}`{}; defined streams: {}",
+                        st.stream,
+                        suggest(&st.stream, names.iter().copied()),
+                        list(&names)
+                    ),
+                )
+            }
+        }
+    }
+    let mut seen_pairs = HashSet::new();
+    for st in &stages {
+        if !seen_pairs.insert((st.stream, st.event_type.clone())) {
+            ctx.push(
+                format!("{p}.stages"),
+                format!("two stages read stream `{}` with the same event_type; give each its own `event_type`", streams[st.stream].name),
+            );
+        }
+    }
+    stages
+}
+
+/// One business-hours override at `bp`; `sla` is the workflow's (warn, critical, window).
+fn business_hours(
+    ctx: &mut Ctx,
+    bp: &str,
+    bh: &RawBusinessHours,
+    w: &RawWorkflow,
+    (warn, critical, window): (Duration, Duration, Duration),
+) -> Option<BusinessHours> {
+    let timezone = bh.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+        ctx.push(
+            format!("{bp}.timezone"),
+            format!(
+                "unknown time zone `{}`; expected an IANA name like `Europe/Brussels` or `UTC`",
+                bh.timezone
+            ),
+        );
+    });
+    let days = parse_weekdays(ctx, &format!("{bp}.days"), &bh.days);
+    let from = parse_time(ctx, &format!("{bp}.from"), &bh.from);
+    let to = parse_time(ctx, &format!("{bp}.to"), &bh.to);
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            ctx.push(
+                format!("{bp}.to"),
+                format!(
+                    "`{}` must be after from `{}` (windows across midnight: use two entries)",
+                    bh.to, bh.from
+                ),
+            );
+        }
+    }
+    let bwarn = duration(ctx, &format!("{bp}.warn"), Some(&bh.warn), warn);
+    let bcrit = duration(ctx, &format!("{bp}.critical"), Some(&bh.critical), critical);
+    if bwarn >= bcrit {
+        ctx.push(
+            bp,
+            format!(
+                "warn `{}` must be shorter than critical `{}`",
+                bh.warn, bh.critical
+            ),
+        );
+    }
+    if window < bcrit {
+        ctx.push(bp, format!("critical `{}` is longer than the workflow window `{}`; the correlation would be dropped before it can breach", bh.critical, w.window));
+    }
+    match (timezone, from, to) {
+        (Ok(tz), Some(from), Some(to)) => Some(BusinessHours {
+            timezone: tz,
+            days,
+            from,
+            to,
+            warn: bwarn,
+            critical: bcrit,
+        }),
+        _ => None,
+    }
+}
+
+/// A workflow's dimensions must be provided by one of its stage streams.
+fn workflow_dimensions(
+    ctx: &mut Ctx,
+    p: &str,
+    w: &RawWorkflow,
+    stages: &[Stage],
+    streams: &[Stream],
+) {
+    let provided: BTreeSet<&str> = stages
+        .iter()
+        .flat_map(|s| streams[s.stream].dimensions.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    for (j, d) in w.dimensions.iter().enumerate() {
+        if !provided.contains(d.as_str()) {
+            ctx.push(
+                format!("{p}.dimensions[{j}]"),
+                format!(
+                    "no stage stream of this workflow provides dimension `{d}`{}; provided: {}",
+                    suggest(d, provided.iter().copied()),
+                    if provided.is_empty() {
+                        "none".to_string()
+                    } else {
+                        list(&provided.iter().copied().collect::<Vec<_>>())
+                    }
+                ),
+            );
+        }
+    }
+}
+
+/// `backlog:`
+fn backlog_section(ctx: &mut Ctx, backlog: RawBacklog) -> Backlog {
     let mut groups = Vec::new();
     let mut group_names = HashSet::new();
     for (i, g) in backlog.groups.iter().enumerate() {
@@ -1022,7 +1190,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             ),
         }
     }
-    let backlog_window = match backlog.window {
+    let window = match backlog.window {
         None => 10,
         Some(n) if n >= 2 => usize::try_from(n).unwrap_or(usize::MAX),
         Some(n) => {
@@ -1033,86 +1201,39 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             10
         }
     };
-    let backlog = Backlog {
+    Backlog {
         interval: duration(
-            &mut ctx,
+            ctx,
             "backlog.interval",
             backlog.interval.as_deref(),
             Duration::from_secs(30),
         ),
-        window: backlog_window,
+        window,
         groups,
-    };
+    }
+}
 
-    // ---- causes
+/// `causes:`
+fn causes_section(
+    ctx: &mut Ctx,
+    causes: &[(usize, RawCause)],
+    streams: &[Stream],
+    routes: &BTreeMap<String, Route>,
+    backlog: &Backlog,
+) -> Vec<Cause> {
     let mut cause_names = HashSet::new();
-    let mut causes_out = Vec::new();
-    for (i, c) in &causes {
+    let mut out = Vec::new();
+    for (i, c) in causes {
         let p = format!("causes[{i}]");
         check_name(
-            &mut ctx,
+            ctx,
             &format!("{p}.name"),
             &c.name,
             &mut cause_names,
             "cause",
         );
-        check_route(&mut ctx, &format!("{p}.route"), &c.route);
-        let matcher = match (&c.signal_stream, &c.segment, &c.group) {
-            (Some(s), None, None) => match stream_index(s) {
-                Some(idx) if streams_out[idx].role == Role::Signals => Some(CauseMatch::Signal {
-                    stream: idx,
-                    event_type: c.signal_type.clone(),
-                }),
-                Some(_) => {
-                    ctx.push(
-                        format!("{p}.signal_stream"),
-                        format!(
-                            "stream `{s}` is not a `signals` stream; set `role: signals` on it"
-                        ),
-                    );
-                    None
-                }
-                None => {
-                    ctx.push(
-                        format!("{p}.signal_stream"),
-                        format!(
-                            "unknown stream `{s}`{}",
-                            suggest(s, all_stream_names.iter().map(String::as_str))
-                        ),
-                    );
-                    None
-                }
-            },
-            (None, Some(seg), None) => match LagSegment::parse(seg) {
-                Some(s) => Some(CauseMatch::Segment(s)),
-                None => {
-                    ctx.push(
-                        format!("{p}.segment"),
-                        format!(
-                            "unknown segment `{seg}`; expected one of {}",
-                            list(LagSegment::NAMES)
-                        ),
-                    );
-                    None
-                }
-            },
-            (None, None, Some(g)) => {
-                if !backlog.groups.iter().any(|sel| sel.matches(g)) {
-                    ctx.push(
-                        format!("{p}.group"),
-                        format!("group `{g}` is not watched; add it under `backlog.groups`"),
-                    );
-                }
-                Some(CauseMatch::Group(g.clone()))
-            }
-            _ => {
-                ctx.push(
-                    &p,
-                    "give exactly one of `signal_stream`, `segment` or `group`",
-                );
-                None
-            }
-        };
+        check_route(ctx, routes, &format!("{p}.route"), &c.route);
+        let matcher = cause_matcher(ctx, &p, c, streams, backlog);
         if c.signal_type.is_some() && c.signal_stream.is_none() {
             ctx.push(
                 format!("{p}.signal_type"),
@@ -1120,7 +1241,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             );
         }
         if let Some(matcher) = matcher {
-            causes_out.push(Cause {
+            out.push(Cause {
                 name: c.name.clone(),
                 description: c.description.clone(),
                 matcher,
@@ -1128,9 +1249,72 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             });
         }
     }
+    out
+}
 
-    // ---- masking
-    let masking = masking.unwrap_or_default();
+/// What cause `p` matches on: exactly one of a signal stream, a segment or a group.
+fn cause_matcher(
+    ctx: &mut Ctx,
+    p: &str,
+    c: &RawCause,
+    streams: &[Stream],
+    backlog: &Backlog,
+) -> Option<CauseMatch> {
+    match (&c.signal_stream, &c.segment, &c.group) {
+        (Some(s), None, None) => match stream_index(streams, s) {
+            Some(idx) if streams[idx].role == Role::Signals => Some(CauseMatch::Signal {
+                stream: idx,
+                event_type: c.signal_type.clone(),
+            }),
+            Some(_) => {
+                ctx.push(
+                    format!("{p}.signal_stream"),
+                    format!("stream `{s}` is not a `signals` stream; set `role: signals` on it"),
+                );
+                None
+            }
+            None => {
+                ctx.push(
+                    format!("{p}.signal_stream"),
+                    format!("unknown stream `{s}`{}", suggest(s, stream_names(streams))),
+                );
+                None
+            }
+        },
+        (None, Some(seg), None) => match LagSegment::parse(seg) {
+            Some(s) => Some(CauseMatch::Segment(s)),
+            None => {
+                ctx.push(
+                    format!("{p}.segment"),
+                    format!(
+                        "unknown segment `{seg}`; expected one of {}",
+                        list(LagSegment::NAMES)
+                    ),
+                );
+                None
+            }
+        },
+        (None, None, Some(g)) => {
+            if !backlog.groups.iter().any(|sel| sel.matches(g)) {
+                ctx.push(
+                    format!("{p}.group"),
+                    format!("group `{g}` is not watched; add it under `backlog.groups`"),
+                );
+            }
+            Some(CauseMatch::Group(g.clone()))
+        }
+        _ => {
+            ctx.push(
+                p,
+                "give exactly one of `signal_stream`, `segment` or `group`",
+            );
+            None
+        }
+    }
+}
+
+/// `masking:`
+fn masking_section(ctx: &mut Ctx, masking: RawMasking, streams: &[Stream]) -> Masking {
     let masking = Masking {
         key_env: masking.key_env,
         correlation_ids: masking.correlation_ids.unwrap_or(false),
@@ -1142,7 +1326,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             "missing; masking needs the name of an environment variable holding the HMAC key",
         );
     }
-    let all_dims: BTreeSet<&str> = streams_out
+    let all_dims: BTreeSet<&str> = streams
         .iter()
         .flat_map(|s| s.dimensions.iter().map(|(n, _)| n.as_str()))
         .collect();
@@ -1157,22 +1341,5 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             );
         }
     }
-
-    if ctx.problems.is_empty() {
-        Ok(Topology {
-            service,
-            kafka,
-            registry,
-            outputs,
-            masking,
-            store,
-            streams: streams_out,
-            workflows: workflows_out,
-            causes: causes_out,
-            routes,
-            backlog,
-        })
-    } else {
-        Err(ctx.problems)
-    }
+    masking
 }

@@ -15,7 +15,8 @@ pub mod avro;
 pub mod extract;
 pub mod time;
 
-use crate::config::{Format, Stream, Topology};
+use crate::config::{EventTimePolicy, Format, Stream, Topology};
+use crate::telemetry::names;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -108,6 +109,7 @@ pub struct Decoder {
     streams: Vec<Stream>,
     by_topic: HashMap<String, usize>,
     avro: Option<avro::RegistryDecoder>,
+    event_time: EventTimePolicy,
 }
 
 impl Decoder {
@@ -118,10 +120,16 @@ impl Decoder {
             .enumerate()
             .map(|(i, s)| (s.topic.clone(), i))
             .collect();
+        let event_time = topology.service.event_time;
+        for s in &topology.streams {
+            // The series exists from start-up, so a dashboard shows 0 rather than nothing.
+            metrics::counter!(names::EVENT_TIME_VIOLATIONS_TOTAL, "topic" => s.topic.clone(), "action" => event_time.on_violation.name()).increment(0);
+        }
         Decoder {
             streams: topology.streams.clone(),
             by_topic,
             avro: topology.registry.as_ref().map(avro::RegistryDecoder::new),
+            event_time,
         }
     }
 
@@ -152,7 +160,7 @@ impl Decoder {
             Format::DebeziumCdc => debezium_envelope(parse_json(bytes)?)?,
             Format::DebeziumOutbox => outbox_payload(parse_json(bytes)?),
         };
-        fields(stream_idx, stream, &payload, record)
+        fields(stream_idx, stream, &payload, record, &self.event_time)
     }
 }
 
@@ -198,6 +206,7 @@ fn fields(
     stream: &Stream,
     payload: &Value,
     record: &RecordView<'_>,
+    policy: &EventTimePolicy,
 ) -> Result<Decoded, DecodeError> {
     let cid_path = stream.correlation_id.to_string();
     let correlation_id = match extract::extract(&stream.correlation_id, payload, record) {
@@ -223,12 +232,14 @@ fn fields(
         Some(p) => match extract::extract(p, payload, record) {
             None => None,
             Some(v) => {
-                Some(
-                    time::parse_timestamp(&v).map_err(|why| DecodeError::BadTimestamp {
-                        path: p.to_string(),
-                        why,
-                    })?,
-                )
+                let t = time::parse_timestamp(&v).map_err(|why| DecodeError::BadTimestamp {
+                    path: p.to_string(),
+                    why,
+                })?;
+                checked_event_time(policy, t, record).map_err(|why| DecodeError::BadTimestamp {
+                    path: p.to_string(),
+                    why,
+                })?
             }
         },
     };
@@ -248,6 +259,38 @@ fn fields(
         kafka_time_ms: record.timestamp_ms,
         dimensions,
     })
+}
+
+/// Applies the `service.event_time` policy to a parsed payload time: the time to use
+/// (`None`: place the record at its Kafka time), or why the record is dead-lettered.
+/// Either way a violation is counted.
+fn checked_event_time(
+    policy: &EventTimePolicy,
+    event_ms: i64,
+    record: &RecordView<'_>,
+) -> Result<Option<i64>, String> {
+    let reference = match record.timestamp_ms {
+        Some(k) if k >= 0 => time::Reference::Kafka(k),
+        _ => time::Reference::ReadAt(crate::service::wall_ms()),
+    };
+    let count = || {
+        metrics::counter!(names::EVENT_TIME_VIOLATIONS_TOTAL, "topic" => record.topic.to_string(), "action" => policy.on_violation.name()).increment(1);
+    };
+    match time::judge_event_time(policy, event_ms, reference) {
+        time::EventTimeVerdict::Valid(t) => Ok(Some(t)),
+        time::EventTimeVerdict::Replaced {
+            event_time_ms,
+            violation,
+        } => {
+            count();
+            tracing::debug!(topic = record.topic, partition = record.partition, offset = record.offset, %violation, "event time out of tolerance; using the Kafka time");
+            Ok(event_time_ms)
+        }
+        time::EventTimeVerdict::Rejected(violation) => {
+            count();
+            Err(violation.to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +409,76 @@ workflows:
                 .reason(),
             "not_debezium"
         );
+    }
+
+    fn run_with(yaml: &str, r: RecordView<'_>) -> Result<Decoded, DecodeError> {
+        let t = Topology::from_yaml_str("t", yaml, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Decoder::new(&t).decode(&r))
+    }
+
+    #[test]
+    fn event_times_out_of_tolerance_fall_back_to_the_kafka_time() {
+        // The record's Kafka time is 2025-11-27T08:01:00Z.
+        let far_future = br#"{"order":{"ref":"SO-1"},"created_at":"9999-12-31T00:00:00Z"}"#;
+        let d = run(view("orders", far_future, &[])).unwrap();
+        assert_eq!(
+            d.event_time_ms, None,
+            "the engine places it at its Kafka time"
+        );
+        assert_eq!(d.kafka_time_ms, Some(1_764_230_460_000));
+        let negative = br#"{"order":{"ref":"SO-2"},"created_at":-1000000000}"#;
+        assert_eq!(
+            run(view("orders", negative, &[])).unwrap().event_time_ms,
+            None
+        );
+        // Within 5 minutes ahead: clock skew, kept.
+        let skewed = br#"{"order":{"ref":"SO-3"},"created_at":"2025-11-27T08:05:00Z"}"#;
+        assert_eq!(
+            run(view("orders", skewed, &[])).unwrap().event_time_ms,
+            Some(1_764_230_700_000)
+        );
+        // The ERP write time of an outbox record is checked the same way.
+        let headers = vec![("type".to_string(), Some(&b"sale.order.imported"[..]))];
+        let erp = br#"{"correlation_id":"SO-1","write_date":"1938-04-24 22:13:20"}"#;
+        assert_eq!(
+            run(view("outbox", erp, &headers)).unwrap().event_time_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn event_times_out_of_tolerance_can_be_dead_lettered() {
+        let yaml = format!(
+            "service:\n  event_time: {{ max_ahead: 1m, max_behind: 2h, on_violation: dead_letter }}\n{YAML}"
+        );
+        let late = br#"{"order":{"ref":"SO-1"},"created_at":"2025-11-27T05:00:00Z"}"#;
+        let e = run_with(&yaml, view("orders", late, &[])).unwrap_err();
+        assert_eq!(e.reason(), "bad_timestamp");
+        assert_eq!(e.to_string(), "bad event time at `$.created_at`: event time 2025-11-27T05:00:00+00:00 is 3h1m behind the record's Kafka time 2025-11-27T08:01:00+00:00; at most 2h is accepted (service.event_time.max_behind)");
+        let headers = vec![("type".to_string(), Some(&b"sale.order.imported"[..]))];
+        let erp = br#"{"correlation_id":"SO-1","write_date":"2025-11-27 08:03:00"}"#;
+        let e = run_with(&yaml, view("outbox", erp, &headers)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is 2m ahead of the record's Kafka time"),
+            "{e}"
+        );
+        let ok = br#"{"order":{"ref":"SO-1"},"created_at":"2025-11-27T07:00:00Z"}"#;
+        assert!(run_with(&yaml, view("orders", ok, &[])).is_ok());
+        // No Kafka time: a lead over the read time is still caught.
+        let mut no_ts = view(
+            "orders",
+            br#"{"order":{"ref":"SO-9"},"created_at":"9999-01-01T00:00:00Z"}"#,
+            &[],
+        );
+        no_ts.timestamp_ms = None;
+        assert!(run_with(&yaml, no_ts)
+            .unwrap_err()
+            .to_string()
+            .contains("the time it was read"));
     }
 
     #[test]

@@ -297,7 +297,7 @@ pub fn spawn_probe(topology: &Topology, health: InputHealth, shutdown: Cancellat
     let mut topics: Vec<String> = topology.streams.iter().map(|s| s.topic.clone()).collect();
     topics.sort();
     topics.dedup();
-    let mut cfg = crate::emit::producer::client_config(topology);
+    let mut cfg = crate::config::kafka::admin_config(topology);
     // The probe must never create the topics it asks about (brokers with
     // auto.create.topics.enable would), and must notice a returning cluster quickly.
     cfg.set("allow.auto.create.topics", "false")

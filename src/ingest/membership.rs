@@ -122,7 +122,7 @@ pub fn count_instances<'a>(
 /// group's members, export the number of instances, and log an ERROR when another
 /// instance is in the group.
 pub fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
-    let cfg = crate::emit::producer::client_config(topology);
+    let cfg = crate::config::kafka::admin_config(topology);
     let group = topology.service.group_id.clone();
     let own = own_client_id(topology);
     tokio::spawn(async move {

@@ -104,7 +104,10 @@ impl Rules {
     }
 
     /// Timestamps of a decoded record: the payload time is a source event time, or the
-    /// ERP write time on `erp_time` streams (outbox / CDC).
+    /// ERP write time on `erp_time` streams (outbox / CDC). The decoder has already held
+    /// the payload time against the `service.event_time` tolerance; when it replaced an
+    /// out-of-tolerance time, `event_time_ms` is `None` here and the engine places the
+    /// record at its Kafka time, leaving out the lag segments that need the payload time.
     pub fn timestamps(&self, d: &Decoded) -> Timestamps {
         if self.erp_time.get(d.stream).copied().unwrap_or(false) {
             Timestamps {

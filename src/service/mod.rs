@@ -27,7 +27,7 @@ use crate::decode::Decoder;
 use crate::emit::emitter::{Emitter, Output};
 use crate::emit::events::LagSummary;
 use crate::emit::http::{self, ApiState};
-use crate::emit::producer::{client_config, Outputs};
+use crate::emit::producer::Outputs;
 use crate::ingest::commit::CommitGate;
 use crate::ingest::ends::{self, Ends};
 use crate::ingest::{cached_watermarks, IngestContext, OffsetTracker, Shared, Tp};
@@ -155,16 +155,9 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         ..Shared::default()
     });
     crate::ingest::health::spawn_probe(&topology, api.ready.inputs.clone(), shutdown.clone());
-    let mut cfg = client_config(&topology);
-    cfg.set("group.id", &topology.service.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "100")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("topic.metadata.refresh.interval.ms", "5000");
+    // synclag's defaults, then the user's kafka.properties, then what correctness needs
+    // (config::kafka has the table).
+    let mut cfg = crate::config::kafka::consumer_config(&topology);
     for (key, value) in crate::ingest::membership::consumer_settings(&topology) {
         cfg.set(key, value);
     }
@@ -184,7 +177,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     let stop_prober = CancellationToken::new();
     let assigned: ends::Assigned = Arc::new(Mutex::new(Vec::new()));
     let mut ends_rx = {
-        let mut probe_cfg = client_config(&topology);
+        let mut probe_cfg = crate::config::kafka::admin_config(&topology);
         probe_cfg.set("isolation.level", "read_committed");
         ends::spawn(probe_cfg, assigned.clone(), stop_prober.clone())
             .map_err(|e| RunError::Kafka(format!("end-offset reader: {e}")))?

@@ -211,6 +211,13 @@ pub fn describe_all() {
         Unit::Count,
         "Listings of synclag's own consumer group by the one-instance watch, by result (ok, error)."
     );
+
+    // ---- event-time policy (src/decode/time.rs, service.event_time)
+    metrics::describe_counter!(
+        EVENT_TIME_VIOLATIONS_TOTAL,
+        metrics::Unit::Count,
+        "Records whose payload time was out of tolerance against their Kafka time (service.event_time), by topic and action (use_kafka_time, dead_letter)."
+    );
 }
 
 // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
@@ -285,3 +292,6 @@ pub const STAGES_AFTER_COMPLETION_TOTAL: &str = "synclag_stages_after_completion
 pub const INPUT_TOPIC_MISSING: &str = "synclag_input_topic_missing";
 pub const KAFKA_REACHABLE: &str = "synclag_kafka_reachable";
 pub const GROUP_MEMBER_CHECKS_TOTAL: &str = "synclag_group_member_checks_total";
+
+// ---- event-time policy (src/decode/time.rs, service.event_time)
+pub const EVENT_TIME_VIOLATIONS_TOTAL: &str = "synclag_event_time_violations_total";
