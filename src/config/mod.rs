@@ -50,10 +50,9 @@ pub struct Service {
     pub http_listen: SocketAddr,
     pub shutdown_timeout: Duration,
     pub lag_interval: Duration,
+    /// The stall budget: an input partition that neither moves nor confirms its end for
+    /// this long stops holding the clock back (see `correlate::clock`).
     pub idle_partition: Duration,
-    /// Records still in flight (fetch latency, producer linger) get this long past a
-    /// deadline before a breach is raised on the wall clock.
-    pub breach_grace: Duration,
     /// `group.instance.id` of the input consumer (static membership).
     pub instance_id: String,
     /// What an event time far from its record's Kafka time is taken for.

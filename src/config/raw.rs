@@ -34,9 +34,6 @@ pub struct RawService {
     pub lag_interval: Option<String>,
     /// After this long with no record, an input partition stops holding the watermark back.
     pub idle_partition: Option<String>,
-    /// How long past an SLA deadline synclag waits for records still in flight before it
-    /// raises the breach.
-    pub breach_grace: Option<String>,
     /// Static group membership id of this instance (`group.instance.id`); default
     /// `<group_id>-<hostname>`.
     pub instance_id: Option<String>,
@@ -44,7 +41,6 @@ pub struct RawService {
     pub event_time: Option<RawEventTime>,
 }
 pub const SERVICE_KEYS: &[&str] = &[
-    "breach_grace",
     "event_time",
     "group_id",
     "instance_id",

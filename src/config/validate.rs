@@ -619,12 +619,8 @@ fn service_section(ctx: &mut Ctx, service: RawService) -> Service {
             ctx,
             "service.idle_partition",
             service.idle_partition.as_deref(),
-            Duration::from_secs(30),
+            Duration::from_secs(10),
         ),
-        breach_grace: match service.breach_grace.as_deref() {
-            Some("0s") | Some("0ms") => Duration::ZERO,
-            other => duration(ctx, "service.breach_grace", other, Duration::from_secs(1)),
-        },
         event_time: event_time_policy(ctx, service.event_time.unwrap_or_default()),
     }
 }
