@@ -34,12 +34,146 @@ pub struct BreachEvent {
     /// Input partitions that may hold the missing stage but were stalled (`topic[p]: reason`).
     #[serde(default)]
     pub stalled_inputs: Vec<String>,
+    /// Fields cut by [`BreachEvent::bounded`]: a field name, or `dimensions.<key>` for one
+    /// dimension. Empty when the event is complete; absent in events written before it existed.
+    #[serde(default)]
+    pub truncated: Vec<String>,
+}
+
+/// Longest text, in bytes, a breach event carries in one field (an id, a stage or group
+/// name, one dimension key or value, one signal). Inputs decide these values, so without a
+/// bound one odd record could make the event too large for the topic and it would be lost.
+pub const BREACH_FIELD_MAX_BYTES: usize = 1024;
+
+/// Most entries a breach event carries in one list or map (signals, backlogged groups,
+/// dimensions, segments). With [`BREACH_FIELD_MAX_BYTES`] this keeps every event far below
+/// Kafka's default 1 MB message limit.
+pub const BREACH_LIST_MAX_ITEMS: usize = 32;
+
+/// Hex digits of the SHA-256 kept after a cut prefix: enough that two different long values
+/// never share a bounded form in practice, so keys and joins stay distinct.
+const CUT_HASH_HEX: usize = 32;
+
+/// Marks where a bounded text was cut, before the hash of the whole value.
+const CUT_MARK: &str = "…sha256:";
+
+/// `value` if it has at most `max` bytes; otherwise its longest prefix that leaves room for
+/// the cut mark and a hash of the whole value, so the result has at most `max` bytes, still
+/// tells which value it was, and the same value is always bounded the same way.
+pub fn bound_text(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    if value.len() <= max {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let room = max.saturating_sub(CUT_MARK.len() + CUT_HASH_HEX);
+    let mut cut = room.min(value.len());
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(value.as_bytes());
+    let mut out = String::with_capacity(cut + CUT_MARK.len() + CUT_HASH_HEX);
+    out.push_str(&value[..cut]);
+    out.push_str(CUT_MARK);
+    for byte in digest.iter().take(CUT_HASH_HEX / 2) {
+        let _ = write!(out, "{byte:02x}");
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Collects the names of what [`BreachEvent::bounded`] cut, each once, in field order.
+struct Cuts(Vec<String>);
+
+impl Cuts {
+    fn note(&mut self, field: &str) {
+        if !self.0.iter().any(|f| f == field) {
+            self.0.push(field.to_string());
+        }
+    }
+
+    fn text(&mut self, field: &str, value: &mut String) {
+        if let std::borrow::Cow::Owned(cut) = bound_text(value, BREACH_FIELD_MAX_BYTES) {
+            *value = cut;
+            self.note(field);
+        }
+    }
+
+    fn optional(&mut self, field: &str, value: &mut Option<String>) {
+        if let Some(v) = value {
+            self.text(field, v);
+        }
+    }
+
+    fn list(&mut self, field: &str, values: &mut Vec<String>) {
+        if values.len() > BREACH_LIST_MAX_ITEMS {
+            values.truncate(BREACH_LIST_MAX_ITEMS);
+            self.note(field);
+        }
+        for v in values.iter_mut() {
+            self.text(field, v);
+        }
+    }
+
+    /// Keys are cut like any text; a cut key keeps its prefix, so the order barely moves.
+    /// `value` bounds each value and may name it (`dimensions.<key>`) so the reader knows
+    /// which one was cut.
+    fn map<V>(
+        &mut self,
+        field: &str,
+        map: &mut BTreeMap<String, V>,
+        mut value: impl FnMut(&mut Self, &str, &mut V),
+    ) {
+        let fits = map.len() <= BREACH_LIST_MAX_ITEMS
+            && map.keys().all(|k| k.len() <= BREACH_FIELD_MAX_BYTES);
+        if !fits {
+            self.note(field);
+            *map = std::mem::take(map)
+                .into_iter()
+                .take(BREACH_LIST_MAX_ITEMS)
+                .map(|(k, v)| (bound_text(&k, BREACH_FIELD_MAX_BYTES).into_owned(), v))
+                .collect();
+        }
+        for (k, v) in map.iter_mut() {
+            value(self, k, v);
+        }
+    }
 }
 
 impl BreachEvent {
     /// Record key: workflow + correlation id, so consumers can compact and dedupe.
     pub fn key(&self) -> String {
         format!("{}/{}", self.workflow, self.correlation_id)
+    }
+
+    /// This event with every text at most [`BREACH_FIELD_MAX_BYTES`] and every list or map
+    /// at most [`BREACH_LIST_MAX_ITEMS`] long, and what was cut named in `truncated`. A cut
+    /// text keeps its prefix and gains a hash of the whole value (see [`bound_text`]).
+    /// Applying it again changes nothing.
+    pub fn bounded(&self) -> BreachEvent {
+        let mut ev = self.clone();
+        let mut cuts = Cuts(std::mem::take(&mut ev.truncated));
+        cuts.text("breach_id", &mut ev.breach_id);
+        cuts.text("kind", &mut ev.kind);
+        cuts.text("severity", &mut ev.severity);
+        cuts.text("workflow", &mut ev.workflow);
+        cuts.text("correlation_id", &mut ev.correlation_id);
+        cuts.optional("stage", &mut ev.stage);
+        cuts.optional("last_stage_seen", &mut ev.last_stage_seen);
+        cuts.map("dimensions", &mut ev.dimensions, |cuts, key, value| {
+            cuts.text(&format!("dimensions.{key}"), value);
+        });
+        cuts.map("segments_ms", &mut ev.segments_ms, |_, _, _| {});
+        cuts.optional("dominant_segment", &mut ev.dominant_segment);
+        cuts.optional("probable_cause", &mut ev.probable_cause);
+        cuts.optional("route", &mut ev.route);
+        cuts.optional("team", &mut ev.team);
+        cuts.list("signals", &mut ev.signals);
+        cuts.list("backlogged_groups", &mut ev.backlogged_groups);
+        cuts.list("stalled_inputs", &mut ev.stalled_inputs);
+        // Bounded too: one entry per field, plus one per dimension (bounded keys, at most
+        // BREACH_LIST_MAX_ITEMS of them); entries already there came from an earlier pass.
+        ev.truncated = cuts.0;
+        ev
     }
 }
 
@@ -89,6 +223,7 @@ mod tests {
             signals: vec!["carrier_api_throttled".into()],
             backlogged_groups: vec![],
             stalled_inputs: vec![],
+            truncated: vec![],
         }
     }
 
@@ -114,5 +249,142 @@ mod tests {
         assert_eq!(decoded, event);
         Schema::parse_str(LAG_SCHEMA).unwrap();
         assert_eq!(event.key(), "order_import/SO-1");
+    }
+
+    fn avro_bytes(schema: &Schema, event: &BreachEvent) -> Vec<u8> {
+        let value = apache_avro::to_value(event)
+            .unwrap()
+            .resolve(schema)
+            .unwrap();
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_small_event_is_left_as_it_is() {
+        let event = sample();
+        assert_eq!(event.bounded(), event);
+    }
+
+    #[test]
+    fn megabyte_fields_are_cut_to_a_prefix_and_a_hash_and_named() {
+        let mut event = sample();
+        event.correlation_id = "SO-".to_string() + &"x".repeat(1 << 20);
+        event
+            .dimensions
+            .insert("warehouse".into(), "W".repeat(1 << 20));
+        let bounded = event.bounded();
+        assert_eq!(
+            bounded.truncated,
+            vec!["correlation_id".to_string(), "dimensions.warehouse".into()]
+        );
+        assert!(bounded.correlation_id.len() <= BREACH_FIELD_MAX_BYTES);
+        assert!(bounded.correlation_id.starts_with("SO-xxx"));
+        assert!(bounded.correlation_id.contains("…sha256:"));
+        assert!(bounded.dimensions["warehouse"].len() <= BREACH_FIELD_MAX_BYTES);
+        // What fitted is untouched.
+        assert_eq!(bounded.dimensions["carrier"], "DHL");
+        assert_eq!(bounded.workflow, "order_import");
+        // The same value always bounds the same way; another long value with the same
+        // prefix does not collide with it.
+        assert_eq!(event.bounded().correlation_id, bounded.correlation_id);
+        let mut other = event.clone();
+        other.correlation_id.push('y');
+        assert_ne!(other.bounded().correlation_id, bounded.correlation_id);
+        assert_ne!(other.bounded().key(), bounded.key());
+        // Bounding twice changes nothing (the marks survive).
+        assert_eq!(bounded.bounded(), bounded);
+    }
+
+    #[test]
+    fn long_lists_and_maps_keep_the_first_entries() {
+        let mut event = sample();
+        event.signals = (0..100).map(|i| format!("s{i:03}")).collect();
+        event.backlogged_groups = vec!["g".repeat(5000)];
+        event.dimensions = (0..100).map(|i| (format!("d{i:03}"), "v".into())).collect();
+        let bounded = event.bounded();
+        assert_eq!(bounded.signals.len(), BREACH_LIST_MAX_ITEMS);
+        assert_eq!(bounded.signals[0], "s000");
+        assert_eq!(bounded.dimensions.len(), BREACH_LIST_MAX_ITEMS);
+        assert!(bounded.dimensions.contains_key("d000"));
+        assert!(bounded.backlogged_groups[0].len() <= BREACH_FIELD_MAX_BYTES);
+        assert_eq!(
+            bounded.truncated,
+            vec![
+                "dimensions".to_string(),
+                "signals".into(),
+                "backlogged_groups".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        // 'é' is two bytes: a cut in the middle of one would not be a string at all.
+        for extra in 0..4 {
+            let value = "a".repeat(extra) + &"é".repeat(3000);
+            let cut = bound_text(&value, BREACH_FIELD_MAX_BYTES);
+            assert!(cut.len() <= BREACH_FIELD_MAX_BYTES, "{}", cut.len());
+            assert!(cut.len() >= BREACH_FIELD_MAX_BYTES - 4, "{}", cut.len());
+        }
+        assert_eq!(bound_text("short", 10), "short");
+    }
+
+    #[test]
+    fn a_bounded_event_round_trips_through_avro_with_its_marks() {
+        let schema = Schema::parse_str(BREACH_SCHEMA).unwrap();
+        let mut event = sample();
+        event.correlation_id = "z".repeat(1 << 20);
+        let bounded = event.bounded();
+        let bytes = avro_bytes(&schema, &bounded);
+        assert!(bytes.len() < 16 * 1024, "{} bytes", bytes.len());
+        let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut bytes.as_slice())
+            .unwrap();
+        let decoded: BreachEvent = apache_avro::from_value(&back).unwrap();
+        assert_eq!(decoded, bounded);
+        assert_eq!(decoded.truncated, vec!["correlation_id".to_string()]);
+    }
+
+    #[test]
+    fn events_written_before_the_truncated_field_still_read() {
+        // Backward compatibility: a reader on the current schema reads an event written
+        // with the schema that had no `truncated` field (Avro default), and so does JSON.
+        let current = Schema::parse_str(BREACH_SCHEMA).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(BREACH_SCHEMA).unwrap();
+        let fields = json["fields"].as_array_mut().unwrap();
+        fields.retain(|f| f["name"] != "truncated");
+        let previous = Schema::parse_str(&json.to_string()).unwrap();
+        let event = sample();
+        let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(&event).unwrap()
+        else {
+            panic!("a struct serializes to an Avro record");
+        };
+        fields.retain(|(name, _)| name != "truncated");
+        let written = apache_avro::types::Value::Record(fields)
+            .resolve(&previous)
+            .unwrap();
+        let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&previous)
+            .build()
+            .unwrap()
+            .write_value_to_vec(written)
+            .unwrap();
+        let back = apache_avro::reader::datum::GenericDatumReader::builder(&previous)
+            .reader_schema(&current)
+            .build()
+            .unwrap()
+            .read_value(&mut bytes.as_slice())
+            .unwrap();
+        let decoded: BreachEvent = apache_avro::from_value(&back).unwrap();
+        assert_eq!(decoded, event);
+        let mut old_json = serde_json::to_value(&event).unwrap();
+        old_json.as_object_mut().unwrap().remove("truncated");
+        let from_json: BreachEvent = serde_json::from_value(old_json).unwrap();
+        assert_eq!(from_json, event);
     }
 }

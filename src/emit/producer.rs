@@ -1,21 +1,78 @@
 //! Kafka output: breach and lag events (Avro through the registry, or JSON), dead letters.
 //!
-//! Delivery is awaited for breach events (they are what alerting depends on); retries
-//! are librdkafka's (`message.timeout.ms` bounds them). Failures are counted, never
-//! silent.
+//! Every output goes the same way: `enqueue_*` hands the record to librdkafka without
+//! waiting for the broker and returns an [`Acknowledgement`], a future that resolves once
+//! the broker has the record (or librdkafka gave up on it). So the pipeline can keep many
+//! records in flight and still learn, per record, when its output is safe. Enqueueing waits
+//! only while librdkafka's local queue is full (back-pressure, counted); synclag sets no
+//! delivery deadline of its own. Order of enqueue calls is the order on each partition.
+//!
+//! Every output fits the topic whatever the input held: breach events are bounded field by
+//! field ([`BreachEvent::bounded`]), dead letters as a whole ([`DEAD_LETTER_MAX_BYTES`]), and
+//! what was cut is marked in the output and counted.
 
-use super::events::{BreachEvent, LagSummary, BREACH_SCHEMA, LAG_SCHEMA};
+use super::events::{bound_text, BreachEvent, LagSummary, BREACH_SCHEMA, LAG_SCHEMA};
 use crate::config::Topology;
+use crate::decode::RecordView;
 use crate::telemetry::names;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use serde::Serialize;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Largest dead letter synclag writes (key, value and headers together), unless
+/// `kafka.properties` sets a smaller `message.max.bytes`. Kafka's default limit is 1 MB for
+/// a whole record batch (`max.message.bytes`, 1,048,588) and librdkafka refuses messages over
+/// its own `message.max.bytes` (1,000,000); this leaves room for the batch and record framing.
+pub const DEAD_LETTER_MAX_BYTES: usize = 900 * 1024;
+
+/// Longest key a dead letter keeps; a longer one keeps its first bytes.
+pub const DEAD_LETTER_KEY_MAX_BYTES: usize = 16 * 1024;
+
+/// Longest value of one copied input header; a longer one keeps its first bytes.
+pub const DEAD_LETTER_HEADER_VALUE_MAX_BYTES: usize = 16 * 1024;
+
+/// Room for all copied input headers together; headers past it are left out.
+pub const DEAD_LETTER_HEADERS_MAX_BYTES: usize = 128 * 1024;
+
+/// Longest `synclag.error` text (decoder messages can quote the input).
+pub const DEAD_LETTER_ERROR_MAX_BYTES: usize = 4 * 1024;
+
+/// Longest header name copied from the input.
+const HEADER_NAME_MAX_BYTES: usize = 256;
+
+/// Bytes counted per header beyond its name and value: the record format's length varints
+/// and attributes, rounded up so the estimate never falls short.
+const HEADER_FRAMING_BYTES: usize = 16;
+
+/// Kept free for the marker headers added after the value is cut.
+const MARKERS_RESERVE_BYTES: usize = 512;
+
+/// First and longest pause while librdkafka's queue is full. Short at first because the
+/// queue drains at broker speed; longer later so a broker outage does not spin.
+const QUEUE_FULL_FIRST_PAUSE: Duration = Duration::from_millis(1);
+const QUEUE_FULL_MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// Header naming what was cut from a dead letter: `key`, `value`, `headers`, `error`,
+/// comma-separated.
+pub const TRUNCATED_HEADER: &str = "synclag.truncated";
+/// Header with the size in bytes of the input value, on dead letters whose value was cut.
+pub const ORIGINAL_VALUE_BYTES_HEADER: &str = "synclag.original.value.bytes";
+/// Header with the SHA-256 (hex) of the whole input value, on dead letters whose value was cut.
+pub const ORIGINAL_VALUE_SHA256_HEADER: &str = "synclag.original.value.sha256";
+/// Header with the size in bytes of the input key, on dead letters whose key was cut.
+pub const ORIGINAL_KEY_BYTES_HEADER: &str = "synclag.original.key.bytes";
+/// Header with how many headers the input record had, on dead letters that left some out.
+pub const ORIGINAL_HEADER_COUNT_HEADER: &str = "synclag.original.headers";
 
 /// Why an output could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +102,36 @@ pub fn client_config(topology: &Topology) -> ClientConfig {
     cfg
 }
 
+/// Resolves once the broker has acknowledged one output record, or with the error that
+/// made librdkafka give up on it; counts the outcome on `synclag_output_records_total`.
+/// Dropping it does not cancel the delivery, only the news of it.
+#[must_use = "an acknowledgement says when the output is safe; await it or drop it knowingly"]
+pub struct Acknowledgement {
+    topic: String,
+    delivery: DeliveryFuture,
+}
+
+impl Future for Acknowledgement {
+    type Output = Result<(), EmitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let outcome = match Pin::new(&mut self.delivery).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(outcome) => outcome,
+        };
+        let result = match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e.to_string()),
+            Err(_) => Err("the producer was dropped before the record was delivered".into()),
+        };
+        count_delivery(&self.topic, result.is_ok());
+        Poll::Ready(result.map_err(|why| EmitError::Delivery {
+            topic: self.topic.clone(),
+            why,
+        }))
+    }
+}
+
 /// The producer of every synclag output topic.
 pub struct Outputs {
     producer: FutureProducer,
@@ -52,6 +139,7 @@ pub struct Outputs {
     breaches_topic: String,
     lag_topic: String,
     dead_letter_topic: String,
+    dead_letter_max_bytes: usize,
 }
 
 impl Outputs {
@@ -83,7 +171,13 @@ impl Outputs {
             breaches_topic: topology.outputs.breaches_topic.clone(),
             lag_topic: topology.outputs.lag_topic.clone(),
             dead_letter_topic: topology.outputs.dead_letter_topic.clone(),
+            dead_letter_max_bytes: dead_letter_max_bytes(topology),
         })
+    }
+
+    /// The size a dead letter is cut to (key, value and headers together).
+    pub fn dead_letter_max_bytes(&self) -> usize {
+        self.dead_letter_max_bytes
     }
 
     async fn encode<T: Serialize>(
@@ -115,132 +209,125 @@ impl Outputs {
         }
     }
 
-    /// Sends one record and waits for its delivery; counted by topic and result.
-    async fn deliver(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<(), EmitError> {
-        let topic = record.topic.to_string();
-        let result = self
-            .producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| EmitError::Delivery {
-                topic: topic.clone(),
-                why: e.to_string(),
-            });
-        count_delivery(topic, result.is_ok());
-        result
-    }
-
-    /// Encodes a breach event and hands it to the producer queue (order of calls is the
-    /// order on the partition); the returned future resolves on delivery. Waits while
-    /// librdkafka's queue is full instead of dropping.
-    pub async fn enqueue_breach(
+    /// The one way records reach librdkafka: hands `record` over, waiting (and counting the
+    /// wait) only while the local queue is full, and returns its acknowledgement. Any other
+    /// refusal (e.g. a record over `message.max.bytes`) is an error at once.
+    async fn enqueue(
         &self,
-        event: &BreachEvent,
-    ) -> Result<impl std::future::Future<Output = Result<(), EmitError>> + Send + 'static, EmitError>
-    {
-        let bytes = self
-            .encode(&self.breaches_topic, BREACH_SCHEMA, event)
-            .await?;
-        let key = event.key();
-        let topic = self.breaches_topic.clone();
+        mut record: FutureRecord<'_, [u8], [u8]>,
+    ) -> Result<Acknowledgement, EmitError> {
+        let topic = record.topic;
+        let mut waiting_since: Option<Instant> = None;
+        let mut pause = QUEUE_FULL_FIRST_PAUSE;
         let delivery = loop {
-            let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
             match self.producer.send_result(record) {
-                Ok(d) => break d,
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(delivery) => break delivery,
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    record = back;
+                    waiting_since.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(QUEUE_FULL_MAX_PAUSE);
                 }
                 Err((e, _)) => {
+                    count_delivery(topic, false);
                     return Err(EmitError::Delivery {
-                        topic,
+                        topic: topic.to_string(),
                         why: e.to_string(),
                     });
                 }
             }
         };
-        Ok(async move {
-            let result = match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(EmitError::Delivery {
-                    topic: topic.clone(),
-                    why: e.to_string(),
-                }),
-                Err(_) => Err(EmitError::Delivery {
-                    topic: topic.clone(),
-                    why: "producer dropped the message".into(),
-                }),
-            };
-            count_delivery(topic, result.is_ok());
-            result
+        if let Some(since) = waiting_since {
+            metrics::histogram!(names::OUTPUT_QUEUE_FULL_WAIT_SECONDS, "topic" => topic.to_string())
+                .record(since.elapsed().as_secs_f64());
+        }
+        Ok(Acknowledgement {
+            topic: topic.to_string(),
+            delivery,
         })
     }
 
-    /// Writes lag summaries, keyed by workflow.
-    pub async fn lag(&self, summaries: &[LagSummary]) -> Result<(), EmitError> {
-        let mut encoded = Vec::with_capacity(summaries.len());
-        for s in summaries {
-            encoded.push((
-                s.workflow.as_str(),
-                self.encode(&self.lag_topic, LAG_SCHEMA, s).await?,
-            ));
+    /// Bounds a breach event ([`BreachEvent::bounded`], so no path can skip it), encodes it
+    /// and hands it to the producer keyed `workflow/correlation_id`.
+    pub async fn enqueue_breach(&self, event: &BreachEvent) -> Result<Acknowledgement, EmitError> {
+        let event = event.bounded();
+        for field in &event.truncated {
+            // `dimensions.<key>` counts as `dimensions`: labels stay a fixed set.
+            let field = field.split('.').next().unwrap_or(field);
+            count_truncation(&self.breaches_topic, field);
         }
-        // All in flight at once: one summary per series can be hundreds of records.
-        let sends = encoded.iter().map(|(key, bytes)| {
-            self.deliver(
-                FutureRecord::to(&self.lag_topic)
-                    .key(key.as_bytes())
-                    .payload(bytes.as_slice()),
-            )
-        });
-        futures::future::join_all(sends)
+        let bytes = self
+            .encode(&self.breaches_topic, BREACH_SCHEMA, &event)
+            .await?;
+        let key = event.key();
+        self.enqueue(
+            FutureRecord::to(&self.breaches_topic)
+                .key(key.as_bytes())
+                .payload(bytes.as_slice()),
+        )
+        .await
+    }
+
+    /// Encodes one lag summary and hands it to the producer, keyed by workflow.
+    pub async fn enqueue_lag(&self, summary: &LagSummary) -> Result<Acknowledgement, EmitError> {
+        let bytes = self.encode(&self.lag_topic, LAG_SCHEMA, summary).await?;
+        self.enqueue(
+            FutureRecord::to(&self.lag_topic)
+                .key(summary.workflow.as_bytes())
+                .payload(bytes.as_slice()),
+        )
+        .await
+    }
+
+    /// Writes lag summaries and waits until all are acknowledged.
+    pub async fn lag(&self, summaries: &[LagSummary]) -> Result<(), EmitError> {
+        let mut acks = Vec::with_capacity(summaries.len());
+        for s in summaries {
+            acks.push(self.enqueue_lag(s).await?);
+        }
+        futures::future::join_all(acks)
             .await
             .into_iter()
             .collect::<Result<Vec<()>, _>>()?;
         Ok(())
     }
 
-    /// Copies a record that could not be processed to the dead-letter topic: original key,
-    /// value and headers, plus `synclag.reason`, `synclag.error` and the source coordinates.
-    pub async fn dead_letter(
+    /// Hands a copy of a record that could not be processed to the dead-letter topic: its
+    /// key, value, timestamp and headers, plus `synclag.reason`, `synclag.error` and
+    /// `synclag.source.topic|partition|offset`. Cut to [`Outputs::dead_letter_max_bytes`] when
+    /// larger, with marker headers ([`TRUNCATED_HEADER`] and the original sizes).
+    pub async fn enqueue_dead_letter(
         &self,
-        record: &crate::decode::RecordView<'_>,
+        record: &RecordView<'_>,
         reason: &str,
         error: &str,
-    ) -> Result<(), EmitError> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in record.headers {
-            headers = headers.insert(Header { key: k, value: *v });
-        }
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        for (k, v) in [
-            ("synclag.reason", reason),
-            ("synclag.error", error),
-            ("synclag.source.topic", record.topic),
-            ("synclag.source.partition", partition.as_str()),
-            ("synclag.source.offset", offset.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
+    ) -> Result<Acknowledgement, EmitError> {
+        let letter = DeadLetter::new(record, reason, error, self.dead_letter_max_bytes);
+        for field in &letter.cut {
+            count_truncation(&self.dead_letter_topic, field);
         }
         let mut rec: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.dead_letter_topic).headers(headers);
-        if let Some(k) = record.key {
+            FutureRecord::to(&self.dead_letter_topic).headers(letter.headers);
+        if let Some(k) = letter.key {
             rec = rec.key(k);
         }
-        if let Some(p) = record.payload {
-            rec = rec.payload(p);
+        if let Some(v) = letter.value {
+            rec = rec.payload(v);
         }
         if let Some(ts) = record.timestamp_ms {
             rec = rec.timestamp(ts);
         }
-        self.deliver(rec).await
+        self.enqueue(rec).await
+    }
+
+    /// [`Outputs::enqueue_dead_letter`] and wait for its acknowledgement.
+    pub async fn dead_letter(
+        &self,
+        record: &RecordView<'_>,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), EmitError> {
+        self.enqueue_dead_letter(record, reason, error).await?.await
     }
 
     /// Waits for everything in flight, up to `timeout`.
@@ -254,9 +341,288 @@ impl Outputs {
     }
 }
 
+/// [`DEAD_LETTER_MAX_BYTES`], or less when `kafka.properties` lowers librdkafka's
+/// `message.max.bytes` (keeping a tenth of it for framing).
+fn dead_letter_max_bytes(topology: &Topology) -> usize {
+    topology
+        .kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|m| (m - m / 10).min(DEAD_LETTER_MAX_BYTES))
+        .unwrap_or(DEAD_LETTER_MAX_BYTES)
+}
+
+/// A dead letter cut to fit: what it borrows from the input record, its headers, and the
+/// names of what was cut (for the metric).
+struct DeadLetter<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: OwnedHeaders,
+    cut: Vec<&'static str>,
+}
+
+impl<'a> DeadLetter<'a> {
+    fn new(record: &RecordView<'a>, reason: &str, error: &str, max_bytes: usize) -> DeadLetter<'a> {
+        let mut cut: Vec<&'static str> = Vec::new();
+        let mut markers: Vec<(&'static str, String)> = Vec::new();
+        let mut headers = OwnedHeaders::new();
+        let mut used = 0usize;
+
+        let key = record.key.map(|k| {
+            if k.len() > DEAD_LETTER_KEY_MAX_BYTES {
+                note(&mut cut, "key");
+                markers.push((ORIGINAL_KEY_BYTES_HEADER, k.len().to_string()));
+                &k[..DEAD_LETTER_KEY_MAX_BYTES]
+            } else {
+                k
+            }
+        });
+        used += key.map_or(0, <[u8]>::len);
+
+        // The input's own headers first, in their order, as far as their budget goes.
+        let mut copied = 0usize;
+        for (name, value) in record.headers {
+            let bounded_name = bound_text(name, HEADER_NAME_MAX_BYTES);
+            let bounded_value =
+                value.map(|v| &v[..v.len().min(DEAD_LETTER_HEADER_VALUE_MAX_BYTES)]);
+            let size =
+                bounded_name.len() + bounded_value.map_or(0, <[u8]>::len) + HEADER_FRAMING_BYTES;
+            if copied + size > DEAD_LETTER_HEADERS_MAX_BYTES {
+                markers.push((
+                    ORIGINAL_HEADER_COUNT_HEADER,
+                    record.headers.len().to_string(),
+                ));
+                note(&mut cut, "headers");
+                break;
+            }
+            if bounded_name.len() < name.len()
+                || bounded_value.map_or(0, <[u8]>::len) < value.map_or(0, <[u8]>::len)
+            {
+                note(&mut cut, "headers");
+            }
+            copied += size;
+            headers = headers.insert(Header {
+                key: bounded_name.as_ref(),
+                value: bounded_value,
+            });
+        }
+        used += copied;
+
+        let error = bound_text(error, DEAD_LETTER_ERROR_MAX_BYTES);
+        if matches!(error, std::borrow::Cow::Owned(_)) {
+            note(&mut cut, "error");
+        }
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        for (k, v) in [
+            (
+                "synclag.reason",
+                bound_text(reason, HEADER_NAME_MAX_BYTES).as_ref(),
+            ),
+            ("synclag.error", error.as_ref()),
+            ("synclag.source.topic", record.topic),
+            ("synclag.source.partition", partition.as_str()),
+            ("synclag.source.offset", offset.as_str()),
+        ] {
+            used += k.len() + v.len() + HEADER_FRAMING_BYTES;
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+
+        let room = max_bytes.saturating_sub(used + MARKERS_RESERVE_BYTES);
+        let value = record.payload.map(|v| {
+            if v.len() > room {
+                note(&mut cut, "value");
+                markers.push((ORIGINAL_VALUE_BYTES_HEADER, v.len().to_string()));
+                markers.push((ORIGINAL_VALUE_SHA256_HEADER, sha256_hex(v)));
+                &v[..room]
+            } else {
+                v
+            }
+        });
+
+        if !cut.is_empty() {
+            markers.push((TRUNCATED_HEADER, cut.join(",")));
+        }
+        for (k, v) in &markers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        DeadLetter {
+            key,
+            value,
+            headers,
+            cut,
+        }
+    }
+}
+
+fn note(cut: &mut Vec<&'static str>, part: &'static str) {
+    if !cut.contains(&part) {
+        cut.push(part);
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// Counts one delivery outcome on `synclag_output_records_total`.
-fn count_delivery(topic: String, ok: bool) {
+fn count_delivery(topic: &str, ok: bool) {
     let result = if ok { "ok" } else { "error" };
-    metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic, "result" => result)
+    metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.to_string(), "result" => result)
         .increment(1);
+}
+
+/// Counts one field cut to fit on `synclag_output_truncations_total`.
+fn count_truncation(topic: &str, field: &str) {
+    metrics::counter!(names::OUTPUT_TRUNCATIONS_TOTAL, "topic" => topic.to_string(), "field" => field.to_string())
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    fn view<'a>(
+        key: Option<&'a [u8]>,
+        payload: Option<&'a [u8]>,
+        headers: &'a [(String, Option<&'a [u8]>)],
+    ) -> RecordView<'a> {
+        RecordView {
+            topic: "wms.events",
+            partition: 3,
+            offset: 42,
+            key,
+            payload,
+            headers,
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    fn header_map(h: &OwnedHeaders) -> Vec<(String, Vec<u8>)> {
+        h.iter()
+            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+            .collect()
+    }
+
+    fn header<'h>(h: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h str> {
+        h.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| std::str::from_utf8(v).unwrap())
+    }
+
+    /// What the dead letter occupies, counted the way the budget counts it.
+    fn size(letter: &DeadLetter<'_>, headers: &[(String, Vec<u8>)]) -> usize {
+        letter.key.map_or(0, <[u8]>::len)
+            + letter.value.map_or(0, <[u8]>::len)
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + HEADER_FRAMING_BYTES)
+                .sum::<usize>()
+    }
+
+    #[test]
+    fn a_small_record_is_copied_whole_with_reason_and_source() {
+        let original = [("trace".to_string(), Some(&b"abc"[..]))];
+        let record = view(Some(b"k1"), Some(b"{not json"), &original);
+        let letter = DeadLetter::new(&record, "not_json", "expected value", DEAD_LETTER_MAX_BYTES);
+        assert_eq!(letter.key, Some(&b"k1"[..]));
+        assert_eq!(letter.value, Some(&b"{not json"[..]));
+        assert!(letter.cut.is_empty());
+        let h = header_map(&letter.headers);
+        assert_eq!(h[0], ("trace".to_string(), b"abc".to_vec()));
+        assert_eq!(header(&h, "synclag.reason"), Some("not_json"));
+        assert_eq!(header(&h, "synclag.error"), Some("expected value"));
+        assert_eq!(header(&h, "synclag.source.topic"), Some("wms.events"));
+        assert_eq!(header(&h, "synclag.source.partition"), Some("3"));
+        assert_eq!(header(&h, "synclag.source.offset"), Some("42"));
+        assert_eq!(header(&h, TRUNCATED_HEADER), None);
+    }
+
+    #[test]
+    fn a_five_megabyte_value_is_cut_to_fit_and_marked() {
+        let value = vec![b'x'; 5 << 20];
+        let original = [("id".to_string(), Some(&b"7"[..]))];
+        let record = view(Some(b"k"), Some(&value), &original);
+        let letter = DeadLetter::new(&record, "not_json", "too big", DEAD_LETTER_MAX_BYTES);
+        let h = header_map(&letter.headers);
+        assert!(
+            size(&letter, &h) <= DEAD_LETTER_MAX_BYTES,
+            "{}",
+            size(&letter, &h)
+        );
+        let kept = letter.value.unwrap().len();
+        assert!(
+            kept > DEAD_LETTER_MAX_BYTES - 8 * 1024,
+            "keeps as much as fits: {kept}"
+        );
+        assert_eq!(letter.cut, vec!["value"]);
+        assert_eq!(header(&h, TRUNCATED_HEADER), Some("value"));
+        assert_eq!(
+            header(&h, ORIGINAL_VALUE_BYTES_HEADER),
+            Some((5usize << 20).to_string().as_str())
+        );
+        assert_eq!(
+            header(&h, ORIGINAL_VALUE_SHA256_HEADER),
+            Some(sha256_hex(&value).as_str())
+        );
+        assert_eq!(header(&h, "id"), Some("7"));
+        assert_eq!(header(&h, "synclag.reason"), Some("not_json"));
+    }
+
+    #[test]
+    fn oversized_keys_headers_and_errors_are_bounded_too() {
+        let key = vec![b'k'; 1 << 20];
+        let big = vec![b'h'; 1 << 20];
+        let mut original: Vec<(String, Option<&[u8]>)> = vec![("n".repeat(1000), Some(&big[..]))];
+        for i in 0..200 {
+            original.push((format!("h{i}"), Some(&big[..2000])));
+        }
+        let record = view(Some(&key), Some(&big), &original);
+        let error = "e".repeat(1 << 20);
+        let letter = DeadLetter::new(&record, "bad_correlation_id", &error, DEAD_LETTER_MAX_BYTES);
+        let h = header_map(&letter.headers);
+        assert!(
+            size(&letter, &h) <= DEAD_LETTER_MAX_BYTES,
+            "{}",
+            size(&letter, &h)
+        );
+        assert_eq!(letter.key.unwrap().len(), DEAD_LETTER_KEY_MAX_BYTES);
+        assert_eq!(letter.cut, vec!["key", "headers", "error", "value"]);
+        assert_eq!(
+            header(&h, TRUNCATED_HEADER),
+            Some("key,headers,error,value")
+        );
+        assert_eq!(header(&h, ORIGINAL_KEY_BYTES_HEADER), Some("1048576"));
+        assert_eq!(header(&h, ORIGINAL_HEADER_COUNT_HEADER), Some("201"));
+        assert!(header(&h, "synclag.error").unwrap().len() <= DEAD_LETTER_ERROR_MAX_BYTES);
+        assert!(h[0].0.len() <= HEADER_NAME_MAX_BYTES);
+        assert_eq!(h[0].1.len(), DEAD_LETTER_HEADER_VALUE_MAX_BYTES);
+        assert_eq!(header(&h, "h0").map(str::len), Some(2000));
+        assert_eq!(header(&h, "synclag.reason"), Some("bad_correlation_id"));
+    }
+
+    #[test]
+    fn a_smaller_message_max_bytes_lowers_the_dead_letter_limit() {
+        let yaml = include_str!("../../topology.yaml");
+        let mut t = Topology::from_yaml_str("t.yaml", yaml, Vec::new()).unwrap();
+        assert_eq!(dead_letter_max_bytes(&t), DEAD_LETTER_MAX_BYTES);
+        t.kafka
+            .properties
+            .insert("message.max.bytes".into(), "500000".into());
+        assert_eq!(dead_letter_max_bytes(&t), 450_000);
+    }
 }

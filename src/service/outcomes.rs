@@ -525,6 +525,7 @@ impl Outcomes {
             signals: signals.iter().map(|(_, k)| k.clone()).collect(),
             backlogged_groups: ctx.backlogged_groups.to_vec(),
             stalled_inputs,
+            truncated: Vec::new(),
         }
     }
 

@@ -218,6 +218,18 @@ pub fn describe_all() {
         metrics::Unit::Count,
         "Records whose payload time was out of tolerance against their Kafka time (service.event_time), by topic and action (use_kafka_time, dead_letter)."
     );
+
+    // ---- Kafka outputs (src/emit/producer.rs)
+    describe_histogram!(
+        OUTPUT_QUEUE_FULL_WAIT_SECONDS,
+        Unit::Seconds,
+        "Waits of one output record for room in the producer's local queue (queue.buffering.max.messages / .kbytes reached), by topic; count = records that waited."
+    );
+    describe_counter!(
+        OUTPUT_TRUNCATIONS_TOTAL,
+        Unit::Count,
+        "Output fields cut to fit the topic (breach event fields; dead-letter key, value, headers, error), by topic and field."
+    );
 }
 
 // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
@@ -295,3 +307,7 @@ pub const GROUP_MEMBER_CHECKS_TOTAL: &str = "synclag_group_member_checks_total";
 
 // ---- event-time policy (src/decode/time.rs, service.event_time)
 pub const EVENT_TIME_VIOLATIONS_TOTAL: &str = "synclag_event_time_violations_total";
+
+// ---- Kafka outputs (src/emit/producer.rs)
+pub const OUTPUT_QUEUE_FULL_WAIT_SECONDS: &str = "synclag_output_queue_full_wait_seconds";
+pub const OUTPUT_TRUNCATIONS_TOTAL: &str = "synclag_output_truncations_total";
