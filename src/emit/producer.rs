@@ -81,6 +81,10 @@ pub enum EmitError {
     Client(String),
     #[error("cannot encode for `{topic}`: {why}")]
     Encode { topic: String, why: String },
+    /// The schema registry could not be reached or answered with a transient error while
+    /// the output's schema was being registered or looked up.
+    #[error("schema registry unavailable for `{topic}`: {why}")]
+    Registry { topic: String, why: String },
     #[error("delivery to `{topic}` failed: {why}")]
     Delivery { topic: String, why: String },
 }
@@ -88,7 +92,10 @@ pub enum EmitError {
 impl EmitError {
     /// Delivery and registry problems may pass; encoding bugs do not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EmitError::Delivery { .. })
+        matches!(
+            self,
+            EmitError::Delivery { .. } | EmitError::Registry { .. }
+        )
     }
 }
 
@@ -201,9 +208,13 @@ impl Outputs {
                 if out.is_err() {
                     enc.remove_errors_from_cache();
                 }
-                out.map_err(|e| EmitError::Encode {
-                    topic: topic.into(),
-                    why: e.to_string(),
+                out.map_err(|e| {
+                    let (topic, why) = (topic.to_string(), e.to_string());
+                    if e.retriable {
+                        EmitError::Registry { topic, why }
+                    } else {
+                        EmitError::Encode { topic, why }
+                    }
                 })
             }
         }
@@ -217,14 +228,16 @@ impl Outputs {
         mut record: FutureRecord<'_, [u8], [u8]>,
     ) -> Result<Acknowledgement, EmitError> {
         let topic = record.topic;
-        let mut waiting_since: Option<Instant> = None;
+        let mut waiting: Option<QueueWait> = None;
         let mut pause = QUEUE_FULL_FIRST_PAUSE;
         let delivery = loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => break delivery,
                 Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     record = back;
-                    waiting_since.get_or_insert_with(Instant::now);
+                    if waiting.is_none() {
+                        waiting = Some(QueueWait::start(topic));
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(QUEUE_FULL_MAX_PAUSE);
                 }
@@ -237,10 +250,7 @@ impl Outputs {
                 }
             }
         };
-        if let Some(since) = waiting_since {
-            metrics::histogram!(names::OUTPUT_QUEUE_FULL_WAIT_SECONDS, "topic" => topic.to_string())
-                .record(since.elapsed().as_secs_f64());
-        }
+        drop(waiting);
         Ok(Acknowledgement {
             topic: topic.to_string(),
             delivery,
@@ -338,6 +348,34 @@ impl Outputs {
                 topic: "*".into(),
                 why: e.to_string(),
             })
+    }
+}
+
+/// One record waiting for room in librdkafka's queue: shown while it waits (a gauge, so a
+/// long broker outage is visible as it happens) and its duration recorded when it ends,
+/// also when the waiting future is dropped.
+struct QueueWait {
+    topic: String,
+    since: Instant,
+}
+
+impl QueueWait {
+    fn start(topic: &str) -> QueueWait {
+        metrics::gauge!(names::OUTPUT_QUEUE_FULL_WAITING, "topic" => topic.to_string())
+            .increment(1.0);
+        QueueWait {
+            topic: topic.to_string(),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueueWait {
+    fn drop(&mut self) {
+        metrics::gauge!(names::OUTPUT_QUEUE_FULL_WAITING, "topic" => self.topic.clone())
+            .decrement(1.0);
+        metrics::histogram!(names::OUTPUT_QUEUE_FULL_WAIT_SECONDS, "topic" => self.topic.clone())
+            .record(self.since.elapsed().as_secs_f64());
     }
 }
 

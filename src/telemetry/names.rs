@@ -225,6 +225,11 @@ pub fn describe_all() {
         Unit::Seconds,
         "Waits of one output record for room in the producer's local queue (queue.buffering.max.messages / .kbytes reached), by topic; count = records that waited."
     );
+    describe_gauge!(
+        OUTPUT_QUEUE_FULL_WAITING,
+        Unit::Count,
+        "Output records waiting now for room in the producer's local queue, by topic (non-zero while Kafka is down or slower than synclag writes)."
+    );
     describe_counter!(
         OUTPUT_TRUNCATIONS_TOTAL,
         Unit::Count,
@@ -310,4 +315,5 @@ pub const EVENT_TIME_VIOLATIONS_TOTAL: &str = "synclag_event_time_violations_tot
 
 // ---- Kafka outputs (src/emit/producer.rs)
 pub const OUTPUT_QUEUE_FULL_WAIT_SECONDS: &str = "synclag_output_queue_full_wait_seconds";
+pub const OUTPUT_QUEUE_FULL_WAITING: &str = "synclag_output_queue_full_waiting_records";
 pub const OUTPUT_TRUNCATIONS_TOTAL: &str = "synclag_output_truncations_total";
