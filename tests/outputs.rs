@@ -399,6 +399,14 @@ async fn many_dead_letters_enqueued_at_once_arrive_once_and_in_order() {
     );
     assert_eq!(
         metric_value(
+            "synclag_output_queue_full_waiting_records",
+            &[("topic", &names.dlq)]
+        ),
+        Some(0.0),
+        "no record is left waiting"
+    );
+    assert_eq!(
+        metric_value(
             "synclag_output_records_total",
             &[("topic", &names.dlq), ("result", "ok")]
         ),
