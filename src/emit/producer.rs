@@ -653,6 +653,21 @@ mod tests {
         assert_eq!(header(&h, "synclag.reason"), Some("bad_correlation_id"));
     }
 
+    /// The pipeline enqueues from spawned tasks and keeps acknowledgements past the
+    /// record they came from: a type error here, not a runtime failure, if that breaks.
+    #[test]
+    fn enqueueing_and_acknowledgements_can_move_between_tasks() {
+        fn is_send<T: Send>(_: T) {}
+        fn is_send_and_static<T: Send + 'static>() {}
+        is_send_and_static::<Acknowledgement>();
+        let _type_check_only =
+            |o: &Outputs, r: &RecordView<'_>, b: &BreachEvent, l: &LagSummary| {
+                is_send(o.enqueue_dead_letter(r, "not_json", "e"));
+                is_send(o.enqueue_breach(b));
+                is_send(o.enqueue_lag(l));
+            };
+    }
+
     #[test]
     fn a_smaller_message_max_bytes_lowers_the_dead_letter_limit() {
         let yaml = include_str!("../../topology.yaml");
