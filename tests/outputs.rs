@@ -113,6 +113,7 @@ fn oversized_breach() -> BreachEvent {
         team: None,
         signals: vec![],
         backlogged_groups: vec![],
+        stalled_inputs: vec![],
         truncated: vec![],
     }
 }
