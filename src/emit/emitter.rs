@@ -294,36 +294,57 @@ async fn start(outputs: &Arc<Outputs>, breaches_topic: &str, seq: u64, output: O
             }
         }
         Output::DeadLetter(dl) => {
-            let outputs = outputs.clone();
+            // Queued here, in sequence order, like breach events: librdkafka keeps the order
+            // per partition and the acknowledgement no longer borrows the record.
+            let headers: Vec<(String, Option<&[u8]>)> = dl
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_deref()))
+                .collect();
+            let view = RecordView {
+                topic: &dl.topic,
+                partition: dl.partition,
+                offset: dl.offset,
+                key: dl.key.as_deref(),
+                payload: dl.payload.as_deref(),
+                headers: &headers,
+                timestamp_ms: dl.timestamp_ms,
+            };
+            let queued = outputs
+                .enqueue_dead_letter(&view, dl.reason, &dl.error)
+                .await;
+            drop(headers);
             Box::pin(async move {
-                let headers: Vec<(String, Option<&[u8]>)> = dl
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_deref()))
-                    .collect();
-                let view = RecordView {
-                    topic: &dl.topic,
-                    partition: dl.partition,
-                    offset: dl.offset,
-                    key: dl.key.as_deref(),
-                    payload: dl.payload.as_deref(),
-                    headers: &headers,
-                    timestamp_ms: dl.timestamp_ms,
+                let result = match queued {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
                 };
-                let result = outputs.dead_letter(&view, dl.reason, &dl.error).await;
                 if result.is_ok() {
                     metrics::counter!(names::DEAD_LETTERS_TOTAL, "reason" => dl.reason)
                         .increment(1);
                 }
-                drop(headers);
                 (seq, result, Output::DeadLetter(dl))
             })
         }
         Output::Lag(summaries) => {
-            let outputs = outputs.clone();
+            let mut acks = Vec::with_capacity(summaries.len());
+            let mut queued = Ok(());
+            for s in &summaries {
+                match outputs.enqueue_lag(s).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        queued = Err(e);
+                        break;
+                    }
+                }
+            }
             Box::pin(async move {
-                let result = outputs.lag(&summaries).await;
-                (seq, result, Output::Lag(summaries))
+                let delivered = futures::future::join_all(acks)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()
+                    .map(|_| ());
+                (seq, queued.and(delivered), Output::Lag(summaries))
             })
         }
     }
