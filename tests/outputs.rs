@@ -38,6 +38,11 @@ impl Names {
 /// A small valid topology whose outputs go to `names` on the test broker; `extra` is added
 /// under `kafka.properties`.
 fn topology(names: &Names, registry: bool, extra: &[(&str, &str)]) -> Topology {
+    topology_on(&support::bootstrap(), names, registry, extra)
+}
+
+/// [`topology`] for the broker at `bootstrap`.
+fn topology_on(bootstrap: &str, names: &Names, registry: bool, extra: &[(&str, &str)]) -> Topology {
     let registry = if registry {
         format!("registry:\n  url: {}\n", support::registry_url())
     } else {
@@ -83,7 +88,6 @@ workflows:
     window: 10m
     dimensions: [warehouse]
 "#,
-        bootstrap = support::bootstrap(),
         breaches = names.breaches,
         dlq = names.dlq,
     );
@@ -413,4 +417,135 @@ async fn many_dead_letters_enqueued_at_once_arrive_once_and_in_order() {
         ),
         Some(N as f64)
     );
+}
+
+/// A dead letter of source offset `i` (for the ordering and outage tests).
+fn numbered<'a>(i: usize, payloads: &'a [String], keys: &'a [String]) -> RecordView<'a> {
+    RecordView {
+        topic: "shop.orders",
+        partition: 0,
+        offset: i as i64,
+        key: Some(keys[i].as_bytes()),
+        payload: Some(payloads[i].as_bytes()),
+        headers: &[],
+        timestamp_ms: None,
+    }
+}
+
+/// While the broker is down, outputs are accepted and wait — longer than the 30 s after
+/// which they used to be given up — and once it is back every one is delivered, once and
+/// in order. Relies on the producer's `message.timeout.ms` being 0 (synclag's default from
+/// `config::kafka::producer_config`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_wait_through_a_broker_outage_and_are_all_delivered() {
+    const N: usize = 200;
+    const OUTAGE: Duration = Duration::from_secs(40);
+    metrics_on();
+    let broker = std::sync::Arc::new(
+        tokio::task::spawn_blocking(support::kafka::DedicatedBroker::start)
+            .await
+            .expect("start a dedicated broker"),
+    );
+    let bootstrap = broker.bootstrap().to_string();
+    let names = Names::new();
+    support::kafka::create_topic_on(&bootstrap, &names.dlq, 1).await;
+    support::kafka::create_topic_on(&bootstrap, &names.breaches, 1).await;
+    let outputs = Outputs::new(&topology_on(&bootstrap, &names, false, &[])).expect("outputs");
+    let payloads: Vec<String> = (0..=N).map(|i| format!("{{\"bad\": {i}")).collect();
+    let keys: Vec<String> = (0..=N).map(|i| format!("key-{}", i % 7)).collect();
+    // One delivered before the outage: metadata and producer id are in place.
+    outputs
+        .enqueue_dead_letter(&numbered(0, &payloads, &keys), "not_json", "e")
+        .await
+        .expect("enqueued")
+        .await
+        .expect("delivered before the outage");
+
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.stop())
+        .await
+        .expect("stop the broker");
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 1..=N {
+        acks.push(
+            outputs
+                .enqueue_dead_letter(&numbered(i, &payloads, &keys), "not_json", "e")
+                .await
+                .expect("accepted while the broker is down"),
+        );
+    }
+    acks.push(
+        outputs
+            .enqueue_breach(&oversized_breach())
+            .await
+            .expect("accepted while the broker is down"),
+    );
+    // Neither delivered nor given up while the broker is away.
+    let early = tokio::time::timeout(OUTAGE, futures::StreamExt::next(&mut acks)).await;
+    assert!(
+        early.is_err(),
+        "an output settled during the outage instead of waiting: {early:?}"
+    );
+
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.restart())
+        .await
+        .expect("restart the broker");
+    let settled = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut results = Vec::new();
+        while let Some(r) = futures::StreamExt::next(&mut acks).await {
+            results.push(r);
+        }
+        results
+    })
+    .await
+    .expect("every output acknowledged within 2 minutes of the broker's return");
+    assert_eq!(settled.len(), N + 1);
+    for r in settled {
+        r.expect("acknowledged after the outage");
+    }
+
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", support::random_name("out-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[names.dlq.as_str(), names.breaches.as_str()])
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut offsets, mut breaches) = (Vec::new(), 0);
+    while offsets.len() < N + 1 || breaches < 1 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "read {} dead letters and {breaches} breach events after the outage",
+            offsets.len()
+        );
+        let Ok(msg) = tokio::time::timeout(left, consumer.recv()).await else {
+            continue;
+        };
+        let m = msg.expect("consume").detach();
+        if m.topic() == names.breaches {
+            breaches += 1;
+            continue;
+        }
+        let h = headers_of(&m);
+        let offset: usize = header(&h, "synclag.source.offset")
+            .expect("source offset header")
+            .parse()
+            .expect("a number");
+        offsets.push(offset);
+    }
+    assert_eq!(
+        offsets,
+        (0..=N).collect::<Vec<_>>(),
+        "every dead letter once, in the order written"
+    );
+    let (low, high) = consumer
+        .fetch_watermarks(&names.dlq, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(high - low, N as i64 + 1, "no duplicate written by a retry");
 }
