@@ -227,10 +227,10 @@ workflows:
         let appended = m.timestamp().to_millis().unwrap_or(0);
         let deadline = ev.deadline_ms.unwrap_or(0);
         match fates.get(&ev.correlation_id) {
-            Some((Fate::Open, _)) => {
-                if seen.insert(ev.correlation_id.clone()) {
-                    latencies.push(appended - deadline);
-                }
+            // A repeated breach of an open correlation falls through to the arm below,
+            // where it never counts as false (it has no closing record).
+            Some((Fate::Open, _)) if seen.insert(ev.correlation_id.clone()) => {
+                latencies.push(appended - deadline);
             }
             Some(_) => {
                 let closed = acked_at

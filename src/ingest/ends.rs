@@ -86,7 +86,7 @@ pub fn spawn(
                     }
                     Err(e) => {
                         failures += 1;
-                        if failures == 1 || failures % 50 == 0 {
+                        if failures == 1 || failures.is_multiple_of(50) {
                             tracing::warn!(error = %e, failures, "cannot read input end offsets; the clock treats inputs as unconfirmed");
                         }
                     }

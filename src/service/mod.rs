@@ -390,7 +390,7 @@ impl Pipeline {
                 if assigned {
                     self.clock.assign(id, wall);
                     if self.paused_for_output {
-                        pause(consumer, &[tp.clone()]);
+                        pause(consumer, std::slice::from_ref(&tp));
                     }
                 } else {
                     self.clock.revoke(id);
