@@ -83,6 +83,8 @@ const CHANNEL: usize = 4_096;
 /// Outputs in librdkafka's hands awaiting acknowledgement.
 const MAX_IN_FLIGHT: usize = 20_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Delivery failures are logged at most this often (each one is counted).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The pipeline's side of the output path.
 pub struct Emitter {
@@ -239,6 +241,8 @@ async fn run(
         Closed,
         Done(u64, Result<(), EmitError>, Output),
     }
+    let mut failures = 0u64;
+    let mut last_report: Option<Instant> = None;
     while open || !in_flight.is_empty() {
         let step = tokio::select! {
             item = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match item {
@@ -261,7 +265,13 @@ async fn run(
                 let topic = output.topic(&topics).to_string();
                 metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone())
                     .increment(1);
-                tracing::error!(error = %e, topic, "output not delivered; retrying (input offsets stay behind it)");
+                failures += 1;
+                // One line per period, not one per record: an outage fails every output.
+                if last_report.is_none_or(|t: Instant| t.elapsed() >= REPORT_EVERY) {
+                    tracing::error!(error = %e, topic, failures, "outputs not delivered; retrying (input offsets stay behind them)");
+                    last_report = Some(Instant::now());
+                    failures = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let delivery = start(&outputs, &breaches_topic, seq, output).await;
                 in_flight.push(delivery);
