@@ -566,12 +566,14 @@ workflows:
         .expect("reader");
     consumer.subscribe(&[&out]).expect("subscribe");
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut raised: Vec<BreachEvent> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline && seen.len() < n as usize {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
             for b in breaches(&[m.detach()]) {
                 if b.kind == "breach" && b.severity == "warn" {
-                    *seen.entry(b.correlation_id).or_default() += 1;
+                    *seen.entry(b.correlation_id.clone()).or_default() += 1;
+                    raised.push(b);
                 }
             }
         }
@@ -596,10 +598,83 @@ workflows:
     );
     let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "written more than once: {twice:?}");
+    // Raised while Kafka was down — once the inputs were found stalled (budget 5 s), not
+    // only after the broker came back 40 s later — and saying why.
+    for b in &raised {
+        let late = b.observed_at_ms - b.deadline_ms.unwrap_or(i64::MAX);
+        assert!(
+            (0..15_000).contains(&late),
+            "{}: raised {late} ms after its deadline",
+            b.correlation_id
+        );
+        assert!(
+            b.stalled_inputs.iter().any(|s| s.ends_with("no_progress")),
+            "{b:?}"
+        );
+        assert_eq!(b.probable_cause.as_deref(), Some("input_stalled"));
+    }
     let metrics = svc.get_text("/metrics").await.unwrap_or_default();
     assert!(
         metrics.contains("synclag_output_unacknowledged_records 0"),
         "outputs still unacknowledged after the outage"
     );
+    assert_eq!(svc.terminate().await, Some(0));
+}
+
+/// A configured input topic that does not exist: the breaches whose missing stage it would
+/// carry say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaches_waiting_on_a_missing_topic_say_so() {
+    let starts = support::random_name("mt-starts");
+    let never_created = support::random_name("mt-missing");
+    let out = support::random_name("mt-breaches");
+    for t in [&starts, &out] {
+        support::create_topic(t, 1).await;
+    }
+    let http = support::free_port();
+    let config = format!(
+        r#"
+service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 5s }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+streams:
+  - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+  - {{ name: ends, topic: {never_created}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+workflows:
+  - name: missing
+    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
+    sla: {{ warn: 3s, critical: 10m }}
+    window: 30m
+"#,
+        group = support::random_name("synclag-mt"),
+        bootstrap = support::bootstrap(),
+    );
+    let mut svc = SynclagProcess::start(&config, http, "missing-topic");
+    support::wait_until_async(Duration::from_secs(60), "partitions assigned", || async {
+        svc.get_json("/readyz")
+            .await
+            .is_some_and(|v| v.to_string().contains(never_created.as_str()))
+    })
+    .await;
+    let producer = support::producer();
+    let payload = json(serde_json::json!({"id": "MT-1", "at": now_ms()}));
+    producer
+        .send(
+            FutureRecord::to(&starts).key("MT-1").payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("produce");
+    let msgs = read_topic(&out, Duration::from_secs(30), |m| !breaches(m).is_empty()).await;
+    let b = breaches(&msgs)
+        .into_iter()
+        .find(|b| b.correlation_id == "MT-1")
+        .unwrap_or_else(|| panic!("no breach\n{}", svc.log_tail()));
+    assert_eq!(
+        b.stalled_inputs,
+        vec![format!("{never_created}: topic_missing")],
+        "{b:?}"
+    );
+    assert_eq!(b.probable_cause.as_deref(), Some("input_stalled"));
     assert_eq!(svc.terminate().await, Some(0));
 }

@@ -377,6 +377,8 @@ struct CommitLog {
     partitions: Option<i32>,
     /// Assigned partition → next offset to read.
     next: BTreeMap<i32, i64>,
+    /// Whether the last drain failed (the failure is logged once per change, not per cycle).
+    failing: bool,
 }
 
 impl CommitLog {
@@ -386,6 +388,7 @@ impl CommitLog {
             enabled,
             partitions: None,
             next: BTreeMap::new(),
+            failing: false,
         }
     }
 
@@ -399,9 +402,19 @@ impl CommitLog {
             return None;
         }
         match self.try_drain(admin, groups, timeout) {
-            Ok(seen) => Some(seen),
+            Ok(seen) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("commit log readable again");
+                }
+                Some(seen)
+            }
+            Err(e) if self.failing => {
+                tracing::debug!(error = %e, "commit log still unreadable");
+                None
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "commit log unreadable; STALL/STOP fall back to group membership");
+                self.failing = true;
+                tracing::warn!(error = %e, "commit log unreadable; STALL/STOP fall back to group membership until it is readable again");
                 None
             }
         }

@@ -389,6 +389,9 @@ impl Pipeline {
                 let tp = (topic, partition);
                 if assigned {
                     self.clock.assign(id, wall);
+                    for reason in ["record_waiting", "no_progress"] {
+                        metrics::gauge!(names::INPUT_STALLED, "topic" => tp.0.clone(), "partition" => tp.1.to_string(), "reason" => reason).set(0.0);
+                    }
                     if self.paused_for_output {
                         pause(consumer, std::slice::from_ref(&tp));
                     }
