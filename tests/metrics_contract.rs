@@ -68,7 +68,10 @@ backlog:
         .into_iter()
         .filter(|m| !ONLY_AFTER_OBSERVATIONS.contains(&m.as_str()))
         .collect();
-    assert!(wanted.len() > 40, "README metric table not found: {wanted:?}");
+    assert!(
+        wanted.len() > 40,
+        "README metric table not found: {wanted:?}"
+    );
     let mut missing = wanted.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while !missing.is_empty() && std::time::Instant::now() < deadline {

@@ -153,6 +153,7 @@ impl BacklogMonitor {
     /// `synclag.backlog` event per group after each cycle. Errors of one cycle are
     /// logged and counted; the loop carries on.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), BacklogError> {
+        metrics::counter!(names::BACKLOG_CYCLE_ERRORS).absolute(0);
         let sink = EventSink::new(&self.config)?;
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -457,6 +457,13 @@ impl Pipeline {
                 if lo >= 0 {
                     self.clock.position(id, lo, wall);
                 }
+                if self.offsets.next_offset(id).is_none() && !self.last_committed.contains_key(&tp)
+                {
+                    // Nothing read yet: what may be committed is where reading starts.
+                    let start = stats.get(&tp).map_or(-1, |s| s.committed_offset).max(lo);
+                    metrics::gauge!(names::INPUT_OFFSET, "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+                        .set(start as f64);
+                }
                 let pos = self.offsets.next_offset(id).unwrap_or(lo).max(lo);
                 metrics::gauge!(names::INPUT_LAG_RECORDS, "topic" => tp.0.clone(), "partition" => tp.1.to_string())
                     .set((hi - pos).max(0) as f64);

@@ -68,6 +68,15 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
                 .absolute(0);
         }
         counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone()).absolute(0);
+        gauge!(names::OUTPUT_QUEUE_FULL_WAITING, "topic" => topic.clone()).set(0.0);
+    }
+    // The fields most often cut: an oversized id in a breach, an oversized value in a
+    // dead letter (others appear when they are first cut).
+    counter!(names::OUTPUT_TRUNCATIONS_TOTAL, "topic" => o.breaches_topic.clone(), "field" => "correlation_id")
+        .absolute(0);
+    for field in ["key", "headers", "error", "value"] {
+        counter!(names::OUTPUT_TRUNCATIONS_TOTAL, "topic" => o.dead_letter_topic.clone(), "field" => field)
+            .absolute(0);
     }
     let mut causes: Vec<String> = topology.causes.iter().map(|c| c.name.clone()).collect();
     causes.push("unknown".into());
