@@ -1041,28 +1041,9 @@ impl Pipeline {
         let now = wall_ms();
         let summaries: Vec<LagSummary> = self
             .engine
-            .lag_snapshot()
+            .lag_snapshot(now)
             .into_iter()
-            .map(|s| LagSummary {
-                workflow: s.workflow,
-                from_stage: s.from_stage,
-                to_stage: s.to_stage,
-                segment: s.key.segment.as_str().to_string(),
-                dimensions: s
-                    .dimensions
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                emitted_at_ms: now,
-                count: i64::try_from(s.count).unwrap_or(i64::MAX),
-                min_ms: i64::try_from(s.min_ms).unwrap_or(i64::MAX),
-                p50_ms: i64::try_from(s.p50_ms).unwrap_or(i64::MAX),
-                p90_ms: i64::try_from(s.p90_ms).unwrap_or(i64::MAX),
-                p99_ms: i64::try_from(s.p99_ms).unwrap_or(i64::MAX),
-                p999_ms: i64::try_from(s.p999_ms).unwrap_or(i64::MAX),
-                max_ms: i64::try_from(s.max_ms).unwrap_or(i64::MAX),
-                hdr_base64: s.histogram_b64,
-            })
+            .map(|s| LagSummary::from_snapshot(s, now))
             .collect();
         if self.lag_task.as_ref().is_some_and(|t| !t.is_finished()) {
             tracing::warn!("previous lag summaries still in flight; skipping this interval");

@@ -62,13 +62,14 @@ pub use engine::{
     Counters, Engine, PendingInfo, PendingStatus, AGE_BUCKET_BOUNDS_MS, AGE_BUCKET_LABELS,
 };
 pub use event::{CorrelateError, CorrelationId, Origin, StageEvent, Timestamps, MAX_PARTITIONS};
-pub use lag::{Segment, SeriesKey, SeriesSnapshot};
+pub use lag::{LagStats, Segment, SeriesKey, SeriesSnapshot};
 pub use outcome::{
     CorrelationInfo, Decomposition, Dimensions, Outcome, OutcomeKind, StageSet, Terminal, Tier,
     TierDeadlines,
 };
 pub use spec::{
     BusinessHoursOverride, EngineConfig, SlaPolicy, SpecError, SpecProblem, WorkflowSpec,
+    DEFAULT_RECENT_TERMINAL_CAP,
 };
 pub use watermark::Watermarks;
 
