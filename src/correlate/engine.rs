@@ -994,17 +994,12 @@ impl Engine {
         );
     }
 
-    /// Removes an entry everywhere, emits its terminal outcome, remembers the key; returns
-    /// the key's hash (`None` if the slot was empty).
-    fn finish(
-        &mut self,
-        slot: u32,
-        terminal: Terminal,
-        kind: OutcomeKind,
-        out: &mut Vec<Outcome>,
-    ) -> Option<u64> {
+    /// Removes an entry everywhere, emits its terminal outcome, remembers the key.
+    fn finish(&mut self, slot: u32, terminal: Terminal, kind: OutcomeKind, out: &mut Vec<Outcome>) {
         self.delist(slot);
-        let mut e = self.slab.get_mut(slot as usize).and_then(Option::take)?;
+        let Some(mut e) = self.slab.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
         // The key being processed was hashed already; timers and eviction hash again.
         let hash = match self.hot {
             Some((s, h)) if s == slot => h,
@@ -1053,7 +1048,6 @@ impl Engine {
                 self.finished_stage(hash, workflow, stage, at, &id, out);
             }
         }
-        Some(hash)
     }
 
     /// A stage for a correlation that already finished: a duplicate or a late arrival.
