@@ -3,7 +3,7 @@
 //!
 //! Layout, chosen for a small footprint per pending correlation:
 //!
-//! - `slab`: one 64-byte [`Entry`] per pending correlation, addressed by a `u32` slot.
+//! - `slab`: one 64-byte `Entry` per pending correlation, addressed by a `u32` slot.
 //!   The start stage's record is stored inline; other stages (rarely pending) go in a
 //!   boxed side vector.
 //! - `index`: a `HashTable<u32>` of slots; the id bytes live only in the entry.
@@ -248,7 +248,7 @@ struct Close {
 }
 
 /// The single-owner correlation engine. `&mut self` everywhere; `Send`, so it can live in
-/// one task (or one per shard, see [`ShardedEngine`](super::ShardedEngine)).
+/// one task (or one per shard, see [`shard_of`](super::shard_of)).
 pub struct Engine {
     wfs: Vec<Wf>,
     slab: Vec<Option<Entry>>,

@@ -19,7 +19,15 @@
 //!                            if let Some(now) = watermarks.effective_now(wall) { engine.advance(now, &mut out) }
 //!                            commit offset ≤ engine.min_pinned_offset(partition) (or the next
 //!                            offset to read when nothing is pinned)
+//! at start-up:               engine.open_lag_interval(wall)
+//! every lag interval:        engine.lag_snapshot(wall)   (per-interval histograms + cumulative stats)
+//! on each status refresh:    engine.counters(), engine.recent_len(), engine.pending_status(),
+//!                            engine.lag_totals(workflow, Segment::EndToEnd)
 //! ```
+//!
+//! Outcomes depend on event times, not on the order partitions are read (see [`engine`]):
+//! stages read ahead of their time wait for the clock, so a replay ends every correlation
+//! the way live processing does.
 //!
 //! # Concurrency choice
 //!
