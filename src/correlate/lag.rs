@@ -3,13 +3,15 @@
 //! Milliseconds, 3 significant digits, auto-resizing. Series are keyed by one packed
 //! `u64` so a record on the match path is one hash lookup plus the HDR increment.
 //!
-//! Each series has two histograms. The match path records into the *interval* one only;
-//! a snapshot summarizes and serializes it, folds it into the *cumulative* one and resets
-//! it. So the lag topic carries per-interval histograms, which downstream can merge over
-//! time and across instances (summing cumulative histograms would count every lag once
-//! per snapshot), while the cumulative view stays available for quantiles since start.
-//! The interval histogram counts in `u32` (half the memory of the cumulative `u64` one):
-//! one interval never holds four billion lags in one bucket, and the fold saturates anyway.
+//! Each series has two histograms: the *interval* one, which a snapshot summarizes,
+//! serializes and resets, and the *cumulative* one since start. The lag topic carries the
+//! interval histograms, which downstream can merge over time and across instances (adding
+//! cumulative histograms would count every lag once per snapshot), while the cumulative
+//! view stays for quantiles since start. A lag is recorded into both: two HDR increments
+//! on the match path cost less than folding the interval into the cumulative histogram at
+//! every snapshot (measured: the fold through HDR's bucket iterator doubled the snapshot
+//! time). The interval histogram counts in `u32`, half the memory of the `u64` cumulative
+//! one: one interval never holds four billion lags in one bucket (and it saturates).
 
 use base64::Engine as _;
 use hashbrown::HashMap;
@@ -130,6 +132,8 @@ impl LagStats {
         if h.is_empty() {
             return Self::default();
         }
+        // Four scans that stop at their quantile, each summing counts in vectorised chunks:
+        // measured faster than one pass through HDR's bucket iterator.
         Self {
             count: h.len(),
             min_ms: h.min(),
@@ -217,7 +221,9 @@ impl LagStore {
                 _ => return value_ms < 0,
             },
         };
-        record_into(&mut s.interval, value_ms.max(0) as u64, 1);
+        let v = value_ms.max(0) as u64;
+        record_into(&mut s.interval, v, 1);
+        record_into(&mut s.cumulative, v, 1);
         value_ms < 0
     }
 
@@ -225,7 +231,7 @@ impl LagStore {
     pub(crate) fn count(&self, key: SeriesKey) -> u64 {
         self.series
             .get(&key.pack())
-            .map_or(0, |s| s.cumulative.len() + s.interval.len())
+            .map_or(0, |s| s.cumulative.len())
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = SeriesKey> + '_ {
@@ -233,33 +239,30 @@ impl LagStore {
     }
 
     /// Ends the current interval of a series: its summary and encoding, then the interval
-    /// is folded into the cumulative histogram and cleared (keeping its allocation).
+    /// histogram is cleared (keeping its allocation).
     /// `None` when the series does not exist or recorded nothing in the interval.
     pub(crate) fn close_interval(&mut self, key: SeriesKey) -> Option<Closed> {
         let s = self.series.get_mut(&key.pack())?;
         if s.interval.is_empty() {
             return None;
         }
-        let interval = LagStats::of(&s.interval);
+        let Series {
+            interval,
+            cumulative,
+        } = s;
+        let stats = LagStats::of(interval);
         self.buf.clear();
         // Serialization into a Vec cannot fail for I/O reasons; an error here would be an
         // internal HDR invariant, so report the series without its encoding rather than drop it.
-        let histogram_b64 = match V2Serializer::new().serialize(&s.interval, &mut self.buf) {
+        let histogram_b64 = match V2Serializer::new().serialize(interval, &mut self.buf) {
             Ok(_) => base64::engine::general_purpose::STANDARD.encode(&self.buf),
             Err(_) => String::new(),
         };
-        for v in s.interval.iter_recorded() {
-            record_into(
-                &mut s.cumulative,
-                v.value_iterated_to(),
-                u64::from(v.count_at_value()),
-            );
-        }
-        s.interval.reset();
+        interval.reset();
         Some(Closed {
-            interval,
+            interval: stats,
             histogram_b64,
-            cumulative: LagStats::of(&s.cumulative),
+            cumulative: LagStats::of(cumulative),
         })
     }
 
@@ -277,9 +280,6 @@ impl LagStore {
             };
             // Same precision and lowest value, auto-resizing: adding cannot fail on range.
             let _ = t.add(&s.cumulative);
-            for v in s.interval.iter_recorded() {
-                record_into(t, v.value_iterated_to(), u64::from(v.count_at_value()));
-            }
         }
         total.filter(|t| !t.is_empty()).map(|t| LagStats::of(&t))
     }
@@ -343,7 +343,30 @@ mod tests {
         assert!((499..=501).contains(&st.interval.p50_ms));
         let h = decode(&st.histogram_b64);
         assert_eq!(h.len(), 1001);
-        assert_eq!(h.value_at_quantile(0.9), st.interval.p90_ms);
+        for (q, v) in [
+            (0.5, st.interval.p50_ms),
+            (0.9, st.interval.p90_ms),
+            (0.99, st.interval.p99_ms),
+            (0.999, st.interval.p999_ms),
+        ] {
+            assert_eq!(h.value_at_quantile(q), v, "quantile {q}");
+        }
+    }
+
+    #[test]
+    fn one_pass_quantiles_match_hdr_on_skewed_data() {
+        let mut h = Histogram::<u32>::new(3).unwrap();
+        for v in 0..5_000u64 {
+            h.record_n(v * v % 90_001, 1 + (v % 7) as u32).unwrap();
+        }
+        h.record(86_400_000).unwrap();
+        let st = LagStats::of(&h);
+        let hdr = [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q));
+        assert_eq!([st.p50_ms, st.p90_ms, st.p99_ms, st.p999_ms], hdr);
+        assert_eq!(
+            (st.count, st.min_ms, st.max_ms),
+            (h.len(), h.min(), h.max())
+        );
     }
 
     #[test]
