@@ -46,7 +46,8 @@
 //!   2.5 M stage events/s on one core.
 //! - `correlate/timer_firing_1m_pending`: about 10.7 M breaches fired/s (≈ 93 ns each)
 //!   with 1M correlations pending.
-//! - `correlate/lag_snapshot`: 2.7 ms for 120 series (dominated by V2 serialization);
+//! - `correlate/lag_snapshot`: 4.2 ms for 120 series that all recorded lags in the interval
+//!   (two summaries and one V2 serialization each; measured on a busy machine);
 //!   `correlate/pending_status_1m`: 3.2 µs with 1M pending.
 //! - Memory (printed by the bench binary, `-- --memory-only`): 138 bytes per pending
 //!   correlation beyond the id's own bytes at 1M pending — 64-byte entry, one B-tree slot in
