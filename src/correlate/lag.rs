@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_quantiles_match_hdr_on_skewed_data() {
+    fn summary_quantiles_match_hdr_on_skewed_data() {
         let mut h = Histogram::<u32>::new(3).unwrap();
         for v in 0..5_000u64 {
             h.record_n(v * v % 90_001, 1 + (v % 7) as u32).unwrap();
