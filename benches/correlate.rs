@@ -185,26 +185,50 @@ fn timer_firing(c: &mut Criterion) {
     g.finish();
 }
 
-fn snapshots(c: &mut Criterion) {
-    let mut g = c.benchmark_group("correlate");
-    g.sample_size(10);
-    let mut e = engine_with_pending(1_000_000);
+/// Completes `n` correlations over 20 carrier × 5 warehouse labels and a spread of lags,
+/// ids from `first`.
+fn complete_labelled(e: &mut Engine, first: u64, n: u64) {
     let mut out = Vec::new();
-    // Some completed traffic over a spread of lags and 20 carrier × 5 warehouse labels.
-    for i in 0..200_000u64 {
-        let mut s = event(0, 10_000_000 + i, 0);
+    for i in first..first + n {
+        let mut s = event(0, i, 0);
         s.dimensions = vec![
             (0, format!("carrier{}", i % 20)),
             (1, format!("wh{}", i % 5)),
         ];
         let _ = e.process(s, &mut out);
-        let _ = e.process(event(1, 10_000_000 + i, (i % 600_000) as i64), &mut out);
+        let _ = e.process(event(1, i, (i % 600_000) as i64), &mut out);
         out.clear();
     }
+}
+
+fn snapshots(c: &mut Criterion) {
+    const PER_INTERVAL: u64 = 20_000;
+    let mut g = c.benchmark_group("correlate");
+    g.sample_size(10);
+    let mut e = engine_with_pending(1_000_000);
+    let mut out = Vec::new();
+    complete_labelled(&mut e, 10_000_000, 200_000);
     e.advance(1_000_000, &mut out);
-    let series = e.lag_snapshot().len();
+    let series = e.lag_snapshot(0).len();
     println!("correlate/snapshot: {series} histogram series, 1M pending");
-    g.bench_function("lag_snapshot", |b| b.iter(|| black_box(e.lag_snapshot())));
+    // Each snapshot closes an interval in which every series recorded lags (a quiet series
+    // costs only its skip).
+    let mut next = 20_000_000u64;
+    let mut now = 0i64;
+    g.bench_function("lag_snapshot", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                complete_labelled(&mut e, next, PER_INTERVAL);
+                next += PER_INTERVAL;
+                now += 1_000;
+                let t = Instant::now();
+                black_box(e.lag_snapshot(now));
+                total += t.elapsed();
+            }
+            total
+        })
+    });
     g.bench_function("pending_status_1m", |b| {
         b.iter(|| black_box(e.pending_status()))
     });

@@ -1,13 +1,15 @@
 //! Property tests of the correlation engine: under any arrival order, duplicates and clock
 //! movement, no correlation is lost or finished twice, tiers fire at most once, histograms
-//! agree with outcomes, and offset pins cover every pending record.
+//! agree with outcomes, and offset pins cover every pending record; and a replay of a
+//! history spread over partitions, read in any order the partitions allow with the
+//! watermark clock, ends every correlation the way live processing does.
 
 use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 use synclag::correlate::{
     Engine, EngineConfig, Origin, Outcome, OutcomeKind, Segment, SlaPolicy, StageEvent, Tier,
-    Timestamps, WorkflowSpec,
+    Timestamps, Watermarks, WorkflowSpec,
 };
 
 #[derive(Debug, Clone)]
@@ -179,10 +181,10 @@ proptest! {
             .filter(|o| matches!(o.kind, OutcomeKind::Completed { .. }))
             .count() as u64;
         let end_to_end: u64 = e
-            .lag_snapshot()
+            .lag_snapshot(0)
             .iter()
             .filter(|s| s.key.segment == Segment::EndToEnd)
-            .map(|s| s.count)
+            .map(|s| s.cumulative.count)
             .sum();
         prop_assert_eq!(end_to_end, completed);
         let counters = e.counters();
@@ -225,5 +227,269 @@ proptest! {
             .collect();
         prop_assert_eq!(done, vec![times[2] - times[0]]);
         prop_assert_eq!(e.pending(), 0);
+    }
+}
+
+// ---- replay = live
+
+/// Partitions the histories are spread over.
+const PARTITIONS: u32 = 3;
+
+/// One input record: correlation, stage, event time, partition.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    corr: usize,
+    stage: usize,
+    at: i64,
+    partition: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Histories {
+    stages: usize,
+    warn: i64,
+    critical: i64,
+    window: i64,
+    /// In generation order; ties in time keep this order on a partition.
+    records: Vec<Rec>,
+    /// Which partition the replaying consumer reads next (modulo those with records left).
+    picks: Vec<u8>,
+}
+
+/// Per correlation: start time, then per stage (present, offset from the start,
+/// partition, redelivered copy on partition).
+type StagePlan = (bool, i64, u32, Option<u32>);
+
+fn histories() -> impl Strategy<Value = Histories> {
+    (2usize..=4, 1i64..40, 0i64..40, 0i64..80).prop_flat_map(|(stages, warn, extra, slack)| {
+        let critical = warn + extra;
+        // The topology requires window >= critical.
+        let window = critical + slack;
+        let stage_plan = (
+            prop::bool::weighted(0.85),
+            // Mostly inside the window, often past it, sometimes before the start (clock
+            // skew between sources, less than a window: a stage a whole window before its
+            // start is a bad timestamp, not a replay question).
+            prop_oneof![
+                3 => 0i64..=window,
+                2 => window..3 * window + 1,
+                1 => (1i64..=20).prop_map(move |x| -(x % window)),
+            ],
+            0u32..PARTITIONS,
+            prop::option::weighted(0.1, 0u32..PARTITIONS),
+        );
+        let corr = (0i64..300, prop::collection::vec(stage_plan, stages));
+        (
+            prop::collection::vec(corr, 1..10),
+            prop::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_map(move |(corrs, picks)| {
+                let mut records = Vec::new();
+                for (c, (start, plan)) in corrs.into_iter().enumerate() {
+                    for (stage, (present, offset, partition, copy)) in plan.into_iter().enumerate()
+                    {
+                        let plan: StagePlan = (present, offset, partition, copy);
+                        if !plan.0 {
+                            continue;
+                        }
+                        let at = if stage == 0 { start } else { start + plan.1 };
+                        records.push(Rec {
+                            corr: c,
+                            stage,
+                            at,
+                            partition: plan.2,
+                        });
+                        if let Some(p) = plan.3 {
+                            records.push(Rec {
+                                corr: c,
+                                stage,
+                                at,
+                                partition: p,
+                            });
+                        }
+                    }
+                }
+                Histories {
+                    stages,
+                    warn,
+                    critical,
+                    window,
+                    records,
+                    picks,
+                }
+            })
+    })
+}
+
+fn replay_engine(h: &Histories) -> Engine {
+    let mut cfg = EngineConfig::with_workflows(vec![WorkflowSpec {
+        name: "w".into(),
+        stages: (0..h.stages).map(|i| format!("s{i}")).collect(),
+        sla: SlaPolicy {
+            warn_ms: h.warn,
+            critical_ms: h.critical,
+            overrides: vec![],
+        },
+        window_ms: h.window,
+        dimensions: vec![],
+    }]);
+    cfg.max_pending = 10_000;
+    cfg.recent_terminal_cap = 10_000;
+    Engine::new(&cfg).unwrap()
+}
+
+fn stage_event(r: &Rec, offset: i64) -> StageEvent {
+    StageEvent {
+        workflow: 0,
+        stage: r.stage,
+        correlation_id: format!("c{}", r.corr).into(),
+        ts: Timestamps {
+            source_event_ms: Some(r.at),
+            kafka_ms: Some(r.at + 1),
+            ..Timestamps::default()
+        },
+        dimensions: vec![],
+        origin: Origin {
+            partition_id: r.partition,
+            offset,
+        },
+    }
+}
+
+/// What a correlation's end looks like to an alerting system: breaches (tier and deadline),
+/// completion, never-arrived, late arrivals and evictions with their stage, time and lag.
+fn ends(out: &[Outcome]) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .iter()
+        .filter_map(|o| {
+            let id = o.info.correlation_id.to_string();
+            match &o.kind {
+                OutcomeKind::StageReached { .. } => None,
+                OutcomeKind::Breach {
+                    tier, deadline_ms, ..
+                } => Some(format!("{id} breach {tier:?} deadline={deadline_ms}")),
+                OutcomeKind::Completed {
+                    at_ms,
+                    lag_from_first_ms,
+                    end_to_end_ms,
+                    ..
+                } => Some(format!(
+                    "{id} completed at={at_ms} lag={lag_from_first_ms} e2e={end_to_end_ms}"
+                )),
+                OutcomeKind::NeverArrived {
+                    window_end_ms,
+                    stages_seen,
+                    ..
+                } => Some(format!(
+                    "{id} never_arrived end={window_end_ms} started={} seen={:?}",
+                    o.info.started,
+                    stages_seen.iter().collect::<Vec<_>>()
+                )),
+                OutcomeKind::LateArrival {
+                    stage,
+                    at_ms,
+                    lag_from_first_ms,
+                    after,
+                } => Some(format!(
+                    "{id} late stage={stage} at={at_ms} lag={lag_from_first_ms:?} after={after:?}"
+                )),
+                OutcomeKind::Evicted { .. } => Some(format!("{id} evicted")),
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Live: every record read the moment it happens, the clock at its time.
+fn run_live(h: &Histories) -> (Vec<Outcome>, Engine) {
+    let mut e = replay_engine(h);
+    let mut out = Vec::new();
+    let mut order: Vec<(usize, &Rec)> = h.records.iter().enumerate().collect();
+    order.sort_by_key(|(i, r)| (r.at, *i));
+    for (i, r) in order {
+        e.advance(r.at, &mut out);
+        e.process(stage_event(r, i as i64), &mut out).unwrap();
+    }
+    let end = h.records.iter().map(|r| r.at).max().unwrap_or(0) + 4 * h.window + 1;
+    e.advance(end, &mut out);
+    (out, e)
+}
+
+/// Replay: the history was written before the consumer started; it reads the partitions
+/// in the interleaving `picks` gives, each partition in order, and drives the clock with
+/// the event-time watermark as the service does (a partition read to its end is caught up).
+fn run_replay(h: &Histories) -> (Vec<Outcome>, Engine, Vec<usize>) {
+    let mut queues: Vec<Vec<(usize, Rec)>> = vec![Vec::new(); PARTITIONS as usize];
+    for (i, r) in h.records.iter().enumerate() {
+        queues[r.partition as usize].push((i, *r));
+    }
+    for q in &mut queues {
+        // A partition holds its records in time order (ties in production order).
+        q.sort_by_key(|(i, r)| (r.at, *i));
+        q.reverse();
+    }
+    let wall = 1_000_000_000;
+    let mut wm = Watermarks::new(i64::MAX);
+    for p in 0..PARTITIONS {
+        wm.assign(p);
+        if queues[p as usize].is_empty() {
+            wm.set_caught_up(p, true);
+        }
+    }
+    let mut e = replay_engine(h);
+    let mut out = Vec::new();
+    let mut read = Vec::new();
+    let mut picks = h.picks.iter().copied().cycle();
+    loop {
+        let open: Vec<usize> = (0..queues.len())
+            .filter(|&p| !queues[p].is_empty())
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        let p = open[usize::from(picks.next().unwrap_or(0)) % open.len()];
+        let Some((i, r)) = queues[p].pop() else { break };
+        read.push(i);
+        wm.observe(r.partition, r.at, wall);
+        e.process(stage_event(&r, i as i64), &mut out).unwrap();
+        if queues[p].is_empty() {
+            wm.set_caught_up(r.partition, true);
+        }
+        if let Some(now) = wm.effective_now(wall) {
+            e.advance(now, &mut out);
+        }
+    }
+    e.advance(wall, &mut out);
+    (out, e, read)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn a_replay_ends_every_correlation_as_live_does(h in histories()) {
+        let (live, live_engine) = run_live(&h);
+        let (replay, replay_engine, read) = run_replay(&h);
+        let order: Vec<String> = read
+            .iter()
+            .map(|&i| {
+                let r = h.records[i];
+                format!("c{}/s{}@{}p{}", r.corr, r.stage, r.at, r.partition)
+            })
+            .collect();
+        prop_assert_eq!(ends(&live), ends(&replay), "read order {:?}", order);
+        prop_assert_eq!(replay_engine.pending(), 0);
+        for p in 0..PARTITIONS {
+            prop_assert_eq!(replay_engine.min_pinned_offset(p), None);
+        }
+        let (l, r) = (live_engine.counters(), replay_engine.counters());
+        prop_assert_eq!(
+            (l.completed, l.never_arrived, l.late_arrivals, l.breaches_warn, l.breaches_critical),
+            (r.completed, r.never_arrived, r.late_arrivals, r.breaches_warn, r.breaches_critical)
+        );
+        // Every record is accounted for once: applied, a duplicate or after completion.
+        let e2e = |e: &Engine| e.lag_totals(0, Segment::EndToEnd).map_or(0, |s| s.count);
+        prop_assert_eq!(e2e(&live_engine), e2e(&replay_engine));
     }
 }

@@ -162,6 +162,10 @@ pub struct Store {
     pub max_pending: usize,
     pub dimension_value_cap: usize,
     pub oldest_n: usize,
+    /// Recently finished correlations remembered, so a stage read after its correlation
+    /// ended is recognised (late arrival, or a stage after completion) instead of starting
+    /// a new correlation.
+    pub recent_finished: usize,
 }
 
 /// How a stream's records are encoded.

@@ -124,8 +124,14 @@ pub struct RawStore {
     pub max_pending: Option<u64>,
     pub dimension_value_cap: Option<u64>,
     pub oldest_n: Option<u64>,
+    pub recent_finished: Option<u64>,
 }
-pub const STORE_KEYS: &[&str] = &["max_pending", "dimension_value_cap", "oldest_n"];
+pub const STORE_KEYS: &[&str] = &[
+    "max_pending",
+    "dimension_value_cap",
+    "oldest_n",
+    "recent_finished",
+];
 
 /// One entry of `streams:`.
 #[derive(Debug, Deserialize)]

@@ -778,6 +778,12 @@ fn store_section(ctx: &mut Ctx, store: RawStore) -> Store {
             64,
         ),
         oldest_n: positive(ctx, "store.oldest_n", store.oldest_n, 20),
+        recent_finished: positive(
+            ctx,
+            "store.recent_finished",
+            store.recent_finished,
+            crate::correlate::spec::DEFAULT_RECENT_TERMINAL_CAP,
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Layout, chosen for a small footprint per pending correlation:
 //!
-//! - `slab`: one 64-byte [`Entry`] per pending correlation, addressed by a `u32` slot.
+//! - `slab`: one 64-byte `Entry` per pending correlation, addressed by a `u32` slot.
 //!   The start stage's record is stored inline; other stages (rarely pending) go in a
 //!   boxed side vector.
 //! - `index`: a `HashTable<u32>` of slots; the id bytes live only in the entry.
@@ -16,11 +16,22 @@
 //!   their earliest occurrence, with only the window timer.
 //! - `age`: per workflow, pending counts per start second, for the age buckets.
 //!
-//! Clock rule: a tier fires once the engine clock reaches `start + SLA` while the
-//! correlation is pending. When a stage of a correlation arrives, the deadlines up to that
-//! stage's own occurrence time are settled first — the data proves that time has passed
-//! for this correlation. This is what makes a replay from a backlog (watermark clock
-//! lagging behind) produce the same outcomes as live processing.
+//! Clock rule: outcomes depend on event times only, never on the order in which
+//! partitions are read. A tier fires once the engine clock reaches `start + SLA` while the
+//! correlation is pending, and the window ends when the clock reaches `start + window`.
+//! While a backlog is read the clock is the event-time watermark (see [`super::watermark`]),
+//! so every record not read yet happened at or after the clock. A stage's own time settles
+//! nothing, with one exception: a closing stage proves its correlation was pending until
+//! then, so tiers due before it fire before it completes. Everything else waits for the
+//! clock, because a stage of the same correlation that happened earlier may still be
+//! unread on another partition.
+//!
+//! Stages read ahead of their time follow the same rule. A replay can read a closing
+//! stage before its start (different partitions; live, the start comes first): it is held,
+//! and when the start arrives the held stages are applied in the order they happened. A
+//! stage that happened after its correlation's window end but is read before the clock got
+//! there is kept unseen: at the window end the correlation is `NeverArrived` and the stage
+//! a `LateArrival`, exactly as live.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
@@ -31,7 +42,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::dims::DimTable;
 use super::event::{CorrelateError, CorrelationId, Origin, StageEvent, Timestamps, MAX_PARTITIONS};
-use super::lag::{LagStore, Segment, SeriesKey, SeriesSnapshot};
+use super::lag::{LagStats, LagStore, Segment, SeriesKey, SeriesSnapshot};
 use super::outcome::{
     CorrelationInfo, Decomposition, Dimensions, Outcome, OutcomeKind, StageSet, Terminal, Tier,
     TierDeadlines,
@@ -88,6 +99,17 @@ pub struct Counters {
     /// Intermediate stages read after their correlation completed (consumption order
     /// across partitions, usual while replaying a backlog): counted, no outcome.
     pub after_completion: u64,
+    /// Correlations whose start never came: held stages that reached the end of their
+    /// window (a subset of `never_arrived`).
+    pub held_expired: u64,
+    /// Stages read before the engine clock reached their correlation's window end but
+    /// that happened after it (read ahead of other partitions, or held before their
+    /// start: usual in a replay). Kept until the window ended, then reported as a
+    /// `LateArrival` after the `NeverArrived` (a subset of `late_arrivals`), as live.
+    pub beyond_window: u64,
+    /// SLA tiers not raised because the window ended before their deadline (a workflow
+    /// whose window is shorter than a tier).
+    pub tiers_after_window: u64,
 }
 
 /// One pending correlation in the status listing.
@@ -114,6 +136,8 @@ pub struct PendingStatus {
     pub name: String,
     /// Pending correlations.
     pub pending: usize,
+    /// Of those, correlations whose start has not been seen (their stages are held).
+    pub held: usize,
     /// Pending counts per age bucket ([`AGE_BUCKET_LABELS`]), age = engine clock − start,
     /// at one-second resolution.
     pub by_age: [u64; 5],
@@ -182,15 +206,6 @@ impl Entry {
         }
     }
 
-    fn max_at(&self) -> i64 {
-        let recs = self.recs().iter().map(|r| r.at).max().unwrap_or(NONE);
-        if self.started() {
-            recs.max(self.s0_at)
-        } else {
-            recs
-        }
-    }
-
     /// Nearest seen stage before `stage` in the chain.
     fn previous_seen(&self, stage: usize) -> Option<usize> {
         (0..stage).rev().find(|&s| self.seen & (1 << s) != 0)
@@ -233,7 +248,7 @@ struct Close {
 }
 
 /// The single-owner correlation engine. `&mut self` everywhere; `Send`, so it can live in
-/// one task (or one per shard, see [`ShardedEngine`](super::ShardedEngine)).
+/// one task (or one per shard, see [`shard_of`](super::shard_of)).
 pub struct Engine {
     wfs: Vec<Wf>,
     slab: Vec<Option<Entry>>,
@@ -252,6 +267,8 @@ pub struct Engine {
     scratch: Vec<(i64, u32)>,
     /// `(slot, hash)` of the key `process` is working on, so finishing it needs no rehash.
     hot: Option<(u32, u64)>,
+    /// Start of the current lag interval (0: since creation, time unknown).
+    lag_interval_start: i64,
 }
 
 fn bit(stage: usize) -> u16 {
@@ -324,6 +341,7 @@ impl Engine {
             oldest_n: cfg.oldest_n,
             scratch: Vec::new(),
             hot: None,
+            lag_interval_start: 0,
         })
     }
 
@@ -342,6 +360,12 @@ impl Engine {
         let mut c = self.counters;
         c.recent_forgotten = self.recent.forgotten;
         c
+    }
+
+    /// Finished correlations currently remembered (bounded by
+    /// [`EngineConfig::recent_terminal_cap`]).
+    pub fn recent_len(&self) -> usize {
+        self.recent.len()
     }
 
     /// Lowest offset on `partition_id` that a pending correlation was built from; the
@@ -546,18 +570,21 @@ impl Engine {
             return;
         };
         let stage = ev.stage;
-        if e.seen & bit(stage) != 0 {
+        // A stage waiting past the window end is not seen yet, but is known.
+        if e.seen & bit(stage) != 0 || e.recs().iter().any(|r| usize::from(r.stage) == stage) {
             self.counters.duplicates += 1;
             return;
         }
         let started = e.started();
         let w = usize::from(e.workflow);
-        // Settle this correlation's clock up to the stage's own time first.
-        let t = self.now.max(at);
+        // Only the clock settles timers here, never this stage's own time: a stage of the
+        // same correlation that happened earlier may still be unread on another partition
+        // (a closing stage before a breach deadline, a middle stage before the window end).
+        let now = self.now;
         if started {
-            self.fire_tiers(slot, t, out);
+            self.fire_tiers(slot, now, out);
         }
-        if self.expire_if_due(slot, t, out) {
+        if self.expire_if_due(slot, now, out) {
             let hash = self.hash_key(w as u16, ev.correlation_id.as_bytes());
             self.on_finished(hash, ev, at, out);
             return;
@@ -571,7 +598,22 @@ impl Engine {
             }
         }
         let last = self.wfs[w].n_stages - 1;
-        if stage == 0 {
+        let window_end = self
+            .entry(slot)
+            .map_or(i64::MAX, |e| e.s0_at.saturating_add(self.wfs[w].window_ms));
+        let held_end = self.entry(slot).map_or(i64::MAX, |e| {
+            e.anchor().saturating_add(self.wfs[w].window_ms)
+        });
+        if stage == 0 && at >= held_end {
+            // The held stages' window ends before this start: live, they would have been
+            // declared never arrived and the start read late. Kept unseen for the expiry.
+            if let Some(e) = self.entry_mut(slot) {
+                e.more
+                    .get_or_insert_with(Default::default)
+                    .push(make_rec(0, &ev.ts, at, ev.origin));
+            }
+            self.pins.pin(ev.origin.partition_id, ev.origin.offset);
+        } else if stage == 0 {
             self.start_held(slot, &ev, at, out);
         } else if !started {
             self.delist(slot);
@@ -584,9 +626,17 @@ impl Engine {
             self.pins.pin(ev.origin.partition_id, ev.origin.offset);
             self.counters.held_early += 1;
             self.enlist(slot);
-            // The anchor may have moved earlier.
-            let now = self.now;
-            self.expire_if_due(slot, now, out);
+        } else if at >= window_end {
+            // Happened after the window end, read before the clock got there (a replay
+            // reading this partition ahead of others). Live, the window would end first:
+            // kept unseen, so the expiry reports it late (or, if the correlation completes
+            // first, it is a stage after completion).
+            if let Some(e) = self.entry_mut(slot) {
+                e.more
+                    .get_or_insert_with(Default::default)
+                    .push(make_rec(stage, &ev.ts, at, ev.origin));
+            }
+            self.pins.pin(ev.origin.partition_id, ev.origin.offset);
         } else if stage == last {
             let (t2, t3) = close_ts(&ev.ts);
             self.complete(slot, Close { at, t2, t3 }, out);
@@ -603,52 +653,59 @@ impl Engine {
     }
 
     /// The start stage arrives for a correlation whose later stages were held.
+    ///
+    /// Live, each held stage would have been read after the start. So they are applied
+    /// here in the order they happened: intermediate stages reached, the closing stage
+    /// completes (stages that happened after it are then stages after completion), and
+    /// stages past the window end stay unseen for the expiry to report late. A stage
+    /// counts as seen once applied, so lags from the previous stage and the stages a
+    /// completion lists are what live processing would have had. Timers are left to the
+    /// clock, as for any stage (see `on_existing`).
     fn start_held(&mut self, slot: u32, ev: &StageEvent, at: i64, out: &mut Vec<Outcome>) {
         self.delist(slot);
-        let w;
-        {
+        let w = {
             let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) else {
                 return;
             };
-            w = usize::from(e.workflow);
+            let w = usize::from(e.workflow);
             set_start(e, &ev.ts, at, ev.origin);
+            e.seen = 1;
             e.lane = self.wfs[w].policy.variant_for(at) as u8;
-        }
+            w
+        };
         self.pins.pin(ev.origin.partition_id, ev.origin.offset);
+        self.enlist(slot);
         let last = self.wfs[w].n_stages - 1;
-        // Report the held intermediate stages now that their lags can be computed.
-        let held: Vec<(usize, i64)> = self.entry(slot).map_or_else(Vec::new, |e| {
-            let mut v: Vec<(usize, i64)> = e
-                .recs()
-                .iter()
-                .map(|r| (usize::from(r.stage), r.at))
-                .filter(|&(s, _)| s != last)
-                .collect();
-            v.sort_unstable();
-            v
-        });
-        for (stage, stage_at) in held {
-            self.stage_reached(slot, stage, stage_at, out);
-        }
-        let close = self.entry(slot).and_then(|e| {
+        let window_end = at.saturating_add(self.wfs[w].window_ms);
+        let mut held: Vec<(i64, usize, i64, i64)> = self.entry(slot).map_or_else(Vec::new, |e| {
             e.recs()
                 .iter()
-                .find(|r| usize::from(r.stage) == last)
-                .map(|r| Close {
-                    at: r.at,
-                    t2: r.t2,
-                    t3: r.t3,
-                })
+                .filter(|r| r.at < window_end)
+                .map(|r| (r.at, usize::from(r.stage), r.t2, r.t3))
+                .collect()
         });
-        if let Some(close) = close {
-            self.enlist(slot);
-            self.complete(slot, close, out);
-            return;
+        held.sort_unstable();
+        for (stage_at, stage, t2, t3) in held {
+            if stage == last {
+                self.complete(
+                    slot,
+                    Close {
+                        at: stage_at,
+                        t2,
+                        t3,
+                    },
+                    out,
+                );
+                return;
+            }
+            if let Some(e) = self.entry_mut(slot) {
+                e.seen |= bit(stage);
+            }
+            self.stage_reached(slot, stage, stage_at, out);
         }
-        self.enlist(slot);
-        let t = self.now.max(self.entry(slot).map_or(at, Entry::max_at));
-        self.fire_tiers(slot, t, out);
-        self.expire_if_due(slot, t, out);
+        let now = self.now;
+        self.fire_tiers(slot, now, out);
+        self.expire_if_due(slot, now, out);
     }
 
     fn stage_reached(&mut self, slot: u32, stage: usize, at: i64, out: &mut Vec<Outcome>) {
@@ -822,6 +879,18 @@ impl Engine {
         if e.fired & flag != 0 || deadline > t {
             return;
         }
+        let window_end = e
+            .anchor()
+            .saturating_add(self.wfs[usize::from(e.workflow)].window_ms);
+        if deadline > window_end {
+            // The correlation is gone at its window end, before this deadline; live, the
+            // tier could never fire. Marked so it is counted once.
+            if let Some(e) = self.entry_mut(slot) {
+                e.fired |= flag;
+            }
+            self.counters.tiers_after_window += 1;
+            return;
+        }
         // What was known when the deadline passed: stages that occurred before it.
         let n = self.wfs[usize::from(e.workflow)].n_stages;
         let before: Vec<usize> = (0..n)
@@ -851,18 +920,39 @@ impl Engine {
     }
 
     /// Ends the correlation with `NeverArrived` if its window ended at or before `t`.
+    ///
+    /// Held stages that happened at or after the window end are not part of it: live, the
+    /// window would have ended before they were read. They follow as `LateArrival`s.
     fn expire_if_due(&mut self, slot: u32, t: i64, out: &mut Vec<Outcome>) -> bool {
         let Some(e) = self.entry(slot) else {
             return false;
         };
-        let wf = &self.wfs[usize::from(e.workflow)];
+        let w = e.workflow;
+        let wf = &self.wfs[usize::from(w)];
         let window_end_ms = e.anchor().saturating_add(wf.window_ms);
         if window_end_ms > t {
             return false;
         }
-        let stages_seen = StageSet(e.seen);
+        // Empty (no allocation) unless stages were held past the window.
+        let late: Vec<usize> = e
+            .recs()
+            .iter()
+            .filter(|r| r.at >= window_end_ms)
+            .map(|r| usize::from(r.stage))
+            .collect();
+        let late_bits = late.iter().fold(0u16, |m, &s| m | bit(s));
+        let stages_seen = StageSet(e.seen & !late_bits);
         let missing = stages_seen.missing(wf.n_stages);
+        let started = e.started();
         self.counters.never_arrived += 1;
+        if !started {
+            self.counters.held_expired += 1;
+        }
+        if let Some(e) = self.entry_mut(slot) {
+            // Not seen before the end: `finish` reports them late.
+            e.seen &= !late_bits;
+        }
+        self.counters.beyond_window += late.len() as u64;
         self.finish(
             slot,
             Terminal::NeverArrived,
@@ -924,6 +1014,16 @@ impl Engine {
         for r in e.recs() {
             self.pins.unpin(r.partition, r.offset);
         }
+        // Stages known but not seen (read ahead of their time): live they would be read
+        // after this end, so they are applied to the finished correlation, in time order.
+        // Empty, without allocating, for nearly every correlation.
+        let mut unseen: Vec<(i64, usize)> = e
+            .recs()
+            .iter()
+            .filter(|r| e.seen & bit(usize::from(r.stage)) == 0)
+            .map(|r| (r.at, usize::from(r.stage)))
+            .collect();
+        unseen.sort_unstable();
         self.free.push(slot);
         self.len -= 1;
         let started = e.started();
@@ -941,20 +1041,39 @@ impl Engine {
             seen,
             terminal,
         });
+        let unseen_id = (!unseen.is_empty()).then(|| info.correlation_id.clone());
         out.push(Outcome { info, kind });
+        if let Some(id) = unseen_id {
+            for (at, stage) in unseen {
+                self.finished_stage(hash, workflow, stage, at, &id, out);
+            }
+        }
     }
 
     /// A stage for a correlation that already finished: a duplicate or a late arrival.
     fn on_finished(&mut self, hash: u64, ev: StageEvent, at: i64, out: &mut Vec<Outcome>) {
         let w = ev.workflow as u16;
+        self.finished_stage(hash, w, ev.stage, at, &ev.correlation_id, out);
+    }
+
+    /// `stage` of finished correlation `(w, hash)` occurred at `at` and is applied now.
+    fn finished_stage(
+        &mut self,
+        hash: u64,
+        w: u16,
+        stage: usize,
+        at: i64,
+        correlation_id: &CorrelationId,
+        out: &mut Vec<Outcome>,
+    ) {
         let Some(r) = self.recent.get_mut(hash, w) else {
             return;
         };
-        if r.seen & bit(ev.stage) != 0 {
+        if r.seen & bit(stage) != 0 {
             self.counters.duplicates += 1;
             return;
         }
-        r.seen |= bit(ev.stage);
+        r.seen |= bit(stage);
         let (start_ms, started, variant, combo, after) =
             (r.start_ms, r.started, r.variant, r.combo, r.terminal);
         // Only a correlation declared missing (never arrived, evicted) can have a late
@@ -977,14 +1096,14 @@ impl Engine {
             info: CorrelationInfo {
                 workflow: usize::from(w),
                 workflow_name: wf.name.clone(),
-                correlation_id: ev.correlation_id,
+                correlation_id: correlation_id.clone(),
                 start_ms,
                 started,
                 dimensions: self.dims.dims(combo),
                 deadlines,
             },
             kind: OutcomeKind::LateArrival {
-                stage: ev.stage,
+                stage,
                 at_ms: at,
                 lag_from_first_ms: started.then(|| at.saturating_sub(start_ms)),
                 after,
@@ -1043,32 +1162,53 @@ impl Engine {
         self.scratch = due;
     }
 
-    /// Lag histogram summaries of every series, sorted by series key.
-    pub fn lag_snapshot(&self) -> Vec<SeriesSnapshot> {
+    /// Opens the first lag interval at `now_ms` (the caller's clock, e.g. wall time at
+    /// start-up). Without it the first interval reports a start of 0 ("since creation").
+    pub fn open_lag_interval(&mut self, now_ms: i64) {
+        self.lag_interval_start = now_ms;
+    }
+
+    /// Ends the current lag interval at `now_ms` and returns, per series that recorded any
+    /// lag in it and sorted by series key, the interval's summary and histogram (mergeable
+    /// over time) with the cumulative summary since creation. The next interval starts at
+    /// `now_ms`. Allocates only the returned summaries; histograms are reused.
+    pub fn lag_snapshot(&mut self, now_ms: i64) -> Vec<SeriesSnapshot> {
+        let interval_start_ms = std::mem::replace(&mut self.lag_interval_start, now_ms);
         let mut keys: Vec<SeriesKey> = self.lag.keys().collect();
         keys.sort_unstable();
-        keys.into_iter()
-            .filter_map(|key| {
-                let st = self.lag.summarize(key)?;
-                let wf = self.wfs.get(key.workflow)?;
-                let name = |s: usize| wf.stage_names.get(s).cloned().unwrap_or_default();
-                Some(SeriesSnapshot {
-                    key,
-                    workflow: wf.name.to_string(),
-                    from_stage: name(key.from_stage),
-                    to_stage: name(key.to_stage),
-                    dimensions: self.dims.dims(key.combo),
-                    count: st.count,
-                    min_ms: st.min_ms,
-                    p50_ms: st.p50_ms,
-                    p90_ms: st.p90_ms,
-                    p99_ms: st.p99_ms,
-                    p999_ms: st.p999_ms,
-                    max_ms: st.max_ms,
-                    histogram_b64: st.histogram_b64,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(wf) = self.wfs.get(key.workflow) else {
+                continue;
+            };
+            let Some(closed) = self.lag.close_interval(key) else {
+                continue;
+            };
+            let name = |s: usize| wf.stage_names.get(s).cloned().unwrap_or_default();
+            out.push(SeriesSnapshot {
+                key,
+                workflow: wf.name.to_string(),
+                from_stage: name(key.from_stage),
+                to_stage: name(key.to_stage),
+                dimensions: self.dims.dims(key.combo),
+                interval_start_ms,
+                interval_end_ms: now_ms,
+                interval: closed.interval,
+                histogram_b64: closed.histogram_b64,
+                cumulative: closed.cumulative,
+            });
+        }
+        out
+    }
+
+    /// Every lag of `segment` into the closing stage of `workflow` recorded since creation,
+    /// over all dimension values (e.g. the end-to-end quantiles a status page shows).
+    /// `None` when nothing was recorded. Merges histograms: call it per status refresh,
+    /// not per event.
+    pub fn lag_totals(&self, workflow: usize, segment: Segment) -> Option<LagStats> {
+        let last = self.wfs.get(workflow)?.n_stages - 1;
+        self.lag
+            .merged(|k| k.workflow == workflow && k.segment == segment && k.to_stage == last)
     }
 
     /// Pending counts by age (engine clock − start) and the oldest pending correlations,
@@ -1109,6 +1249,7 @@ impl Engine {
                     workflow: w,
                     name: wf.name.to_string(),
                     pending: wf.pending,
+                    held: wf.lanes.last().map_or(0, |l| l.set.len()),
                     by_age,
                     oldest,
                 }

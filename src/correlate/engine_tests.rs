@@ -125,7 +125,7 @@ fn start_then_end_completes_with_decomposition() {
     }
     assert_eq!(e.pending(), 0);
     assert_eq!(e.min_pinned_offset(0), None);
-    let snap = e.lag_snapshot();
+    let snap = e.lag_snapshot(5_000);
     let segs: Vec<&str> = snap.iter().map(|s| s.key.segment.as_str()).collect();
     assert_eq!(
         segs,
@@ -140,8 +140,10 @@ fn start_then_end_completes_with_decomposition() {
     );
     let e2e = &snap[2];
     // HDR reports the highest value equivalent at 3 significant digits.
-    assert_eq!((e2e.count, e2e.min_ms), (1, 3_000));
-    assert!((3_000..=3_003).contains(&e2e.max_ms));
+    assert_eq!((e2e.interval.count, e2e.interval.min_ms), (1, 3_000));
+    assert!((3_000..=3_003).contains(&e2e.interval.max_ms));
+    assert_eq!(e2e.cumulative, e2e.interval);
+    assert_eq!((e2e.interval_start_ms, e2e.interval_end_ms), (0, 5_000));
     assert_eq!(e2e.from_stage, "created");
     assert_eq!(e2e.to_stage, "imported");
     assert_eq!(&*e2e.dimensions[1].1, "ams");
@@ -179,7 +181,7 @@ fn missing_timestamps_leave_segments_out_but_end_to_end_in() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(e.lag_snapshot().len(), 3);
+    assert_eq!(e.lag_snapshot(0).len(), 3);
 }
 
 #[test]
@@ -417,12 +419,49 @@ fn window_end_frees_state_and_late_stage_is_reported() {
 }
 
 #[test]
-fn a_stage_past_the_window_expires_the_correlation_before_applying() {
+fn a_stage_past_the_window_waits_for_the_window_end_and_is_late() {
     let mut e = order_flow();
     let mut out = Vec::new();
     e.process(ev(0, "X", 0, 0), &mut out).unwrap();
-    e.process(ev(1, "X", 61 * MIN, 0), &mut out).unwrap();
+    e.process(ev(1, "X", 61 * MIN, 7), &mut out).unwrap();
+    // Read ahead of the clock: it stays pending (and pinned) until the window ends.
+    assert!(out.is_empty());
+    assert_eq!(e.min_pinned_offset(1), Some(7));
+    e.advance(60 * MIN, &mut out);
     assert_eq!(kinds(&out), ["warn", "critical", "never", "late"]);
+    assert_eq!(e.counters().beyond_window, 1);
+    assert_eq!(e.min_pinned_offset(1), None);
+}
+
+#[test]
+fn a_middle_stage_read_after_a_stage_past_the_window_still_counts() {
+    // Partition order: start, the closing stage (past the window), then a middle stage
+    // that happened inside the window. Live, the middle stage comes before the window end.
+    let mut e = engine(vec![wf("w", &["a", "b", "c"], 5 * MIN, 15 * MIN, 60 * MIN)]);
+    let mut out = Vec::new();
+    e.process(ev(0, "Y", 0, 0), &mut out).unwrap();
+    e.process(ev(2, "Y", 70 * MIN, 0), &mut out).unwrap();
+    e.process(ev(1, "Y", 30 * MIN, 0), &mut out).unwrap();
+    e.advance(60 * MIN, &mut out);
+    assert_eq!(kinds(&out), ["stage", "warn", "critical", "never", "late"]);
+    match &out[3].kind {
+        OutcomeKind::NeverArrived { stages_seen, .. } => {
+            assert_eq!(stages_seen.iter().collect::<Vec<_>>(), [0, 1])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_middle_stage_past_a_deadline_does_not_fire_it_before_an_earlier_close() {
+    // The middle stage happened after the warn deadline, but the closing stage (read
+    // later, another partition) happened before it: live there is no breach.
+    let mut e = engine(vec![wf("w", &["a", "b", "c"], 5 * MIN, 15 * MIN, 60 * MIN)]);
+    let mut out = Vec::new();
+    e.process(ev(0, "Z", 0, 0), &mut out).unwrap();
+    e.process(ev(1, "Z", 10 * MIN, 0), &mut out).unwrap();
+    e.process(ev(2, "Z", 4 * MIN, 0), &mut out).unwrap();
+    assert_eq!(kinds(&out), ["stage", "completed"]);
 }
 
 #[test]
@@ -501,10 +540,10 @@ fn dimension_overflow_goes_to_other() {
     assert_eq!(labels, ["dhl", "other", "other"]);
     assert_eq!(e.counters().dimension_overflow, 2);
     let e2e: Vec<_> = e
-        .lag_snapshot()
+        .lag_snapshot(0)
         .into_iter()
         .filter(|s| s.key.segment == Segment::EndToEnd)
-        .map(|s| s.count)
+        .map(|s| s.interval.count)
         .collect();
     assert_eq!(e2e, [1, 2]);
 }
@@ -727,4 +766,260 @@ fn replay_from_backlog_gives_the_same_outcomes_as_live() {
     ] {
         assert!(all.contains(k), "{k} missing");
     }
+}
+
+fn lag_of(o: &Outcome) -> Option<i64> {
+    match o.kind {
+        OutcomeKind::Completed {
+            lag_from_first_ms, ..
+        } => Some(lag_from_first_ms),
+        OutcomeKind::LateArrival {
+            lag_from_first_ms, ..
+        } => lag_from_first_ms,
+        _ => None,
+    }
+}
+
+#[test]
+fn a_closing_stage_read_before_its_start_and_past_the_window_is_late_as_live() {
+    // Live: start, window end (never arrived), then the closing record (late).
+    let mut live = order_flow();
+    let mut live_out = Vec::new();
+    live.process(ev(0, "L", 0, 0), &mut live_out).unwrap();
+    live.advance(61 * MIN, &mut live_out);
+    live.process(ev(1, "L", 61 * MIN, 0), &mut live_out)
+        .unwrap();
+    assert_eq!(kinds(&live_out), ["warn", "critical", "never", "late"]);
+
+    // Replay: the closing record's partition is read first.
+    let mut e = order_flow();
+    let mut out = Vec::new();
+    e.process(ev(1, "L", 61 * MIN, 5), &mut out).unwrap();
+    assert!(out.is_empty());
+    e.process(ev(0, "L", 0, 3), &mut out).unwrap();
+    // The watermark clock is at most the start's time when the start is read.
+    e.advance(0, &mut out);
+    assert!(out.is_empty());
+    e.advance(60 * MIN, &mut out);
+    assert_eq!(kinds(&out), ["warn", "critical", "never", "late"]);
+    assert_eq!(out, live_out);
+    match &out[2].kind {
+        OutcomeKind::NeverArrived {
+            window_end_ms,
+            stages_seen,
+            missing,
+        } => {
+            assert_eq!(*window_end_ms, 60 * MIN);
+            assert_eq!(stages_seen.iter().collect::<Vec<_>>(), [0]);
+            assert_eq!(missing, &vec![1]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(lag_of(&out[3]), Some(61 * MIN));
+    let c = e.counters();
+    assert_eq!(
+        (c.held_early, c.beyond_window, c.late_arrivals, c.completed),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(e.pending(), 0);
+    for p in 0..2 {
+        assert_eq!(e.min_pinned_offset(p), None);
+    }
+    // The late stage is remembered: its redelivery is a duplicate.
+    e.process(ev(1, "L", 61 * MIN, 5), &mut out).unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(e.counters().duplicates, 1);
+}
+
+#[test]
+fn held_stages_are_applied_in_the_order_they_happened() {
+    let flow = || engine(vec![wf("w", &["a", "b", "c"], 5 * MIN, 15 * MIN, 60 * MIN)]);
+    // Middle stage in time, closing stage past the window: stage, never arrived, late.
+    let mut e = flow();
+    let mut out = Vec::new();
+    e.process(ev(2, "M", 70 * MIN, 0), &mut out).unwrap();
+    e.process(ev(1, "M", 2 * MIN, 0), &mut out).unwrap();
+    e.process(ev(0, "M", 0, 0), &mut out).unwrap();
+    assert_eq!(kinds(&out), ["stage"]);
+    e.advance(60 * MIN, &mut out);
+    assert_eq!(kinds(&out), ["stage", "warn", "critical", "never", "late"]);
+    match &out[3].kind {
+        OutcomeKind::NeverArrived { stages_seen, .. } => {
+            assert_eq!(stages_seen.iter().collect::<Vec<_>>(), [0, 1])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The warn breach knew the middle stage (it happened before the deadline).
+    match out[1].kind {
+        OutcomeKind::Breach {
+            last_stage_seen,
+            missing_stage,
+            ..
+        } => assert_eq!((last_stage_seen, missing_stage), (Some(1), 2)),
+        ref other => panic!("unexpected {other:?}"),
+    }
+
+    // Closing stage in time, middle stage after it: completed, then a stage read after
+    // completion (no outcome), as live.
+    let mut e = flow();
+    let mut out = Vec::new();
+    e.process(ev(1, "N", 9 * MIN, 0), &mut out).unwrap();
+    e.process(ev(2, "N", 3 * MIN, 0), &mut out).unwrap();
+    e.process(ev(0, "N", 0, 0), &mut out).unwrap();
+    assert_eq!(kinds(&out), ["completed"]);
+    match out[0].kind {
+        OutcomeKind::Completed {
+            previous_stage,
+            stages_seen,
+            ..
+        } => {
+            assert_eq!(previous_stage, 0);
+            assert_eq!(stages_seen.iter().collect::<Vec<_>>(), [0, 2]);
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(e.counters().after_completion, 1);
+    // Both held stages are remembered.
+    e.process(ev(1, "N", 9 * MIN, 0), &mut out).unwrap();
+    assert_eq!(e.counters().duplicates, 1);
+
+    // Two middle stages out of chain order: each lag is from the stage seen before it.
+    let mut e = engine(vec![wf(
+        "d",
+        &["a", "b", "c", "d"],
+        50 * MIN,
+        55 * MIN,
+        60 * MIN,
+    )]);
+    let mut out = Vec::new();
+    e.process(ev(1, "O", 5 * MIN, 0), &mut out).unwrap();
+    e.process(ev(2, "O", 3 * MIN, 0), &mut out).unwrap();
+    e.process(ev(0, "O", 0, 0), &mut out).unwrap();
+    let stages: Vec<(usize, usize)> = out
+        .iter()
+        .filter_map(|o| match o.kind {
+            OutcomeKind::StageReached {
+                stage,
+                previous_stage,
+                ..
+            } => Some((stage, previous_stage)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stages, [(2, 0), (1, 0)]);
+}
+
+#[test]
+fn held_stages_without_a_start_expire_and_later_ones_are_late() {
+    let mut e = order_flow();
+    let mut out = Vec::new();
+    // Two records of the closing stage's partition... and one of another stage far later:
+    // a three-stage chain makes both non-start stages holdable.
+    let mut e3 = engine(vec![wf("w", &["a", "b", "c"], 5 * MIN, 15 * MIN, 60 * MIN)]);
+    e3.process(ev(2, "U", 90 * MIN, 0), &mut out).unwrap();
+    e3.process(ev(1, "U", 10 * MIN, 0), &mut out).unwrap();
+    e3.advance(80 * MIN, &mut out);
+    assert_eq!(kinds(&out), ["never", "late"]);
+    assert!(!out[0].info.started);
+    assert_eq!(out[0].info.start_ms, 10 * MIN);
+    match &out[0].kind {
+        OutcomeKind::NeverArrived { stages_seen, .. } => {
+            assert_eq!(stages_seen.iter().collect::<Vec<_>>(), [1])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let c = e3.counters();
+    assert_eq!(
+        (c.held_expired, c.beyond_window, c.late_arrivals),
+        (1, 1, 1)
+    );
+    // The start, read last, is late too.
+    e3.process(ev(0, "U", 5 * MIN, 0), &mut out).unwrap();
+    assert_eq!(kinds(&out), ["never", "late", "late"]);
+    assert_eq!(e3.pending(), 0);
+
+    // A held closing stage whose start is more than a window later: the start waits
+    // for the held window to end, then is late.
+    e.process(ev(1, "V", 0, 0), &mut out).unwrap();
+    out.clear();
+    e.process(ev(0, "V", 61 * MIN, 0), &mut out).unwrap();
+    assert!(out.is_empty());
+    e.advance(60 * MIN, &mut out);
+    assert_eq!(kinds(&out), ["never", "late"]);
+    assert!(!out[0].info.started);
+    assert_eq!(e.counters().held_expired, 1);
+    assert_eq!(e.pending(), 0);
+}
+
+#[test]
+fn a_tier_past_the_window_end_never_fires() {
+    let mut e = engine(vec![wf("w", &["a", "b"], MIN, 20 * MIN, 10 * MIN)]);
+    let mut out = Vec::new();
+    e.process(ev(0, "T", 0, 0), &mut out).unwrap();
+    // One big clock step over warn, window end and critical.
+    e.advance(30 * MIN, &mut out);
+    assert_eq!(kinds(&out), ["warn", "never"]);
+    assert_eq!(e.counters().tiers_after_window, 1);
+}
+
+#[test]
+fn lag_snapshots_cover_one_interval_each_with_the_cumulative_view() {
+    let mut e = order_flow();
+    let mut out = Vec::new();
+    e.open_lag_interval(1_000);
+    for (i, lag) in [100, 200, 300].into_iter().enumerate() {
+        let id = format!("a{i}");
+        e.process(ev(0, &id, 0, 0), &mut out).unwrap();
+        e.process(ev(1, &id, lag, 0), &mut out).unwrap();
+    }
+    let e2e = |snap: &[SeriesSnapshot]| {
+        snap.iter()
+            .find(|s| s.key.segment == Segment::EndToEnd)
+            .cloned()
+    };
+    let first = e2e(&e.lag_snapshot(2_000)).unwrap();
+    assert_eq!(
+        (first.interval_start_ms, first.interval_end_ms),
+        (1_000, 2_000)
+    );
+    assert_eq!((first.interval.count, first.interval.min_ms), (3, 100));
+    assert_eq!(first.cumulative, first.interval);
+    // A quiet interval sends nothing.
+    assert!(e.lag_snapshot(3_000).is_empty());
+    e.process(ev(0, "b", 0, 0), &mut out).unwrap();
+    e.process(ev(1, "b", 5_000, 0), &mut out).unwrap();
+    let second = e2e(&e.lag_snapshot(4_000)).unwrap();
+    assert_eq!(
+        (second.interval_start_ms, second.interval_end_ms),
+        (3_000, 4_000)
+    );
+    assert_eq!((second.interval.count, second.interval.min_ms), (1, 5_000));
+    assert_eq!(
+        (second.cumulative.count, second.cumulative.min_ms),
+        (4, 100)
+    );
+    let totals = e.lag_totals(0, Segment::EndToEnd).unwrap();
+    assert_eq!(totals, second.cumulative);
+    assert_eq!(e.series_count(second.key), 4);
+    assert_eq!(e.lag_totals(0, Segment::OutboxCdc), None);
+    assert_eq!(e.lag_totals(7, Segment::EndToEnd), None);
+}
+
+#[test]
+fn recent_memory_size_comes_from_the_config() {
+    let mut cfg = EngineConfig::with_workflows(vec![wf("w", &["a", "b"], MIN, 2 * MIN, 10 * MIN)]);
+    cfg.recent_terminal_cap = 2;
+    let mut e = Engine::new(&cfg).unwrap();
+    let mut out = Vec::new();
+    for i in 0..5 {
+        let id = format!("r{i}");
+        e.process(ev(0, &id, 0, 0), &mut out).unwrap();
+        e.process(ev(1, &id, 10, 0), &mut out).unwrap();
+    }
+    assert_eq!(e.recent_len(), 2);
+    assert_eq!(e.counters().recent_forgotten, 3);
+    assert_eq!(
+        EngineConfig::with_workflows(vec![]).recent_terminal_cap,
+        DEFAULT_RECENT_TERMINAL_CAP
+    );
 }

@@ -20,7 +20,15 @@
 //!                            if let Some(now) = watermarks.effective_now(wall) { engine.advance(now, &mut out) }
 //!                            commit offset ≤ engine.min_pinned_offset(partition) (or the next
 //!                            offset to read when nothing is pinned)
+//! at start-up:               engine.open_lag_interval(wall)
+//! every lag interval:        engine.lag_snapshot(wall)   (per-interval histograms + cumulative stats)
+//! on each status refresh:    engine.counters(), engine.recent_len(), engine.pending_status(),
+//!                            engine.lag_totals(workflow, Segment::EndToEnd)
 //! ```
+//!
+//! Outcomes depend on event times, not on the order partitions are read (see [`engine`]):
+//! stages read ahead of their time wait for the clock, so a replay ends every correlation
+//! the way live processing does.
 //!
 //! # Concurrency choice
 //!
@@ -39,7 +47,8 @@
 //!   2.5 M stage events/s on one core.
 //! - `correlate/timer_firing_1m_pending`: about 10.7 M breaches fired/s (≈ 93 ns each)
 //!   with 1M correlations pending.
-//! - `correlate/lag_snapshot`: 2.7 ms for 120 series (dominated by V2 serialization);
+//! - `correlate/lag_snapshot`: 4.2 ms for 120 series that all recorded lags in the interval
+//!   (two summaries and one V2 serialization each; measured on a busy machine);
 //!   `correlate/pending_status_1m`: 3.2 µs with 1M pending.
 //! - Memory (printed by the bench binary, `-- --memory-only`): 138 bytes per pending
 //!   correlation beyond the id's own bytes at 1M pending — 64-byte entry, one B-tree slot in
@@ -64,13 +73,14 @@ pub use engine::{
     Counters, Engine, PendingInfo, PendingStatus, AGE_BUCKET_BOUNDS_MS, AGE_BUCKET_LABELS,
 };
 pub use event::{CorrelateError, CorrelationId, Origin, StageEvent, Timestamps, MAX_PARTITIONS};
-pub use lag::{Segment, SeriesKey, SeriesSnapshot};
+pub use lag::{LagStats, Segment, SeriesKey, SeriesSnapshot};
 pub use outcome::{
     CorrelationInfo, Decomposition, Dimensions, Outcome, OutcomeKind, StageSet, Terminal, Tier,
     TierDeadlines,
 };
 pub use spec::{
     BusinessHoursOverride, EngineConfig, SlaPolicy, SpecError, SpecProblem, WorkflowSpec,
+    DEFAULT_RECENT_TERMINAL_CAP,
 };
 pub use watermark::Watermarks;
 

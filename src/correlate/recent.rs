@@ -43,7 +43,6 @@ impl Recent {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ring.len()
     }

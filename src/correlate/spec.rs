@@ -59,6 +59,12 @@ pub struct BusinessHoursOverride {
     pub critical_ms: i64,
 }
 
+/// Default of [`EngineConfig::recent_terminal_cap`]: about 4.5 MB of memory, enough for
+/// every correlation finished in the last window at up to 100,000 per window (a stage of
+/// a correlation remembered no more is taken for a new correlation, which then ends
+/// `never_arrived`; each forgotten key is counted).
+pub const DEFAULT_RECENT_TERMINAL_CAP: usize = 100_000;
+
 /// Engine-wide bounds and the workflows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -72,7 +78,9 @@ pub struct EngineConfig {
     pub oldest_n: usize,
     /// How many recently finished correlations are remembered, so that a stage arriving
     /// after `NeverArrived`/`Evicted` becomes a `LateArrival` and a redelivered record
-    /// after `Completed` is a duplicate instead of a new correlation.
+    /// after `Completed` is a duplicate instead of a new correlation. When full, the oldest
+    /// is forgotten and counted ([`Counters::recent_forgotten`](super::Counters)).
+    /// Default [`DEFAULT_RECENT_TERMINAL_CAP`]; 0 remembers nothing.
     pub recent_terminal_cap: usize,
 }
 
@@ -84,7 +92,7 @@ impl EngineConfig {
             max_pending: 1_000_000,
             dimension_value_cap: 32,
             oldest_n: 10,
-            recent_terminal_cap: 100_000,
+            recent_terminal_cap: DEFAULT_RECENT_TERMINAL_CAP,
         }
     }
 

@@ -100,6 +100,7 @@ impl Rules {
         cfg.max_pending = topology.store.max_pending;
         cfg.dimension_value_cap = topology.store.dimension_value_cap;
         cfg.oldest_n = topology.store.oldest_n;
+        cfg.recent_terminal_cap = topology.store.recent_finished;
         cfg
     }
 

@@ -118,8 +118,9 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         }
         _ => Masker::off(),
     };
-    let engine = Engine::new(&Rules::engine_config(&topology))
+    let mut engine = Engine::new(&Rules::engine_config(&topology))
         .map_err(|e| RunError::Engine(e.to_string()))?;
+    engine.open_lag_interval(wall_ms());
     let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
 
     let mut api = ApiState::new(Some(metrics), topology.registry.is_some());
@@ -613,28 +614,9 @@ impl Pipeline {
         let now = wall_ms();
         let summaries: Vec<LagSummary> = self
             .engine
-            .lag_snapshot()
+            .lag_snapshot(now)
             .into_iter()
-            .map(|s| LagSummary {
-                workflow: s.workflow,
-                from_stage: s.from_stage,
-                to_stage: s.to_stage,
-                segment: s.key.segment.as_str().to_string(),
-                dimensions: s
-                    .dimensions
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                emitted_at_ms: now,
-                count: i64::try_from(s.count).unwrap_or(i64::MAX),
-                min_ms: i64::try_from(s.min_ms).unwrap_or(i64::MAX),
-                p50_ms: i64::try_from(s.p50_ms).unwrap_or(i64::MAX),
-                p90_ms: i64::try_from(s.p90_ms).unwrap_or(i64::MAX),
-                p99_ms: i64::try_from(s.p99_ms).unwrap_or(i64::MAX),
-                p999_ms: i64::try_from(s.p999_ms).unwrap_or(i64::MAX),
-                max_ms: i64::try_from(s.max_ms).unwrap_or(i64::MAX),
-                hdr_base64: s.histogram_b64,
-            })
+            .map(|s| LagSummary::from_snapshot(s, now))
             .collect();
         if summaries.is_empty() {
             return;
@@ -648,6 +630,13 @@ impl Pipeline {
         metrics::counter!(names::DUPLICATES_TOTAL).absolute(c.duplicates);
         metrics::counter!(names::STAGES_AFTER_COMPLETION_TOTAL).absolute(c.after_completion);
         metrics::counter!(names::DIMENSION_OVERFLOW_TOTAL).absolute(c.dimension_overflow);
+        metrics::counter!(names::HELD_STAGES_TOTAL).absolute(c.held_early);
+        metrics::counter!(names::HELD_EXPIRED_TOTAL).absolute(c.held_expired);
+        metrics::counter!(names::STAGES_BEYOND_WINDOW_TOTAL).absolute(c.beyond_window);
+        metrics::counter!(names::NEGATIVE_LAGS_TOTAL).absolute(c.negative_lags);
+        metrics::counter!(names::RECENT_FORGOTTEN_TOTAL).absolute(c.recent_forgotten);
+        metrics::counter!(names::TIERS_AFTER_WINDOW_TOTAL).absolute(c.tiers_after_window);
+        metrics::gauge!(names::RECENT_CORRELATIONS).set(self.engine.recent_len() as f64);
         metrics::counter!(names::SIGNALS_FORGOTTEN_TOTAL).absolute(self.signals.forgotten());
         metrics::counter!(names::EVIDENCE_FORGOTTEN_TOTAL)
             .absolute(self.outcomes.evidence_forgotten());

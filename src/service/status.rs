@@ -26,6 +26,8 @@ pub fn snapshot(
     for ps in engine.pending_status() {
         let wf = &topology.workflows[ps.workflow];
         let st = &outcomes.stats()[ps.workflow];
+        metrics::gauge!(names::HELD_CORRELATIONS, "workflow" => wf.name.clone())
+            .set(ps.held as f64);
         let mut by_age = BTreeMap::new();
         for (label, n) in AGE_BUCKET_LABELS.iter().zip(ps.by_age.iter()) {
             metrics::gauge!(names::PENDING_CORRELATIONS, "workflow" => wf.name.clone(), "age" => *label).set(*n as f64);

@@ -235,6 +235,49 @@ pub fn describe_all() {
         Unit::Count,
         "Output fields cut to fit the topic (breach event fields; dead-letter key, value, headers, error), by topic and field."
     );
+
+    // ---- correlation engine bounds (src/correlate): published from Engine::counters(),
+    // Engine::recent_len() and PendingStatus::held
+    describe_counter!(
+        HELD_STAGES_TOTAL,
+        Unit::Count,
+        "Stages read before their correlation's start stage and held until it arrives."
+    );
+    describe_counter!(
+        HELD_EXPIRED_TOTAL,
+        Unit::Count,
+        "Correlations whose start stage never came: held stages reached the end of their window (also counted as never_arrived)."
+    );
+    describe_gauge!(
+        HELD_CORRELATIONS,
+        Unit::Count,
+        "Pending correlations whose start stage has not been read yet, by workflow."
+    );
+    describe_counter!(
+        STAGES_BEYOND_WINDOW_TOTAL,
+        Unit::Count,
+        "Stages read before the engine clock reached their window end but that happened after it (a replay reading one partition ahead); reported late at the window end."
+    );
+    describe_counter!(
+        NEGATIVE_LAGS_TOTAL,
+        Unit::Count,
+        "Lags below zero (clock skew between sources), recorded as 0."
+    );
+    describe_counter!(
+        RECENT_FORGOTTEN_TOTAL,
+        Unit::Count,
+        "Finished correlations dropped from the bounded memory that recognises their later stages; its size is the engine config's recent_terminal_cap."
+    );
+    describe_gauge!(
+        RECENT_CORRELATIONS,
+        Unit::Count,
+        "Finished correlations currently remembered to recognise their later stages."
+    );
+    describe_counter!(
+        TIERS_AFTER_WINDOW_TOTAL,
+        Unit::Count,
+        "SLA tiers not raised because the workflow's window ends before their deadline."
+    );
 }
 
 // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
@@ -317,3 +360,21 @@ pub const EVENT_TIME_VIOLATIONS_TOTAL: &str = "synclag_event_time_violations_tot
 pub const OUTPUT_QUEUE_FULL_WAIT_SECONDS: &str = "synclag_output_queue_full_wait_seconds";
 pub const OUTPUT_QUEUE_FULL_WAITING: &str = "synclag_output_queue_full_waiting_records";
 pub const OUTPUT_TRUNCATIONS_TOTAL: &str = "synclag_output_truncations_total";
+
+// ---- correlation engine bounds (src/correlate)
+/// `Counters::held_early`.
+pub const HELD_STAGES_TOTAL: &str = "synclag_held_stages_total";
+/// `Counters::held_expired`.
+pub const HELD_EXPIRED_TOTAL: &str = "synclag_held_expired_total";
+/// `PendingStatus::held`, per workflow.
+pub const HELD_CORRELATIONS: &str = "synclag_held_correlations";
+/// `Counters::beyond_window`.
+pub const STAGES_BEYOND_WINDOW_TOTAL: &str = "synclag_stages_beyond_window_total";
+/// `Counters::negative_lags`.
+pub const NEGATIVE_LAGS_TOTAL: &str = "synclag_negative_lags_total";
+/// `Counters::recent_forgotten`.
+pub const RECENT_FORGOTTEN_TOTAL: &str = "synclag_recent_forgotten_total";
+/// `Engine::recent_len()`.
+pub const RECENT_CORRELATIONS: &str = "synclag_recent_correlations";
+/// `Counters::tiers_after_window`.
+pub const TIERS_AFTER_WINDOW_TOTAL: &str = "synclag_tiers_after_window_total";

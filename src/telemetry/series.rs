@@ -26,6 +26,12 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::REGISTRY_RETRIES_TOTAL,
         names::EVIDENCE_FORGOTTEN_TOTAL,
         names::LAG_LABEL_OVERFLOW_TOTAL,
+        names::HELD_STAGES_TOTAL,
+        names::HELD_EXPIRED_TOTAL,
+        names::STAGES_BEYOND_WINDOW_TOTAL,
+        names::NEGATIVE_LAGS_TOTAL,
+        names::RECENT_FORGOTTEN_TOTAL,
+        names::TIERS_AFTER_WINDOW_TOTAL,
     ] {
         counter!(c).absolute(0);
     }
@@ -39,6 +45,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::CLOCK_LIVE,
         names::OUTPUT_UNACKED,
         names::EVIDENCE_ENTRIES,
+        names::RECENT_CORRELATIONS,
     ] {
         gauge!(g).set(0.0);
     }
@@ -96,6 +103,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
                     .absolute(0);
             }
         }
+        gauge!(names::HELD_CORRELATIONS, "workflow" => wf.clone()).set(0.0);
         for age in AGE_BUCKET_LABELS.iter() {
             gauge!(names::PENDING_CORRELATIONS, "workflow" => wf.clone(), "age" => *age).set(0.0);
         }
