@@ -7,9 +7,10 @@
 use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
+use synclag::correlate::clock::InputClock;
 use synclag::correlate::{
     Engine, EngineConfig, Origin, Outcome, OutcomeKind, Segment, SlaPolicy, StageEvent, Tier,
-    Timestamps, Watermarks, WorkflowSpec,
+    Timestamps, WorkflowSpec,
 };
 
 #[derive(Debug, Clone)]
@@ -430,11 +431,15 @@ fn run_replay(h: &Histories) -> (Vec<Outcome>, Engine, Vec<usize>) {
         q.reverse();
     }
     let wall = 1_000_000_000;
-    let mut wm = Watermarks::new(i64::MAX);
+    // The service's input clock: per partition its largest record time while reading,
+    // its confirmed end once read through; no stall budget in a replay.
+    let mut clock = InputClock::new(i64::MAX);
+    let mut next = vec![0i64; PARTITIONS as usize];
     for p in 0..PARTITIONS {
-        wm.assign(p);
+        clock.assign(p, wall);
         if queues[p as usize].is_empty() {
-            wm.set_caught_up(p, true);
+            clock.end_offset(p, 0, wall);
+            clock.position(p, 0, wall);
         }
     }
     let mut e = replay_engine(h);
@@ -451,12 +456,14 @@ fn run_replay(h: &Histories) -> (Vec<Outcome>, Engine, Vec<usize>) {
         let p = open[usize::from(picks.next().unwrap_or(0)) % open.len()];
         let Some((i, r)) = queues[p].pop() else { break };
         read.push(i);
-        wm.observe(r.partition, r.at, wall);
+        let offset = next[r.partition as usize];
+        next[r.partition as usize] += 1;
+        clock.record(r.partition, offset, Some(r.at), wall);
         e.process(stage_event(&r, i as i64), &mut out).unwrap();
         if queues[p].is_empty() {
-            wm.set_caught_up(r.partition, true);
+            clock.end_offset(r.partition, offset + 1, wall);
         }
-        if let Some(now) = wm.effective_now(wall) {
+        if let Some(now) = clock.read(wall).now_ms {
             e.advance(now, &mut out);
         }
     }

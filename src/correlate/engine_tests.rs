@@ -2,6 +2,7 @@
 
 use chrono::{NaiveTime, TimeZone, Utc, Weekday};
 
+use super::clock::InputClock;
 use super::*;
 
 const MIN: i64 = 60_000;
@@ -710,10 +711,10 @@ fn replay_from_backlog_gives_the_same_outcomes_as_live() {
 
     let mut replay = spec();
     let mut replay_out = Vec::new();
-    let mut wm = Watermarks::new(60_000);
-    wm.assign(0);
-    wm.assign(1);
     let wall = end + 10 * MIN;
+    let mut clock = InputClock::new(60_000);
+    clock.assign(0, wall);
+    clock.assign(1, wall);
     // Consumer reads partition 0's backlog in chunks, then partition 1's, interleaved.
     let p0: Vec<_> = records
         .iter()
@@ -733,18 +734,21 @@ fn replay_from_backlog_gives_the_same_outcomes_as_live() {
         order.extend(p1.iter().skip(j).take(2));
         j += 2;
     }
+    let mut next = [0i64; 2];
     for (off, r) in order {
-        wm.observe(r.0, r.4 * MIN, wall);
+        clock.record(r.0, next[r.0 as usize], Some(r.4 * MIN), wall);
+        next[r.0 as usize] += 1;
         replay
             .process(to_event(*r, off as i64), &mut replay_out)
             .unwrap();
-        if let Some(now) = wm.effective_now(wall) {
+        if let Some(now) = clock.read(wall).now_ms {
             replay.advance(now, &mut replay_out);
         }
     }
-    wm.set_caught_up(0, true);
-    wm.set_caught_up(1, true);
-    let now = wm.effective_now(wall).unwrap();
+    // Both partitions read to their ends: the clock follows confirmed wall time.
+    clock.end_offset(0, next[0], wall);
+    clock.end_offset(1, next[1], wall);
+    let now = clock.read(wall).now_ms.unwrap();
     replay.advance(now, &mut replay_out);
 
     let norm = |mut v: Vec<Outcome>| {

@@ -8,16 +8,15 @@
 //! - [`engine`]    — the windowed store, SLA timers, bounds, offset pins ([`Engine`]).
 //! - [`lag`]       — HDR lag histograms and their snapshots.
 //! - [`clock`]     — the input clock: confirmed end offsets live, event time while catching up, stalls.
-//! - [`watermark`] — the engine clock: watermarks while reading a backlog, wall time when caught up.
 //! - `dims`, `pins`, `recent` — dimension interning, offset pinning, memory of finished keys.
 //!
 //! # Driving it
 //!
 //! ```text
-//! for each decoded record:   watermarks.observe(partition, event_time, wall)
+//! for each decoded record:   clock.record(partition, offset, record_time, wall)
 //!                            engine.process(event, &mut out)?   (errors: count + dead-letter)
-//! periodically and after a batch:
-//!                            if let Some(now) = watermarks.effective_now(wall) { engine.advance(now, &mut out) }
+//! on end offsets / ticks:    clock.end_offset(partition, end, asked_at); clock.position(..)
+//!                            if let Some(now) = clock.read(wall).now_ms { engine.advance(now, &mut out) }
 //!                            commit offset ≤ engine.min_pinned_offset(partition) (or the next
 //!                            offset to read when nothing is pinned)
 //! at start-up:               engine.open_lag_interval(wall)
@@ -60,7 +59,6 @@ pub mod event;
 pub mod lag;
 pub mod outcome;
 pub mod spec;
-pub mod watermark;
 
 mod dims;
 mod pins;
@@ -82,7 +80,6 @@ pub use spec::{
     BusinessHoursOverride, EngineConfig, SlaPolicy, SpecError, SpecProblem, WorkflowSpec,
     DEFAULT_RECENT_TERMINAL_CAP,
 };
-pub use watermark::Watermarks;
 
 /// Which of `shards` engines owns `(workflow, correlation_id)`: all stages of a correlation
 /// must reach the same engine. Stable across runs (no random seed), so a restart routes
