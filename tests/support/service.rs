@@ -23,7 +23,8 @@ pub struct SynclagProcess {
 
 impl SynclagProcess {
     /// Writes `config_yaml` and starts `synclag run` on it; `port` is its `http_listen`
-    /// port. `SYNCLAG_TEST_LOG` sets the service's log filter (default `info`).
+    /// port. `SYNCLAG_TEST_LOG` sets the service's log filter (default `info`);
+    /// `SYNCLAG_TEST_BIN` another `synclag` binary to run.
     pub fn start(config_yaml: &str, port: u16, name: &str) -> SynclagProcess {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(super::random_name(name));
         std::fs::create_dir_all(&dir).expect("create service dir");
@@ -32,7 +33,12 @@ impl SynclagProcess {
         let log = dir.join("synclag.log");
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
+        // SYNCLAG_TEST_BIN runs the same test against another build (e.g. to show that a
+        // test fails on an earlier version).
+        let bin = std::env::var_os("SYNCLAG_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_synclag")));
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&cfg)
             .env(
