@@ -15,7 +15,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -46,18 +45,13 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     // `cargo test --all-targets` runs this target without `--bench`: then it is a smoke
     // run of the same code path at a size that fits a test suite.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !support::bench::is_bench_run() {
         a.topics = 2;
         a.partitions = 5;
         a.groups = 3;
         a.cycles = 2;
     }
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue; // added by `cargo bench`
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in support::bench::flag_pairs().map_err(anyhow::Error::msg)? {
         match flag.as_str() {
             "--bootstrap" => a.bootstrap = Some(value),
             "--topics" => a.topics = value.parse()?,
@@ -73,19 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
 
 /// (user + system CPU seconds, RSS MiB, peak RSS MiB) of this process.
 fn usage() -> (f64, f64, f64) {
-    // Clock ticks per second; 100 on every mainstream Linux build.
-    const TICKS: f64 = 100.0;
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let u: f64 = f.get(11)?.parse().ok()?;
-            let st: f64 = f.get(12)?.parse().ok()?;
-            Some((u + st) / TICKS)
-        })
-        .unwrap_or(0.0);
+    let cpu = support::bench::cpu_seconds();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |key: &str| {
         status

@@ -20,7 +20,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use anyhow::Context as _;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -51,17 +50,12 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     // `cargo test --all-targets` runs this target without `--bench`: then it is a smoke
     // run of the same code path at a size that fits a test suite.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !support::bench::is_bench_run() {
         a.count = 2_000;
         a.warmup = 100;
         a.in_flight = 500;
     }
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue; // added by `cargo bench`
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in support::bench::flag_pairs().map_err(anyhow::Error::msg)? {
         match flag.as_str() {
             "--bootstrap" => a.bootstrap = Some(value),
             "--count" => a.count = value.parse()?,
@@ -73,21 +67,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// User + system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
-    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock ticks (100 per
-    // second on mainstream Linux builds); the command name before them may hold spaces.
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) / 100.0)
-        })
-        .unwrap_or(0.0)
 }
 
 fn topology(bootstrap: &str, topic: &str) -> anyhow::Result<Topology> {
@@ -177,11 +156,11 @@ async fn main() -> anyhow::Result<()> {
         "writing {} dead letters ({} value bytes, {} partitions, at most {} in flight)",
         args.count, args.value_bytes, args.partitions, args.in_flight
     );
-    let cpu0 = cpu_seconds();
+    let cpu0 = support::bench::cpu_seconds();
     let t0 = Instant::now();
     let failed = write(&outputs, &view, args.count, args.in_flight).await?;
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = support::bench::cpu_seconds() - cpu0;
     anyhow::ensure!(failed == 0, "{failed} dead letters were not delivered");
 
     let probe: BaseConsumer = base.create()?;

@@ -19,7 +19,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -38,18 +37,13 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let bench = std::env::args().any(|a| a == "--bench");
+    let bench = support::bench::is_bench_run();
     let mut a = Args {
         bootstrap: None,
         correlations: if bench { 600 } else { 30 },
         seconds: if bench { 20 } else { 4 },
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--bench" {
-            continue;
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in support::bench::flag_pairs().map_err(anyhow::Error::msg)? {
         match flag.as_str() {
             "--bootstrap" => a.bootstrap = Some(value),
             "--correlations" => a.correlations = value.parse()?,

@@ -18,6 +18,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod bench;
 pub mod kafka;
 pub mod process;
 pub mod registry;
