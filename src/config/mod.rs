@@ -15,6 +15,7 @@
 pub mod duration;
 pub mod env;
 pub mod field_path;
+pub mod instance;
 pub mod kafka;
 pub mod raw;
 pub mod validate;

@@ -592,12 +592,12 @@ fn service_section(ctx: &mut Ctx, service: RawService) -> Service {
     }
     let instance_id = match service.instance_id.clone() {
         Some(id) => {
-            if let Err(why) = crate::ingest::membership::check_instance_id(&id) {
+            if let Err(why) = super::instance::check_instance_id(&id) {
                 ctx.push("service.instance_id", why);
             }
             id
         }
-        None => crate::ingest::membership::default_instance_id(&group_id),
+        None => super::instance::default_instance_id(&group_id),
     };
     Service {
         instance_id,

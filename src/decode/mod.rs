@@ -271,7 +271,7 @@ fn checked_event_time(
 ) -> Result<Option<i64>, String> {
     let reference = match record.timestamp_ms {
         Some(k) if k >= 0 => time::Reference::Kafka(k),
-        _ => time::Reference::ReadAt(crate::service::wall_ms()),
+        _ => time::Reference::ReadAt(time::wall_ms()),
     };
     let count = || {
         metrics::counter!(names::EVENT_TIME_VIOLATIONS_TOTAL, "topic" => record.topic.to_string(), "action" => policy.on_violation.name()).increment(1);

@@ -210,6 +210,11 @@ pub(crate) fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// Wall-clock time now, epoch ms.
+pub fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,57 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the group's members are listed.
 const WATCH_EVERY: Duration = Duration::from_secs(10);
-/// Kafka's limit for a `group.instance.id` (the same rule as for topic names).
-const MAX_INSTANCE_ID_LEN: usize = 249;
-
-fn legal(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
-/// The default `service.instance_id`: `<group_id>-<hostname>`, with characters Kafka
-/// does not accept in an instance id replaced by `_`. Stable across restarts on one host;
-/// two instances on one host (or a host name reused by pods) must set their own.
-pub fn default_instance_id(group_id: &str) -> String {
-    let raw = format!("{group_id}-{}", hostname());
-    let mut id: String = raw
-        .chars()
-        .map(|c| if legal(c) { c } else { '_' })
-        .collect();
-    id.truncate(MAX_INSTANCE_ID_LEN);
-    id
-}
-
-/// Why `id` cannot be a `group.instance.id`, if it cannot.
-pub fn check_instance_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("empty instance id".into());
-    }
-    if id == "." || id == ".." {
-        return Err(format!("`{id}` is not a valid instance id"));
-    }
-    if id.len() > MAX_INSTANCE_ID_LEN {
-        return Err(format!(
-            "{} characters; Kafka accepts at most {MAX_INSTANCE_ID_LEN}",
-            id.len()
-        ));
-    }
-    if let Some(bad) = id.chars().find(|c| !legal(*c)) {
-        return Err(format!(
-            "`{id}` contains `{bad}`; allowed are ASCII letters, digits, `.`, `_` and `-`"
-        ));
-    }
-    Ok(())
-}
-
-/// The host name, from the kernel, else `$HOSTNAME`, else `localhost`.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
 
 /// The client id synclag's consumer presents to the group.
 pub fn own_client_id(topology: &Topology) -> String {
@@ -194,6 +143,7 @@ pub fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::instance::{check_instance_id, default_instance_id};
 
     #[test]
     fn a_lingering_session_of_this_instance_is_not_another_instance() {
@@ -208,17 +158,6 @@ mod tests {
         // Not joined (yet): only the others count.
         assert_eq!(count_instances(["rdkafka"].into_iter(), own), (1, 1));
         assert_eq!(count_instances([].into_iter(), own), (0, 0));
-    }
-
-    #[test]
-    fn default_instance_ids_are_valid_and_stable() {
-        let a = default_instance_id("synclag prod/eu");
-        assert_eq!(a, default_instance_id("synclag prod/eu"));
-        assert!(a.starts_with("synclag_prod_eu-"), "{a}");
-        assert_eq!(check_instance_id(&a), Ok(()));
-        let long = default_instance_id(&"g".repeat(400));
-        assert_eq!(long.len(), MAX_INSTANCE_ID_LEN);
-        assert_eq!(check_instance_id(&long), Ok(()));
     }
 
     fn topology(service: &str, properties: &str) -> Topology {

@@ -64,9 +64,7 @@ const TICK: Duration = Duration::from_millis(100);
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
-pub(crate) fn wall_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub(crate) use crate::decode::time::wall_ms;
 
 /// Everything the pipeline task owns.
 struct Pipeline {
