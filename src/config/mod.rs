@@ -309,6 +309,10 @@ pub enum CauseMatch {
     Group(String),
 }
 
+/// The built-in cause of an event raised while an input it may depend on is stalled or
+/// missing (see `correlate::clock`); it comes before the configured causes.
+pub const INPUT_STALLED: &str = "input_stalled";
+
 #[derive(Debug, Clone)]
 pub struct Cause {
     pub name: String,

@@ -586,8 +586,7 @@ impl Outcomes {
     }
 }
 
-/// `probable_cause` of an event raised while an input it may depend on is stalled.
-pub const INPUT_STALLED: &str = "input_stalled";
+pub use crate::config::INPUT_STALLED;
 
 fn kind_name(kind: &str) -> &'static str {
     match kind {

@@ -87,7 +87,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
     }
     let mut causes: Vec<String> = topology.causes.iter().map(|c| c.name.clone()).collect();
     causes.push("unknown".into());
-    causes.push(crate::service::INPUT_STALLED.into());
+    causes.push(crate::config::INPUT_STALLED.into());
     for w in &topology.workflows {
         let wf = w.name.clone();
         counter!(names::COMPLETED_TOTAL, "workflow" => wf.clone()).absolute(0);
