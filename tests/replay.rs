@@ -181,14 +181,20 @@ async fn send(producer: &FutureProducer, topic: &str, id: &str, at: i64, kind: &
 }
 
 /// Writes records of one topic in order without waiting for each acknowledgement, then
-/// waits for all of them.
+/// waits for all of them. Each record's Kafka time is its event time, as in a real
+/// history: the clock of a replay follows the records' Kafka times.
 async fn send_all(producer: &FutureProducer, topic: &str, recs: &[(String, i64, &str)]) {
     let mut deliveries = Vec::new();
     for (id, at, kind) in recs {
         let value = payload(id, *at, kind);
         // Copied into the client's queue at once; the acknowledgement comes later.
         let d = producer
-            .send_result(FutureRecord::to(topic).key(id.as_str()).payload(&value))
+            .send_result(
+                FutureRecord::to(topic)
+                    .key(id.as_str())
+                    .payload(&value)
+                    .timestamp(*at),
+            )
             .unwrap_or_else(|(e, _)| panic!("enqueue for {topic}: {e}"));
         deliveries.push(d);
     }
