@@ -300,10 +300,9 @@ fn spawn_breach_watcher(
     out: Arc<Mutex<Vec<(i64, BreachEvent)>>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut cfg = crate::emit::producer::client_config(topology);
+    let mut cfg = crate::config::kafka::admin_config(topology);
     cfg.set("group.id", "synclag-demo-breach-watch")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false");
+        .set("auto.offset.reset", "earliest");
     let consumer: StreamConsumer = cfg.create().context("cannot create the breach watcher")?;
     consumer.subscribe(&[topology.outputs.breaches_topic.as_str()])?;
     Ok(tokio::spawn(async move {

@@ -15,7 +15,6 @@ use super::events::{bound_text, BreachEvent, LagSummary, BREACH_SCHEMA, LAG_SCHE
 use crate::config::Topology;
 use crate::decode::RecordView;
 use crate::telemetry::names;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -97,16 +96,6 @@ impl EmitError {
             EmitError::Delivery { .. } | EmitError::Registry { .. }
         )
     }
-}
-
-/// Base librdkafka configuration for every client synclag creates.
-pub fn client_config(topology: &Topology) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &topology.kafka.bootstrap_servers);
-    for (k, v) in &topology.kafka.properties {
-        cfg.set(k, v);
-    }
-    cfg
 }
 
 /// Resolves once the broker has acknowledged one output record, or with the error that
@@ -288,19 +277,6 @@ impl Outputs {
         .await
     }
 
-    /// Writes lag summaries and waits until all are acknowledged.
-    pub async fn lag(&self, summaries: &[LagSummary]) -> Result<(), EmitError> {
-        let mut acks = Vec::with_capacity(summaries.len());
-        for s in summaries {
-            acks.push(self.enqueue_lag(s).await?);
-        }
-        futures::future::join_all(acks)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()?;
-        Ok(())
-    }
-
     /// Hands a copy of a record that could not be processed to the dead-letter topic: its
     /// key, value, timestamp and headers, plus `synclag.reason`, `synclag.error` and
     /// `synclag.source.topic|partition|offset`. Cut to [`Outputs::dead_letter_max_bytes`] when
@@ -327,26 +303,6 @@ impl Outputs {
             rec = rec.timestamp(ts);
         }
         self.enqueue(rec).await
-    }
-
-    /// [`Outputs::enqueue_dead_letter`] and wait for its acknowledgement.
-    pub async fn dead_letter(
-        &self,
-        record: &RecordView<'_>,
-        reason: &str,
-        error: &str,
-    ) -> Result<(), EmitError> {
-        self.enqueue_dead_letter(record, reason, error).await?.await
-    }
-
-    /// Waits for everything in flight, up to `timeout`.
-    pub fn flush(&self, timeout: Duration) -> Result<(), EmitError> {
-        self.producer
-            .flush(timeout)
-            .map_err(|e| EmitError::Delivery {
-                topic: "*".into(),
-                why: e.to_string(),
-            })
     }
 }
 
