@@ -22,6 +22,7 @@ pub mod correlate;
 pub mod decode;
 pub mod demo;
 pub mod emit;
+pub mod incidents;
 pub mod ingest;
 pub mod rules;
 pub mod service;

@@ -118,6 +118,9 @@ fn oversized_breach() -> BreachEvent {
         signals: vec![],
         backlogged_groups: vec![],
         stalled_inputs: vec![],
+        evidence: vec![],
+        waiting_for: None,
+        waiting_ms: None,
         truncated: vec![],
     }
 }

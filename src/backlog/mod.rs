@@ -130,13 +130,27 @@ impl BacklogHandle {
         serde_json::to_string(&*self.snapshot()).unwrap_or_else(|_| "{}".to_owned())
     }
 
-    /// Watched groups whose status is not OK in the latest report (evidence for causes).
-    pub fn backlogged_groups(&self) -> Vec<String> {
+    /// Watched groups that are not OK, with the topics of their partitions that are not
+    /// (cause evidence: a group explains a breach only on the topics it is behind on).
+    pub fn backlogged(&self) -> Vec<crate::rules::Backlogged> {
         self.snapshot()
             .groups
             .iter()
             .filter(|g| g.status != Status::Ok)
-            .map(|g| g.group.clone())
+            .map(|g| {
+                let mut topics: Vec<String> = g
+                    .partitions
+                    .iter()
+                    .filter(|p| p.status != Status::Ok)
+                    .map(|p| p.topic.clone())
+                    .collect();
+                topics.sort();
+                topics.dedup();
+                crate::rules::Backlogged {
+                    group: g.group.clone(),
+                    topics,
+                }
+            })
             .collect()
     }
 

@@ -43,6 +43,45 @@ pub struct Topology {
     pub causes: Vec<Cause>,
     pub routes: BTreeMap<String, Route>,
     pub backlog: Backlog,
+    pub incidents: Incidents,
+}
+
+/// How breaches are grouped into incidents (see `incidents`).
+#[derive(Debug, Clone)]
+pub struct Incidents {
+    /// An incident resolves after this long without a breach, once completions flow again.
+    pub quiet: Duration,
+    /// An open incident is re-announced (`updated`) at most this often, unless its
+    /// severity or slice changes.
+    pub update_every: Duration,
+    /// Open incidents at most; breaches that would open more are counted, not grouped.
+    pub max_open: usize,
+    /// Incident events per minute at most; `updated` events beyond it are deferred.
+    pub max_events_per_minute: usize,
+    /// Correlation ids carried as a sample by each incident.
+    pub sample: usize,
+    /// Span of the per-dimension-value breach statistics (degraded slices, signal rates).
+    pub slice_window: Duration,
+    /// Breaches a dimension value needs in `slice_window` before it can count as degraded.
+    pub degraded_min_breaches: usize,
+    /// How many times its peers' breach rate a degraded value has (it stops being
+    /// degraded below half of this: hysteresis).
+    pub degraded_factor: f64,
+}
+
+impl Default for Incidents {
+    fn default() -> Incidents {
+        Incidents {
+            quiet: Duration::from_secs(300),
+            update_every: Duration::from_secs(60),
+            max_open: 500,
+            max_events_per_minute: 120,
+            sample: 10,
+            slice_window: Duration::from_secs(300),
+            degraded_min_breaches: 3,
+            degraded_factor: 4.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +188,7 @@ pub struct Outputs {
     pub lag_topic: String,
     pub backlog_topic: String,
     pub dead_letter_topic: String,
+    pub incidents_topic: String,
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +342,9 @@ pub enum CauseMatch {
     Signal {
         stream: usize,
         event_type: Option<String>,
+        /// Also match when a dimension value of the breach had this many such signals on
+        /// breached correlations within the span (ms): a connector failing repeatedly.
+        slice_rate: Option<(u32, i64)>,
     },
     /// The named lag segment dominated.
     Segment(LagSegment),

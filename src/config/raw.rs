@@ -18,6 +18,7 @@ pub const TOP_KEYS: &[&str] = &[
     "causes",
     "routes",
     "backlog",
+    "incidents",
 ];
 
 /// `service:` — how this instance runs.
@@ -95,12 +96,14 @@ pub struct RawOutputs {
     pub lag_topic: Option<String>,
     pub backlog_topic: Option<String>,
     pub dead_letter_topic: Option<String>,
+    pub incidents_topic: Option<String>,
 }
 pub const OUTPUTS_KEYS: &[&str] = &[
     "breaches_topic",
     "lag_topic",
     "backlog_topic",
     "dead_letter_topic",
+    "incidents_topic",
 ];
 
 /// `masking:` — keyed hashing of sensitive values.
@@ -233,6 +236,11 @@ pub struct RawCause {
     pub segment: Option<String>,
     /// A watched consumer group that was backlogged.
     pub group: Option<String>,
+    /// With `signal_stream`: also match a breach without its own signal when breached
+    /// correlations of one of its dimension values carried at least this many such
+    /// signals within `slice_within`.
+    pub slice_min_signals: Option<u64>,
+    pub slice_within: Option<String>,
 }
 pub const CAUSE_KEYS: &[&str] = &[
     "name",
@@ -242,6 +250,32 @@ pub const CAUSE_KEYS: &[&str] = &[
     "signal_type",
     "segment",
     "group",
+    "slice_min_signals",
+    "slice_within",
+];
+
+/// `incidents:` — how breaches are grouped into incidents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIncidents {
+    pub quiet: Option<String>,
+    pub update_every: Option<String>,
+    pub max_open: Option<u64>,
+    pub max_events_per_minute: Option<u64>,
+    pub sample: Option<u64>,
+    pub slice_window: Option<String>,
+    pub degraded_min_breaches: Option<u64>,
+    pub degraded_factor: Option<f64>,
+}
+pub const INCIDENTS_KEYS: &[&str] = &[
+    "quiet",
+    "update_every",
+    "max_open",
+    "max_events_per_minute",
+    "sample",
+    "slice_window",
+    "degraded_min_breaches",
+    "degraded_factor",
 ];
 
 /// One entry of `routes:` (a map name → route).
@@ -324,5 +358,6 @@ mod tests {
         same(accepted_keys::<RawRoute>(), ROUTE_KEYS);
         same(accepted_keys::<RawBacklog>(), BACKLOG_KEYS);
         same(accepted_keys::<RawGroup>(), GROUP_KEYS);
+        same(accepted_keys::<RawIncidents>(), INCIDENTS_KEYS);
     }
 }

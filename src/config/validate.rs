@@ -111,6 +111,11 @@ static MASKING_SHAPE: Shape = Shape {
     required: &[],
     children: &[],
 };
+static INCIDENTS_SHAPE: Shape = Shape {
+    keys: INCIDENTS_KEYS,
+    required: &[],
+    children: &[],
+};
 static STORE_SHAPE: Shape = Shape {
     keys: STORE_KEYS,
     required: &[],
@@ -471,6 +476,8 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let masking: Option<RawMasking> = section(&mut ctx, root, "masking", &MASKING_SHAPE);
     let store: Option<RawStore> = section(&mut ctx, root, "store", &STORE_SHAPE);
     let backlog: Option<RawBacklog> = section(&mut ctx, root, "backlog", &BACKLOG_SHAPE);
+    let incidents: Option<RawIncidents> =
+        section(&mut ctx, root, "incidents", &INCIDENTS_SHAPE);
     let streams: Vec<(usize, RawStream)> = elements(&mut ctx, root, "streams", &STREAM_SHAPE);
     let workflows: Vec<(usize, RawWorkflow)> =
         elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);
@@ -505,6 +512,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let backlog = backlog_section(&mut ctx, backlog.unwrap_or_default());
     let causes_out = causes_section(&mut ctx, &causes, &streams_out, &routes, &backlog);
     let masking = masking_section(&mut ctx, masking.unwrap_or_default(), &streams_out);
+    let incidents = incidents_section(&mut ctx, incidents.unwrap_or_default());
 
     if ctx.problems.is_empty() {
         Ok(Topology {
@@ -519,6 +527,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             causes: causes_out,
             routes,
             backlog,
+            incidents,
         })
     } else {
         Err(ctx.problems)
@@ -745,16 +754,79 @@ fn outputs_section(ctx: &mut Ctx, outputs: RawOutputs) -> Outputs {
         dead_letter_topic: outputs
             .dead_letter_topic
             .unwrap_or_else(|| "synclag.dlq".into()),
+        incidents_topic: outputs
+            .incidents_topic
+            .unwrap_or_else(|| "synclag.incidents".into()),
     };
     for (p, t) in [
         ("outputs.breaches_topic", &outputs.breaches_topic),
         ("outputs.lag_topic", &outputs.lag_topic),
         ("outputs.backlog_topic", &outputs.backlog_topic),
         ("outputs.dead_letter_topic", &outputs.dead_letter_topic),
+        ("outputs.incidents_topic", &outputs.incidents_topic),
     ] {
         check_topic(ctx, p, t);
     }
     outputs
+}
+
+/// `incidents:`
+fn incidents_section(ctx: &mut Ctx, raw: RawIncidents) -> Incidents {
+    let d = Incidents::default();
+    let count = |ctx: &mut Ctx, key: &str, v: Option<u64>, default: usize| -> usize {
+        match v {
+            None => default,
+            Some(0) => {
+                ctx.push(
+                    format!("incidents.{key}"),
+                    "`0` is not allowed; expected a positive number",
+                );
+                default
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    };
+    let factor = match raw.degraded_factor {
+        None => d.degraded_factor,
+        Some(f) if f.is_finite() && f > 1.0 => f,
+        Some(f) => {
+            ctx.push(
+                "incidents.degraded_factor",
+                format!("`{f}` is not above 1; a degraded value has a higher breach rate than its peers, e.g. `4`"),
+            );
+            d.degraded_factor
+        }
+    };
+    Incidents {
+        quiet: duration(ctx, "incidents.quiet", raw.quiet.as_deref(), d.quiet),
+        update_every: duration(
+            ctx,
+            "incidents.update_every",
+            raw.update_every.as_deref(),
+            d.update_every,
+        ),
+        max_open: count(ctx, "max_open", raw.max_open, d.max_open),
+        max_events_per_minute: count(
+            ctx,
+            "max_events_per_minute",
+            raw.max_events_per_minute,
+            d.max_events_per_minute,
+        ),
+        sample: count(ctx, "sample", raw.sample, d.sample),
+        slice_window: duration(
+            ctx,
+            "incidents.slice_window",
+            raw.slice_window.as_deref(),
+            d.slice_window,
+        ),
+        degraded_min_breaches: count(
+            ctx,
+            "degraded_min_breaches",
+            raw.degraded_min_breaches,
+            d.degraded_min_breaches,
+        ),
+        degraded_factor: factor,
+    }
 }
 
 /// `store:`
@@ -1236,11 +1308,19 @@ fn causes_section(
         );
         check_route(ctx, routes, &format!("{p}.route"), &c.route);
         let matcher = cause_matcher(ctx, &p, c, streams, backlog);
-        if c.signal_type.is_some() && c.signal_stream.is_none() {
-            ctx.push(
-                format!("{p}.signal_type"),
-                "only applies together with `signal_stream`",
-            );
+        if c.signal_stream.is_none() {
+            for (key, set) in [
+                ("signal_type", c.signal_type.is_some()),
+                ("slice_min_signals", c.slice_min_signals.is_some()),
+                ("slice_within", c.slice_within.is_some()),
+            ] {
+                if set {
+                    ctx.push(
+                        format!("{p}.{key}"),
+                        "only applies together with `signal_stream`",
+                    );
+                }
+            }
         }
         if let Some(matcher) = matcher {
             out.push(Cause {
@@ -1267,6 +1347,7 @@ fn cause_matcher(
             Some(idx) if streams[idx].role == Role::Signals => Some(CauseMatch::Signal {
                 stream: idx,
                 event_type: c.signal_type.clone(),
+                slice_rate: slice_rate(ctx, p, c),
             }),
             Some(_) => {
                 ctx.push(
@@ -1309,6 +1390,41 @@ fn cause_matcher(
             ctx.push(
                 p,
                 "give exactly one of `signal_stream`, `segment` or `group`",
+            );
+            None
+        }
+    }
+}
+
+/// `slice_min_signals` and `slice_within` of a signal cause: both or neither.
+fn slice_rate(ctx: &mut Ctx, p: &str, c: &RawCause) -> Option<(u32, i64)> {
+    match (c.slice_min_signals, &c.slice_within) {
+        (None, None) => None,
+        (Some(0), _) => {
+            ctx.push(
+                format!("{p}.slice_min_signals"),
+                "`0` is not allowed; expected a positive number",
+            );
+            None
+        }
+        (Some(n), Some(w)) => {
+            let within = duration(ctx, &format!("{p}.slice_within"), Some(w), Duration::ZERO);
+            Some((
+                u32::try_from(n).unwrap_or(u32::MAX),
+                i64::try_from(within.as_millis()).unwrap_or(i64::MAX),
+            ))
+        }
+        (Some(_), None) => {
+            ctx.push(
+                format!("{p}.slice_within"),
+                "missing; `slice_min_signals` counts signals within this span, e.g. `5m`",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            ctx.push(
+                format!("{p}.slice_min_signals"),
+                "missing; `slice_within` is the span `slice_min_signals` counts over",
             );
             None
         }

@@ -12,8 +12,8 @@
 //!   is the highest number up to which every output has been acknowledged by Kafka.
 //!   Input offsets are committed only behind it (see `ingest::commit`).
 
-use super::events::{BreachEvent, LagSummary};
-use super::producer::{EmitError, Outputs};
+use super::events::{BreachEvent, IncidentEvent, LagSummary};
+use super::producer::{Acknowledgement, EmitError, Outputs};
 use crate::decode::RecordView;
 use crate::telemetry::names;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -66,6 +66,7 @@ pub enum Output {
     Breach(Box<BreachEvent>),
     DeadLetter(Box<DeadLetter>),
     Lag(Vec<LagSummary>),
+    Incident(Box<IncidentEvent>),
 }
 
 impl Output {
@@ -74,6 +75,7 @@ impl Output {
             Output::Breach(_) => &topics.breaches_topic,
             Output::DeadLetter(_) => &topics.dead_letter_topic,
             Output::Lag(_) => &topics.lag_topic,
+            Output::Incident(_) => &topics.incidents_topic,
         }
     }
 }
@@ -233,7 +235,6 @@ async fn run(
         highest_seen: 0,
         published: acked,
     };
-    let breaches_topic = topics.breaches_topic.clone();
     let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
     let mut open = true;
     enum Step {
@@ -256,7 +257,7 @@ async fn run(
         match step {
             Step::New(seq, output) => {
                 acks.started(seq);
-                let delivery = start(&outputs, &breaches_topic, seq, output).await;
+                let delivery = start(&outputs, &topics, seq, output).await;
                 in_flight.push(delivery);
             }
             Step::Closed => open = false,
@@ -273,8 +274,30 @@ async fn run(
                     failures = 0;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let delivery = start(&outputs, &breaches_topic, seq, output).await;
+                let delivery = start(&outputs, &topics, seq, output).await;
                 in_flight.push(delivery);
+            }
+        }
+    }
+}
+
+/// Queues one event with `queue`, retrying with backoff while it cannot be queued (an
+/// encoder waiting for the registry), so later outputs wait behind it in order.
+async fn queue_retrying<F, Fut>(topic: &str, what: &str, queue: F) -> Acknowledgement
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Acknowledgement, EmitError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match queue().await {
+            Ok(delivery) => return delivery,
+            Err(e) => {
+                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.to_string())
+                    .increment(1);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} not queued; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
     }
@@ -283,25 +306,27 @@ async fn run(
 /// Puts one output on its way. Breach events are encoded and queued here, in sequence
 /// order, so librdkafka keeps their order per partition; waiting for an encoder
 /// (registry) retries with backoff and holds the later outputs behind it.
-async fn start(outputs: &Arc<Outputs>, breaches_topic: &str, seq: u64, output: Output) -> Delivery {
+async fn start(
+    outputs: &Arc<Outputs>,
+    topics: &crate::config::Outputs,
+    seq: u64,
+    output: Output,
+) -> Delivery {
+    let (breaches_topic, incidents_topic) = (&topics.breaches_topic, &topics.incidents_topic);
     match output {
         Output::Breach(ev) => {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match outputs.enqueue_breach(&ev).await {
-                    Ok(delivery) => {
-                        let out = Output::Breach(ev);
-                        return Box::pin(async move { (seq, delivery.await, out) });
-                    }
-                    Err(e) => {
-                        metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => breaches_topic.to_string())
-                            .increment(1);
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "breach event not queued; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
-                    }
-                }
-            }
+            let delivery =
+                queue_retrying(breaches_topic, "breach event", || outputs.enqueue_breach(&ev)).await;
+            let out = Output::Breach(ev);
+            Box::pin(async move { (seq, delivery.await, out) })
+        }
+        Output::Incident(ev) => {
+            let delivery = queue_retrying(incidents_topic, "incident event", || {
+                outputs.enqueue_incident(&ev)
+            })
+            .await;
+            let out = Output::Incident(ev);
+            Box::pin(async move { (seq, delivery.await, out) })
         }
         Output::DeadLetter(dl) => {
             // Queued here, in sequence order, like breach events: librdkafka keeps the order

@@ -8,6 +8,8 @@ use crate::correlate::SeriesSnapshot;
 
 /// Avro schema of [`BreachEvent`].
 pub const BREACH_SCHEMA: &str = include_str!("../../schemas/breach.avsc");
+/// Avro schema of [`IncidentEvent`].
+pub const INCIDENT_SCHEMA: &str = include_str!("../../schemas/incident.avsc");
 /// Avro schema of [`LagSummary`].
 pub const LAG_SCHEMA: &str = include_str!("../../schemas/lag.avsc");
 
@@ -36,6 +38,14 @@ pub struct BreachEvent {
     /// Input partitions that may hold the missing stage but were stalled (`topic[p]: reason`).
     #[serde(default)]
     pub stalled_inputs: Vec<String>,
+    /// What chose `probable_cause` (see `schemas/breach.avsc`).
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// While pending: the stage still waited for, and the lag not yet explained by a segment.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    #[serde(default)]
+    pub waiting_ms: Option<i64>,
     /// Fields cut by [`BreachEvent::bounded`]: a field name, or `dimensions.<key>` for one
     /// dimension. Empty when the event is complete; absent in events written before it existed.
     #[serde(default)]
@@ -172,10 +182,48 @@ impl BreachEvent {
         cuts.list("signals", &mut ev.signals);
         cuts.list("backlogged_groups", &mut ev.backlogged_groups);
         cuts.list("stalled_inputs", &mut ev.stalled_inputs);
+        cuts.list("evidence", &mut ev.evidence);
+        cuts.optional("waiting_for", &mut ev.waiting_for);
         // Bounded too: one entry per field, plus one per dimension (bounded keys, at most
         // BREACH_LIST_MAX_ITEMS of them); entries already there came from an earlier pass.
         ev.truncated = cuts.0;
         ev
+    }
+}
+
+/// See `schemas/incident.avsc`: breaches grouped by workflow × cause × slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentEvent {
+    pub incident_id: String,
+    pub kind: String,
+    pub sequence: i64,
+    pub severity: String,
+    pub workflow: String,
+    pub slice: BTreeMap<String, String>,
+    pub probable_cause: String,
+    pub route: Option<String>,
+    pub team: Option<String>,
+    pub evidence: Vec<String>,
+    pub trigger: String,
+    pub opened_at_ms: i64,
+    pub first_breach_ms: i64,
+    pub last_breach_ms: i64,
+    pub resolved_at_ms: Option<i64>,
+    pub emitted_at_ms: i64,
+    pub breached: i64,
+    pub pending: i64,
+    pub completed: i64,
+    pub never_arrived: i64,
+    pub worst_lag_ms: i64,
+    pub sample: Vec<String>,
+    pub slice_breach_rate: Option<f64>,
+    pub peer_breach_rate: Option<f64>,
+}
+
+impl IncidentEvent {
+    /// Record key: the incident id, so a compacted topic keeps each incident's last state.
+    pub fn key(&self) -> &str {
+        &self.incident_id
     }
 }
 
@@ -278,12 +326,69 @@ mod tests {
             signals: vec!["carrier_api_throttled".into()],
             backlogged_groups: vec![],
             stalled_inputs: vec![],
+            evidence: vec!["signal:carrier_api_throttled".into()],
+            waiting_for: Some("imported".into()),
+            waiting_ms: Some(3),
             truncated: vec![],
         }
     }
 
+    fn round_trip<T>(schema: &str, item: &T) -> T
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let schema = Schema::parse_str(schema).unwrap();
+        let value = apache_avro::to_value(item)
+            .unwrap()
+            .resolve(&schema)
+            .unwrap();
+        let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap();
+        let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut bytes.as_slice())
+            .unwrap();
+        apache_avro::from_value(&back).unwrap()
+    }
+
+    #[test]
+    fn incident_events_round_trip_through_avro() {
+        let inc = IncidentEvent {
+            incident_id: "i".into(),
+            kind: "opened".into(),
+            sequence: 1,
+            severity: "warn".into(),
+            workflow: "shipment_status".into(),
+            slice: BTreeMap::from([("carrier".into(), "DHL".into())]),
+            probable_cause: "carrier_api_throttling".into(),
+            route: Some("integration_support".into()),
+            team: None,
+            evidence: vec!["signal:carrier_api_throttled".into()],
+            trigger: "breach".into(),
+            opened_at_ms: 1,
+            first_breach_ms: 1,
+            last_breach_ms: 2,
+            resolved_at_ms: None,
+            emitted_at_ms: 3,
+            breached: 4,
+            pending: 3,
+            completed: 9,
+            never_arrived: 0,
+            worst_lag_ms: 5,
+            sample: vec!["c1".into()],
+            slice_breach_rate: Some(0.5),
+            peer_breach_rate: None,
+        };
+        assert_eq!(round_trip(INCIDENT_SCHEMA, &inc), inc);
+    }
+
     #[test]
     fn schemas_parse_and_structs_round_trip_through_avro() {
+        assert_eq!(round_trip(BREACH_SCHEMA, &sample()), sample());
         let schema = Schema::parse_str(BREACH_SCHEMA).unwrap();
         let event = sample();
         let value = apache_avro::to_value(&event)

@@ -74,6 +74,12 @@ pub struct StatusSnapshot {
     pub workflows: Vec<WorkflowStatus>,
     /// Oldest pending first, per workflow.
     pub pending: BTreeMap<String, Vec<PendingItem>>,
+    /// Open incidents (their state now), critical and largest first.
+    #[serde(default)]
+    pub incidents: Vec<crate::emit::events::IncidentEvent>,
+    /// Recently resolved incidents, newest first.
+    #[serde(default)]
+    pub resolved_incidents: Vec<crate::emit::events::IncidentEvent>,
 }
 
 /// Readiness: partitions assigned, Kafka reachable, and the registry answers when one is
@@ -131,6 +137,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/pending", get(pending))
         .route("/api/v1/groups", get(groups))
+        .route("/api/v1/incidents", get(incidents))
         .with_state(state)
 }
 
@@ -233,6 +240,18 @@ async fn pending(State(s): State<ApiState>, Query(q): Query<PendingQuery>) -> Re
     items.sort_by_key(|i| i.started_at_ms);
     items.truncate(limit);
     Json(serde_json::json!({"pending": items})).into_response()
+}
+
+async fn incidents(State(s): State<ApiState>) -> Response {
+    let snap = match s.status.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    Json(serde_json::json!({
+        "open": snap.incidents,
+        "resolved": snap.resolved_incidents,
+    }))
+    .into_response()
 }
 
 async fn groups(State(s): State<ApiState>) -> Response {

@@ -11,7 +11,9 @@
 //! field ([`BreachEvent::bounded`]), dead letters as a whole ([`DEAD_LETTER_MAX_BYTES`]), and
 //! what was cut is marked in the output and counted.
 
-use super::events::{bound_text, BreachEvent, LagSummary, BREACH_SCHEMA, LAG_SCHEMA};
+use super::events::{
+    bound_text, BreachEvent, IncidentEvent, LagSummary, BREACH_SCHEMA, INCIDENT_SCHEMA, LAG_SCHEMA,
+};
 use crate::config::Topology;
 use crate::decode::RecordView;
 use crate::telemetry::names;
@@ -135,6 +137,7 @@ pub struct Outputs {
     breaches_topic: String,
     lag_topic: String,
     dead_letter_topic: String,
+    incidents_topic: String,
     dead_letter_max_bytes: usize,
 }
 
@@ -166,6 +169,7 @@ impl Outputs {
             breaches_topic: topology.outputs.breaches_topic.clone(),
             lag_topic: topology.outputs.lag_topic.clone(),
             dead_letter_topic: topology.outputs.dead_letter_topic.clone(),
+            incidents_topic: topology.outputs.incidents_topic.clone(),
             dead_letter_max_bytes: dead_letter_max_bytes(topology),
         })
     }
@@ -261,6 +265,23 @@ impl Outputs {
         self.enqueue(
             FutureRecord::to(&self.breaches_topic)
                 .key(key.as_bytes())
+                .payload(bytes.as_slice()),
+        )
+        .await
+    }
+
+    /// Encodes one incident event (its texts are bounded where it is built) and hands it
+    /// to the producer keyed by `incident_id`.
+    pub async fn enqueue_incident(
+        &self,
+        event: &IncidentEvent,
+    ) -> Result<Acknowledgement, EmitError> {
+        let bytes = self
+            .encode(&self.incidents_topic, INCIDENT_SCHEMA, event)
+            .await?;
+        self.enqueue(
+            FutureRecord::to(&self.incidents_topic)
+                .key(event.key().as_bytes())
                 .payload(bytes.as_slice()),
         )
         .await

@@ -16,7 +16,7 @@ use crate::correlate::{
 use crate::decode::Decoded;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::config::duration::millis as ms;
 
@@ -207,24 +207,212 @@ impl SignalBook {
     }
 }
 
+/// A watched consumer group that is not OK, and the topics of its partitions that are not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backlogged {
+    pub group: String,
+    /// Empty when the group as a whole is in trouble (e.g. its offsets cannot be read).
+    pub topics: Vec<String>,
+}
+
 /// The evidence about one breach.
-#[derive(Debug, Clone, Default)]
 pub struct Evidence<'a> {
+    /// Signals seen for the same correlation: (signals stream, kind).
     pub signals: &'a [(usize, String)],
-    pub dominant_segment: Option<LagSegment>,
-    pub backlogged_groups: &'a [String],
+    /// The segment that dominated the known part of the lag, with its size and the lag.
+    pub dominant_segment: Option<(LagSegment, i64, i64)>,
+    pub backlogged: &'a [Backlogged],
+    /// Topics of the workflow's stages up to the one waited for (where a backlogged
+    /// group's partitions must be for it to explain the breach).
+    pub stage_topics: &'a [String],
+    /// The breach's dimension values with the signal counts of [`SliceSignals`].
+    pub slices: Option<SliceQuery<'a>>,
+}
+
+/// Asks [`SliceSignals`] about one breach's dimension values.
+pub struct SliceQuery<'a> {
+    pub book: &'a SliceSignals,
+    pub workflow: usize,
+    pub dimensions: &'a BTreeMap<String, String>,
+    /// The breach's time: signals within a cause's span before it count.
+    pub at_ms: i64,
+}
+
+/// A cause and the evidence that chose it, as short texts (`signal:carrier_api_throttled`,
+/// `group:wms-bridge backlogged on wms.events`, …).
+#[derive(Debug, Clone)]
+pub struct Attribution<'c> {
+    pub cause: &'c Cause,
+    pub evidence: Vec<String>,
 }
 
 /// The first cause, in configuration order, that the evidence supports.
-pub fn attribute<'c>(causes: &'c [Cause], evidence: &Evidence<'_>) -> Option<&'c Cause> {
-    causes.iter().find(|c| match &c.matcher {
-        CauseMatch::Signal { stream, event_type } => evidence
-            .signals
-            .iter()
-            .any(|(s, kind)| s == stream && event_type.as_deref().is_none_or(|t| t == kind)),
-        CauseMatch::Segment(seg) => evidence.dominant_segment == Some(*seg),
-        CauseMatch::Group(g) => evidence.backlogged_groups.iter().any(|b| b == g),
+pub fn attribute<'c>(causes: &'c [Cause], ev: &Evidence<'_>) -> Option<Attribution<'c>> {
+    causes.iter().find_map(|c| {
+        let evidence = match &c.matcher {
+            CauseMatch::Signal {
+                stream,
+                event_type,
+                slice_rate,
+            } => {
+                let kind_ok = |kind: &str| event_type.as_deref().is_none_or(|t| t == kind);
+                if let Some((_, kind)) = ev
+                    .signals
+                    .iter()
+                    .find(|(s, kind)| s == stream && kind_ok(kind))
+                {
+                    vec![format!("signal:{kind}")]
+                } else {
+                    let (min, within) = (*slice_rate)?;
+                    let q = ev.slices.as_ref()?;
+                    let (dim, value, n) = q.book.strongest(
+                        q.workflow,
+                        q.dimensions,
+                        *stream,
+                        event_type.as_deref(),
+                        q.at_ms.saturating_sub(within),
+                    )?;
+                    if n < min {
+                        return None;
+                    }
+                    let kind = event_type.as_deref().unwrap_or("any");
+                    vec![format!(
+                        "signal_rate:{dim}={value} {n} {kind} signals on breached correlations in {}",
+                        crate::config::duration::format_duration(std::time::Duration::from_millis(
+                            u64::try_from(within).unwrap_or(0)
+                        ))
+                    )]
+                }
+            }
+            CauseMatch::Segment(seg) => match ev.dominant_segment {
+                Some((s, part, total)) if s == *seg => vec![format!(
+                    "segment:{} {part} ms of {total} ms",
+                    seg.name()
+                )],
+                _ => return None,
+            },
+            CauseMatch::Group(g) => {
+                let b = ev.backlogged.iter().find(|b| &b.group == g)?;
+                if b.topics.is_empty() {
+                    vec![format!("group:{g} not OK")]
+                } else {
+                    let hit: Vec<&str> = b
+                        .topics
+                        .iter()
+                        .filter(|t| ev.stage_topics.contains(t))
+                        .map(String::as_str)
+                        .collect();
+                    if hit.is_empty() {
+                        return None;
+                    }
+                    vec![format!("group:{g} backlogged on {}", hit.join(","))]
+                }
+            }
+        };
+        Some(Attribution { cause: c, evidence })
     })
+}
+
+/// Signals seen on breached correlations, per workflow and dimension value, over a
+/// sliding span: evidence that one value (a carrier, a connector's warehouse) keeps
+/// failing, for breaches of that value whose own correlation had no signal (yet).
+/// Bounded: at most `capacity` values, each remembering its last [`SLICE_SIGNALS_KEPT`].
+#[derive(Debug)]
+pub struct SliceSignals {
+    by_value: HashMap<(usize, String, String), VecDeque<(i64, usize, Box<str>)>>,
+    order: VecDeque<(usize, String, String)>,
+    capacity: usize,
+    forgotten: u64,
+}
+
+/// Signals remembered per dimension value.
+pub const SLICE_SIGNALS_KEPT: usize = 256;
+
+impl SliceSignals {
+    pub fn new(capacity: usize) -> SliceSignals {
+        SliceSignals {
+            by_value: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            forgotten: 0,
+        }
+    }
+
+    /// Remembers the signals of a breached correlation against each of its dimension values.
+    pub fn record(
+        &mut self,
+        workflow: usize,
+        dimensions: &BTreeMap<String, String>,
+        signals: &[(usize, String)],
+        at_ms: i64,
+    ) {
+        if signals.is_empty() {
+            return;
+        }
+        for (dim, value) in dimensions {
+            let key = (workflow, dim.clone(), value.clone());
+            let seen = match self.by_value.get_mut(&key) {
+                Some(seen) => seen,
+                None => {
+                    self.order.push_back(key.clone());
+                    self.by_value.entry(key).or_default()
+                }
+            };
+            for (stream, kind) in signals {
+                seen.push_back((at_ms, *stream, kind.as_str().into()));
+            }
+            while seen.len() > SLICE_SIGNALS_KEPT {
+                seen.pop_front();
+            }
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.by_value.remove(&old);
+                self.forgotten += 1;
+            }
+        }
+    }
+
+    /// The dimension value of `dimensions` with the most signals of `stream` (and `kind`
+    /// when given) at or after `since_ms`, with that count.
+    pub fn strongest(
+        &self,
+        workflow: usize,
+        dimensions: &BTreeMap<String, String>,
+        stream: usize,
+        kind: Option<&str>,
+        since_ms: i64,
+    ) -> Option<(String, String, u32)> {
+        dimensions
+            .iter()
+            .filter_map(|(dim, value)| {
+                let seen = self
+                    .by_value
+                    .get(&(workflow, dim.clone(), value.clone()))?;
+                let n = seen
+                    .iter()
+                    .filter(|(at, s, k)| {
+                        *at >= since_ms && *s == stream && kind.is_none_or(|t| t == &**k)
+                    })
+                    .count();
+                Some((dim.clone(), value.clone(), u32::try_from(n).unwrap_or(u32::MAX)))
+            })
+            .filter(|(_, _, n)| *n > 0)
+            .max_by_key(|(_, _, n)| *n)
+    }
+
+    /// Values dropped because the book was full.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_value.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_value.is_empty()
+    }
 }
 
 /// Which segment dominated a lag, from the parts that are known.

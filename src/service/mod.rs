@@ -31,7 +31,7 @@ use crate::emit::producer::Outputs;
 use crate::ingest::commit::CommitGate;
 use crate::ingest::ends::{self, Ends};
 use crate::ingest::{cached_watermarks, IngestContext, OffsetTracker, Shared, Tp};
-use crate::rules::{Masker, Rules, SignalBook};
+use crate::rules::{Backlogged, Masker, Rules, SignalBook};
 use crate::telemetry::names;
 use crate::telemetry::series::{self, SignalKinds};
 use outcomes::{Context, Outcomes};
@@ -80,7 +80,9 @@ struct Pipeline {
     emitter: Emitter,
     shared: Arc<Shared>,
     api: ApiState,
-    backlogged: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    backlogged: Arc<dyn Fn() -> Vec<Backlogged> + Send + Sync>,
+    /// Every (workflow, cause) of the open-incident gauge.
+    incident_series: Vec<(String, String)>,
     out: Vec<Outcome>,
     last_committed: HashMap<Tp, i64>,
     /// The longest workflow window: records younger than this are never committed past.
@@ -122,7 +124,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
 
     let mut api = ApiState::new(Some(metrics), topology.registry.is_some());
-    let mut backlogged: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(Vec::new);
+    let mut backlogged: Arc<dyn Fn() -> Vec<Backlogged> + Send + Sync> = Arc::new(Vec::new);
     let mut backlog_task = None;
     if !topology.backlog.groups.is_empty() {
         let monitor = crate::backlog::BacklogMonitor::new(
@@ -131,7 +133,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         .map_err(|e| RunError::Kafka(format!("backlog monitor: {e}")))?;
         let handle = monitor.handle();
         handle.attach(&mut api);
-        backlogged = Arc::new(move || handle.backlogged_groups());
+        backlogged = Arc::new(move || handle.backlogged());
         let token = shutdown.clone();
         backlog_task = Some(tokio::spawn(async move {
             if let Err(e) = monitor.run(token).await {
@@ -201,6 +203,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         shared: shared.clone(),
         api,
         backlogged,
+        incident_series: series::incident_series(&topology),
         out: Vec::new(),
         last_committed: HashMap::new(),
         max_window_ms: topology
@@ -336,11 +339,12 @@ impl Pipeline {
             with_missing = all;
             &with_missing
         };
+        let wall = wall_ms();
         let ctx = Context {
             signals: &self.signals,
-            backlogged_groups: &backlogged,
+            backlogged: &backlogged,
             stalled,
-            wall_ms: wall_ms(),
+            wall_ms: wall,
         };
         let mut events = Vec::new();
         self.outcomes
@@ -348,6 +352,13 @@ impl Pipeline {
         for ev in events {
             tracing::debug!(kind = %ev.kind, severity = %ev.severity, workflow = %ev.workflow, breach_id = %ev.breach_id, lag_ms = ev.lag_ms, cause = ?ev.probable_cause, "breach event");
             self.emitter.submit(Output::Breach(Box::new(ev)));
+        }
+        let mut incidents = Vec::new();
+        self.outcomes
+            .tick_incidents(self.engine.now(), wall, &mut incidents);
+        for ev in incidents {
+            tracing::info!(kind = %ev.kind, incident_id = %ev.incident_id, workflow = %ev.workflow, cause = %ev.probable_cause, slice = ?ev.slice, severity = %ev.severity, breached = ev.breached, route = ?ev.route, "incident");
+            self.emitter.submit(Output::Incident(Box::new(ev)));
         }
         self.after_submit();
     }
@@ -639,6 +650,7 @@ impl Pipeline {
         metrics::counter!(names::EVIDENCE_FORGOTTEN_TOTAL)
             .absolute(self.outcomes.evidence_forgotten());
         metrics::gauge!(names::EVIDENCE_ENTRIES).set(self.outcomes.evidence_entries() as f64);
+        self.outcomes.publish_incidents(&self.incident_series);
         let clock = match self.engine.now() {
             i64::MIN => wall_ms(),
             t => t,

@@ -12,8 +12,9 @@
 
 use crate::config::{LagSegment, Topology};
 use crate::correlate::{Outcome, OutcomeKind, StageEvent, StageSet, Tier};
-use crate::emit::events::BreachEvent;
-use crate::rules::{self, Evidence, Masker, SignalBook};
+use crate::emit::events::{BreachEvent, IncidentEvent};
+use crate::incidents::IncidentBook;
+use crate::rules::{self, Evidence, Masker, SignalBook, SliceSignals};
 use crate::telemetry::names;
 use crate::telemetry::series::{LabelCap, OTHER};
 use hdrhistogram::Histogram;
@@ -38,7 +39,7 @@ pub struct WorkflowStats {
 /// What, besides the outcome itself, an event's cause is judged by.
 pub struct Context<'a> {
     pub signals: &'a SignalBook,
-    pub backlogged_groups: &'a [String],
+    pub backlogged: &'a [rules::Backlogged],
     /// Stalled input partitions by topic: `topic[partition]: reason`.
     pub stalled: &'a HashMap<String, Vec<String>>,
     /// Wall time the event is raised at (`observed_at_ms`).
@@ -117,7 +118,14 @@ pub struct Outcomes {
     /// Bound on the lag histogram's label combinations.
     lag_labels: std::cell::RefCell<LabelCap>,
     label_hasher: std::collections::hash_map::RandomState,
+    /// Breaches grouped into incidents.
+    incidents: IncidentBook,
+    /// Signals of breached correlations per dimension value (cause evidence).
+    slice_signals: SliceSignals,
 }
+
+/// Dimension values whose breached correlations' signals are remembered (cause evidence).
+const SLICE_SIGNAL_VALUES: usize = 10_000;
 
 /// Distinct label combinations of `synclag_lag_seconds` before new ones become `other`.
 const LAG_LABEL_COMBINATIONS: usize = 5_000;
@@ -154,7 +162,6 @@ impl Outcomes {
             .collect();
         let capacity = topology.store.max_pending.max(1_000);
         Outcomes {
-            topology,
             masker,
             stats,
             open_breaches: Bounded::new(capacity),
@@ -164,6 +171,9 @@ impl Outcomes {
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
             label_hasher: std::collections::hash_map::RandomState::new(),
+            incidents: IncidentBook::new(&topology.incidents),
+            slice_signals: SliceSignals::new(SLICE_SIGNAL_VALUES),
+            topology,
         }
     }
 
@@ -242,6 +252,16 @@ impl Outcomes {
             if due && !blocked.contains(&key) {
                 if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
                     *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
+                    if ev.kind == "breach" {
+                        let signals = ctx.signals.signals(&h.outcome.info.correlation_id.to_string());
+                        self.slice_signals.record(
+                            h.outcome.info.workflow,
+                            &ev.dimensions,
+                            signals,
+                            h.release_at,
+                        );
+                    }
+                    self.incidents.observe(&ev, h.release_at);
                     sink.push(ev);
                 }
             } else {
@@ -251,6 +271,23 @@ impl Outcomes {
         }
         self.held = keep;
         metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.held.len() as f64);
+    }
+
+    /// Incident events due at engine clock `now` and wall time `wall_ms`.
+    pub fn tick_incidents(&mut self, now: i64, wall_ms: i64, sink: &mut Vec<IncidentEvent>) {
+        self.incidents.tick(now, wall_ms, sink);
+    }
+
+    /// Open incidents (worst first) and the recently resolved ones, for the API.
+    pub fn incidents(&self, wall_ms: i64) -> (Vec<IncidentEvent>, Vec<IncidentEvent>) {
+        self.incidents.snapshot(wall_ms)
+    }
+
+    /// Publishes the incident series (`known`: every workflow × cause pair).
+    pub fn publish_incidents(&self, known: &[(String, String)]) {
+        self.incidents.publish(known);
+        metrics::counter!(names::SLICE_SIGNALS_FORGOTTEN_TOTAL)
+            .absolute(self.slice_signals.forgotten());
     }
 
     /// Logs what was raised since the last call (one INFO line instead of one per event).
@@ -301,8 +338,11 @@ impl Outcomes {
                 lag_from_previous_ms,
                 end_to_end_ms,
                 decomposition,
+                at_ms,
                 ..
             } => {
+                self.incidents
+                    .completed(&o.info.workflow_name, &self.dims(o), *at_ms);
                 let last = self.topology.workflows[wf].stages.len() - 1;
                 metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wname.clone(), "stage" => self.stage_name(wf, last)).increment(1);
                 metrics::counter!(names::COMPLETED_TOTAL, "workflow" => wname).increment(1);
@@ -428,6 +468,8 @@ impl Outcomes {
                 stages_seen,
                 missing,
             } => {
+                self.incidents
+                    .finished(&o.info.workflow_name, &self.dims(o), *at_ms);
                 metrics::counter!(names::EVICTED_TOTAL).increment(1);
                 self.open_breaches.remove(&key);
                 self.partner_delay.remove(&key);
@@ -460,13 +502,30 @@ impl Outcomes {
         let wf = o.info.workflow;
         let cid = o.info.correlation_id.to_string();
         let key: Key = (wf, o.info.correlation_id.as_bytes().into());
+        let pending = kind == "breach" || kind == "never_arrived";
+        // While pending, only the partner/ingestion part (t1 − t0 of the start record) is
+        // measured; the rest is time spent waiting for the missing stage.
         let partner = self.partner_delay.get(&key).copied();
-        let middleware = Some(lag_ms.saturating_sub(partner.unwrap_or(0))).filter(|v| *v > 0);
-        let dominant: Option<LagSegment> = rules::dominant_segment(partner, middleware, None);
+        let (middleware, waiting) = if pending {
+            (None, Some(lag_ms.saturating_sub(partner.unwrap_or(0)).max(0)))
+        } else {
+            (
+                Some(lag_ms.saturating_sub(partner.unwrap_or(0))).filter(|v| *v > 0),
+                None,
+            )
+        };
+        // The dominant segment is judged among measured parts, and only when the measured
+        // part is at least as large as what is still unexplained.
+        let dominant: Option<LagSegment> = rules::dominant_segment(partner, middleware, None)
+            .filter(|_| partner.unwrap_or(0) >= waiting.unwrap_or(0) || middleware.is_some());
+        let dominant_size = dominant.map(|s| match s {
+            LagSegment::PartnerIngestion => partner.unwrap_or(0),
+            _ => middleware.unwrap_or(0),
+        });
         let signals = ctx.signals.signals(&cid);
         // Inputs that may hold the stage this event is about, but are stalled: the event
         // may be caused by synclag not having read them.
-        let stalled_inputs: Vec<String> = if kind == "breach" || kind == "never_arrived" {
+        let stalled_inputs: Vec<String> = if pending {
             stage
                 .and_then(|s| self.stage_topics[wf].get(s))
                 .and_then(|topic| ctx.stalled.get(topic))
@@ -476,23 +535,40 @@ impl Outcomes {
             Vec::new()
         };
         let workflow = &self.topology.workflows[wf];
-        let cause = rules::attribute(
+        let dimensions = self.dims(o);
+        let at_ms = deadline_ms.unwrap_or(o.info.start_ms.saturating_add(lag_ms));
+        let upto = stage.map_or(self.stage_topics[wf].len(), |s| s + 1);
+        let stage_topics = &self.stage_topics[wf][..upto.min(self.stage_topics[wf].len())];
+        let attribution = rules::attribute(
             &self.topology.causes,
             &Evidence {
                 signals,
-                dominant_segment: dominant,
-                backlogged_groups: ctx.backlogged_groups,
+                dominant_segment: dominant.map(|s| (s, dominant_size.unwrap_or(0), lag_ms)),
+                backlogged: ctx.backlogged,
+                stage_topics,
+                slices: Some(rules::SliceQuery {
+                    book: &self.slice_signals,
+                    workflow: wf,
+                    dimensions: &dimensions,
+                    at_ms,
+                }),
             },
         );
-        let (probable_cause, route) = if !stalled_inputs.is_empty() {
-            (Some(INPUT_STALLED.to_string()), workflow.route.clone())
-        } else {
+        let (probable_cause, route, evidence) = if !stalled_inputs.is_empty() {
             (
-                cause.map(|c| c.name.clone()),
-                cause
-                    .map(|c| c.route.clone())
-                    .or_else(|| workflow.route.clone()),
+                Some(INPUT_STALLED.to_string()),
+                workflow.route.clone(),
+                stalled_inputs.iter().map(|s| format!("stalled:{s}")).collect(),
             )
+        } else {
+            match attribution {
+                Some(a) => (
+                    Some(a.cause.name.clone()),
+                    Some(a.cause.route.clone()),
+                    a.evidence,
+                ),
+                None => (None, workflow.route.clone(), Vec::new()),
+            }
         };
         let team = route
             .as_ref()
@@ -516,15 +592,22 @@ impl Outcomes {
             deadline_ms,
             observed_at_ms: ctx.wall_ms,
             lag_ms,
-            dimensions: self.dims(o),
+            dimensions,
             segments_ms: segments(partner, middleware, None),
             dominant_segment: dominant.map(|s| s.name().to_string()),
             probable_cause,
             route,
             team,
             signals: signals.iter().map(|(_, k)| k.clone()).collect(),
-            backlogged_groups: ctx.backlogged_groups.to_vec(),
+            backlogged_groups: ctx.backlogged.iter().map(|b| b.group.clone()).collect(),
             stalled_inputs,
+            evidence,
+            waiting_for: if pending {
+                stage.map(|s| self.stage_name(wf, s))
+            } else {
+                None
+            },
+            waiting_ms: waiting,
             truncated: Vec::new(),
         }
     }

@@ -23,6 +23,8 @@ pub fn snapshot(
         stalled_inputs,
         ..Default::default()
     };
+    (snapshot.incidents, snapshot.resolved_incidents) =
+        outcomes.incidents(crate::decode::time::wall_ms());
     for ps in engine.pending_status() {
         let wf = &topology.workflows[ps.workflow];
         let st = &outcomes.stats()[ps.workflow];

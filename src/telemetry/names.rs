@@ -278,7 +278,59 @@ pub fn describe_all() {
         Unit::Count,
         "SLA tiers not raised because the workflow's window ends before their deadline."
     );
+
+    // ---- incidents (src/incidents)
+    describe_gauge!(
+        INCIDENTS_OPEN,
+        Unit::Count,
+        "Open incidents, by workflow and probable cause."
+    );
+    describe_counter!(
+        INCIDENT_EVENTS_TOTAL,
+        Unit::Count,
+        "Incident events raised, by kind (opened, updated, resolved)."
+    );
+    describe_counter!(
+        INCIDENTS_SUPPRESSED_TOTAL,
+        Unit::Count,
+        "Flood control: breaches that could not open an incident because incidents.max_open were open (open_cap), and incident updates deferred by incidents.max_events_per_minute (rate_cap)."
+    );
+    describe_counter!(
+        INCIDENT_BREACHES_FOLDED_TOTAL,
+        Unit::Count,
+        "Breaches that joined an incident already open instead of alerting on their own."
+    );
+    describe_gauge!(
+        DEGRADED_SLICES,
+        Unit::Count,
+        "Dimension values currently degraded (breach rate far above their peers')."
+    );
+    describe_counter!(
+        DEGRADED_FLAPS_SUPPRESSED_TOTAL,
+        Unit::Count,
+        "Times hysteresis kept a degraded dimension value degraded when its breach ratio dipped below the opening factor."
+    );
+    describe_counter!(
+        DEGRADED_SLICES_NOT_FOLLOWED_TOTAL,
+        Unit::Count,
+        "Breaches and completions of dimension values not counted for degraded slices because 10,000 values were already followed."
+    );
+    describe_counter!(
+        SLICE_SIGNALS_FORGOTTEN_TOTAL,
+        Unit::Count,
+        "Dimension values dropped from the signal-rate evidence because it was full."
+    );
 }
+
+// ---- incidents (src/incidents)
+pub const INCIDENTS_OPEN: &str = "synclag_incidents_open";
+pub const INCIDENT_EVENTS_TOTAL: &str = "synclag_incident_events_total";
+pub const INCIDENTS_SUPPRESSED_TOTAL: &str = "synclag_incidents_suppressed_total";
+pub const INCIDENT_BREACHES_FOLDED_TOTAL: &str = "synclag_incident_breaches_folded_total";
+pub const DEGRADED_SLICES: &str = "synclag_degraded_slices";
+pub const DEGRADED_FLAPS_SUPPRESSED_TOTAL: &str = "synclag_degraded_flaps_suppressed_total";
+pub const DEGRADED_SLICES_NOT_FOLLOWED_TOTAL: &str = "synclag_degraded_slices_not_followed_total";
+pub const SLICE_SIGNALS_FORGOTTEN_TOTAL: &str = "synclag_slice_signals_forgotten_total";
 
 // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
 pub const INPUT_STALLED: &str = "synclag_input_stalled_partitions";

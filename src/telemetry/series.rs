@@ -69,7 +69,12 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         counter!(names::DEAD_LETTERS_TOTAL, "reason" => *reason).absolute(0);
     }
     let o = &topology.outputs;
-    for topic in [&o.breaches_topic, &o.lag_topic, &o.dead_letter_topic] {
+    for topic in [
+        &o.breaches_topic,
+        &o.lag_topic,
+        &o.dead_letter_topic,
+        &o.incidents_topic,
+    ] {
         for result in ["ok", "error"] {
             counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.clone(), "result" => result)
                 .absolute(0);
@@ -85,9 +90,21 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         counter!(names::OUTPUT_TRUNCATIONS_TOTAL, "topic" => o.dead_letter_topic.clone(), "field" => field)
             .absolute(0);
     }
-    let mut causes: Vec<String> = topology.causes.iter().map(|c| c.name.clone()).collect();
-    causes.push("unknown".into());
-    causes.push(crate::config::INPUT_STALLED.into());
+    let causes = cause_labels(topology);
+    for (workflow, cause) in incident_series(topology) {
+        gauge!(names::INCIDENTS_OPEN, "workflow" => workflow, "cause" => cause).set(0.0);
+    }
+    for kind in ["opened", "updated", "resolved"] {
+        counter!(names::INCIDENT_EVENTS_TOTAL, "kind" => kind).absolute(0);
+    }
+    for reason in ["open_cap", "rate_cap"] {
+        counter!(names::INCIDENTS_SUPPRESSED_TOTAL, "reason" => reason).absolute(0);
+    }
+    counter!(names::INCIDENT_BREACHES_FOLDED_TOTAL).absolute(0);
+    counter!(names::DEGRADED_FLAPS_SUPPRESSED_TOTAL).absolute(0);
+    counter!(names::DEGRADED_SLICES_NOT_FOLLOWED_TOTAL).absolute(0);
+    counter!(names::SLICE_SIGNALS_FORGOTTEN_TOTAL).absolute(0);
+    gauge!(names::DEGRADED_SLICES).set(0.0);
     for w in &topology.workflows {
         let wf = w.name.clone();
         counter!(names::COMPLETED_TOTAL, "workflow" => wf.clone()).absolute(0);
@@ -110,6 +127,24 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
     }
 }
 
+/// Every `cause` label value: the configured causes, `input_stalled` and `unknown`.
+pub fn cause_labels(topology: &Topology) -> Vec<String> {
+    let mut causes: Vec<String> = topology.causes.iter().map(|c| c.name.clone()).collect();
+    causes.push("unknown".into());
+    causes.push(crate::config::INPUT_STALLED.into());
+    causes
+}
+
+/// Every (workflow, cause) pair of `synclag_incidents_open`, known from the topology.
+pub fn incident_series(topology: &Topology) -> Vec<(String, String)> {
+    let causes = cause_labels(topology);
+    topology
+        .workflows
+        .iter()
+        .flat_map(|w| causes.iter().map(move |c| (w.name.clone(), c.clone())))
+        .collect()
+}
+
 /// Which signal kinds may be a label: those a configured cause names for that stream.
 #[derive(Debug, Default)]
 pub struct SignalKinds {
@@ -126,6 +161,7 @@ impl SignalKinds {
                 CauseMatch::Signal {
                     stream,
                     event_type: Some(kind),
+                    ..
                 } => Some((topology.streams.get(*stream)?.name.clone(), kind.clone())),
                 _ => None,
             })
