@@ -52,6 +52,13 @@ const CORRELATIONS_FOLLOWED: usize = 10_000;
 const SLICES_FOLLOWED: usize = 10_000;
 /// Buckets of the slice window.
 const BUCKETS: i64 = 10;
+/// The cause of breaches no configured cause matched.
+pub const UNKNOWN: &str = "unknown";
+/// Late completions of an `unknown` incident that must agree on a cause, and their share
+/// of its breached correlations, before the incident takes that cause.
+const VOTES_NEEDED: u32 = 3;
+const VOTES_SHARE: f64 = 0.5;
+
 /// Resolved incidents kept for the API.
 const RESOLVED_KEPT: usize = 50;
 
@@ -99,6 +106,9 @@ struct Incident {
     /// An update is waiting for the event budget.
     deferred: bool,
     rates: Option<(f64, f64)>,
+    /// Opened as `unknown`; the causes its late completions (`resolved` breaches) were
+    /// attributed to, until one wins.
+    votes: Option<BTreeMap<String, u32>>,
 }
 
 impl Incident {
@@ -371,17 +381,59 @@ impl IncidentBook {
         }
     }
 
-    /// A breached correlation ended (completed late, or evicted): no longer pending.
+    /// A breached correlation ended (completed late, or evicted): no longer pending. A late
+    /// completion names the cause its measured segments show; an incident opened as
+    /// `unknown` takes the cause most of its late completions agree on.
     fn close(&mut self, ev: &BreachEvent) {
+        let mut adopt: Vec<(Key, String)> = Vec::new();
         for inc in self.open.values_mut() {
             if inc.key.workflow != ev.workflow {
                 continue;
             }
-            if let Some(f) = inc.correlations.get_mut(&ev.correlation_id) {
-                if *f == Followed::Pending {
-                    *f = Followed::Closed;
-                    inc.dirty = true;
-                }
+            let Some(f) = inc.correlations.get_mut(&ev.correlation_id) else {
+                continue;
+            };
+            if *f == Followed::Pending {
+                *f = Followed::Closed;
+                inc.dirty = true;
+            }
+            let (Some(votes), Some(cause)) = (&mut inc.votes, &ev.probable_cause) else {
+                continue;
+            };
+            if inc.key.cause != UNKNOWN || ev.kind != "resolved" {
+                continue;
+            }
+            let n = votes.entry(cause.clone()).or_default();
+            *n += 1;
+            if *n >= VOTES_NEEDED && f64::from(*n) >= VOTES_SHARE * inc.breached as f64 {
+                adopt.push((inc.key.clone(), cause.clone()));
+            }
+        }
+        for (old, cause) in adopt {
+            let new = Key {
+                cause,
+                ..old.clone()
+            };
+            if self.open.contains_key(&new) {
+                continue;
+            }
+            if let Some(mut inc) = self.open.remove(&old) {
+                inc.evidence.push(format!(
+                    "late_completions:{} of {} breached correlations completed with this cause",
+                    inc.votes
+                        .as_ref()
+                        .and_then(|v| v.get(&new.cause))
+                        .copied()
+                        .unwrap_or(0),
+                    inc.breached
+                ));
+                inc.evidence.truncate(EVIDENCE_KEPT);
+                inc.route = ev.route.clone();
+                inc.team = ev.team.clone();
+                inc.key = new.clone();
+                inc.urgent = true;
+                inc.dirty = true;
+                self.open.insert(new, inc);
             }
         }
     }
@@ -410,11 +462,28 @@ impl IncidentBook {
         let cause = ev
             .probable_cause
             .clone()
-            .unwrap_or_else(|| "unknown".into());
+            .unwrap_or_else(|| UNKNOWN.into());
         let key = Key {
             workflow: ev.workflow.clone(),
             cause,
             slice: slice.map(|(s, _)| s),
+        };
+        // An unexplained breach joins an incident of its workflow and slice that was opened
+        // as unknown and has since taken the cause its late completions showed.
+        let key = if key.cause == UNKNOWN {
+            self.open
+                .iter()
+                .find(|(k, inc)| {
+                    inc.votes.is_some()
+                        && k.workflow == key.workflow
+                        && k.slice
+                            .as_ref()
+                            .is_none_or(|(d, v)| ev.dimensions.get(d) == Some(v))
+                })
+                .map(|(k, _)| k.clone())
+                .unwrap_or(key)
+        } else {
+            key
         };
         // A breach of a value that is not (or no longer) degraded joins an open incident
         // narrowed to one of its values before opening a whole-workflow one.
@@ -467,6 +536,7 @@ impl IncidentBook {
                 urgent: false,
                 deferred: false,
                 rates: None,
+                votes: (key.cause == UNKNOWN).then(BTreeMap::new),
                 key: key.clone(),
             };
             self.open.insert(key.clone(), inc);

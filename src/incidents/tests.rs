@@ -231,3 +231,35 @@ fn ids_are_stable_and_distinct() {
     assert_ne!(incident_id(&k("a"), "b1"), incident_id(&k("b"), "b1"));
     assert_ne!(incident_id(&k("a"), "b1"), incident_id(&k("a"), "b2"));
 }
+
+#[test]
+fn an_unknown_incident_takes_the_cause_its_late_completions_show() {
+    let mut book = IncidentBook::new(&cfg());
+    let mut events = Vec::new();
+    for n in 0..6 {
+        let mut b = breach(n, "DHL", "x", "warn");
+        b.probable_cause = None;
+        b.evidence.clear();
+        book.observe(&b, 1_000);
+    }
+    events.extend(tick(&mut book, 1_000, 1_000));
+    for n in 0..3 {
+        let mut r = breach(n, "DHL", "outbox_delay", "warn");
+        r.kind = "resolved".into();
+        r.route = Some("platform".into());
+        book.observe(&r, 2_000);
+    }
+    events.extend(tick(&mut book, 2_000, 2_000));
+    // Later unexplained breaches of the workflow join it.
+    let mut b = breach(50, "UPS", "x", "warn");
+    b.probable_cause = None;
+    book.observe(&b, 3_000);
+    let (open, _) = book.snapshot(0);
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0].probable_cause, "outbox_delay");
+    assert_eq!(open[0].route.as_deref(), Some("platform"));
+    assert_eq!(open[0].breached, 7);
+    assert!(open[0].evidence.iter().any(|e| e.starts_with("late_completions:3 of 6")));
+    assert_eq!(events.iter().filter(|e| e.kind == "opened").count(), 1);
+    assert!(events.iter().any(|e| e.kind == "updated" && e.probable_cause == "outbox_delay"));
+}

@@ -219,8 +219,8 @@ pub struct Backlogged {
 pub struct Evidence<'a> {
     /// Signals seen for the same correlation: (signals stream, kind).
     pub signals: &'a [(usize, String)],
-    /// The segment that dominated the known part of the lag, with its size and the lag.
-    pub dominant_segment: Option<(LagSegment, i64, i64)>,
+    /// The segment that dominated, and why it is said to (`1200 ms of 9000 ms`).
+    pub dominant_segment: Option<(LagSegment, &'a str)>,
     pub backlogged: &'a [Backlogged],
     /// Topics of the workflow's stages up to the one waited for (where a backlogged
     /// group's partitions must be for it to explain the breach).
@@ -285,10 +285,7 @@ pub fn attribute<'c>(causes: &'c [Cause], ev: &Evidence<'_>) -> Option<Attributi
                 }
             }
             CauseMatch::Segment(seg) => match ev.dominant_segment {
-                Some((s, part, total)) if s == *seg => vec![format!(
-                    "segment:{} {part} ms of {total} ms",
-                    seg.name()
-                )],
+                Some((s, why)) if s == *seg => vec![format!("segment:{} {why}", seg.name())],
                 _ => return None,
             },
             CauseMatch::Group(g) => {

@@ -11,7 +11,7 @@
 //! Pure apart from metrics: no Kafka, no wall clock (times are passed in).
 
 use crate::config::{LagSegment, Topology};
-use crate::correlate::{Outcome, OutcomeKind, StageEvent, StageSet, Tier};
+use crate::correlate::{Decomposition, Outcome, OutcomeKind, StageEvent, StageSet, Tier};
 use crate::emit::events::{BreachEvent, IncidentEvent};
 use crate::incidents::IncidentBook;
 use crate::rules::{self, Evidence, Masker, SignalBook, SliceSignals};
@@ -122,7 +122,17 @@ pub struct Outcomes {
     incidents: IncidentBook,
     /// Signals of breached correlations per dimension value (cause evidence).
     slice_signals: SliceSignals,
+    /// (workflow, time, dominant segment) of recent late completions (resolved breaches):
+    /// evidence for pending breaches whose own measured segments explain little.
+    late_segments: VecDeque<(usize, i64, LagSegment)>,
 }
+
+/// Late completions whose dominant segment is remembered (cause evidence).
+const LATE_SEGMENTS_KEPT: usize = 1_000;
+/// Late completions a segment must have dominated, and its share of them, to be evidence
+/// for a pending breach of the same workflow.
+const LATE_SEGMENT_MIN: usize = 3;
+const LATE_SEGMENT_SHARE: f64 = 0.6;
 
 /// Dimension values whose breached correlations' signals are remembered (cause evidence).
 const SLICE_SIGNAL_VALUES: usize = 10_000;
@@ -173,6 +183,7 @@ impl Outcomes {
             label_hasher: std::collections::hash_map::RandomState::new(),
             incidents: IncidentBook::new(&topology.incidents),
             slice_signals: SliceSignals::new(SLICE_SIGNAL_VALUES),
+            late_segments: VecDeque::new(),
             topology,
         }
     }
@@ -370,7 +381,17 @@ impl Outcomes {
                 }
                 self.partner_delay.remove(&key);
                 self.open_breaches.remove(&key)?;
-                let mut ev = self.event(
+                if let Some(seg) = rules::dominant_segment(
+                    decomposition.partner_ingestion_ms,
+                    decomposition.middleware_erp_ms,
+                    decomposition.outbox_cdc_ms,
+                ) {
+                    self.late_segments.push_back((wf, *at_ms, seg));
+                    while self.late_segments.len() > LATE_SEGMENTS_KEPT {
+                        self.late_segments.pop_front();
+                    }
+                }
+                Some(self.event(
                     o,
                     ctx,
                     "resolved",
@@ -379,19 +400,8 @@ impl Outcomes {
                     None,
                     None,
                     *end_to_end_ms,
-                );
-                ev.segments_ms = segments(
-                    decomposition.partner_ingestion_ms,
-                    decomposition.middleware_erp_ms,
-                    decomposition.outbox_cdc_ms,
-                );
-                ev.dominant_segment = rules::dominant_segment(
-                    decomposition.partner_ingestion_ms,
-                    decomposition.middleware_erp_ms,
-                    decomposition.outbox_cdc_ms,
-                )
-                .map(|s| s.name().to_string());
-                Some(ev)
+                    Some(decomposition),
+                ))
             }
             OutcomeKind::Breach {
                 tier,
@@ -419,6 +429,7 @@ impl Outcomes {
                     *last_stage_seen,
                     Some(*deadline_ms),
                     *lag_so_far_ms,
+                    None,
                 );
                 metrics::counter!(names::BREACHES_TOTAL, "workflow" => wname, "severity" => severity, "cause" => ev.probable_cause.clone().unwrap_or_else(|| "unknown".into())).increment(1);
                 Some(ev)
@@ -440,6 +451,7 @@ impl Outcomes {
                     last_seen(*stages_seen),
                     None,
                     lag,
+                    None,
                 );
                 self.open_breaches.remove(&key);
                 self.partner_delay.remove(&key);
@@ -461,6 +473,7 @@ impl Outcomes {
                     None,
                     None,
                     lag_from_first_ms.unwrap_or(0),
+                    None,
                 ))
             }
             OutcomeKind::Evicted {
@@ -482,6 +495,7 @@ impl Outcomes {
                     last_seen(*stages_seen),
                     None,
                     at_ms.saturating_sub(o.info.start_ms),
+                    None,
                 ))
             }
         }
@@ -498,30 +512,55 @@ impl Outcomes {
         last_stage_seen: Option<usize>,
         deadline_ms: Option<i64>,
         lag_ms: i64,
+        measured: Option<&Decomposition>,
     ) -> BreachEvent {
         let wf = o.info.workflow;
         let cid = o.info.correlation_id.to_string();
         let key: Key = (wf, o.info.correlation_id.as_bytes().into());
         let pending = kind == "breach" || kind == "never_arrived";
-        // While pending, only the partner/ingestion part (t1 − t0 of the start record) is
-        // measured; the rest is time spent waiting for the missing stage.
-        let partner = self.partner_delay.get(&key).copied();
-        let (middleware, waiting) = if pending {
-            (None, Some(lag_ms.saturating_sub(partner.unwrap_or(0)).max(0)))
-        } else {
-            (
-                Some(lag_ms.saturating_sub(partner.unwrap_or(0))).filter(|v| *v > 0),
+        // Measured segments: all of them once the correlation completed; while pending only
+        // the partner/ingestion part (t1 − t0 of the start record), the rest being time
+        // spent waiting for the missing stage.
+        let known_partner = self.partner_delay.get(&key).copied();
+        let (partner, middleware, outbox, waiting) = match measured {
+            Some(d) => (
+                d.partner_ingestion_ms,
+                d.middleware_erp_ms,
+                d.outbox_cdc_ms,
                 None,
-            )
+            ),
+            None if pending => (
+                known_partner,
+                None,
+                None,
+                Some(lag_ms.saturating_sub(known_partner.unwrap_or(0)).max(0)),
+            ),
+            None => (
+                known_partner,
+                Some(lag_ms.saturating_sub(known_partner.unwrap_or(0))).filter(|v| *v > 0),
+                None,
+                None,
+            ),
         };
-        // The dominant segment is judged among measured parts, and only when the measured
-        // part is at least as large as what is still unexplained.
-        let dominant: Option<LagSegment> = rules::dominant_segment(partner, middleware, None)
-            .filter(|_| partner.unwrap_or(0) >= waiting.unwrap_or(0) || middleware.is_some());
-        let dominant_size = dominant.map(|s| match s {
-            LagSegment::PartnerIngestion => partner.unwrap_or(0),
-            _ => middleware.unwrap_or(0),
-        });
+        let at_ms = deadline_ms.unwrap_or(o.info.start_ms.saturating_add(lag_ms));
+        // The dominant segment among measured parts, when they explain at least as much as
+        // what is still unexplained; otherwise, while pending, the segment that dominated
+        // this workflow's recent late completions.
+        let own = rules::dominant_segment(partner, middleware, outbox)
+            .filter(|_| partner.unwrap_or(0) >= waiting.unwrap_or(0));
+        let dominant: Option<(LagSegment, String)> = match own {
+            Some(seg) => {
+                let part = match seg {
+                    LagSegment::PartnerIngestion => partner,
+                    LagSegment::MiddlewareErp => middleware,
+                    LagSegment::OutboxCdc => outbox,
+                }
+                .unwrap_or(0);
+                Some((seg, format!("{part} ms of {lag_ms} ms")))
+            }
+            None if pending => self.recent_late_segment(wf, at_ms),
+            None => None,
+        };
         let signals = ctx.signals.signals(&cid);
         // Inputs that may hold the stage this event is about, but are stalled: the event
         // may be caused by synclag not having read them.
@@ -536,14 +575,13 @@ impl Outcomes {
         };
         let workflow = &self.topology.workflows[wf];
         let dimensions = self.dims(o);
-        let at_ms = deadline_ms.unwrap_or(o.info.start_ms.saturating_add(lag_ms));
         let upto = stage.map_or(self.stage_topics[wf].len(), |s| s + 1);
         let stage_topics = &self.stage_topics[wf][..upto.min(self.stage_topics[wf].len())];
         let attribution = rules::attribute(
             &self.topology.causes,
             &Evidence {
                 signals,
-                dominant_segment: dominant.map(|s| (s, dominant_size.unwrap_or(0), lag_ms)),
+                dominant_segment: dominant.as_ref().map(|(s, why)| (*s, why.as_str())),
                 backlogged: ctx.backlogged,
                 stage_topics,
                 slices: Some(rules::SliceQuery {
@@ -593,8 +631,8 @@ impl Outcomes {
             observed_at_ms: ctx.wall_ms,
             lag_ms,
             dimensions,
-            segments_ms: segments(partner, middleware, None),
-            dominant_segment: dominant.map(|s| s.name().to_string()),
+            segments_ms: segments(partner, middleware, outbox),
+            dominant_segment: dominant.map(|(s, _)| s.name().to_string()),
             probable_cause,
             route,
             team,
@@ -610,6 +648,34 @@ impl Outcomes {
             waiting_ms: waiting,
             truncated: Vec::new(),
         }
+    }
+
+    /// The segment that dominated most of `workflow`'s late completions within the slice
+    /// window before `at_ms`, with a description, if it dominated enough of them.
+    fn recent_late_segment(&self, workflow: usize, at_ms: i64) -> Option<(LagSegment, String)> {
+        let since = at_ms.saturating_sub(
+            i64::try_from(self.topology.incidents.slice_window.as_millis()).unwrap_or(i64::MAX),
+        );
+        let mut counts: BTreeMap<&'static str, (LagSegment, usize)> = BTreeMap::new();
+        let mut total = 0usize;
+        for (_, _, seg) in self
+            .late_segments
+            .iter()
+            .filter(|(w, t, _)| *w == workflow && *t >= since && *t <= at_ms)
+        {
+            total += 1;
+            counts.entry(seg.name()).or_insert((*seg, 0)).1 += 1;
+        }
+        let (seg, n) = counts.into_values().max_by_key(|(_, n)| *n)?;
+        (n >= LATE_SEGMENT_MIN && n as f64 >= LATE_SEGMENT_SHARE * total as f64).then(|| {
+            (
+                seg,
+                format!(
+                    "dominated {n} of {total} late completions of {}",
+                    self.topology.workflows[workflow].name
+                ),
+            )
+        })
     }
 
     /// A correlation id as events and the API show it: masked when configured.
