@@ -15,36 +15,27 @@
 
 mod support;
 
+use support::drill::{create_log_append_topic, demo_yaml, run_real_time, run_simulator};
 use support::{free_port, SynclagProcess};
 
+type Seen = support::drill::Seen<BreachEvent>;
+type Watcher = support::drill::Watcher<BreachEvent>;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, Timestamp, TopicPartitionList};
+
 use synclag::config::Topology;
 use synclag::emit::events::BreachEvent;
-use synclag::sim::{
-    self, Clock, Expected, Fault, GroundTruth, RealClock, RunOptions, Scenario, SimOptions,
-    SimulatedClock, Simulator,
-};
+use synclag::sim::{Expected, Fault, GroundTruth, Scenario, SimOptions, SimulatedClock};
 use tokio_util::sync::CancellationToken;
 
 /// Real-time length of each squeezed fault scenario.
 const SCENARIO_LENGTH: Duration = Duration::from_secs(36);
 /// The detection bound of the issue: a breach within this long after the SLA crossing.
 const DETECTION_BOUND_MS: i64 = 2_000;
-
-fn wall_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
 
 // ---- topology and topics
 
@@ -85,78 +76,6 @@ impl Rig {
     }
 }
 
-/// `demo/topology.yaml` with every topic renamed, the test broker, a fresh consumer group
-/// and `http_listen` on `port`. Everything else (SLAs, streams, causes) is untouched.
-fn demo_yaml(label: &str, port: u16) -> String {
-    let mut out = String::new();
-    for line in synclag::demo::DEMO_TOPOLOGY.lines() {
-        let body = line.trim_start();
-        let indent = &line[..line.len() - body.len()];
-        let (key, rest) = body.split_once(':').unwrap_or((body, ""));
-        let value = rest.split_whitespace().next().unwrap_or_default();
-        let replaced = match key {
-            "topic" | "breaches_topic" | "lag_topic" | "backlog_topic" | "dead_letter_topic"
-                if !value.is_empty() =>
-            {
-                let name = support::random_name(&format!("{label}-{}", value.replace('.', "-")));
-                Some(format!("{indent}{key}: {name}"))
-            }
-            "group_id" => Some(format!(
-                "{indent}group_id: {}",
-                support::random_name(&format!("synclag-{label}"))
-            )),
-            "http_listen" => Some(format!("{indent}http_listen: 127.0.0.1:{port}")),
-            "bootstrap_servers" => Some(format!(
-                "{indent}bootstrap_servers: \"{}\"",
-                support::bootstrap()
-            )),
-            _ => None,
-        };
-        out.push_str(replaced.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// The breach topic, stamped by the broker on append: a record's timestamp is the
-/// moment it arrived on the topic.
-async fn create_log_append_topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = support::client_config()
-        .create()
-        .expect("create AdminClient for the test broker");
-    let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1))
-        .set("message.timestamp.type", "LogAppendTime");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin
-        .create_topics([&topic], &options)
-        .await
-        .unwrap_or_else(|e| panic!("CreateTopics for {name} failed: {e}"))
-    {
-        if let Err((t, code)) = result {
-            panic!("creating topic {t} failed: {code}");
-        }
-    }
-    support::wait_until_async(
-        Duration::from_secs(30),
-        &format!("topic {name} has a leader"),
-        || async {
-            admin
-                .inner()
-                .fetch_metadata(Some(name), Duration::from_secs(5))
-                .ok()
-                .and_then(|md| {
-                    md.topics().first().map(|t| {
-                        t.error().is_none()
-                            && t.partitions().len() == 1
-                            && t.partitions()[0].leader() >= 0
-                    })
-                })
-                .unwrap_or(false)
-        },
-    )
-    .await;
-}
-
 // ---- the service under test
 
 /// Sum of a numeric field over the workflows of an `/api/v1/workflows` answer, per workflow.
@@ -175,211 +94,6 @@ fn per_workflow(status: &serde_json::Value, field: &str) -> BTreeMap<String, u64
 }
 
 // ---- the breach topic, read as an alerting system would
-
-/// A breach record as it arrived.
-#[derive(Debug, Clone)]
-struct Seen {
-    /// Broker append time (LogAppendTime).
-    append_ms: i64,
-    /// When this test read it.
-    read_ms: i64,
-    event: BreachEvent,
-}
-
-/// Reads the breach topic from the beginning with short fetch waits, from before the
-/// service starts until told to stop.
-struct Watcher {
-    topic: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    problems: Arc<Mutex<Vec<String>>>,
-    next_offset: Arc<AtomicI64>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Watcher {
-    fn start(topic: &str) -> Watcher {
-        let consumer: StreamConsumer = support::consumer_with(
-            &support::random_name("breach-watch"),
-            &[
-                ("fetch.wait.max.ms", "50"),
-                ("fetch.error.backoff.ms", "50"),
-            ],
-        );
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .expect("partition 0");
-        consumer.assign(&tpl).expect("assign the breach topic");
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let problems: Arc<Mutex<Vec<String>>> = Arc::default();
-        let next_offset = Arc::new(AtomicI64::new(0));
-        let stop = CancellationToken::new();
-        let task = {
-            let (seen, problems, next_offset, stop) = (
-                seen.clone(),
-                problems.clone(),
-                next_offset.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let m = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        m = consumer.recv() => m,
-                    };
-                    let read_ms = wall_ms();
-                    let m = match m {
-                        Ok(m) => m,
-                        Err(e) => {
-                            problems
-                                .lock()
-                                .unwrap()
-                                .push(format!("consumer error: {e}"));
-                            continue;
-                        }
-                    };
-                    next_offset.store(m.offset() + 1, Ordering::SeqCst);
-                    let append_ms = match m.timestamp() {
-                        Timestamp::LogAppendTime(t) => t,
-                        other => {
-                            problems
-                                .lock()
-                                .unwrap()
-                                .push(format!("breach record without append time: {other:?}"));
-                            continue;
-                        }
-                    };
-                    match serde_json::from_slice::<BreachEvent>(m.payload().unwrap_or_default()) {
-                        Ok(event) => {
-                            let key = m.key().map(|k| String::from_utf8_lossy(k).to_string());
-                            if key.as_deref() != Some(event.key().as_str()) {
-                                problems
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("breach {} keyed {key:?}", event.breach_id));
-                            }
-                            seen.lock().unwrap().push(Seen {
-                                append_ms,
-                                read_ms,
-                                event,
-                            });
-                        }
-                        Err(e) => problems
-                            .lock()
-                            .unwrap()
-                            .push(format!("breach record is not a JSON breach event: {e}")),
-                    }
-                }
-            })
-        };
-        Watcher {
-            topic: topic.to_string(),
-            seen,
-            problems,
-            next_offset,
-            stop,
-            task,
-        }
-    }
-
-    fn snapshot(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Reads up to the end of the topic (call once the service has stopped), then stops.
-    async fn finish(self) -> Vec<Seen> {
-        let probe: BaseConsumer = support::client_config().create().expect("watermark probe");
-        let (_, high) = probe
-            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
-            .expect("breach topic watermarks");
-        let next = self.next_offset.clone();
-        support::wait_until_async(
-            Duration::from_secs(30),
-            &format!("the breach topic is read to its end ({high})"),
-            || {
-                let next = next.clone();
-                async move { next.load(Ordering::SeqCst) >= high }
-            },
-        )
-        .await;
-        self.stop.cancel();
-        let _ = self.task.await;
-        let problems = self.problems.lock().unwrap().clone();
-        assert!(problems.is_empty(), "breach topic: {problems:#?}");
-        let seen = self.seen.lock().unwrap().clone();
-        assert_eq!(seen.len() as i64, high, "every breach record was read");
-        seen
-    }
-}
-
-// ---- running the simulator
-
-/// Runs `scenario` on the wall clock from now, every started correlation to its end;
-/// returns the start (epoch ms) and the ground truth.
-async fn run_real_time(
-    topology: &Topology,
-    scenario: &Scenario,
-    seed: u64,
-) -> (i64, Vec<GroundTruth>) {
-    let start = Utc::now();
-    let options = SimOptions {
-        seed,
-        start,
-        duration: None,
-        rate: None,
-        drain: true,
-    };
-    let truth = run_simulator(
-        topology,
-        scenario,
-        &options,
-        &RealClock,
-        Duration::from_millis(50),
-    )
-    .await;
-    (start.timestamp_millis(), truth)
-}
-
-async fn run_simulator<C: Clock>(
-    topology: &Topology,
-    scenario: &Scenario,
-    options: &SimOptions,
-    clock: &C,
-    step: Duration,
-) -> Vec<GroundTruth> {
-    let mut simulator =
-        Simulator::new(topology, scenario, options).unwrap_or_else(|e| panic!("{e}"));
-    let mut sink = sim::kafka_sink_for(topology, None).expect("Kafka sink");
-    let mut lines: Vec<u8> = Vec::new();
-    let summary = {
-        let truth: &mut (dyn Write + Send) = &mut lines;
-        sim::run(
-            &mut simulator,
-            clock,
-            &mut sink,
-            Some(truth),
-            &RunOptions {
-                step,
-                progress: false,
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("simulator run failed: {e}"))
-    };
-    assert_eq!(summary.sink.errors, 0, "every record was delivered");
-    assert_eq!(summary.sink.produced, summary.records);
-    let truth: Vec<GroundTruth> = String::from_utf8(lines)
-        .expect("UTF-8 ground truth")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("ground truth line"))
-        .collect();
-    assert_eq!(truth.len() as u64, summary.correlations);
-    assert!(
-        truth.iter().all(|t| !t.cut_off),
-        "drain lets every correlation finish"
-    );
-    truth
-}
 
 /// Correlations that reach their last stage within the window, per workflow: what the
 /// API must count as completed.
