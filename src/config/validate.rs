@@ -476,8 +476,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let masking: Option<RawMasking> = section(&mut ctx, root, "masking", &MASKING_SHAPE);
     let store: Option<RawStore> = section(&mut ctx, root, "store", &STORE_SHAPE);
     let backlog: Option<RawBacklog> = section(&mut ctx, root, "backlog", &BACKLOG_SHAPE);
-    let incidents: Option<RawIncidents> =
-        section(&mut ctx, root, "incidents", &INCIDENTS_SHAPE);
+    let incidents: Option<RawIncidents> = section(&mut ctx, root, "incidents", &INCIDENTS_SHAPE);
     let streams: Vec<(usize, RawStream)> = elements(&mut ctx, root, "streams", &STREAM_SHAPE);
     let workflows: Vec<(usize, RawWorkflow)> =
         elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);

@@ -315,8 +315,10 @@ async fn start(
     let (breaches_topic, incidents_topic) = (&topics.breaches_topic, &topics.incidents_topic);
     match output {
         Output::Breach(ev) => {
-            let delivery =
-                queue_retrying(breaches_topic, "breach event", || outputs.enqueue_breach(&ev)).await;
+            let delivery = queue_retrying(breaches_topic, "breach event", || {
+                outputs.enqueue_breach(&ev)
+            })
+            .await;
             let out = Output::Breach(ev);
             Box::pin(async move { (seq, delivery.await, out) })
         }

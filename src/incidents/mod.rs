@@ -8,15 +8,16 @@
 //! changes), and `resolved` once no breach has come for `incidents.quiet` and completions
 //! flow again in its slice.
 //!
-//! **Degraded slices.** Per workflow and dimension value, breaches and finished
-//! correlations are counted over `incidents.slice_window` (ten buckets, on the engine's
-//! event-time clock). A value is degraded when it has at least
-//! `incidents.degraded_min_breaches` breaches and its breach rate is at least
-//! `incidents.degraded_factor` times that of the other values of the same dimension;
-//! it stays degraded until the ratio falls below half the factor (hysteresis) or its
-//! breaches leave the window. Rates are smoothed (`(b + ½) / (n + 1)`) so that a value
-//! with little traffic, or a dimension without peers, is never called degraded on a
-//! handful of records. When a value becomes degraded, an open whole-workflow incident whose
+//! **Degraded slices.** Per workflow and dimension value, correlations are counted over
+//! `incidents.slice_window` (ten buckets, on the engine's event-time clock) as trials:
+//! a warn breach, or a completion that never breached. A value is degraded when it has at
+//! least `incidents.degraded_min_breaches` breaches and the *lower bound* of its breach
+//! rate (Wilson score interval, 95%) is at least `incidents.degraded_factor` times its
+//! peers' rate (the other values of the same dimension, smoothed as `(b + ½) / (n + 1)`).
+//! It stays degraded until that ratio falls below half the factor (hysteresis) or its
+//! breaches leave the window. The lower bound keeps a short streak (three of three orders
+//! of one channel late when a fault hits a random share of all orders) from naming a
+//! value; the smoothing keeps a dimension without peers from ever naming one. When a value becomes degraded, an open whole-workflow incident whose
 //! breaches are mostly (≥ 80%) of that value is narrowed to it, so one fault stays one
 //! incident even though its first breaches came before the slice was recognised.
 //!
@@ -55,9 +56,10 @@ const BUCKETS: i64 = 10;
 /// The cause of breaches no configured cause matched.
 pub const UNKNOWN: &str = "unknown";
 /// Late completions of an `unknown` incident that must agree on a cause, and their share
-/// of its breached correlations, before the incident takes that cause.
+/// of its late completions, before the incident takes that cause (the same rule that lets
+/// a workflow's late completions explain its pending breaches, so both switch together).
 const VOTES_NEEDED: u32 = 3;
-const VOTES_SHARE: f64 = 0.5;
+const VOTES_SHARE: f64 = 0.6;
 
 /// Resolved incidents kept for the API.
 const RESOLVED_KEPT: usize = 50;
@@ -196,11 +198,39 @@ impl Counts {
 
 #[derive(Debug, Clone, Copy)]
 struct Degraded {
+    /// Point breach rates of the value and of its peers (shown in incidents).
     rate: f64,
     peer_rate: f64,
+    /// What the decision is made on: lower bound of the value's rate / peers' rate.
+    ratio: f64,
     /// The ratio fell below the opening factor but not below the clearing one: the flag
     /// was kept (one suppressed flap is counted per dip).
     dipped: bool,
+}
+
+/// Breach statistics of one dimension value against its peers.
+struct Rates {
+    breaches: u32,
+    /// Lower bound of the value's breach rate: few trials prove little.
+    slice_low: f64,
+    /// Peers' breach rate, smoothed (`(b + ½) / (n + 1)`): no peers, no comparison.
+    peers: f64,
+    slice_point: f64,
+    peers_point: f64,
+}
+
+/// Lower bound of the Wilson score interval (95%) for `b` successes in `n` trials.
+fn wilson_lower(b: u32, n: u32) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    const Z: f64 = 1.96;
+    let n = f64::from(n);
+    let p = f64::from(b) / n;
+    let z2 = Z * Z;
+    let centre = p + z2 / (2.0 * n);
+    let margin = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - margin) / (1.0 + z2 / n)).max(0.0)
 }
 
 /// What the book counted, for metrics.
@@ -282,8 +312,9 @@ impl IncidentBook {
         }
     }
 
-    /// Breach rate of a value and of its peers, smoothed, over the window ending `now_ms`.
-    fn rates(&self, key: &(String, String, String), now_ms: i64) -> Option<(u32, f64, f64)> {
+    /// Over the window ending `now_ms`: the value's breaches, the lower bound of its breach
+    /// rate (Wilson score, 95%), its peers' smoothed rate, and both point rates.
+    fn rates(&self, key: &(String, String, String), now_ms: i64) -> Option<Rates> {
         let oldest = self.oldest_bucket(now_ms);
         let (b_s, n_s) = self.slices.get(key)?.sum(oldest);
         let (b_t, n_t) = self
@@ -291,16 +322,23 @@ impl IncidentBook {
             .get(&(key.0.clone(), key.1.clone()))
             .map_or((0, 0), |c| c.sum(oldest));
         let (b_p, n_p) = (b_t.saturating_sub(b_s), n_t.saturating_sub(n_s));
-        let rate = |b: u32, n: u32| (f64::from(b) + 0.5) / (f64::from(n.max(b)) + 1.0);
-        Some((b_s, rate(b_s, n_s), rate(b_p, n_p)))
+        let point = |b: u32, n: u32| f64::from(b) / f64::from((b + n).max(1));
+        Some(Rates {
+            breaches: b_s,
+            slice_low: wilson_lower(b_s, b_s + n_s),
+            peers: (f64::from(b_p) + 0.5) / (f64::from(b_p + n_p) + 1.0),
+            slice_point: point(b_s, n_s),
+            peers_point: point(b_p, n_p),
+        })
     }
 
     /// Re-judges whether the value `key` is degraded; returns true when it just became so.
     fn judge(&mut self, key: &(String, String, String), now_ms: i64) -> bool {
-        let Some((breaches, rate, peer)) = self.rates(key, now_ms) else {
+        let Some(r) = self.rates(key, now_ms) else {
             return false;
         };
-        let ratio = rate / peer;
+        let (breaches, rate, peer) = (r.breaches, r.slice_point, r.peers_point);
+        let ratio = r.slice_low / r.peers;
         let open_at = self.cfg.degraded_factor;
         let clear_at = open_at / 2.0;
         match self.degraded.get_mut(key) {
@@ -310,6 +348,7 @@ impl IncidentBook {
                 } else {
                     d.rate = rate;
                     d.peer_rate = peer;
+                    d.ratio = ratio;
                     if ratio < open_at && !d.dipped {
                         d.dipped = true;
                         self.counters.flaps_suppressed += 1;
@@ -326,6 +365,7 @@ impl IncidentBook {
                         Degraded {
                             rate,
                             peer_rate: peer,
+                            ratio,
                             dipped: false,
                         },
                     );
@@ -344,15 +384,20 @@ impl IncidentBook {
         v
     }
 
-    /// A finished correlation (completed, never arrived or evicted) of `workflow` with
-    /// these (shown) dimension values, at event time `at_ms`.
-    pub fn finished(&mut self, workflow: &str, dims: &BTreeMap<String, String>, at_ms: i64) {
-        self.count(workflow, dims, at_ms, false);
-    }
-
-    /// A completion: counted in the slices, and in open incidents whose slice it is in.
-    pub fn completed(&mut self, workflow: &str, dims: &BTreeMap<String, String>, at_ms: i64) {
-        self.finished(workflow, dims, at_ms);
+    /// A completion of `workflow` with these (shown) dimension values at event time
+    /// `at_ms`; `on_time` when it never breached (then it counts as a trial of the slice
+    /// statistics, a breach being the other kind). Counted in open incidents whose slice
+    /// it is in.
+    pub fn completed(
+        &mut self,
+        workflow: &str,
+        dims: &BTreeMap<String, String>,
+        at_ms: i64,
+        on_time: bool,
+    ) {
+        if on_time {
+            self.count(workflow, dims, at_ms, false);
+        }
         for inc in self.open.values_mut() {
             if inc.key.workflow != workflow {
                 continue;
@@ -403,9 +448,10 @@ impl IncidentBook {
             if inc.key.cause != UNKNOWN || ev.kind != "resolved" {
                 continue;
             }
-            let n = votes.entry(cause.clone()).or_default();
-            *n += 1;
-            if *n >= VOTES_NEEDED && f64::from(*n) >= VOTES_SHARE * inc.breached as f64 {
+            *votes.entry(cause.clone()).or_default() += 1;
+            let total: u32 = votes.values().sum();
+            let n = votes.get(cause).copied().unwrap_or(0);
+            if n >= VOTES_NEEDED && f64::from(n) >= VOTES_SHARE * f64::from(total) {
                 adopt.push((inc.key.clone(), cause.clone()));
             }
         }
@@ -418,13 +464,11 @@ impl IncidentBook {
                 continue;
             }
             if let Some(mut inc) = self.open.remove(&old) {
+                let votes = inc.votes.as_ref();
                 inc.evidence.push(format!(
-                    "late_completions:{} of {} breached correlations completed with this cause",
-                    inc.votes
-                        .as_ref()
-                        .and_then(|v| v.get(&new.cause))
-                        .copied()
-                        .unwrap_or(0),
+                    "late_completions:{} of {} late completions had this cause ({} breached)",
+                    votes.and_then(|v| v.get(&new.cause)).copied().unwrap_or(0),
+                    votes.map_or(0, |v| v.values().sum::<u32>()),
                     inc.breached
                 ));
                 inc.evidence.truncate(EVIDENCE_KEPT);
@@ -440,9 +484,9 @@ impl IncidentBook {
 
     fn breach(&mut self, ev: &BreachEvent, at_ms: i64) {
         let never_arrived = ev.kind == "never_arrived";
-        if never_arrived {
-            self.finished(&ev.workflow, &ev.dimensions, at_ms);
-        } else if ev.severity == "warn" {
+        // A breached correlation is one trial (its warn breach); a correlation that never
+        // arrived was breached before.
+        if ev.kind == "breach" && ev.severity == "warn" {
             self.count(&ev.workflow, &ev.dimensions, at_ms, true);
         }
         // Which of its values are degraded (re-judged now), the strongest first.
@@ -453,16 +497,12 @@ impl IncidentBook {
                 self.narrow(&key);
             }
             if let Some(d) = self.degraded.get(&key) {
-                let ratio = d.rate / d.peer_rate;
-                if slice.as_ref().is_none_or(|(_, r)| ratio > *r) {
-                    slice = Some(((dim.clone(), value.clone()), ratio));
+                if slice.as_ref().is_none_or(|(_, r)| d.ratio > *r) {
+                    slice = Some(((dim.clone(), value.clone()), d.ratio));
                 }
             }
         }
-        let cause = ev
-            .probable_cause
-            .clone()
-            .unwrap_or_else(|| UNKNOWN.into());
+        let cause = ev.probable_cause.clone().unwrap_or_else(|| UNKNOWN.into());
         let key = Key {
             workflow: ev.workflow.clone(),
             cause,

@@ -51,7 +51,7 @@ fn dims(carrier: &str) -> BTreeMap<String, String> {
 fn traffic(book: &mut IncidentBook, at_ms: i64, per_carrier: u32) {
     for c in ["DHL", "UPS", "DPD", "GLS"] {
         for _ in 0..per_carrier {
-            book.completed("shipment_status", &dims(c), at_ms);
+            book.completed("shipment_status", &dims(c), at_ms, true);
         }
     }
 }
@@ -87,11 +87,16 @@ fn one_fault_is_one_incident_narrowed_to_the_degraded_value() {
     assert!(inc.slice_breach_rate.unwrap_or(0.0) > 4.0 * inc.peer_breach_rate.unwrap_or(1.0));
     // The narrowing was announced at once, not after update_every.
     assert!(
-        events.iter().any(|e| e.kind == "updated" && e.slice == dims("DHL")),
+        events
+            .iter()
+            .any(|e| e.kind == "updated" && e.slice == dims("DHL")),
         "{events:#?}"
     );
     assert_eq!(book.counters().folded, 29);
-    assert_eq!(book.degraded(), vec![("shipment_status".into(), "carrier".into(), "DHL".into())]);
+    assert_eq!(
+        book.degraded(),
+        vec![("shipment_status".into(), "carrier".into(), "DHL".into())]
+    );
 }
 
 #[test]
@@ -105,7 +110,11 @@ fn an_even_spread_of_breaches_degrades_no_value() {
     tick(&mut book, 2_000, 2_000);
     let (open, _) = book.snapshot(0);
     assert_eq!(open.len(), 1);
-    assert!(open[0].slice.is_empty(), "whole workflow: {:?}", open[0].slice);
+    assert!(
+        open[0].slice.is_empty(),
+        "whole workflow: {:?}",
+        open[0].slice
+    );
     assert!(book.degraded().is_empty());
 }
 
@@ -125,7 +134,9 @@ fn causes_and_workflows_make_separate_incidents_and_severity_escalates() {
     book.observe(&breach(2, "UPS", "b", "warn"), 1_000);
     let opened = tick(&mut book, 1_000, 1_000);
     assert_eq!(opened.len(), 2);
-    assert!(opened.iter().all(|e| e.kind == "opened" && e.severity == "warn"));
+    assert!(opened
+        .iter()
+        .all(|e| e.kind == "opened" && e.severity == "warn"));
     book.observe(&breach(1, "DHL", "a", "critical"), 2_000);
     let up = tick(&mut book, 2_000, 2_000);
     assert_eq!(up.len(), 1, "escalation is announced at once: {up:#?}");
@@ -140,7 +151,10 @@ fn updates_are_throttled_and_resolution_needs_quiet_and_completions() {
     book.observe(&breach(1, "DHL", "a", "warn"), 1_000);
     assert_eq!(tick(&mut book, 1_000, 1_000).len(), 1);
     book.observe(&breach(2, "DHL", "a", "warn"), 2_000);
-    assert!(tick(&mut book, 2_000, 2_000).is_empty(), "within update_every");
+    assert!(
+        tick(&mut book, 2_000, 2_000).is_empty(),
+        "within update_every"
+    );
     let up = tick(&mut book, 2_000, 61_000);
     assert_eq!(up.len(), 1);
     assert_eq!(up[0].kind, "updated");
@@ -151,7 +165,7 @@ fn updates_are_throttled_and_resolution_needs_quiet_and_completions() {
     let mut late = breach(1, "DHL", "a", "warn");
     late.kind = "resolved".into();
     book.observe(&late, 31_000);
-    book.completed("shipment_status", &dims("DHL"), 31_000);
+    book.completed("shipment_status", &dims("DHL"), 31_000, false);
     let done = tick(&mut book, 31_000, 91_000);
     assert_eq!(done.len(), 1, "{done:#?}");
     assert_eq!(done[0].kind, "resolved");
@@ -194,10 +208,14 @@ fn hysteresis_keeps_a_degraded_value_through_a_dip_and_counts_it() {
     }
     assert_eq!(book.degraded().len(), 1);
     // Peers start breaching a little: DHL's ratio falls below 4× but stays above 2×.
-    for n in 100..106 {
+    for n in 100..102 {
         book.observe(&breach(n, "UPS", "a", "warn"), 2_000);
     }
-    let key = ("shipment_status".to_string(), "carrier".to_string(), "DHL".to_string());
+    let key = (
+        "shipment_status".to_string(),
+        "carrier".to_string(),
+        "DHL".to_string(),
+    );
     book.judge(&key, 2_000);
     assert_eq!(book.degraded().len(), 1, "kept by hysteresis");
     assert!(book.counters().flaps_suppressed >= 1);
@@ -259,7 +277,12 @@ fn an_unknown_incident_takes_the_cause_its_late_completions_show() {
     assert_eq!(open[0].probable_cause, "outbox_delay");
     assert_eq!(open[0].route.as_deref(), Some("platform"));
     assert_eq!(open[0].breached, 7);
-    assert!(open[0].evidence.iter().any(|e| e.starts_with("late_completions:3 of 6")));
+    assert!(open[0]
+        .evidence
+        .iter()
+        .any(|e| e.starts_with("late_completions:3 of 3 late completions")));
     assert_eq!(events.iter().filter(|e| e.kind == "opened").count(), 1);
-    assert!(events.iter().any(|e| e.kind == "updated" && e.probable_cause == "outbox_delay"));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "updated" && e.probable_cause == "outbox_delay"));
 }

@@ -383,16 +383,18 @@ impl SliceSignals {
         dimensions
             .iter()
             .filter_map(|(dim, value)| {
-                let seen = self
-                    .by_value
-                    .get(&(workflow, dim.clone(), value.clone()))?;
+                let seen = self.by_value.get(&(workflow, dim.clone(), value.clone()))?;
                 let n = seen
                     .iter()
                     .filter(|(at, s, k)| {
                         *at >= since_ms && *s == stream && kind.is_none_or(|t| t == &**k)
                     })
                     .count();
-                Some((dim.clone(), value.clone(), u32::try_from(n).unwrap_or(u32::MAX)))
+                Some((
+                    dim.clone(),
+                    value.clone(),
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                ))
             })
             .filter(|(_, _, n)| *n > 0)
             .max_by_key(|(_, _, n)| *n)

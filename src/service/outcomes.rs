@@ -264,7 +264,9 @@ impl Outcomes {
                 if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
                     *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
                     if ev.kind == "breach" {
-                        let signals = ctx.signals.signals(&h.outcome.info.correlation_id.to_string());
+                        let signals = ctx
+                            .signals
+                            .signals(&h.outcome.info.correlation_id.to_string());
                         self.slice_signals.record(
                             h.outcome.info.workflow,
                             &ev.dimensions,
@@ -352,8 +354,9 @@ impl Outcomes {
                 at_ms,
                 ..
             } => {
+                let on_time = self.open_breaches.get(&key).is_none();
                 self.incidents
-                    .completed(&o.info.workflow_name, &self.dims(o), *at_ms);
+                    .completed(&o.info.workflow_name, &self.dims(o), *at_ms, on_time);
                 let last = self.topology.workflows[wf].stages.len() - 1;
                 metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wname.clone(), "stage" => self.stage_name(wf, last)).increment(1);
                 metrics::counter!(names::COMPLETED_TOTAL, "workflow" => wname).increment(1);
@@ -481,8 +484,6 @@ impl Outcomes {
                 stages_seen,
                 missing,
             } => {
-                self.incidents
-                    .finished(&o.info.workflow_name, &self.dims(o), *at_ms);
                 metrics::counter!(names::EVICTED_TOTAL).increment(1);
                 self.open_breaches.remove(&key);
                 self.partner_delay.remove(&key);
@@ -596,7 +597,10 @@ impl Outcomes {
             (
                 Some(INPUT_STALLED.to_string()),
                 workflow.route.clone(),
-                stalled_inputs.iter().map(|s| format!("stalled:{s}")).collect(),
+                stalled_inputs
+                    .iter()
+                    .map(|s| format!("stalled:{s}"))
+                    .collect(),
             )
         } else {
             match attribution {

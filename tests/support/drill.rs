@@ -15,7 +15,9 @@ use rdkafka::{Offset, Timestamp, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use synclag::config::Topology;
 use synclag::emit::events::{BreachEvent, IncidentEvent};
-use synclag::sim::{self, Clock, GroundTruth, RealClock, RunOptions, Scenario, SimOptions, Simulator};
+use synclag::sim::{
+    self, Clock, GroundTruth, RealClock, RunOptions, Scenario, SimOptions, Simulator,
+};
 use tokio_util::sync::CancellationToken;
 
 fn wall_ms() -> i64 {
@@ -203,10 +205,10 @@ where
                                 event,
                             });
                         }
-                        Err(e) => problems
-                            .lock()
-                            .unwrap()
-                            .push(format!("record is not a JSON {}: {e}", std::any::type_name::<T>())),
+                        Err(e) => problems.lock().unwrap().push(format!(
+                            "record is not a JSON {}: {e}",
+                            std::any::type_name::<T>()
+                        )),
                     }
                 }
             })
@@ -246,7 +248,12 @@ where
         let problems = self.problems.lock().unwrap().clone();
         assert!(problems.is_empty(), "{}: {problems:#?}", self.topic);
         let seen = self.seen.lock().unwrap().clone();
-        assert_eq!(seen.len() as i64, high, "every record of {} was read", self.topic);
+        assert_eq!(
+            seen.len() as i64,
+            high,
+            "every record of {} was read",
+            self.topic
+        );
         seen
     }
 }
@@ -319,4 +326,3 @@ pub async fn run_simulator<C: Clock>(
     );
     truth
 }
-
