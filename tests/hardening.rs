@@ -636,7 +636,8 @@ async fn breaches_waiting_on_a_missing_topic_say_so() {
         r#"
 service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 5s }}
 kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
-outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog, incidents_topic: {out}-incidents }}
+incidents: {{ update_every: 1s }}
 streams:
   - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
   - {{ name: ends, topic: {never_created}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
@@ -657,14 +658,17 @@ workflows:
     })
     .await;
     let producer = support::producer();
-    let payload = json(serde_json::json!({"id": "MT-1", "at": now_ms()}));
-    producer
-        .send(
-            FutureRecord::to(&starts).key("MT-1").payload(&payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("produce");
+    for n in 1..=5 {
+        let id = format!("MT-{n}");
+        let payload = json(serde_json::json!({"id": id, "at": now_ms()}));
+        producer
+            .send(
+                FutureRecord::to(&starts).key(id.as_str()).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("produce");
+    }
     let msgs = read_topic(&out, Duration::from_secs(30), |m| !breaches(m).is_empty()).await;
     let b = breaches(&msgs)
         .into_iter()
@@ -676,5 +680,33 @@ workflows:
         "{b:?}"
     );
     assert_eq!(b.probable_cause.as_deref(), Some("input_stalled"));
+    assert_eq!(
+        b.evidence,
+        vec![format!("stalled:{never_created}: topic_missing")]
+    );
+
+    // One incident for the five, saying why, not five alerts.
+    let incidents_topic = format!("{out}-incidents");
+    let latest = |msgs: &[OwnedMessage]| -> Vec<synclag::emit::events::IncidentEvent> {
+        msgs.iter()
+            .filter_map(|m| serde_json::from_slice(m.payload()?).ok())
+            .collect()
+    };
+    let msgs = read_topic(&incidents_topic, Duration::from_secs(30), |m| {
+        latest(m).iter().any(|i| i.breached == 5)
+    })
+    .await;
+    let incidents = latest(&msgs);
+    let ids: std::collections::BTreeSet<&str> =
+        incidents.iter().map(|i| i.incident_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "one incident: {incidents:#?}");
+    let last = incidents.last().expect("an incident");
+    assert_eq!(last.probable_cause, "input_stalled", "{last:?}");
+    assert_eq!(last.breached, 5, "{last:?}");
+    assert_eq!(last.workflow, "missing");
+    assert!(
+        last.evidence.iter().any(|e| e.contains("topic_missing")),
+        "{last:?}"
+    );
     assert_eq!(svc.terminate().await, Some(0));
 }

@@ -41,7 +41,7 @@ async fn every_listed_metric_exists_from_start_up() {
         r#"
 service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h }}
 kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
-outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog, incidents_topic: {out}-incidents }}
 streams:
   - {{ name: orders, topic: {orders}, format: json, fields: {{ correlation_id: $.id, event_time: $.at, dimensions: {{ channel: $.channel }} }} }}
   - {{ name: outbox, topic: {outbox}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
