@@ -22,6 +22,7 @@ pub mod bench;
 pub mod deploy;
 pub mod kafka;
 pub mod process;
+pub mod prometheus;
 pub mod registry;
 pub mod service;
 
