@@ -329,6 +329,11 @@ fn dashboard_is_well_formed_and_its_dimensions_are_topology_yaml_s() {
     panels(&json["panels"], &mut all);
     for p in &all {
         let id = p["id"].as_u64().expect("every panel has an id");
+        let kind = p["type"].as_str().unwrap_or_default();
+        assert!(
+            ["row", "timeseries", "table", "stat", "bargauge"].contains(&kind),
+            "panel {id}: type `{kind}` is not one of Grafana's built-in panels used here"
+        );
         assert!(ids.insert(id), "panel id {id} used twice");
         assert!(p["gridPos"].is_object(), "panel {id} has no gridPos");
         if p["targets"].is_array() {
