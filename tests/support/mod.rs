@@ -19,9 +19,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bench;
+pub mod deploy;
 pub mod drill;
 pub mod kafka;
 pub mod process;
+pub mod prometheus;
 pub mod registry;
 pub mod service;
 
