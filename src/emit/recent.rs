@@ -343,7 +343,7 @@ fn summarise(
         .into_iter()
         .map(|((route, team), count)| RouteCount { route, team, count })
         .collect();
-    routes.sort_by(|a, b| b.count.cmp(&a.count));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.count));
     BreachGroup {
         workflow: workflow.to_string(),
         dimension: key.map(|(k, _)| k.to_string()),
@@ -385,7 +385,7 @@ fn ranked(counts: BTreeMap<String, u64>) -> Vec<Count> {
         .into_iter()
         .map(|(name, count)| Count { name, count })
         .collect();
-    v.sort_by(|a, b| b.count.cmp(&a.count));
+    v.sort_by_key(|c| std::cmp::Reverse(c.count));
     v
 }
 

@@ -3,6 +3,7 @@
 'use strict';
 (() => {
   const REFRESH_MS = 2000;
+  const PENDING_ROWS = 15;
   const AGE_LABELS = { lt_1m: '<1m', '1m_5m': '1–5m', '5m_15m': '5–15m', '15m_1h': '15m–1h', ge_1h: '≥1h' };
   const view = {
     incidentsApi: true, // until /api/v1/incidents answers 404
@@ -272,19 +273,22 @@
     const byName = Object.fromEntries(view.workflows.map((x) => [x.name, x]));
     const shown = view.pending.filter((p) => (!w || p.workflow === w) &&
       (!d || Object.entries(p.dimensions).some(([k, v]) => k + '=' + v === d)));
-    const rows = shown.slice(0, 25).map((p) => {
+    const rows = shown.slice(0, PENDING_ROWS).map((p) => {
       const wf = byName[p.workflow];
-      const chain = wf ? wf.stages.map((s) => (p.stages_seen.includes(s) ? '✓ ' : '· ') + s).join('\n') : '';
+      const stages = wf ? wf.stages : p.stages_seen;
+      const chain = stages.map((s) => (p.stages_seen.includes(s) ? '✓ ' : s === p.waiting_for ? '→ ' : '· ') + s).join('\n');
+      const bar = el('span', { class: 'bar' }, stages.map((s) =>
+        el('span', { class: p.stages_seen.includes(s) ? 'seen' : s === p.waiting_for ? 'waiting' : 'todo' })));
       return el('tr', { 'data-correlation': p.correlation_id },
         el('td', { class: 'num ' + sla(wf, p.age_seconds) }, seconds(p.age_seconds)),
         el('td', {}, el('div', {}, p.workflow), el('div', { class: 'mono' }, p.correlation_id)),
-        el('td', { class: 'small seen', title: chain }, p.stages_seen.join(' › ') || '–'),
+        el('td', { class: 'small seen', title: chain }, bar, ' ', p.stages_seen.join(' › ') || '–'),
         el('td', { class: 'waiting' }, p.waiting_for || '–'),
         el('td', { class: 'small' }, dims(p.dimensions)));
     });
     if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 5, class: 'muted' }, 'Nothing pending.')));
     $('#pending tbody').replaceChildren(...rows);
-    $('#pending-count').textContent = 'showing ' + Math.min(25, shown.length) + ' of ' + shown.length +
+    $('#pending-count').textContent = 'showing ' + Math.min(PENDING_ROWS, shown.length) + ' of ' + shown.length +
       ' (the oldest per workflow)';
   }
 
