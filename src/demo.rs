@@ -94,7 +94,10 @@ pub struct FaultReport {
 pub struct BreachAccounting {
     /// Breach (warn, critical) and never-arrived events.
     pub breaches: usize,
-    /// Those events by the phase their correlation started in; every phase is listed.
+    /// Those events by phase, every phase listed: an event a fault explains under the
+    /// phase of that fault (a correlation started before an outage is held by it), an
+    /// unexplained one under the phase its correlation started in. Events on cut-off
+    /// correlations are not in it.
     pub by_phase: BTreeMap<String, usize>,
     /// Events on correlations an injected fault changed, by fault (`a+b` when several).
     pub explained_by_fault: BTreeMap<String, usize>,
@@ -214,11 +217,21 @@ impl Write for TruthLog {
 
 /// Matches every breach and never-arrived event to the ground truth: explained by the
 /// fault that changed its correlation, by the end of the run cutting its correlation
-/// off, or not at all. `phases` lists every phase, in order, so each has a count.
-pub fn account(events: &[BreachEvent], truth: &TruthNotes, phases: &[String]) -> BreachAccounting {
+/// off, or not at all. `phases` lists every phase, in order, with its faults' names.
+pub fn account(
+    events: &[BreachEvent],
+    truth: &TruthNotes,
+    phases: &[(String, Vec<String>)],
+) -> BreachAccounting {
     let mut a = BreachAccounting {
-        by_phase: phases.iter().map(|p| (p.clone(), 0)).collect(),
+        by_phase: phases.iter().map(|(p, _)| (p.clone(), 0)).collect(),
         ..BreachAccounting::default()
+    };
+    let phase_of_fault = |fault: &str| {
+        phases
+            .iter()
+            .find(|(_, faults)| faults.iter().any(|f| f == fault))
+            .map(|(p, _)| p.clone())
     };
     for e in events
         .iter()
@@ -226,15 +239,17 @@ pub fn account(events: &[BreachEvent], truth: &TruthNotes, phases: &[String]) ->
     {
         a.breaches += 1;
         let note = truth.get(&(e.workflow.clone(), e.correlation_id.clone()));
-        let phase = note.map_or("unknown correlation", |n| n.phase.as_str());
-        *a.by_phase.entry(phase.to_string()).or_insert(0) += 1;
         match note {
             Some(n) if !n.faults.is_empty() && (n.expected >= Expected::Warn || !n.cut_off) => {
                 *a.explained_by_fault.entry(n.faults.join("+")).or_insert(0) += 1;
+                let phase = phase_of_fault(&n.faults[0]).unwrap_or_else(|| n.phase.clone());
+                *a.by_phase.entry(phase).or_insert(0) += 1;
             }
             Some(n) if n.cut_off => a.cut_off += 1,
             _ => {
                 a.unexplained += 1;
+                let phase = note.map_or("unknown correlation", |n| n.phase.as_str());
+                *a.by_phase.entry(phase.to_string()).or_insert(0) += 1;
                 if a.unexplained_examples.len() < 10 {
                     a.unexplained_examples.push(format!(
                         "{} {} {}",
@@ -457,7 +472,17 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         *events_by_kind.entry(e.kind.clone()).or_insert(0) += 1;
     }
     let phase_names: Vec<String> = scenario.phases.iter().map(|p| p.name.clone()).collect();
-    let breaches = account(&events, &truth.notes, &phase_names);
+    let phase_faults: Vec<(String, Vec<String>)> = scenario
+        .phases
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.faults.iter().map(|f| f.name.clone()).collect(),
+            )
+        })
+        .collect();
+    let breaches = account(&events, &truth.notes, &phase_faults);
     let report = DemoReport {
         web_view,
         interrupted,
@@ -913,7 +938,7 @@ fn print_summary(report: &DemoReport, phases: &[String]) {
         .map(|p| format!("{p} {}", b.by_phase.get(p).copied().unwrap_or(0)))
         .collect();
     println!(
-        "breaches (warn, critical, never arrived) by the phase their correlation started in: {}",
+        "breaches (warn, critical, never arrived) by the phase of the fault that caused them: {}",
         by_phase.join(", ")
     );
     let by_fault: Vec<String> = b
@@ -1038,7 +1063,7 @@ mod tests {
         let w = "shipment_status";
         truth.insert(
             (w.into(), "slow".into()),
-            note("slowdown", &["carrier_slowdown"], Expected::Critical, false),
+            note("recovery", &["carrier_slowdown"], Expected::Critical, false),
         );
         truth.insert(
             (w.into(), "cut".into()),
@@ -1062,10 +1087,15 @@ mod tests {
             breach(w, "fine", "breach"),
             breach(w, "nobody", "breach"),
         ];
-        let phases: Vec<String> = ["steady", "slowdown", "recovery", "surge"]
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let phases: Vec<(String, Vec<String>)> = [
+            ("steady", vec![]),
+            ("slowdown", vec!["carrier_slowdown".to_string()]),
+            ("recovery", vec![]),
+            ("surge", vec![]),
+        ]
+        .into_iter()
+        .map(|(p, f)| (p.to_string(), f))
+        .collect();
         let a = account(&events, &truth, &phases);
         assert_eq!(a.breaches, 6, "resolved events are not breaches");
         assert_eq!(
@@ -1079,9 +1109,12 @@ mod tests {
             ["shipment_status fine warn", "shipment_status nobody warn"]
         );
         assert_eq!(a.by_phase["recovery"], 0, "every phase is listed");
-        assert_eq!(a.by_phase["steady"], 1);
-        assert_eq!(a.by_phase["slowdown"], 3);
-        assert_eq!(a.by_phase["surge"], 1);
+        assert_eq!(a.by_phase["steady"], 1, "unexplained: where it started");
+        assert_eq!(
+            a.by_phase["slowdown"], 2,
+            "explained: the fault's phase, also for the one started in recovery"
+        );
+        assert_eq!(a.by_phase["surge"], 0, "cut-off breaches are counted apart");
         assert_eq!(a.by_phase["unknown correlation"], 1);
     }
 

@@ -8,9 +8,9 @@
 //! becomes one group `carrier=DHL` (its breaches are spread over every warehouse), a
 //! warehouse outage one group `warehouse=WH-LGG` (spread over every carrier).
 
-use super::events::BreachEvent;
+use super::events::{bound_text, BreachEvent, BREACH_FIELD_MAX_BYTES};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Breach events remembered.
 pub const RECENT_BREACHES: usize = 1_000;
@@ -112,6 +112,9 @@ pub struct BreachesView {
 pub struct RecentBreaches {
     capacity: usize,
     events: VecDeque<RecentBreach>,
+    /// Remembered events not closed yet, per (workflow, correlation id): a closing event
+    /// of a correlation without one (most completions) costs a lookup, not a scan.
+    open: HashMap<(String, String), usize>,
 }
 
 impl Default for RecentBreaches {
@@ -125,6 +128,7 @@ impl RecentBreaches {
         RecentBreaches {
             capacity: capacity.max(1),
             events: VecDeque::new(),
+            open: HashMap::new(),
         }
     }
 
@@ -135,21 +139,36 @@ impl RecentBreaches {
         match ev.kind.as_str() {
             "breach" | "never_arrived" => {
                 if self.events.len() == self.capacity {
-                    self.events.pop_front();
+                    if let Some(old) = self.events.pop_front() {
+                        if old.closed_by.is_none() {
+                            self.forget_open(&(old.event.workflow, old.event.correlation_id));
+                        }
+                    }
                 }
                 // Bounded as on the breach topic: memory stays small whatever inputs hold.
+                let event = ev.bounded();
+                *self
+                    .open
+                    .entry((event.workflow.clone(), event.correlation_id.clone()))
+                    .or_default() += 1;
                 self.events.push_back(RecentBreach {
-                    event: ev.bounded(),
+                    event,
                     closed_by: None,
                     closed_at_ms: None,
                 });
             }
             "resolved" | "late_arrival" | "evicted" => {
-                let ev = ev.bounded();
+                let key = (
+                    bound_text(&ev.workflow, BREACH_FIELD_MAX_BYTES).into_owned(),
+                    bound_text(&ev.correlation_id, BREACH_FIELD_MAX_BYTES).into_owned(),
+                );
+                if self.open.remove(&key).is_none() {
+                    return;
+                }
                 for r in self.events.iter_mut().rev() {
                     if r.closed_by.is_none()
-                        && r.event.workflow == ev.workflow
-                        && r.event.correlation_id == ev.correlation_id
+                        && r.event.workflow == key.0
+                        && r.event.correlation_id == key.1
                     {
                         r.closed_by = Some(ev.kind.clone());
                         r.closed_at_ms = Some(ev.observed_at_ms);
@@ -157,6 +176,15 @@ impl RecentBreaches {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn forget_open(&mut self, key: &(String, String)) {
+        if let Some(n) = self.open.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.open.remove(key);
+            }
         }
     }
 
@@ -499,6 +527,17 @@ mod tests {
             r.observe(&event("breach", "warn", &format!("SO-{i}"), &[], i));
         }
         assert_eq!(r.len(), 3);
+        assert_eq!(r.open.len(), 3, "forgotten events leave the open index");
+        let mut done = event("resolved", "info", "SO-0", &[], 9);
+        r.observe(&done);
+        assert_eq!(
+            r.open.len(),
+            3,
+            "a correlation no longer remembered changes nothing"
+        );
+        done.correlation_id = "SO-4".into();
+        r.observe(&done);
+        assert_eq!(r.open.len(), 2);
         let v = r.view(None, 10, 10);
         let ids: Vec<&str> = v
             .breaches
