@@ -206,7 +206,7 @@
       el('div', { class: 'group-head' },
         el('b', {}, g.workflow), ' · ', el('b', {}, where(g)),
         el('span', { class: 'counts' }, g.open, ' open of ', g.correlations, ' · warn ', g.warn, ' · critical ', g.critical, ' · never ', g.never_arrived)),
-      el('div', {}, 'late since ', el('b', {}, clock(g.since_ms)), ' (', ago(g.since_ms), '), last breach ', ago(g.last_observed_ms),
+      el('div', {}, g.open ? 'late since ' : 'resolved; was late from ', el('b', {}, clock(g.since_ms)), ' (', ago(g.since_ms), '), last breach ', ago(g.last_observed_ms),
         ' · waiting for ', top(g.waiting_for) || '–'),
       el('div', {}, 'cause ', el('b', { class: 'cause' }, top(g.causes)), ' → ', el('b', { class: 'owner', title: routes(g) }, owner(g)),
         el('span', { class: 'muted' }, ' (route ', (g.routes || []).map((r) => r.route || '–').join(', '), ')')),
@@ -229,7 +229,13 @@
       const list = data.incidents.incidents || data.incidents;
       $('#incidents-title').textContent = 'Open incidents';
       $('#incidents').replaceChildren(...(list.length ? list.map(incidentCard) : [el('p', { class: 'muted' }, 'No incident.')]));
-      return [];
+      // The same shape as a breach group, for the 'late now' strip and the workflow states.
+      return list.map((i) => ({
+        workflow: i.workflow || i.title || 'incident', dimension: i.dimension, value: i.value,
+        open: i.status === 'resolved' ? 0 : 1, critical: i.severity === 'critical' ? 1 : 0, never_arrived: 0,
+        since_ms: i.opened_at_ms || i.since_ms, causes: [{ name: i.probable_cause || i.cause || 'unknown' }],
+        routes: [{ route: i.route, team: i.team }],
+      }));
     }
     const b = data.breaches;
     $('#incidents').replaceChildren(...(b.groups.length
