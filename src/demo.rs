@@ -3,27 +3,37 @@
 //! It starts an in-process Kafka (librdkafka's mock cluster), runs the simulator's
 //! `demo` scenario (steady → carrier slowdown → recovery → warehouse outage → order
 //! surge) squeezed into `--duration`, and runs the real service on top of it, serving
-//! `/metrics` and the API on localhost. A terminal view, read from the service's own
-//! JSON API, refreshes every second; at the end a summary says, for each injected
-//! fault, whether synclag detected it, how many seconds after it began, on which
-//! workflow and dimension. Detection is judged from the breach topic, exactly as an
-//! alerting system would see it.
+//! the web view, `/metrics` and the API on localhost until the scenario is over or the
+//! user quits. A terminal view, read from the service's own JSON API, refreshes every
+//! second: per-workflow figures and the most recent breaches with cause and route.
+//!
+//! When the scenario ends, the correlations already started are let finish (the
+//! simulator drains), so what is late at the end is late because of a fault, not because
+//! the traffic stopped. The summary then accounts for every breach on the breach topic
+//! (read exactly as an alerting system would): each is matched to the simulator's ground
+//! truth and counted under the injected fault that caused it, or — when the user quit
+//! early — under the correlations the end of the run cut off; anything else is reported
+//! as unexplained. For each injected fault it says whether synclag detected it, how many
+//! seconds after it began, on which workflow and dimension.
 
 use crate::config::duration::millis;
 use crate::config::Topology;
 use crate::emit::events::BreachEvent;
+use crate::rules::Masker;
 use crate::service::wall_ms;
-use crate::sim::{self, FaultKind, RealClock, RunOptions, Scenario, SimOptions, Simulator};
+use crate::sim::{
+    self, Expected, FaultKind, GroundTruth, RealClock, RunOptions, Scenario, SimOptions, Simulator,
+};
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::Message;
-use std::collections::BTreeMap;
+use rdkafka::{Message, Offset};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The demo topology (short SLAs, JSON everywhere).
@@ -32,10 +42,11 @@ pub const DEMO_TOPOLOGY: &str = include_str!("../demo/topology.yaml");
 /// Flags of `synclag demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// How long the scripted scenario runs; its phases are scaled to fit.
+    /// How long the scripted scenario runs; its phases are scaled to fit. The demo ends
+    /// once the correlations started by then have finished and their SLAs have passed.
     #[arg(long, default_value = "3m", value_parser = crate::config::duration::parse_duration)]
     pub duration: Duration,
-    /// Address of `/metrics` and the API.
+    /// Address of the web view, `/metrics` and the API.
     #[arg(long, default_value = "127.0.0.1:9187")]
     pub listen: SocketAddr,
     /// Correlations started per second over all workflows.
@@ -68,6 +79,8 @@ pub struct FaultReport {
     pub fault: String,
     pub kind: String,
     pub target: String,
+    /// The fault's phase began before the demo ended (false when the user quit first).
+    pub reached: bool,
     pub detected: bool,
     /// Seconds from the start of the fault's phase to the first evidence.
     pub after_seconds: Option<f64>,
@@ -76,13 +89,43 @@ pub struct FaultReport {
     pub how: Option<String>,
 }
 
+/// Every breach on the breach topic, matched to the ground truth.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BreachAccounting {
+    /// Breach (warn, critical) and never-arrived events.
+    pub breaches: usize,
+    /// Those events by phase, every phase listed: an event a fault explains under the
+    /// phase of that fault (a correlation started before an outage is held by it), an
+    /// unexplained one under the phase its correlation started in. Events on cut-off
+    /// correlations are not in it.
+    pub by_phase: BTreeMap<String, usize>,
+    /// Events on correlations an injected fault changed, by fault (`a+b` when several).
+    pub explained_by_fault: BTreeMap<String, usize>,
+    /// Events on correlations no fault touched whose records were not all produced
+    /// because the run ended first (the user quit): a consequence of stopping, not a finding.
+    pub cut_off: usize,
+    /// Events neither a fault nor the end of the run explains: false alarms.
+    pub unexplained: usize,
+    /// Up to ten unexplained events, as `workflow correlation_id severity`.
+    pub unexplained_examples: Vec<String>,
+}
+
 /// The demo's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
+    /// Where the web view was served.
+    pub web_view: String,
+    /// The user quit before the scenario was over.
+    pub interrupted: bool,
     pub faults: Vec<FaultReport>,
-    pub breaches: usize,
-    /// Breach events (warn or critical) by the phase their correlation started in.
-    pub breaches_by_phase: BTreeMap<String, usize>,
+    /// Every event read from the breach topic, by kind (`breach`, `never_arrived`,
+    /// `resolved`, `late_arrival`, `evicted`).
+    pub events_by_kind: BTreeMap<String, usize>,
+    /// Breach and never-arrived events, and what explains each.
+    pub breaches: BreachAccounting,
+    /// Correlations the simulator started, and those of them cut off by the end of the run.
+    pub correlations: u64,
+    pub cut_off_correlations: u64,
     pub records_produced: u64,
 }
 
@@ -108,8 +151,120 @@ pub fn squeeze(mut scenario: Scenario, total: Duration) -> Scenario {
     scenario
 }
 
-/// Runs the demo; returns its report (also printed).
-pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
+/// What the summary needs of one correlation's ground truth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruthNote {
+    pub phase: String,
+    pub faults: Vec<String>,
+    pub expected: Expected,
+    pub cut_off: bool,
+}
+
+/// Correlations by (workflow, correlation id as the breach topic shows it).
+pub type TruthNotes = HashMap<(String, String), TruthNote>;
+
+/// The ground-truth lines the simulator writes: kept for the summary and copied to a
+/// file when asked.
+struct TruthLog {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    partial: Vec<u8>,
+    notes: TruthNotes,
+    /// Masks ids the way the service does, when the topology masks them.
+    masker: Option<Masker>,
+}
+
+impl TruthLog {
+    fn note(&mut self, line: &[u8]) {
+        let Ok(t) = serde_json::from_slice::<GroundTruth>(line) else {
+            return;
+        };
+        let id = match &self.masker {
+            Some(m) => m.mask(&t.correlation_id),
+            None => t.correlation_id,
+        };
+        self.notes.insert(
+            (t.workflow, id),
+            TruthNote {
+                phase: t.phase,
+                faults: t.faults,
+                expected: t.expected,
+                cut_off: t.cut_off,
+            },
+        );
+    }
+}
+
+impl Write for TruthLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(f) = &mut self.file {
+            f.write_all(buf)?;
+        }
+        self.partial.extend_from_slice(buf);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.note(&line[..end]);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Matches every breach and never-arrived event to the ground truth: explained by the
+/// fault that changed its correlation, by the end of the run cutting its correlation
+/// off, or not at all. `phases` lists every phase, in order, with its faults' names.
+pub fn account(
+    events: &[BreachEvent],
+    truth: &TruthNotes,
+    phases: &[(String, Vec<String>)],
+) -> BreachAccounting {
+    let mut a = BreachAccounting {
+        by_phase: phases.iter().map(|(p, _)| (p.clone(), 0)).collect(),
+        ..BreachAccounting::default()
+    };
+    let phase_of_fault = |fault: &str| {
+        phases
+            .iter()
+            .find(|(_, faults)| faults.iter().any(|f| f == fault))
+            .map(|(p, _)| p.clone())
+    };
+    for e in events
+        .iter()
+        .filter(|e| e.kind == "breach" || e.kind == "never_arrived")
+    {
+        a.breaches += 1;
+        let note = truth.get(&(e.workflow.clone(), e.correlation_id.clone()));
+        match note {
+            Some(n) if !n.faults.is_empty() && (n.expected >= Expected::Warn || !n.cut_off) => {
+                *a.explained_by_fault.entry(n.faults.join("+")).or_insert(0) += 1;
+                let phase = phase_of_fault(&n.faults[0]).unwrap_or_else(|| n.phase.clone());
+                *a.by_phase.entry(phase).or_insert(0) += 1;
+            }
+            Some(n) if n.cut_off => a.cut_off += 1,
+            _ => {
+                a.unexplained += 1;
+                let phase = note.map_or("unknown correlation", |n| n.phase.as_str());
+                *a.by_phase.entry(phase.to_string()).or_insert(0) += 1;
+                if a.unexplained_examples.len() < 10 {
+                    a.unexplained_examples.push(format!(
+                        "{} {} {}",
+                        e.workflow, e.correlation_id, e.severity
+                    ));
+                }
+            }
+        }
+    }
+    a
+}
+
+/// Runs the demo until the scenario is over or `quit` is cancelled; returns its report
+/// (also printed).
+pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<DemoReport> {
     let mut topology = match &args.config {
         Some(p) => Topology::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Topology::from_yaml_str("demo/topology.yaml", DEMO_TOPOLOGY, std::env::vars())
@@ -118,6 +273,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     if topology.registry.is_some() {
         anyhow::bail!("the demo runs without a schema registry; use a topology without `registry:` and without Avro streams");
     }
+    let masker = match &topology.masking.key_env {
+        Some(var) if topology.masking.correlation_ids => {
+            let key = std::env::var(var).with_context(|| {
+                format!("masking: environment variable `{var}` (masking.key_env) is not set")
+            })?;
+            Some(Masker::new(Some(key.into_bytes())))
+        }
+        _ => None,
+    };
     // The in-process cluster lives as long as this function.
     let mock = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
     for s in &topology.streams {
@@ -142,10 +306,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
 
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(crate::service::run(topology.clone(), shutdown.clone()));
+    let web_view = format!("http://{}/", args.listen);
+    println!(
+        "synclag demo: web view on {web_view} (the API and /metrics on the same address); Ctrl-C ends the demo early"
+    );
 
     // Watch the breach topic like an alerting system would.
-    let breaches: Arc<Mutex<Vec<(i64, BreachEvent)>>> = Arc::default();
-    let watcher = spawn_breach_watcher(&topology, breaches.clone(), shutdown.clone())?;
+    let watch = BreachWatch::start(&topology)?;
 
     let scenario = squeeze(
         Scenario::builtin("demo").context("the demo scenario is built in")??,
@@ -157,27 +324,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         start,
         duration: None,
         rate: Some(args.rate),
-        drain: false,
+        // Correlations started before the end finish: a fault-free phase stays clean.
+        drain: true,
     };
     let mut simulator = Simulator::new(&topology, &scenario, &options)?;
     let mut sink = sim::kafka_sink_for(&topology, None)?;
-    let mut truth_file = match &args.ground_truth {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let producer = tokio::spawn(async move {
-        let opts = RunOptions {
-            step: Duration::from_millis(50),
-            progress: false,
-        };
-        let truth: Option<&mut (dyn Write + Send)> = match truth_file.as_mut() {
-            Some(w) => Some(w),
+    let mut truth = TruthLog {
+        file: match &args.ground_truth {
+            Some(p) => Some(std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?,
+            )),
             None => None,
-        };
-        sim::run(&mut simulator, &RealClock, &mut sink, truth, &opts).await
-    });
+        },
+        partial: Vec::new(),
+        notes: HashMap::new(),
+        masker,
+    };
+    let stop_simulator = CancellationToken::new();
+    let producer = {
+        let stop = stop_simulator.clone();
+        tokio::spawn(async move {
+            let opts = RunOptions {
+                step: Duration::from_millis(50),
+                progress: false,
+            };
+            let summary = sim::run_until(
+                &mut simulator,
+                &RealClock,
+                &mut sink,
+                Some(&mut truth),
+                &opts,
+                &stop,
+            )
+            .await;
+            (summary, truth)
+        })
+    };
 
     // Phase boundaries in wall time.
     let mut phases = Vec::new();
@@ -204,50 +387,58 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         .build()?;
     let api = format!("http://{}", args.listen);
     let mut rates = RateTracker::default();
+    let mut printed: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut interrupted = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = quit.cancelled() => interrupted = true,
+        }
         let now = wall_ms();
-        let status: Option<serde_json::Value> =
-            match client.get(format!("{api}/api/v1/workflows")).send().await {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
+        if interrupted {
+            println!("\nstopping: the simulator stops now, correlations in flight are cut off");
+            break;
+        }
+        let status = get_json(&client, &format!("{api}/api/v1/workflows")).await;
+        let recent = get_json(&client, &format!("{api}/api/v1/breaches?limit=5")).await;
         let phase = phases
             .iter()
             .find(|(_, s, e)| now >= *s && now < *e)
-            .map(|(p, _, _)| p.name.clone());
+            .map_or("draining", |(p, _, _)| p.name.as_str());
         if let Some(s) = &status {
             rates.observe(now, s);
-            let n = breaches.lock().map(|b| b.len()).unwrap_or(0);
-            render(
-                s,
-                &rates,
-                phase.as_deref().unwrap_or("draining"),
-                now - start.timestamp_millis(),
-                n,
-                plain,
-            );
+            let view = View {
+                status: s,
+                recent: recent.as_ref(),
+                rates: &rates,
+                phase,
+                elapsed_ms: now - start.timestamp_millis(),
+                web_view: &web_view,
+            };
+            render(&view, plain, &mut printed);
         }
-        if now >= stop_at || service.is_finished() {
+        if service.is_finished() || (now >= stop_at && producer.is_finished()) {
             break;
         }
     }
-    let produced = match producer.await {
-        Ok(Ok(summary)) => summary.sink.produced,
-        Ok(Err(e)) => return Err(anyhow::anyhow!("simulator failed: {e}")),
+    let ended_at = wall_ms();
+    stop_simulator.cancel();
+    let (run_summary, truth) = match producer.await {
+        Ok((Ok(summary), truth)) => (summary, truth),
+        Ok((Err(e), _)) => return Err(anyhow::anyhow!("simulator failed: {e}")),
         Err(e) => return Err(anyhow::anyhow!("simulator task failed: {e}")),
     };
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), watcher).await;
     match tokio::time::timeout(Duration::from_secs(30), service).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(anyhow::anyhow!("service failed: {e}")),
         Ok(Err(e)) => return Err(anyhow::anyhow!("service task failed: {e}")),
         Err(_) => return Err(anyhow::anyhow!("service did not stop within 30s")),
     }
+    // The service has flushed its outputs: read the breach topic to its end.
+    let seen = watch.finish(Duration::from_secs(15)).await;
 
-    let seen = breaches.lock().map(|b| b.clone()).unwrap_or_default();
     if let Some(path) = &args.events {
         let mut w = std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -263,31 +454,46 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let mut faults = Vec::new();
     for (phase, begin, end) in &phases {
         for f in &phase.faults {
-            faults.push(judge(
+            let mut report = judge(
                 phase.name.as_str(),
                 f,
                 *begin,
                 end.saturating_add(millis(grace)),
                 &seen,
                 &rates,
-            ));
+            );
+            report.reached = *begin < ended_at;
+            faults.push(report);
         }
     }
-    let mut breaches_by_phase = BTreeMap::new();
-    for (_, e) in seen.iter().filter(|(_, e)| e.kind == "breach") {
-        let phase = phases
-            .iter()
-            .find(|(_, b, end)| e.started_at_ms >= *b && e.started_at_ms < *end)
-            .map_or("after the scenario".to_string(), |(p, _, _)| p.name.clone());
-        *breaches_by_phase.entry(phase).or_insert(0) += 1;
+    let events: Vec<BreachEvent> = seen.iter().map(|(_, e)| e.clone()).collect();
+    let mut events_by_kind = BTreeMap::new();
+    for e in &events {
+        *events_by_kind.entry(e.kind.clone()).or_insert(0) += 1;
     }
+    let phase_names: Vec<String> = scenario.phases.iter().map(|p| p.name.clone()).collect();
+    let phase_faults: Vec<(String, Vec<String>)> = scenario
+        .phases
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                p.faults.iter().map(|f| f.name.clone()).collect(),
+            )
+        })
+        .collect();
+    let breaches = account(&events, &truth.notes, &phase_faults);
     let report = DemoReport {
+        web_view,
+        interrupted,
         faults,
-        breaches: seen.len(),
-        breaches_by_phase,
-        records_produced: produced,
+        events_by_kind,
+        breaches,
+        correlations: run_summary.correlations,
+        cut_off_correlations: truth.notes.values().filter(|n| n.cut_off).count() as u64,
+        records_produced: run_summary.sink.produced,
     };
-    print_summary(&report);
+    print_summary(&report, &phase_names);
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -295,34 +501,117 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     Ok(report)
 }
 
-fn spawn_breach_watcher(
-    topology: &Topology,
-    out: Arc<Mutex<Vec<(i64, BreachEvent)>>>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut cfg = crate::config::kafka::admin_config(topology);
-    cfg.set("group.id", "synclag-demo-breach-watch")
-        .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer = cfg.create().context("cannot create the breach watcher")?;
-    consumer.subscribe(&[topology.outputs.breaches_topic.as_str()])?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = consumer.recv() => {
-                    let Ok(m) = m else { continue };
-                    let Some(payload) = m.payload() else { continue };
-                    if let Ok(ev) = serde_json::from_slice::<BreachEvent>(payload) {
-                        if let Ok(mut v) = out.lock() {
-                            v.push((wall_ms(), ev));
+async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => r.json().await.ok(),
+        _ => None,
+    }
+}
+
+/// The breach topic, read from the beginning by a consumer of its own.
+struct BreachWatch {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    seen: Arc<Mutex<Vec<(i64, BreachEvent)>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BreachWatch {
+    fn start(topology: &Topology) -> anyhow::Result<BreachWatch> {
+        let mut cfg = crate::config::kafka::admin_config(topology);
+        cfg.set("group.id", "synclag-demo-breach-watch")
+            .set("auto.offset.reset", "earliest");
+        let consumer: Arc<StreamConsumer> =
+            Arc::new(cfg.create().context("cannot create the breach watcher")?);
+        let topic = topology.outputs.breaches_topic.clone();
+        consumer.subscribe(&[topic.as_str()])?;
+        let seen: Arc<Mutex<Vec<(i64, BreachEvent)>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let task = {
+            let (consumer, seen, stop) = (consumer.clone(), seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = consumer.recv() => {
+                            let Ok(m) = m else { continue };
+                            let Some(payload) = m.payload() else { continue };
+                            if let Ok(ev) = serde_json::from_slice::<BreachEvent>(payload) {
+                                if let Ok(mut v) = seen.lock() {
+                                    v.push((wall_ms(), ev));
+                                }
+                            }
                         }
                     }
                 }
+            })
+        };
+        Ok(BreachWatch {
+            consumer,
+            topic,
+            seen,
+            stop,
+            task,
+        })
+    }
+
+    /// Reads on until every partition's end offset as of now is read (or `timeout`
+    /// passes), then stops and returns what was seen.
+    async fn finish(self, timeout: Duration) -> Vec<(i64, BreachEvent)> {
+        let deadline = Instant::now() + timeout;
+        let ends = {
+            let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+            tokio::task::spawn_blocking(move || end_offsets(&consumer, &topic))
+                .await
+                .unwrap_or_default()
+        };
+        while Instant::now() < deadline {
+            let positions: HashMap<i32, i64> = self
+                .consumer
+                .position()
+                .map(|tpl| {
+                    tpl.elements()
+                        .iter()
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) => Some((e.partition(), o)),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let done = ends
+                .iter()
+                .all(|(p, end)| *end <= 0 || positions.get(p).is_some_and(|o| o >= end));
+            if done {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }))
+        self.stop.cancel();
+        let _ = self.task.await;
+        let seen = self.seen.lock().map(|v| v.clone()).unwrap_or_default();
+        seen
+    }
 }
 
+/// End offset of every partition of `topic` (blocking: asks the cluster).
+fn end_offsets(consumer: &StreamConsumer, topic: &str) -> Vec<(i32, i64)> {
+    let timeout = Duration::from_secs(5);
+    let Ok(md) = consumer.fetch_metadata(Some(topic), timeout) else {
+        return Vec::new();
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .filter_map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .ok()
+                .map(|(_, high)| (p.id(), high))
+        })
+        .collect()
+}
 /// Completions per second per workflow, from successive API snapshots.
 #[derive(Default)]
 struct RateTracker {
@@ -382,6 +671,7 @@ fn judge(
         fault: f.name.clone(),
         kind: f.kind.name().to_string(),
         target,
+        reached: true,
         detected: false,
         after_seconds: None,
         workflow: None,
@@ -438,21 +728,116 @@ fn judge(
     report
 }
 
-fn render(
-    status: &serde_json::Value,
-    rates: &RateTracker,
-    phase: &str,
+/// What one refresh of the terminal view shows.
+struct View<'a> {
+    status: &'a serde_json::Value,
+    /// `/api/v1/breaches?limit=5`.
+    recent: Option<&'a serde_json::Value>,
+    rates: &'a RateTracker,
+    phase: &'a str,
     elapsed_ms: i64,
-    breaches: usize,
-    plain: bool,
-) {
+    web_view: &'a str,
+}
+
+/// `HH:MM:SS` local time of an epoch-ms instant.
+fn local_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("-")
+}
+
+/// `cause → team (route)` of a breach event or group.
+fn owner_line(cause: &str, route: &str, team: &str) -> String {
+    format!("cause {cause} → route {route} (team {team})")
+}
+
+/// Open breach groups, worst first: one line each.
+fn late_lines(recent: &serde_json::Value) -> Vec<String> {
+    recent["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["open"].as_u64().unwrap_or(0) > 0)
+        .take(3)
+        .map(|g| {
+            let place = match (g["dimension"].as_str(), g["value"].as_str()) {
+                (Some(d), Some(v)) => format!("{d}={v}"),
+                _ => "all".into(),
+            };
+            format!(
+                "{} · {place}: {} late ({} critical) since {} — {}",
+                text(g, "workflow"),
+                g["open"].as_u64().unwrap_or(0),
+                g["critical"].as_u64().unwrap_or(0) + g["never_arrived"].as_u64().unwrap_or(0),
+                local_time(g["since_ms"].as_i64().unwrap_or(0)),
+                owner_line(
+                    text(&g["causes"][0], "name"),
+                    text(&g["routes"][0], "route"),
+                    text(&g["routes"][0], "team"),
+                )
+            )
+        })
+        .collect()
+}
+
+/// One line for a breach event of `/api/v1/breaches`.
+fn breach_line(b: &serde_json::Value) -> String {
+    let dims: Vec<String> = b["dimensions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    format!(
+        "{} {:<8} {} {} [{}] waiting for {} — {}",
+        local_time(b["observed_at_ms"].as_i64().unwrap_or(0)),
+        if b["kind"] == "never_arrived" {
+            "never"
+        } else {
+            text(b, "severity")
+        },
+        text(b, "workflow"),
+        text(b, "correlation_id"),
+        dims.join(" "),
+        text(b, "stage"),
+        owner_line(
+            b["probable_cause"].as_str().unwrap_or("unknown"),
+            text(b, "route"),
+            text(b, "team"),
+        )
+    )
+}
+
+/// Draws the view: on a terminal the screen is redrawn; plain output prints the
+/// workflow lines and only the breaches not printed before.
+fn render(v: &View<'_>, plain: bool, printed: &mut HashSet<String>) {
     let mut out = String::new();
     if !plain {
         out.push_str("\x1b[2J\x1b[H");
     }
+    let breaches: u64 = v.status["workflows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            w["breaches_warn"].as_u64().unwrap_or(0)
+                + w["breaches_critical"].as_u64().unwrap_or(0)
+                + w["never_arrived"].as_u64().unwrap_or(0)
+        })
+        .sum();
     out.push_str(&format!(
-        "synclag demo  t+{:>4}s  phase: {phase:<18} breach events: {breaches}\n",
-        elapsed_ms / 1000
+        "synclag demo  t+{:>4}s  phase: {:<18} breaches: {breaches}  web view: {}\n",
+        v.elapsed_ms / 1000,
+        v.phase,
+        v.web_view
     ));
     if !plain {
         out.push_str(&format!(
@@ -460,7 +845,7 @@ fn render(
             "workflow", "rate/s", "p50 lag", "p99 lag", "pending", "warn", "critical", "never"
         ));
     }
-    for w in status["workflows"].as_array().into_iter().flatten() {
+    for w in v.status["workflows"].as_array().into_iter().flatten() {
         let name = w["name"].as_str().unwrap_or_default();
         let secs = |k: &str| {
             w["end_to_end"][k]
@@ -470,7 +855,7 @@ fn render(
         let line = format!(
             "{:<18} {:>7.1} {:>9} {:>9} {:>8} {:>6} {:>9} {:>6}",
             name,
-            rates.current.get(name).copied().unwrap_or(0.0),
+            v.rates.current.get(name).copied().unwrap_or(0.0),
             secs("p50_ms"),
             secs("p99_ms"),
             w["pending"].as_u64().unwrap_or(0),
@@ -488,28 +873,102 @@ fn render(
             out.push('\n');
         }
     }
+    if let Some(recent) = v.recent {
+        let late = late_lines(recent);
+        if !plain {
+            out.push_str("\nlate now (open breaches by workflow × dimension):\n");
+            if late.is_empty() {
+                out.push_str("  nothing\n");
+            }
+        }
+        for l in &late {
+            out.push_str(&format!("  late: {l}\n"));
+        }
+        if !plain {
+            out.push_str("most recent breaches:\n");
+        }
+        let mut lines: Vec<String> = Vec::new();
+        for b in recent["breaches"].as_array().into_iter().flatten() {
+            let id = text(b, "breach_id").to_string();
+            if plain && !printed.insert(id) {
+                continue;
+            }
+            lines.push(format!("  breach: {}\n", breach_line(b)));
+        }
+        // The API lists the most recent first; print in the order they happened.
+        for l in lines.iter().rev() {
+            out.push_str(l);
+        }
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
 }
 
-fn print_summary(report: &DemoReport) {
+fn print_summary(report: &DemoReport, phases: &[String]) {
+    let b = &report.breaches;
     println!(
-        "\nsummary: {} records produced, {} breach events",
-        report.records_produced, report.breaches
+        "\nsummary: {} records produced for {} correlations; {} cut off by the end of the run{}",
+        report.records_produced,
+        report.correlations,
+        report.cut_off_correlations,
+        if report.interrupted {
+            " (the demo was stopped early)"
+        } else {
+            " (every correlation was let finish)"
+        }
     );
-    let by_phase: Vec<String> = report
-        .breaches_by_phase
+    let kinds: Vec<String> = report
+        .events_by_kind
         .iter()
-        .map(|(p, n)| format!("{p}: {n}"))
+        .map(|(k, n)| format!("{k} {n}"))
         .collect();
     println!(
-        "breaches by the phase their correlation started in: {}",
+        "breach topic: {} events ({})",
+        report.events_by_kind.values().sum::<usize>(),
+        if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        }
+    );
+    let by_phase: Vec<String> = phases
+        .iter()
+        .chain(b.by_phase.keys().filter(|k| !phases.contains(k)))
+        .map(|p| format!("{p} {}", b.by_phase.get(p).copied().unwrap_or(0)))
+        .collect();
+    println!(
+        "breaches (warn, critical, never arrived) by the phase of the fault that caused them: {}",
         by_phase.join(", ")
     );
+    let by_fault: Vec<String> = b
+        .explained_by_fault
+        .iter()
+        .map(|(f, n)| format!("{n} by {f}"))
+        .collect();
+    println!(
+        "{} {} breaches: {}; {} on correlations cut off by the end of the run (not findings); {} unexplained",
+        if b.unexplained == 0 { "explained" } else { "NOT ALL EXPLAINED:" },
+        b.breaches,
+        if by_fault.is_empty() {
+            "none by an injected fault".to_string()
+        } else {
+            by_fault.join(", ")
+        },
+        b.cut_off,
+        b.unexplained
+    );
+    if !b.unexplained_examples.is_empty() {
+        println!("  unexplained, e.g.: {}", b.unexplained_examples.join("; "));
+    }
+    println!("injected faults:");
     for f in &report.faults {
-        match (f.detected, f.after_seconds) {
-            (true, Some(s)) => println!(
+        match (f.reached, f.detected, f.after_seconds) {
+            (false, _, _) => println!(
+                "  {:<18} {:<16} {:<32} NOT REACHED (the demo ended before its phase)",
+                f.fault, f.kind, f.target
+            ),
+            (true, true, Some(s)) => println!(
                 "  {:<18} {:<16} {:<32} DETECTED after {s:>5.1}s on {}{} — {}",
                 f.fault,
                 f.kind,
@@ -561,5 +1020,127 @@ mod tests {
             let ratio = a.duration.as_secs_f64() / total.as_secs_f64();
             assert!((b.duration.as_secs_f64() / 60.0 - ratio).abs() < 1e-6);
         }
+    }
+
+    fn breach(workflow: &str, id: &str, kind: &str) -> BreachEvent {
+        BreachEvent {
+            breach_id: format!("{id}-{kind}"),
+            kind: kind.into(),
+            severity: if kind == "breach" { "warn" } else { "info" }.into(),
+            workflow: workflow.into(),
+            correlation_id: id.into(),
+            stage: None,
+            last_stage_seen: None,
+            started_at_ms: 0,
+            deadline_ms: None,
+            observed_at_ms: 0,
+            lag_ms: 0,
+            dimensions: BTreeMap::new(),
+            segments_ms: BTreeMap::new(),
+            dominant_segment: None,
+            probable_cause: None,
+            route: None,
+            team: None,
+            signals: Vec::new(),
+            backlogged_groups: Vec::new(),
+            stalled_inputs: Vec::new(),
+            truncated: Vec::new(),
+        }
+    }
+
+    fn note(phase: &str, faults: &[&str], expected: Expected, cut_off: bool) -> TruthNote {
+        TruthNote {
+            phase: phase.into(),
+            faults: faults.iter().map(|f| f.to_string()).collect(),
+            expected,
+            cut_off,
+        }
+    }
+
+    #[test]
+    fn every_breach_is_explained_by_a_fault_a_cut_off_or_counted_as_unexplained() {
+        let mut truth = TruthNotes::new();
+        let w = "shipment_status";
+        truth.insert(
+            (w.into(), "slow".into()),
+            note("recovery", &["carrier_slowdown"], Expected::Critical, false),
+        );
+        truth.insert(
+            (w.into(), "cut".into()),
+            note("surge", &[], Expected::None, true),
+        );
+        // Cut off, and touched by a fault that alone would not have breached it.
+        truth.insert(
+            (w.into(), "cut-faulted".into()),
+            note("slowdown", &["carrier_slowdown"], Expected::None, true),
+        );
+        truth.insert(
+            (w.into(), "fine".into()),
+            note("steady", &[], Expected::None, false),
+        );
+        let events = vec![
+            breach(w, "slow", "breach"),
+            breach(w, "slow", "breach"),
+            breach(w, "slow", "resolved"),
+            breach(w, "cut", "breach"),
+            breach(w, "cut-faulted", "never_arrived"),
+            breach(w, "fine", "breach"),
+            breach(w, "nobody", "breach"),
+        ];
+        let phases: Vec<(String, Vec<String>)> = [
+            ("steady", vec![]),
+            ("slowdown", vec!["carrier_slowdown".to_string()]),
+            ("recovery", vec![]),
+            ("surge", vec![]),
+        ]
+        .into_iter()
+        .map(|(p, f)| (p.to_string(), f))
+        .collect();
+        let a = account(&events, &truth, &phases);
+        assert_eq!(a.breaches, 6, "resolved events are not breaches");
+        assert_eq!(
+            a.explained_by_fault,
+            BTreeMap::from([("carrier_slowdown".to_string(), 2)])
+        );
+        assert_eq!(a.cut_off, 2);
+        assert_eq!(a.unexplained, 2);
+        assert_eq!(
+            a.unexplained_examples,
+            ["shipment_status fine warn", "shipment_status nobody warn"]
+        );
+        assert_eq!(a.by_phase["recovery"], 0, "every phase is listed");
+        assert_eq!(a.by_phase["steady"], 1, "unexplained: where it started");
+        assert_eq!(
+            a.by_phase["slowdown"], 2,
+            "explained: the fault's phase, also for the one started in recovery"
+        );
+        assert_eq!(a.by_phase["surge"], 0, "cut-off breaches are counted apart");
+        assert_eq!(a.by_phase["unknown correlation"], 1);
+    }
+
+    #[test]
+    fn the_truth_log_keeps_notes_from_lines_written_in_pieces() {
+        let line = |id: &str, cut_off: bool| {
+            format!(
+                r#"{{"workflow":"returns","correlation_id":"{id}","dimensions":{{}},"phase":"steady","start":"x","start_ms":0,"stages":[],"signals":[],"faults":["f"],"fault_delay_ms":0,"never_completes":false,"lag_ms":null,"sla":{{"warn_ms":1,"critical_ms":2,"window_ms":3,"business_hours":false}},"expected":"warn","cut_off":{cut_off}}}"#
+            )
+        };
+        let mut log = TruthLog {
+            file: None,
+            partial: Vec::new(),
+            notes: TruthNotes::new(),
+            masker: Some(Masker::new(Some(b"k".to_vec()))),
+        };
+        let text = format!("{}\n{}", line("RMA-1", false), line("RMA-2", true));
+        let (a, b) = text.split_at(40);
+        log.write_all(a.as_bytes()).expect("write");
+        log.write_all(b.as_bytes()).expect("write");
+        assert_eq!(log.notes.len(), 1, "the second line is not complete yet");
+        log.write_all(b"\n").expect("write");
+        assert_eq!(log.notes.len(), 2);
+        let masked = Masker::new(Some(b"k".to_vec())).mask("RMA-2");
+        let n = &log.notes[&("returns".to_string(), masked)];
+        assert!(n.cut_off, "ids are masked as the breach topic shows them");
+        assert_eq!(n.expected, Expected::Warn);
     }
 }

@@ -143,7 +143,13 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             init_logging_quiet();
-            report(runtime().and_then(|rt| rt.block_on(synclag::demo::run(args)).map(|_| ())))
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let quit = tokio_util::sync::CancellationToken::new();
+                    spawn_signal_handler(quit.clone());
+                    synclag::demo::run(args, quit).await.map(|_| ())
+                })
+            }))
         }
         Command::Simulate(args) => {
             init_logging();

@@ -1,34 +1,204 @@
-//! `synclag demo` runs to completion with nothing but the binary (in-process Kafka),
-//! and its summary reports every injected fault as detected.
+//! `synclag demo` runs with nothing but the binary (in-process Kafka): it serves the web
+//! view while it runs, reports every injected fault as detected, and its summary explains
+//! every breach on the breach topic — by the injected fault that caused it, or, when the
+//! user quits early, by the end of the run cutting its correlation off (reported as such).
 
-use std::process::Command;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-#[test]
-fn demo_detects_every_injected_fault() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_synclag"))
-        .args(["demo", "--duration", "60s", "--plain", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("run synclag demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
-    // The live view printed per-workflow lines while it ran.
+use synclag::emit::events::BreachEvent;
+use synclag::sim::{Expected, GroundTruth};
+
+/// A `synclag demo` child process writing its files into a temporary directory.
+struct Demo {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn start(duration: &str) -> Demo {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
+        let err = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
+            .args(["demo", "--duration", duration, "--plain", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--report")
+            .arg(dir.path().join("report.json"))
+            .arg("--events")
+            .arg(dir.path().join("events.jsonl"))
+            .arg("--ground-truth")
+            .arg(dir.path().join("truth.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("run synclag demo");
+        Demo { child, port, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.path("stdout")).unwrap_or_default()
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout(),
+            std::fs::read_to_string(self.path("stderr")).unwrap_or_default()
+        )
+    }
+
+    /// Waits for the demo to exit on its own and checks it succeeded.
+    async fn wait_success(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("demo status") {
+                assert!(status.success(), "demo failed: {status}\n{}", self.output());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "demo still running after {within:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path("report.json")).expect("report written"))
+            .expect("report is JSON")
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+fn lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Checks, from the events and the ground truth the demo wrote, that every breach maps
+/// to an injected fault or to a cut-off correlation, and that the report counts them
+/// the same way. Returns the report.
+fn every_breach_is_explained(demo: &Demo) -> serde_json::Value {
+    let report = demo.report();
+    let truth: HashMap<(String, String), GroundTruth> =
+        lines::<GroundTruth>(&demo.path("truth.jsonl"))
+            .into_iter()
+            .map(|t| ((t.workflow.clone(), t.correlation_id.clone()), t))
+            .collect();
+    let events: Vec<BreachEvent> = lines(&demo.path("events.jsonl"));
+    let mut by_fault: BTreeMap<String, u64> = BTreeMap::new();
+    let mut cut_off = 0u64;
+    let mut breaches = 0u64;
+    for e in events
+        .iter()
+        .filter(|e| e.kind == "breach" || e.kind == "never_arrived")
+    {
+        breaches += 1;
+        let t = truth
+            .get(&(e.workflow.clone(), e.correlation_id.clone()))
+            .unwrap_or_else(|| {
+                panic!("breach for a correlation the simulator never started: {e:?}")
+            });
+        // A fault explains it, unless the correlation was cut off and the fault alone
+        // would not have pushed it past its SLA.
+        if !t.faults.is_empty() && (t.expected >= Expected::Warn || !t.cut_off) {
+            *by_fault.entry(t.faults.join("+")).or_insert(0) += 1;
+        } else {
+            assert!(
+                t.cut_off,
+                "breach on a correlation no fault touched and the run did not cut off: {e:?}\n{t:?}\n{report:#}"
+            );
+            cut_off += 1;
+        }
+    }
+    let b = &report["breaches"];
+    assert_eq!(b["unexplained"], 0, "{report:#}");
+    assert_eq!(b["breaches"], breaches, "{report:#}");
+    assert_eq!(
+        b["cut_off"], cut_off,
+        "cut-off breaches are reported as such: {report:#}"
+    );
+    let reported: BTreeMap<String, u64> =
+        serde_json::from_value(b["explained_by_fault"].clone()).expect("counts by fault");
+    assert_eq!(reported, by_fault, "{report:#}");
+    let cut_off_correlations = truth.values().filter(|t| t.cut_off).count() as u64;
+    assert_eq!(report["cut_off_correlations"], cut_off_correlations);
+    assert_eq!(report["correlations"], truth.len() as u64);
+    // The summary says it in words too.
+    let stdout = demo.stdout();
+    assert!(
+        stdout.contains(&format!(
+            "{cut_off} on correlations cut off by the end of the run (not findings); 0 unexplained"
+        )),
+        "{stdout}"
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_detects_every_injected_fault_and_explains_every_breach() {
+    let mut demo = Demo::start("60s");
+    // The web view is served, at the address the demo prints, while it runs.
+    let base = format!("http://127.0.0.1:{}/", demo.port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let printed = demo.stdout().contains(&format!("web view on {base}"));
+        if printed {
+            if let Some((200, page)) = get(&base).await {
+                assert!(page.contains("assets/app.js"), "{page}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no web view\n{}", demo.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    demo.wait_success(Duration::from_secs(240)).await;
+    let stdout = demo.stdout();
+    // The live view printed per-workflow lines and the breaches with cause and route.
     assert!(stdout.contains("synclag demo  t+"), "{stdout}");
     assert!(stdout.contains("shipment_status"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("breach: ")
+            && l.contains("carrier=DHL")
+            && l.contains("cause carrier_api_throttling → route integration_support (team integration-support)")),
+        "{stdout}"
+    );
     assert!(stdout.contains("summary:"), "{stdout}");
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report written"))
-            .expect("report is JSON");
+    let report = every_breach_is_explained(&demo);
+    assert_eq!(report["interrupted"], false);
+    // Every started correlation was let finish.
+    assert_eq!(report["cut_off_correlations"], 0, "{report:#}");
+    assert_eq!(report["breaches"]["cut_off"], 0, "{report:#}");
     let faults = report["faults"].as_array().expect("faults listed");
     let names: Vec<&str> = faults.iter().filter_map(|f| f["fault"].as_str()).collect();
     assert_eq!(
@@ -37,6 +207,7 @@ fn demo_detects_every_injected_fault() {
         "{report:#}"
     );
     for f in faults {
+        assert_eq!(f["reached"], true, "{f:#}");
         assert_eq!(f["detected"], true, "fault not detected: {f:#}\n{stdout}");
         let after = f["after_seconds"].as_f64().expect("detection time");
         assert!(after >= 0.0, "{f:#}");
@@ -46,10 +217,59 @@ fn demo_detects_every_injected_fault() {
     assert_eq!(faults[0]["dimension"], "carrier=DHL");
     assert_eq!(faults[1]["dimension"], "warehouse=WH-LGG");
     assert_eq!(faults[1]["workflow"], "shipment_status");
-    // Steady traffic raised no breach.
-    assert!(
-        report["breaches_by_phase"].get("steady").is_none(),
-        "{report:#}"
-    );
+    // Fault-free phases raised no breach; the delay faults did.
+    let by_phase = &report["breaches"]["by_phase"];
+    for phase in ["steady", "recovery", "order_surge"] {
+        assert_eq!(by_phase[phase], 0, "{phase}: {report:#}");
+    }
+    for phase in ["carrier_slowdown", "warehouse_outage"] {
+        assert!(
+            by_phase[phase].as_u64().unwrap_or(0) > 0,
+            "{phase}: {report:#}"
+        );
+    }
     assert!(report["records_produced"].as_u64().unwrap_or(0) > 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_stopped_early_reports_its_cut_off_correlations() {
+    let mut demo = Demo::start("60s");
+    // Quit once the carrier slowdown has raised breaches (its phase starts at ~9 s; the
+    // warehouse outage only at ~31 s).
+    let api = format!("http://127.0.0.1:{}/api/v1/breaches?limit=1", demo.port);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some((200, body)) = get(&api).await {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            if v["remembered"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no breach\n{}", demo.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &demo.child.id().to_string()])
+        .status()
+        .expect("send SIGINT");
+    assert!(status.success());
+    demo.wait_success(Duration::from_secs(60)).await;
+    let stdout = demo.stdout();
+    assert!(
+        stdout.contains("stopping: the simulator stops now"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(the demo was stopped early)"), "{stdout}");
+
+    let report = every_breach_is_explained(&demo);
+    assert_eq!(report["interrupted"], true);
+    assert!(
+        report["cut_off_correlations"].as_u64().unwrap_or(0) > 0,
+        "correlations were in flight when the demo stopped: {report:#}"
+    );
+    let faults = report["faults"].as_array().expect("faults listed");
+    assert_eq!(faults[0]["reached"], true, "{report:#}");
+    assert_eq!(faults[0]["detected"], true, "{report:#}");
+    assert_eq!(faults[2]["reached"], false, "{report:#}");
+    assert!(stdout.contains("NOT REACHED"), "{stdout}");
 }

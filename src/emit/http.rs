@@ -1,8 +1,10 @@
-//! The HTTP surface: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the JSON API
-//! `/api/v1/workflows`, `/api/v1/pending?workflow=&limit=`, `/api/v1/groups`.
+//! The HTTP surface: `/metrics` (Prometheus), `/healthz`, `/readyz`, the JSON API
+//! `/api/v1/workflows`, `/api/v1/pending?workflow=&limit=`, `/api/v1/breaches?workflow=&limit=`,
+//! `/api/v1/groups`, and the web view (`/`, see [`super::web`]) built on that API.
 //!
-//! Handlers only read snapshots that the pipeline publishes (once a second); they never
-//! touch the engine, so a slow client cannot slow ingestion.
+//! Handlers only read snapshots that the pipeline publishes (once a second) and the
+//! bounded memory of recent breaches; they never touch the engine, so a slow client
+//! cannot slow ingestion.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -14,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use super::recent::RecentBreaches;
 use crate::ingest::health::InputHealth;
 
 /// Status of one workflow for `/api/v1/workflows`.
@@ -39,6 +42,30 @@ pub struct WorkflowStatus {
     pub pending_by_age: BTreeMap<String, u64>,
     /// End-to-end lag over all dimension values (ms), when any completed.
     pub end_to_end: Option<Quantiles>,
+    /// Correlations started per second over the last minute of engine time.
+    #[serde(default)]
+    pub rate_per_second: f64,
+    /// Age of the oldest pending correlation, when one is pending.
+    #[serde(default)]
+    pub oldest_pending_seconds: Option<f64>,
+    /// Starts, completions and end-to-end lag per bucket of engine time, oldest first,
+    /// ending with the bucket the engine clock is in.
+    #[serde(default)]
+    pub lag_trend: Vec<TrendPoint>,
+}
+
+/// One bucket of a workflow's recent activity: correlations started and completed in it
+/// (by the time their start and closing stage happened) and the end-to-end lag of those
+/// completed. Quantiles cover the completions read while the bucket was the newest;
+/// completions read later only raise `completed` and `max_ms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrendPoint {
+    pub start_ms: i64,
+    pub started: u64,
+    pub completed: u64,
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub max_ms: Option<u64>,
 }
 
 /// Lag quantiles in milliseconds.
@@ -66,8 +93,17 @@ pub struct PendingItem {
 /// What the pipeline publishes for the API.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusSnapshot {
+    /// Wall time the snapshot was taken.
+    #[serde(default)]
+    pub observed_at_ms: i64,
     pub engine_clock_ms: i64,
     pub caught_up: bool,
+    /// Records on the input partitions not read yet, over all partitions.
+    #[serde(default)]
+    pub input_lag_records: u64,
+    /// Width of a [`TrendPoint`] bucket.
+    #[serde(default)]
+    pub trend_bucket_ms: i64,
     /// Input partitions that stopped holding the clock back (`topic[p]: reason`).
     #[serde(default)]
     pub stalled_inputs: Vec<String>,
@@ -108,6 +144,8 @@ pub struct ApiState {
     /// More Prometheus text appended to `/metrics` (series rendered by their owner, such
     /// as the backlog monitor's, which must disappear when their group does).
     pub extra_metrics: Option<Arc<TextFn>>,
+    /// The most recent breach events, fed by the pipeline as it raises them.
+    pub breaches: Arc<Mutex<RecentBreaches>>,
 }
 
 impl ApiState {
@@ -121,6 +159,7 @@ impl ApiState {
             }),
             groups: None,
             extra_metrics: None,
+            breaches: Arc::new(Mutex::new(RecentBreaches::default())),
         }
     }
 }
@@ -128,6 +167,8 @@ impl ApiState {
 /// The router, separate from the listener so tests can drive it directly.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(super::web::index))
+        .route("/assets/{file}", get(super::web::asset))
         .route("/metrics", get(metrics))
         .route(
             "/healthz",
@@ -136,6 +177,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/pending", get(pending))
+        .route("/api/v1/breaches", get(breaches))
         .route("/api/v1/groups", get(groups))
         .route("/api/v1/incidents", get(incidents))
         .with_state(state)
@@ -201,12 +243,57 @@ async fn workflows(State(s): State<ApiState>) -> Response {
         Err(p) => p.into_inner().clone(),
     };
     Json(serde_json::json!({
+        "observed_at_ms": snap.observed_at_ms,
         "engine_clock_ms": snap.engine_clock_ms,
         "caught_up": snap.caught_up,
+        "input_lag_records": snap.input_lag_records,
         "stalled_inputs": snap.stalled_inputs,
+        "trend_bucket_ms": snap.trend_bucket_ms,
         "workflows": snap.workflows,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct BreachesQuery {
+    workflow: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn breaches(State(s): State<ApiState>, Query(q): Query<BreachesQuery>) -> Response {
+    if let Some(w) = &q.workflow {
+        let snap = match s.status.read() {
+            Ok(g) => unknown_workflow(&g, w),
+            Err(p) => unknown_workflow(&p.into_inner(), w),
+        };
+        if let Some(r) = snap {
+            return r;
+        }
+    }
+    let limit = q.limit.unwrap_or(50).min(super::recent::RECENT_BREACHES);
+    let now = crate::decode::time::wall_ms();
+    let view = match s.breaches.lock() {
+        Ok(g) => g.view(q.workflow.as_deref(), limit, now),
+        Err(p) => p.into_inner().view(q.workflow.as_deref(), limit, now),
+    };
+    Json(view).into_response()
+}
+
+/// 404 naming the known workflows, when `w` is not one of them.
+fn unknown_workflow(snap: &StatusSnapshot, w: &str) -> Option<Response> {
+    if snap.workflows.iter().any(|x| x.name == w) {
+        return None;
+    }
+    let names: Vec<&str> = snap.workflows.iter().map(|x| x.name.as_str()).collect();
+    Some(
+        (
+            StatusCode::NOT_FOUND,
+            Json(
+                serde_json::json!({"error": format!("unknown workflow `{w}`"), "workflows": names}),
+            ),
+        )
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -221,13 +308,8 @@ async fn pending(State(s): State<ApiState>, Query(q): Query<PendingQuery>) -> Re
         Err(p) => p.into_inner().clone(),
     };
     if let Some(w) = &q.workflow {
-        if !snap.workflows.iter().any(|x| &x.name == w) {
-            let names: Vec<&str> = snap.workflows.iter().map(|x| x.name.as_str()).collect();
-            return (
-                StatusCode::NOT_FOUND,
-                Json(serde_json::json!({"error": format!("unknown workflow `{w}`"), "workflows": names})),
-            )
-                .into_response();
+        if let Some(r) = unknown_workflow(&snap, w) {
+            return r;
         }
     }
     let limit = q.limit.unwrap_or(20).min(1000);

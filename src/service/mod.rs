@@ -16,6 +16,7 @@
 mod outcomes;
 mod records;
 mod status;
+mod trend;
 
 pub use outcomes::INPUT_STALLED;
 
@@ -103,6 +104,8 @@ struct Pipeline {
     stalled: HashMap<String, Vec<String>>,
     stalled_ids: BTreeSet<u32>,
     live: bool,
+    /// Records not read yet, per assigned input partition (for the API).
+    input_lag: HashMap<u32, u64>,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -219,6 +222,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         stalled: HashMap::new(),
         stalled_ids: BTreeSet::new(),
         live: false,
+        input_lag: HashMap::new(),
         topology: topology.clone(),
     };
 
@@ -349,6 +353,12 @@ impl Pipeline {
         let mut events = Vec::new();
         self.outcomes
             .release(self.engine.now(), all, &ctx, &mut events);
+        if !events.is_empty() {
+            let mut recent = self.api.breaches.lock().unwrap_or_else(|p| p.into_inner());
+            for ev in &events {
+                recent.observe(ev);
+            }
+        }
         for ev in events {
             tracing::debug!(kind = %ev.kind, severity = %ev.severity, workflow = %ev.workflow, breach_id = %ev.breach_id, lag_ms = ev.lag_ms, cause = ?ev.probable_cause, "breach event");
             self.emitter.submit(Output::Breach(Box::new(ev)));
@@ -407,6 +417,7 @@ impl Pipeline {
                     }
                 } else {
                     self.clock.revoke(id);
+                    self.input_lag.remove(&id);
                     self.offsets.revoke(id);
                     self.gate.revoke(&tp);
                     self.last_committed.remove(&tp);
@@ -475,8 +486,10 @@ impl Pipeline {
                         .set(start as f64);
                 }
                 let pos = self.offsets.next_offset(id).unwrap_or(lo).max(lo);
+                let lag = (hi - pos).max(0);
                 metrics::gauge!(names::INPUT_LAG_RECORDS, "topic" => tp.0.clone(), "partition" => tp.1.to_string())
-                    .set((hi - pos).max(0) as f64);
+                    .set(lag as f64);
+                self.input_lag.insert(id, u64::try_from(lag).unwrap_or(0));
             }
         }
     }
@@ -657,7 +670,7 @@ impl Pipeline {
         };
         let mut stalled: Vec<String> = self.stalled.values().flatten().cloned().collect();
         stalled.sort();
-        let snapshot = status::snapshot(
+        let mut snapshot = status::snapshot(
             &self.topology,
             &self.engine,
             &self.outcomes,
@@ -665,6 +678,8 @@ impl Pipeline {
             self.live,
             stalled,
         );
+        snapshot.observed_at_ms = wall_ms();
+        snapshot.input_lag_records = self.input_lag.values().sum();
         match self.api.status.write() {
             Ok(mut g) => *g = snapshot,
             Err(p) => *p.into_inner() = snapshot,

@@ -10,6 +10,7 @@
 //!
 //! Pure apart from metrics: no Kafka, no wall clock (times are passed in).
 
+use super::trend::Trend;
 use crate::config::{LagSegment, Topology};
 use crate::correlate::{Decomposition, Outcome, OutcomeKind, StageEvent, StageSet, Tier};
 use crate::emit::events::{BreachEvent, IncidentEvent};
@@ -34,6 +35,8 @@ pub struct WorkflowStats {
     pub never_arrived: u64,
     pub late: u64,
     pub end_to_end: Option<Histogram<u64>>,
+    /// Starts, completions and lag over the last minutes, for the sparkline.
+    pub trend: Trend,
 }
 
 /// What, besides the outcome itself, an event's cause is judged by.
@@ -152,6 +155,7 @@ impl Outcomes {
                 never_arrived: 0,
                 late: 0,
                 end_to_end: Histogram::new(3).ok(),
+                trend: Trend::new(),
             })
             .collect();
         let stage_topics = topology
@@ -218,6 +222,13 @@ impl Outcomes {
                 self.partner_delay
                     .insert((ev.workflow, ev.correlation_id.as_bytes().into()), delay);
             }
+        }
+    }
+
+    /// A correlation's start stage was taken by the engine (`at_ms`: when it happened).
+    pub fn note_started(&mut self, workflow: usize, at_ms: i64) {
+        if let Some(st) = self.stats.get_mut(workflow) {
+            st.trend.started(at_ms);
         }
     }
 
@@ -347,6 +358,7 @@ impl Outcomes {
                 None
             }
             OutcomeKind::Completed {
+                at_ms,
                 previous_stage,
                 lag_from_previous_ms,
                 end_to_end_ms,
@@ -382,6 +394,7 @@ impl Outcomes {
                 if let Some(h) = &mut st.end_to_end {
                     let _ = h.record(u64::try_from((*end_to_end_ms).max(0)).unwrap_or(0));
                 }
+                st.trend.completed(*at_ms, *end_to_end_ms);
                 self.partner_delay.remove(&key);
                 self.open_breaches.remove(&key)?;
                 if let Some(seg) = rules::dominant_segment(

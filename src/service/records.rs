@@ -219,8 +219,12 @@ impl Pipeline {
                 for ev in events {
                     self.outcomes.note_stage(&ev);
                     let (workflow, stage) = (ev.workflow, ev.stage);
+                    let at_ms = ev.ts.occurrence_ms();
                     match self.engine.process(ev, &mut self.out) {
                         Ok(()) if stage == 0 => {
+                            if let Some(at) = at_ms {
+                                self.outcomes.note_started(workflow, at);
+                            }
                             let wf = &self.topology.workflows[workflow];
                             metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wf.name.clone(), "stage" => wf.stages[0].name.clone()).increment(1);
                         }

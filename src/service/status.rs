@@ -2,6 +2,7 @@
 //! second by the pipeline (handlers never touch the engine).
 
 use super::outcomes::Outcomes;
+use super::trend::TREND_BUCKET_MS;
 use crate::config::Topology;
 use crate::correlate::{Engine, AGE_BUCKET_LABELS};
 use crate::emit::http::{PendingItem, Quantiles, StatusSnapshot, WorkflowStatus};
@@ -21,6 +22,7 @@ pub fn snapshot(
         engine_clock_ms: clock_ms,
         caught_up,
         stalled_inputs,
+        trend_bucket_ms: TREND_BUCKET_MS,
         ..Default::default()
     };
     (snapshot.incidents, snapshot.resolved_incidents) =
@@ -61,6 +63,14 @@ pub fn snapshot(
                     p99_ms: h.value_at_quantile(0.99),
                     max_ms: h.max(),
                 }),
+            rate_per_second: st.trend.rate_per_second(clock_ms),
+            oldest_pending_seconds: ps
+                .oldest
+                .iter()
+                .map(|p| p.start_ms)
+                .min()
+                .map(|start| clock_ms.saturating_sub(start).max(0) as f64 / 1000.0),
+            lag_trend: st.trend.points(clock_ms),
         });
         let items = ps
             .oldest

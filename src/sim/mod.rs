@@ -30,7 +30,7 @@ pub use clock::{Clock, RealClock, SimulatedClock};
 pub use encode::{Origin, OriginKind, SimRecord, TimeEncoding};
 pub use engine::{SimError, SimOptions, Simulator};
 pub use plan::{Expected, GroundTruth};
-pub use run::{run, RunOptions, RunSummary};
+pub use run::{run, run_until, RunOptions, RunSummary};
 pub use scenario::{Fault, FaultKind, Phase, Scenario};
 pub use sink::{KafkaSink, MemorySink, RecordSink, RegistrySettings, SinkStats};
 

@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use super::clock::Clock;
 use super::engine::{SimError, Simulator};
 use super::plan::GroundTruth;
@@ -58,8 +60,29 @@ pub async fn run<C: Clock, S: RecordSink>(
     sim: &mut Simulator,
     clock: &C,
     sink: &mut S,
+    ground_truth: Option<&mut (dyn Write + Send)>,
+    options: &RunOptions,
+) -> Result<RunSummary, RunError> {
+    run_until(
+        sim,
+        clock,
+        sink,
+        ground_truth,
+        options,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+/// [`run`], stopped early when `stop` is cancelled: what is due by then is produced, and
+/// every correlation still in flight is written to the ground truth as `cut_off`.
+pub async fn run_until<C: Clock, S: RecordSink>(
+    sim: &mut Simulator,
+    clock: &C,
+    sink: &mut S,
     mut ground_truth: Option<&mut (dyn Write + Send)>,
     options: &RunOptions,
+    stop: &CancellationToken,
 ) -> Result<RunSummary, RunError> {
     let mut summary = RunSummary::default();
     let mut last_report = Instant::now();
@@ -70,7 +93,7 @@ pub async fn run<C: Clock, S: RecordSink>(
             sink.send(record).await?;
         }
         write_truth(&mut ground_truth, sim.take_finished(), &mut summary)?;
-        if sim.is_done(now) {
+        if sim.is_done(now) || stop.is_cancelled() {
             break;
         }
         if options.progress && last_report.elapsed() >= Duration::from_secs(1) {
@@ -80,7 +103,10 @@ pub async fn run<C: Clock, S: RecordSink>(
             last_records = records;
             last_report = Instant::now();
         }
-        clock.tick(options.step).await;
+        tokio::select! {
+            _ = clock.tick(options.step) => {}
+            _ = stop.cancelled() => {}
+        }
     }
     sink.flush().await?;
     write_truth(&mut ground_truth, sim.finish(), &mut summary)?;

@@ -19,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bench;
+pub mod browser;
 pub mod deploy;
 pub mod drill;
 pub mod kafka;

@@ -26,6 +26,16 @@ impl SynclagProcess {
     /// port. `SYNCLAG_TEST_LOG` sets the service's log filter (default `info`);
     /// `SYNCLAG_TEST_BIN` another `synclag` binary to run.
     pub fn start(config_yaml: &str, port: u16, name: &str) -> SynclagProcess {
+        Self::start_with_env(config_yaml, port, name, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables for the service.
+    pub fn start_with_env(
+        config_yaml: &str,
+        port: u16,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> SynclagProcess {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(super::random_name(name));
         std::fs::create_dir_all(&dir).expect("create service dir");
         let cfg = dir.join("topology.yaml");
@@ -45,6 +55,7 @@ impl SynclagProcess {
                 "SYNCLAG_LOG",
                 std::env::var("SYNCLAG_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
