@@ -1044,6 +1044,9 @@ mod tests {
             signals: Vec::new(),
             backlogged_groups: Vec::new(),
             stalled_inputs: Vec::new(),
+            evidence: vec![],
+            waiting_for: None,
+            waiting_ms: None,
             truncated: Vec::new(),
         }
     }

@@ -70,6 +70,7 @@ return {
   pending_text: q('#pending tbody tr[data-correlation]').map((r) => r.textContent),
   groups: q('#incidents [data-group]').map((g) => g.dataset.group),
   group_text: q('#incidents [data-group]').map((g) => g.textContent),
+  incident_text: q('#incidents [data-incident]').map((g) => g.textContent),
   late: q('#late .late').map((e) => e.textContent),
   backlog: q('#backlog tbody tr[data-group]').map((r) => r.textContent),
   health: document.querySelector('#health').textContent,
@@ -228,11 +229,12 @@ async fn the_web_view_shows_what_is_late_where_and_who_owns_it_and_updates_live(
             .any(|s| pending_text.contains(&s.name))),
         "{pending_text}"
     );
-    // The breach group says what, where, the cause and who owns it.
-    let dhl = strings(&page["group_text"])
+    // The DHL incident says what, where, the cause, the evidence and who owns it.
+    let dhl = strings(&page["incident_text"])
         .into_iter()
         .find(|g| g.contains("carrier=DHL"))
-        .expect("a DHL group");
+        .unwrap_or_else(|| panic!("a DHL incident: {page:#}"));
+    assert!(dhl.contains("evidence: signal"), "{dhl}");
     assert!(dhl.contains("carrier_api_throttling"), "{dhl}");
     assert!(dhl.contains("integration-support"), "{dhl}");
     assert!(dhl.contains("late since"), "{dhl}");

@@ -446,6 +446,9 @@ mod tests {
             signals: vec!["carrier_api_throttled".into()],
             backlogged_groups: Vec::new(),
             stalled_inputs: Vec::new(),
+            evidence: vec![],
+            waiting_for: None,
+            waiting_ms: None,
             truncated: Vec::new(),
         }
     }

@@ -363,7 +363,6 @@ impl Outcomes {
                 lag_from_previous_ms,
                 end_to_end_ms,
                 decomposition,
-                at_ms,
                 ..
             } => {
                 let on_time = self.open_breaches.get(&key).is_none();

@@ -56,17 +56,19 @@
     return r.json();
   }
 
-  // Incidents when the API has them, else the recent breaches grouped by workflow × dimension.
+  // Open incidents (and the recent breaches, for their timelines); without the incidents
+  // endpoint (an older synclag), the recent breaches grouped by workflow × dimension.
   async function incidents() {
+    const breaches = get('api/v1/breaches?limit=20');
     if (view.incidentsApi) {
       try {
-        return { incidents: await get('api/v1/incidents') };
+        return { incidents: await get('api/v1/incidents'), breaches: await breaches };
       } catch (e) {
         if (e.status !== 404) throw e;
         view.incidentsApi = false;
       }
     }
-    return { breaches: await get('api/v1/breaches?limit=20') };
+    return { breaches: await breaches };
   }
 
   const RANK = { ok: 0, warn: 1, critical: 2 };
@@ -214,30 +216,52 @@
       timeline(g, bucketMs));
   }
 
-  // Incidents (when the API has them): one card each with cause, evidence, route, team and timeline.
-  function incidentCard(i) {
-    return el('article', { class: 'group ' + (i.status === 'resolved' ? 'closed' : (i.severity || 'warn')), 'data-group': i.id || '' },
-      el('div', { class: 'group-head' }, el('b', {}, i.title || i.workflow || 'incident'), el('span', { class: 'counts' }, i.status || '')),
-      el('div', {}, 'cause ', el('b', { class: 'cause' }, i.probable_cause || i.cause || 'unknown'), ' → ',
-        el('b', { class: 'owner' }, (i.route || 'no route') + (i.team ? ' (' + i.team + ')' : ''))),
-      i.evidence ? el('div', { class: 'muted small' }, typeof i.evidence === 'string' ? i.evidence : JSON.stringify(i.evidence)) : null,
-      el('ul', { class: 'small' }, (i.timeline || []).slice(-5).map((t) => el('li', {}, t.at_ms ? clock(t.at_ms) + ' ' : '', t.text || t.what || t.kind || ''))));
+  // Incidents: one card each with where, cause, evidence, route, team and timeline.
+  const sliceText = (i) => Object.entries(i.slice || {}).map(([d, v]) => d + '=' + v).join(', ') || 'all';
+
+  // The breach group (recent breaches) an incident's timeline is drawn from.
+  function groupOf(i, groups) {
+    const [dim, value] = Object.entries(i.slice || {})[0] || [];
+    const same = (groups || []).filter((g) => g.workflow === i.workflow);
+    return same.find((g) => g.dimension === dim && g.value === value) || same[0];
+  }
+
+  function incidentCard(i, groups, bucketMs) {
+    const resolved = i.kind === 'resolved';
+    const g = groupOf(i, groups);
+    return el('article', { class: 'group ' + (resolved ? 'closed' : i.severity), 'data-group': i.workflow + '/' + sliceText(i), 'data-incident': i.incident_id },
+      el('div', { class: 'group-head' },
+        el('b', {}, i.workflow), ' · ', el('b', {}, sliceText(i)),
+        el('span', { class: 'counts' }, i.severity, ' · ', i.breached, ' breached · ', i.pending, ' pending · ', i.never_arrived, ' never · ', i.completed, ' completed')),
+      el('div', {}, resolved ? 'resolved ' + clock(i.resolved_at_ms) + '; was late from ' : 'late since ', el('b', {}, clock(i.first_breach_ms)),
+        ' (', ago(i.first_breach_ms), '), last breach ', ago(i.last_breach_ms), ' · worst lag ', seconds(i.worst_lag_ms / 1000)),
+      el('div', {}, 'cause ', el('b', { class: 'cause' }, i.probable_cause), ' → ', el('b', { class: 'owner' }, i.team || 'no team'),
+        el('span', { class: 'muted' }, ' (route ', i.route || '–', ')')),
+      i.evidence.length ? el('div', { class: 'muted small' }, 'evidence: ' + i.evidence.join(' · ')) : null,
+      i.slice_breach_rate != null ? el('div', { class: 'muted small' }, sliceText(i), ' breaches ', Math.round(100 * i.slice_breach_rate), '% of its correlations, its peers ', Math.round(100 * (i.peer_breach_rate || 0)), '%') : null,
+      i.sample.length ? el('div', { class: 'muted small' }, 'e.g. ' + i.sample.slice(0, 3).join(', ')) : null,
+      g ? timeline(g, bucketMs) : null);
   }
 
   function renderIncidents(data) {
-    if (data.incidents) {
-      const list = data.incidents.incidents || data.incidents;
-      $('#incidents-title').textContent = 'Open incidents';
-      $('#incidents').replaceChildren(...(list.length ? list.map(incidentCard) : [el('p', { class: 'muted' }, 'No incident.')]));
-      // The same shape as a breach group, for the 'late now' strip and the workflow states.
-      return list.map((i) => ({
-        workflow: i.workflow || i.title || 'incident', dimension: i.dimension, value: i.value,
-        open: i.status === 'resolved' ? 0 : 1, critical: i.severity === 'critical' ? 1 : 0, never_arrived: 0,
-        since_ms: i.opened_at_ms || i.since_ms, causes: [{ name: i.probable_cause || i.cause || 'unknown' }],
-        routes: [{ route: i.route, team: i.team }],
-      }));
-    }
     const b = data.breaches;
+    if (data.incidents) {
+      const list = data.incidents.open.concat(data.incidents.resolved.slice(0, 3));
+      $('#incidents-title').textContent = 'Incidents';
+      $('#incidents').replaceChildren(...(list.length
+        ? list.map((i) => incidentCard(i, b.groups, b.timeline_bucket_ms))
+        : [el('p', { class: 'muted' }, 'No incident.')]));
+      // The same shape as a breach group, for the 'late now' strip and the workflow states.
+      return data.incidents.open.map((i) => {
+        const [dimension, value] = Object.entries(i.slice)[0] || [];
+        return {
+          workflow: i.workflow, dimension, value, open: i.pending || i.breached,
+          critical: i.severity === 'critical' ? 1 : 0, never_arrived: i.never_arrived,
+          since_ms: i.first_breach_ms, causes: [{ name: i.probable_cause }],
+          routes: [{ route: i.route, team: i.team }],
+        };
+      });
+    }
     $('#incidents').replaceChildren(...(b.groups.length
       ? b.groups.map((g) => groupCard(g, b.timeline_bucket_ms))
       : [el('p', { class: 'muted' }, 'No breach in the last ', b.capacity, ' events.')]));
