@@ -18,7 +18,7 @@
 
 use crate::config::duration::millis;
 use crate::config::Topology;
-use crate::emit::events::BreachEvent;
+use crate::emit::events::{BreachEvent, IncidentEvent};
 use crate::rules::Masker;
 use crate::service::wall_ms;
 use crate::sim::{
@@ -127,6 +127,76 @@ pub struct DemoReport {
     pub correlations: u64,
     pub cut_off_correlations: u64,
     pub records_produced: u64,
+    /// Every incident synclag raised (open at the end, or resolved), newest state.
+    pub incidents: Vec<IncidentSummary>,
+}
+
+/// One incident as the summary shows it, with the injected fault its breaches came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncidentSummary {
+    pub workflow: String,
+    /// `carrier=DHL`, or `all` for the whole workflow.
+    pub slice: String,
+    pub cause: String,
+    pub route: Option<String>,
+    pub team: Option<String>,
+    pub severity: String,
+    pub breached: i64,
+    /// `open` or `resolved`.
+    pub state: String,
+    pub evidence: Vec<String>,
+    /// The fault most of its sampled correlations were changed by (none: unexplained).
+    pub fault: Option<String>,
+}
+
+/// Summaries of the incidents in an `/api/v1/incidents` answer, each matched to the fault
+/// its sampled correlations were changed by.
+pub fn incident_summaries(answer: &serde_json::Value, truth: &TruthNotes) -> Vec<IncidentSummary> {
+    let list = |k: &str| -> Vec<IncidentEvent> {
+        serde_json::from_value(answer[k].clone()).unwrap_or_default()
+    };
+    list("open")
+        .into_iter()
+        .map(|i| ("open", i))
+        .chain(list("resolved").into_iter().map(|i| ("resolved", i)))
+        .map(|(state, i)| {
+            let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+            for id in &i.sample {
+                if let Some(n) = truth.get(&(i.workflow.clone(), id.clone())) {
+                    for f in &n.faults {
+                        *votes.entry(f.as_str()).or_default() += 1;
+                    }
+                }
+            }
+            let fault = votes
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(f, _)| f.to_string());
+            IncidentSummary {
+                slice: incident_slice(&i),
+                workflow: i.workflow,
+                cause: i.probable_cause,
+                route: i.route,
+                team: i.team,
+                severity: i.severity,
+                breached: i.breached,
+                state: state.to_string(),
+                evidence: i.evidence,
+                fault,
+            }
+        })
+        .collect()
+}
+
+fn incident_slice(i: &IncidentEvent) -> String {
+    if i.slice.is_empty() {
+        return "all".into();
+    }
+    i.slice
+        .iter()
+        .map(|(d, v)| format!("{d}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Scales every phase so the scenario lasts `total`.
@@ -288,13 +358,7 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         mock.create_topic(&s.topic, 3, 1)
             .with_context(|| format!("create topic {}", s.topic))?;
     }
-    let o = &topology.outputs;
-    for t in [
-        &o.breaches_topic,
-        &o.lag_topic,
-        &o.backlog_topic,
-        &o.dead_letter_topic,
-    ] {
+    for t in topology.outputs.topics() {
         mock.create_topic(t, 1, 1)
             .with_context(|| format!("create topic {t}"))?;
     }
@@ -390,6 +454,7 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
     let mut printed: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut interrupted = false;
+    let mut last_incidents = serde_json::Value::Null;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -402,6 +467,10 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         }
         let status = get_json(&client, &format!("{api}/api/v1/workflows")).await;
         let recent = get_json(&client, &format!("{api}/api/v1/breaches?limit=5")).await;
+        let incidents = get_json(&client, &format!("{api}/api/v1/incidents")).await;
+        if let Some(i) = &incidents {
+            last_incidents = i.clone();
+        }
         let phase = phases
             .iter()
             .find(|(_, s, e)| now >= *s && now < *e)
@@ -411,6 +480,7 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
             let view = View {
                 status: s,
                 recent: recent.as_ref(),
+                incidents: incidents.as_ref(),
                 rates: &rates,
                 phase,
                 elapsed_ms: now - start.timestamp_millis(),
@@ -429,6 +499,10 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         Ok((Err(e), _)) => return Err(anyhow::anyhow!("simulator failed: {e}")),
         Err(e) => return Err(anyhow::anyhow!("simulator task failed: {e}")),
     };
+    // The incidents as they stand when the run ends (the service still serves the API).
+    if let Some(i) = get_json(&client, &format!("{api}/api/v1/incidents")).await {
+        last_incidents = i;
+    }
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(30), service).await {
         Ok(Ok(Ok(()))) => {}
@@ -492,6 +566,7 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         correlations: run_summary.correlations,
         cut_off_correlations: truth.notes.values().filter(|n| n.cut_off).count() as u64,
         records_produced: run_summary.sink.produced,
+        incidents: incident_summaries(&last_incidents, &truth.notes),
     };
     print_summary(&report, &phase_names);
     if let Some(path) = &args.report {
@@ -733,6 +808,8 @@ struct View<'a> {
     status: &'a serde_json::Value,
     /// `/api/v1/breaches?limit=5`.
     recent: Option<&'a serde_json::Value>,
+    /// `/api/v1/incidents`.
+    incidents: Option<&'a serde_json::Value>,
     rates: &'a RateTracker,
     phase: &'a str,
     elapsed_ms: i64,
@@ -757,6 +834,34 @@ fn text<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
 /// `cause → team (route)` of a breach event or group.
 fn owner_line(cause: &str, route: &str, team: &str) -> String {
     format!("cause {cause} → route {route} (team {team})")
+}
+
+/// Open incidents, worst first: one line each.
+fn incident_lines(answer: &serde_json::Value) -> Vec<String> {
+    let open: Vec<IncidentEvent> =
+        serde_json::from_value(answer["open"].clone()).unwrap_or_default();
+    open.iter()
+        .take(5)
+        .map(|i| {
+            format!(
+                "{} · {}: {} {} breached since {} — {}{}",
+                i.workflow,
+                incident_slice(i),
+                i.severity,
+                i.breached,
+                local_time(i.first_breach_ms),
+                owner_line(
+                    &i.probable_cause,
+                    i.route.as_deref().unwrap_or("-"),
+                    i.team.as_deref().unwrap_or("-"),
+                ),
+                i.evidence
+                    .first()
+                    .map(|e| format!("; evidence {e}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Open breach groups, worst first: one line each.
@@ -873,6 +978,21 @@ fn render(v: &View<'_>, plain: bool, printed: &mut HashSet<String>) {
             out.push('\n');
         }
     }
+    if let Some(answer) = v.incidents {
+        let open = incident_lines(answer);
+        if !plain {
+            out.push_str("\nopen incidents:\n");
+            if open.is_empty() {
+                out.push_str("  none\n");
+            }
+        }
+        for l in open {
+            // Plain output prints an incident line again only when it changed.
+            if !plain || printed.insert(l.clone()) {
+                out.push_str(&format!("  incident: {l}\n"));
+            }
+        }
+    }
     if let Some(recent) = v.recent {
         let late = late_lines(recent);
         if !plain {
@@ -960,6 +1080,27 @@ fn print_summary(report: &DemoReport, phases: &[String]) {
     );
     if !b.unexplained_examples.is_empty() {
         println!("  unexplained, e.g.: {}", b.unexplained_examples.join("; "));
+    }
+    println!("incidents ({}):", report.incidents.len());
+    if report.incidents.is_empty() {
+        println!("  none");
+    }
+    for i in &report.incidents {
+        println!(
+            "  {:<16} {:<18} {:<8} {:>4} breached, {:<8} {} → route {} (team {}){}",
+            i.workflow,
+            i.slice,
+            i.severity,
+            i.breached,
+            i.state,
+            i.cause,
+            i.route.as_deref().unwrap_or("-"),
+            i.team.as_deref().unwrap_or("-"),
+            i.fault
+                .as_deref()
+                .map(|f| format!(" — from {f}"))
+                .unwrap_or_else(|| " — from no injected fault".into())
+        );
     }
     println!("injected faults:");
     for f in &report.faults {

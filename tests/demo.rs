@@ -229,6 +229,40 @@ async fn demo_detects_every_injected_fault_and_explains_every_breach() {
         );
     }
     assert!(report["records_produced"].as_u64().unwrap_or(0) > 500);
+
+    // One incident per fault and workflow it hit, each from an injected fault, with the
+    // fault's route; the live view and the summary show them.
+    let incidents = report["incidents"].as_array().expect("incidents listed");
+    assert!(!incidents.is_empty(), "{report:#}");
+    let mut per_fault_workflow = BTreeMap::new();
+    for i in incidents {
+        let fault = i["fault"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an incident no fault explains: {i:#}"));
+        let route = match fault {
+            "carrier_slowdown" => {
+                assert_eq!(i["cause"], "carrier_api_throttling", "{i:#}");
+                "integration_support"
+            }
+            "warehouse_outage" => "operations",
+            other => panic!("an incident from {other}: {i:#}"),
+        };
+        assert_eq!(i["route"], route, "{i:#}");
+        *per_fault_workflow
+            .entry((fault.to_string(), i["workflow"].to_string()))
+            .or_insert(0) += 1;
+    }
+    assert!(
+        per_fault_workflow.values().all(|n| *n == 1),
+        "one incident per fault and workflow: {per_fault_workflow:?}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.contains("incident: ")
+            && l.contains("carrier=DHL")
+            && l.contains("cause carrier_api_throttling → route integration_support")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("incidents ("), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -692,16 +692,12 @@ fn compose_stack_agrees_with_topology_yaml_and_the_deploy_configs() {
     };
     let inputs: BTreeSet<String> = topology.streams.iter().map(|s| s.topic.clone()).collect();
     assert_eq!(words("INPUT_TOPICS"), inputs);
-    let o = &topology.outputs;
-    let outputs: BTreeSet<String> = [
-        &o.breaches_topic,
-        &o.lag_topic,
-        &o.backlog_topic,
-        &o.dead_letter_topic,
-    ]
-    .iter()
-    .map(|t| t.to_string())
-    .collect();
+    let outputs: BTreeSet<String> = topology
+        .outputs
+        .topics()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     assert_eq!(words("OUTPUT_TOPICS"), outputs);
 
     // Prometheus: its config and rules from deploy/prometheus; Alertmanager where the

@@ -202,13 +202,7 @@ async fn every_dashboard_query_and_rule_expression_returns_data_from_a_live_sync
     for stream in &topology.streams {
         support::create_topic(&stream.topic, 3).await;
     }
-    let o = &topology.outputs;
-    for t in [
-        &o.breaches_topic,
-        &o.lag_topic,
-        &o.backlog_topic,
-        &o.dead_letter_topic,
-    ] {
+    for t in topology.outputs.topics() {
         support::create_topic(t, 1).await;
     }
     // The WMS bridge "stopped" at the start of the fulfilment topic.

@@ -98,13 +98,7 @@ async fn the_web_view_shows_what_is_late_where_and_who_owns_it_and_updates_live(
     for s in &topology.streams {
         support::create_topic(&s.topic, 3).await;
     }
-    let o = &topology.outputs;
-    for t in [
-        &o.breaches_topic,
-        &o.lag_topic,
-        &o.backlog_topic,
-        &o.dead_letter_topic,
-    ] {
+    for t in topology.outputs.topics() {
         support::create_topic(t, 1).await;
     }
     // A connector group that committed at the start of the outbox and stopped: its

@@ -191,6 +191,19 @@ pub struct Outputs {
     pub incidents_topic: String,
 }
 
+impl Outputs {
+    /// Every topic synclag writes to.
+    pub fn topics(&self) -> [&str; 5] {
+        [
+            &self.breaches_topic,
+            &self.lag_topic,
+            &self.backlog_topic,
+            &self.dead_letter_topic,
+            &self.incidents_topic,
+        ]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Masking {
     pub key_env: Option<String>,

@@ -525,20 +525,27 @@ impl IncidentBook {
         } else {
             key
         };
-        // A breach of a value that is not (or no longer) degraded joins an open incident
-        // narrowed to one of its values before opening a whole-workflow one.
-        let key = if key.slice.is_none() {
-            self.open
-                .keys()
-                .find(|k| {
-                    k.workflow == key.workflow
-                        && k.cause == key.cause
-                        && k.slice
-                            .as_ref()
-                            .is_some_and(|(d, v)| ev.dimensions.get(d) == Some(v))
-                })
-                .cloned()
-                .unwrap_or(key)
+        // A breach joins an open incident of its workflow and cause that covers it: one
+        // narrowed to one of its values first, else a whole-workflow one. Only when none
+        // is open does it open one, narrowed to its most degraded value if it has one (a
+        // value degraded by another cause does not split this cause's incident).
+        let covering = |k: &Key| {
+            k.workflow == key.workflow
+                && k.cause == key.cause
+                && k.slice
+                    .as_ref()
+                    .is_some_and(|(d, v)| ev.dimensions.get(d) == Some(v))
+        };
+        let whole = Key {
+            slice: None,
+            ..key.clone()
+        };
+        let key = if self.open.contains_key(&key) {
+            key
+        } else if let Some(k) = self.open.keys().find(|k| covering(k)).cloned() {
+            k
+        } else if self.open.contains_key(&whole) {
+            whole
         } else {
             key
         };

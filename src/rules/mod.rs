@@ -219,8 +219,9 @@ pub struct Backlogged {
 pub struct Evidence<'a> {
     /// Signals seen for the same correlation: (signals stream, kind).
     pub signals: &'a [(usize, String)],
-    /// The segment that dominated, and why it is said to (`1200 ms of 9000 ms`).
-    pub dominant_segment: Option<(LagSegment, &'a str)>,
+    /// The segment that dominated, why it is said to (`1200 ms of 9000 ms`), and whether
+    /// that is inferred (from other correlations) rather than measured on this one.
+    pub dominant_segment: Option<(LagSegment, &'a str, bool)>,
     pub backlogged: &'a [Backlogged],
     /// Topics of the workflow's stages up to the one waited for (where a backlogged
     /// group's partitions must be for it to explain the breach).
@@ -246,8 +247,21 @@ pub struct Attribution<'c> {
     pub evidence: Vec<String>,
 }
 
-/// The first cause, in configuration order, that the evidence supports.
+/// The first cause, in configuration order, that direct evidence supports (a signal of
+/// this correlation, its measured segments, a group behind on its topics); failing that,
+/// the first that inferred evidence supports (signals on other correlations of one of its
+/// dimension values, the segment that dominated its workflow's recent late completions).
+/// Direct evidence wins: a carrier's throttling a minute ago does not explain a shipment
+/// whose warehouse bridge is stopped now.
 pub fn attribute<'c>(causes: &'c [Cause], ev: &Evidence<'_>) -> Option<Attribution<'c>> {
+    attribute_pass(causes, ev, false).or_else(|| attribute_pass(causes, ev, true))
+}
+
+fn attribute_pass<'c>(
+    causes: &'c [Cause],
+    ev: &Evidence<'_>,
+    inferred: bool,
+) -> Option<Attribution<'c>> {
     causes.iter().find_map(|c| {
         let evidence = match &c.matcher {
             CauseMatch::Signal {
@@ -256,11 +270,11 @@ pub fn attribute<'c>(causes: &'c [Cause], ev: &Evidence<'_>) -> Option<Attributi
                 slice_rate,
             } => {
                 let kind_ok = |kind: &str| event_type.as_deref().is_none_or(|t| t == kind);
-                if let Some((_, kind)) = ev
-                    .signals
-                    .iter()
-                    .find(|(s, kind)| s == stream && kind_ok(kind))
-                {
+                if !inferred {
+                    let (_, kind) = ev
+                        .signals
+                        .iter()
+                        .find(|(s, kind)| s == stream && kind_ok(kind))?;
                     vec![format!("signal:{kind}")]
                 } else {
                     let (min, within) = (*slice_rate)?;
@@ -285,9 +299,12 @@ pub fn attribute<'c>(causes: &'c [Cause], ev: &Evidence<'_>) -> Option<Attributi
                 }
             }
             CauseMatch::Segment(seg) => match ev.dominant_segment {
-                Some((s, why)) if s == *seg => vec![format!("segment:{} {why}", seg.name())],
+                Some((s, why, from_others)) if s == *seg && from_others == inferred => {
+                    vec![format!("segment:{} {why}", seg.name())]
+                }
                 _ => return None,
             },
+            CauseMatch::Group(_) if inferred => return None,
             CauseMatch::Group(g) => {
                 let b = ev.backlogged.iter().find(|b| &b.group == g)?;
                 if b.topics.is_empty() {
@@ -317,18 +334,26 @@ pub fn attribute<'c>(causes: &'c [Cause], ev: &Evidence<'_>) -> Option<Attributi
 #[derive(Debug)]
 pub struct SliceSignals {
     by_value: HashMap<(usize, String, String), VecDeque<(i64, usize, Box<str>)>>,
+    /// The same signals per workflow and dimension (all its values together).
+    by_dimension: HashMap<(usize, String), VecDeque<(i64, usize, Box<str>)>>,
     order: VecDeque<(usize, String, String)>,
     capacity: usize,
     forgotten: u64,
 }
 
-/// Signals remembered per dimension value.
+/// Signals remembered per dimension value, and per dimension.
 pub const SLICE_SIGNALS_KEPT: usize = 256;
+const DIMENSION_SIGNALS_KEPT: usize = 4 * SLICE_SIGNALS_KEPT;
+
+/// Share of a dimension's signals one value must hold to be their evidence: signals on
+/// DHL shipments spread over every warehouse say something of DHL, nothing of a warehouse.
+pub const SLICE_SIGNALS_SHARE: f64 = 0.5;
 
 impl SliceSignals {
     pub fn new(capacity: usize) -> SliceSignals {
         SliceSignals {
             by_value: HashMap::new(),
+            by_dimension: HashMap::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             forgotten: 0,
@@ -361,6 +386,16 @@ impl SliceSignals {
             while seen.len() > SLICE_SIGNALS_KEPT {
                 seen.pop_front();
             }
+            let all = self
+                .by_dimension
+                .entry((workflow, dim.clone()))
+                .or_default();
+            for (stream, kind) in signals {
+                all.push_back((at_ms, *stream, kind.as_str().into()));
+            }
+            while all.len() > DIMENSION_SIGNALS_KEPT {
+                all.pop_front();
+            }
         }
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
@@ -371,7 +406,8 @@ impl SliceSignals {
     }
 
     /// The dimension value of `dimensions` with the most signals of `stream` (and `kind`
-    /// when given) at or after `since_ms`, with that count.
+    /// when given) at or after `since_ms`, with that count, among values that hold at
+    /// least [`SLICE_SIGNALS_SHARE`] of their dimension's such signals.
     pub fn strongest(
         &self,
         workflow: usize,
@@ -380,23 +416,30 @@ impl SliceSignals {
         kind: Option<&str>,
         since_ms: i64,
     ) -> Option<(String, String, u32)> {
+        let count = |seen: &VecDeque<(i64, usize, Box<str>)>| {
+            seen.iter()
+                .filter(|(at, s, k)| {
+                    *at >= since_ms && *s == stream && kind.is_none_or(|t| t == &**k)
+                })
+                .count()
+        };
         dimensions
             .iter()
             .filter_map(|(dim, value)| {
-                let seen = self.by_value.get(&(workflow, dim.clone(), value.clone()))?;
-                let n = seen
-                    .iter()
-                    .filter(|(at, s, k)| {
-                        *at >= since_ms && *s == stream && kind.is_none_or(|t| t == &**k)
-                    })
-                    .count();
-                Some((
-                    dim.clone(),
-                    value.clone(),
-                    u32::try_from(n).unwrap_or(u32::MAX),
-                ))
+                let n = count(self.by_value.get(&(workflow, dim.clone(), value.clone()))?);
+                let all = self
+                    .by_dimension
+                    .get(&(workflow, dim.clone()))
+                    .map_or(n, count);
+                let concentrated = n as f64 >= SLICE_SIGNALS_SHARE * all as f64;
+                (n > 0 && concentrated).then(|| {
+                    (
+                        dim.clone(),
+                        value.clone(),
+                        u32::try_from(n).unwrap_or(u32::MAX),
+                    )
+                })
             })
-            .filter(|(_, _, n)| *n > 0)
             .max_by_key(|(_, _, n)| *n)
     }
 
@@ -530,6 +573,51 @@ mod tests {
         assert_eq!(b.forgotten(), 1);
         assert!(b.signals("a").is_empty());
         assert_eq!(b.signals("c"), &[(0, "y".to_string())]);
+    }
+
+    #[test]
+    fn signal_rates_name_only_a_value_the_signals_concentrate_on() {
+        let mut book = SliceSignals::new(100);
+        let throttled = vec![(0usize, "throttled".to_string())];
+        for (n, wh) in ["WH-1", "WH-2", "WH-3", "WH-4"]
+            .iter()
+            .cycle()
+            .take(12)
+            .enumerate()
+        {
+            let dims: BTreeMap<String, String> = [
+                ("carrier".to_string(), "DHL".to_string()),
+                ("warehouse".to_string(), wh.to_string()),
+            ]
+            .into();
+            book.record(0, &dims, &throttled, n as i64);
+        }
+        let shipment = |carrier: &str| -> BTreeMap<String, String> {
+            [
+                ("carrier".to_string(), carrier.to_string()),
+                ("warehouse".to_string(), "WH-1".to_string()),
+            ]
+            .into()
+        };
+        // A DHL shipment: DHL holds all of the carrier dimension's signals.
+        assert_eq!(
+            book.strongest(0, &shipment("DHL"), 0, Some("throttled"), 0),
+            Some(("carrier".into(), "DHL".into(), 12))
+        );
+        // A UPS shipment from WH-1: WH-1 holds a quarter of the warehouse signals.
+        assert_eq!(
+            book.strongest(0, &shipment("UPS"), 0, Some("throttled"), 0),
+            None
+        );
+        // Too old, or another kind: nothing.
+        assert_eq!(
+            book.strongest(0, &shipment("DHL"), 0, Some("throttled"), 100),
+            None
+        );
+        assert_eq!(
+            book.strongest(0, &shipment("DHL"), 0, Some("other"), 0),
+            None
+        );
     }
 
     #[test]

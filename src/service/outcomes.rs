@@ -561,7 +561,7 @@ impl Outcomes {
         // this workflow's recent late completions.
         let own = rules::dominant_segment(partner, middleware, outbox)
             .filter(|_| partner.unwrap_or(0) >= waiting.unwrap_or(0));
-        let dominant: Option<(LagSegment, String)> = match own {
+        let dominant: Option<(LagSegment, String, bool)> = match own {
             Some(seg) => {
                 let part = match seg {
                     LagSegment::PartnerIngestion => partner,
@@ -569,9 +569,11 @@ impl Outcomes {
                     LagSegment::OutboxCdc => outbox,
                 }
                 .unwrap_or(0);
-                Some((seg, format!("{part} ms of {lag_ms} ms")))
+                Some((seg, format!("{part} ms of {lag_ms} ms"), false))
             }
-            None if pending => self.recent_late_segment(wf, at_ms),
+            None if pending => self
+                .recent_late_segment(wf, at_ms)
+                .map(|(seg, why)| (seg, why, true)),
             None => None,
         };
         let signals = ctx.signals.signals(&cid);
@@ -594,7 +596,9 @@ impl Outcomes {
             &self.topology.causes,
             &Evidence {
                 signals,
-                dominant_segment: dominant.as_ref().map(|(s, why)| (*s, why.as_str())),
+                dominant_segment: dominant
+                    .as_ref()
+                    .map(|(s, why, inferred)| (*s, why.as_str(), *inferred)),
                 backlogged: ctx.backlogged,
                 stage_topics,
                 slices: Some(rules::SliceQuery {
@@ -648,7 +652,7 @@ impl Outcomes {
             lag_ms,
             dimensions,
             segments_ms: segments(partner, middleware, outbox),
-            dominant_segment: dominant.map(|(s, _)| s.name().to_string()),
+            dominant_segment: dominant.map(|(s, _, _)| s.name().to_string()),
             probable_cause,
             route,
             team,
