@@ -333,13 +333,16 @@ fn attribute_pass<'c>(
 /// Bounded: at most `capacity` values, each remembering its last [`SLICE_SIGNALS_KEPT`].
 #[derive(Debug)]
 pub struct SliceSignals {
-    by_value: HashMap<(usize, String, String), VecDeque<(i64, usize, Box<str>)>>,
+    by_value: HashMap<(usize, String, String), Seen>,
     /// The same signals per workflow and dimension (all its values together).
-    by_dimension: HashMap<(usize, String), VecDeque<(i64, usize, Box<str>)>>,
+    by_dimension: HashMap<(usize, String), Seen>,
     order: VecDeque<(usize, String, String)>,
     capacity: usize,
     forgotten: u64,
 }
+
+/// Signals seen, oldest first: (time, signals stream, kind).
+type Seen = VecDeque<(i64, usize, Box<str>)>;
 
 /// Signals remembered per dimension value, and per dimension.
 pub const SLICE_SIGNALS_KEPT: usize = 256;
@@ -416,7 +419,7 @@ impl SliceSignals {
         kind: Option<&str>,
         since_ms: i64,
     ) -> Option<(String, String, u32)> {
-        let count = |seen: &VecDeque<(i64, usize, Box<str>)>| {
+        let count = |seen: &Seen| {
             seen.iter()
                 .filter(|(at, s, k)| {
                     *at >= since_ms && *s == stream && kind.is_none_or(|t| t == &**k)
