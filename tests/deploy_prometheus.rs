@@ -411,7 +411,7 @@ async fn every_dashboard_query_and_rule_expression_returns_data_from_a_live_sync
             .map(|c| c.route.clone())
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let (breach_alerts, group_alerts, all) = loop {
+    let (breach_alerts, group_alerts, incident_alerts, all) = loop {
         let alerts = prom.api("alerts").await["alerts"]
             .as_array()
             .cloned()
@@ -428,8 +428,9 @@ async fn every_dashboard_query_and_rule_expression_returns_data_from_a_live_sync
             .into_iter()
             .filter(|a| a["labels"]["group"] == STUCK_GROUP)
             .collect();
-        if !breaches.is_empty() && !stopped.is_empty() {
-            break (breaches, stopped, alerts);
+        let incidents = named("SynclagIncidentOpen");
+        if !breaches.is_empty() && !stopped.is_empty() && !incidents.is_empty() {
+            break (breaches, stopped, incidents, alerts);
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -438,7 +439,8 @@ async fn every_dashboard_query_and_rule_expression_returns_data_from_a_live_sync
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let mut configured_cause_seen = false;
-    for a in &breach_alerts {
+    // Breach alerts and open-incident alerts are routed alike: by cause, else by workflow.
+    for a in breach_alerts.iter().chain(&incident_alerts) {
         let l = &a["labels"];
         let cause = l["cause"].as_str().expect("cause");
         let workflow = l["workflow"].as_str().expect("workflow");
