@@ -398,10 +398,7 @@ impl IncidentBook {
         if on_time {
             self.count(workflow, dims, at_ms, false);
         }
-        for inc in self.open.values_mut() {
-            if inc.key.workflow != workflow {
-                continue;
-            }
+        for inc in open_of(&mut self.open, workflow) {
             let in_slice = inc
                 .key
                 .slice
@@ -431,10 +428,7 @@ impl IncidentBook {
     /// `unknown` takes the cause most of its late completions agree on.
     fn close(&mut self, ev: &BreachEvent) {
         let mut adopt: Vec<(Key, String)> = Vec::new();
-        for inc in self.open.values_mut() {
-            if inc.key.workflow != ev.workflow {
-                continue;
-            }
+        for inc in open_of(&mut self.open, &ev.workflow) {
             let Some(f) = inc.correlations.get_mut(&ev.correlation_id) else {
                 continue;
             };
@@ -817,6 +811,22 @@ impl IncidentBook {
             .absolute(c.slices_not_followed);
         metrics::gauge!(names::DEGRADED_SLICES).set(self.degraded.len() as f64);
     }
+}
+
+/// The open incidents of `workflow` (keys sort by workflow first, so this is a range, not
+/// a scan of every open incident).
+fn open_of<'a>(
+    open: &'a mut BTreeMap<Key, Incident>,
+    workflow: &'a str,
+) -> impl Iterator<Item = &'a mut Incident> {
+    let from = Key {
+        workflow: workflow.to_string(),
+        cause: String::new(),
+        slice: None,
+    };
+    open.range_mut(from..)
+        .take_while(move |(k, _)| k.workflow == workflow)
+        .map(|(_, inc)| inc)
 }
 
 /// Stable id: the same incident key opened by the same breach gets the same id, so an
