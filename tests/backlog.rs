@@ -63,16 +63,20 @@ fn commit(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
         .expect("synchronous commit");
 }
 
-fn group<'a>(report: &'a BacklogReport, name: &str) -> &'a GroupReport {
-    report
-        .group(name)
-        .unwrap_or_else(|| panic!("group {name} missing from report: {report:#?}"))
+fn group(report: &BacklogReport, name: &str) -> GroupReport {
+    report.group(name).unwrap_or_else(|| {
+        panic!(
+            "group {name} missing from report: {}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        )
+    })
 }
 
-fn partition<'a>(g: &'a GroupReport, topic: &str, p: i32) -> &'a PartitionReport {
+fn partition(g: &GroupReport, topic: &str, p: i32) -> PartitionReport {
     g.partitions
         .iter()
         .find(|x| x.topic == topic && x.partition == p)
+        .cloned()
         .unwrap_or_else(|| panic!("{topic}/{p} missing from group {}: {g:#?}", g.group))
 }
 
@@ -96,7 +100,7 @@ async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up(
     let report = monitor.poll_once().await.expect("first cycle");
     let after = now_ms();
     let g = group(&report, &name);
-    let p = partition(g, &topic, 0);
+    let p = partition(&g, &topic, 0);
     assert_eq!(p.committed, Some(M));
     assert_eq!(p.log_end, Some(N));
     assert_eq!(p.offset_lag, Some(N - M), "offset lag is N − M");
@@ -129,7 +133,7 @@ async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up(
     let again = monitor.poll_once().await.expect("second cycle");
     assert_eq!(again.records_read, 0, "cached record is re-read");
     assert_eq!(
-        partition(group(&again, &name), &topic, 0).method,
+        partition(&group(&again, &name), &topic, 0).method,
         Method::Record
     );
 
@@ -137,7 +141,7 @@ async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up(
     commit(&committer, &topic, 0, N);
     let caught_up = monitor.poll_once().await.expect("third cycle");
     let g = group(&caught_up, &name);
-    let p = partition(g, &topic, 0);
+    let p = partition(&g, &topic, 0);
     assert_eq!(p.offset_lag, Some(0));
     assert_eq!(p.time_lag_seconds, Some(0.0));
     assert_eq!(p.status, Status::Ok);
@@ -164,7 +168,7 @@ async fn stop_when_commits_cease_while_producers_continue() {
             report.commit_log,
             "the commit log is readable on the test broker"
         );
-        let p = partition(group(&report, &name), &topic, 0).clone();
+        let p = partition(&group(&report, &name), &topic, 0);
         statuses.push(p.status);
         lags.push(p.offset_lag.expect("offset lag"));
     }
@@ -197,7 +201,7 @@ async fn stall_when_the_same_offset_is_committed_with_lag() {
     for _ in 0..=WINDOW {
         commit(&committer, &topic, 0, 2);
         let report = monitor.poll_once().await.expect("cycle");
-        let p = partition(group(&report, &name), &topic, 0);
+        let p = partition(&group(&report, &name), &topic, 0);
         assert_eq!(p.offset_lag, Some(3));
         statuses.push(p.status);
     }
@@ -217,7 +221,7 @@ async fn idle_topic_with_a_caught_up_group_has_zero_time_lag_and_is_ok() {
     let mut monitor = monitor_for(&name);
     for _ in 0..=WINDOW {
         let report = monitor.poll_once().await.expect("cycle");
-        let p = partition(group(&report, &name), &topic, 0);
+        let p = partition(&group(&report, &name), &topic, 0);
         assert_eq!(p.offset_lag, Some(0));
         assert_eq!(
             p.time_lag_seconds,
@@ -251,11 +255,11 @@ async fn group_without_members_is_reported_and_its_series_go_when_it_is_deleted(
     let g = group(&report, &name);
     assert_eq!(g.members, 0);
     assert_eq!(g.state, "Empty");
-    let p0 = partition(g, &topic, 0);
+    let p0 = partition(&g, &topic, 0);
     assert_eq!((p0.committed, p0.offset_lag), (Some(1), Some(2)));
     let age = p0.time_lag_seconds.expect("time lag of the old commit");
     assert!(age > 7_190.0, "two-hour-old record shows {age} s");
-    let p1 = partition(g, &topic, 1);
+    let p1 = partition(&g, &topic, 1);
     assert!(p1.no_commit, "partition without a commit is flagged");
     assert_eq!(p1.committed, None);
     assert_eq!(
@@ -276,7 +280,7 @@ async fn group_without_members_is_reported_and_its_series_go_when_it_is_deleted(
         .push((GroupSelector::Name(name.clone()), ResetPolicy::Earliest));
     let mut other = BacklogMonitor::new(earliest).expect("create the monitor");
     let report = other.poll_once().await.expect("cycle");
-    let p1 = partition(group(&report, &name), &topic, 1);
+    let p1 = partition(&group(&report, &name), &topic, 1);
     assert_eq!((p1.no_commit, p1.offset_lag), (true, Some(2)));
     assert_eq!(group(&report, &name).reset_policy, ResetPolicy::Earliest);
 
@@ -423,7 +427,7 @@ async fn time_lag_is_interpolated_when_retention_removed_the_committed_record() 
     let before = now_ms();
     let report = monitor.poll_once().await.expect("cycle");
     let after = now_ms();
-    let p = partition(group(&report, &name), &topic, 0);
+    let p = partition(&group(&report, &name), &topic, 0);
     assert_eq!(p.log_start, Some(5));
     assert_eq!(p.offset_lag, Some(8), "lag still counts from the commit");
     assert_eq!(p.method, Method::Interpolated);

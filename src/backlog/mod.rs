@@ -4,6 +4,7 @@
 //! with no commit. Full definitions: `docs/backlog.md`.
 //!
 //! - [`status`]   — the status rules over a sliding window of observations (pure).
+//! - [`leader`]   — which of several instances runs the monitor (a Kafka consumer group).
 //! - [`timeline`] — time lag from the record at the committed offset, or interpolated (pure).
 //! - [`probe`]    — the batched Kafka requests of one cycle (blocking, librdkafka).
 //! - [`monitor`]  — [`BacklogMonitor`]: one cycle = probe → windows → [`BacklogReport`].
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod event;
+pub mod leader;
 pub mod monitor;
 pub mod probe;
 pub mod report;
@@ -32,8 +34,9 @@ pub mod status;
 pub mod timeline;
 
 pub use event::{BacklogEvent, EventSink};
+pub use leader::{Election, Leadership, ELECTION_TOPIC};
 pub use monitor::{BacklogMonitor, MonitorConfig};
-pub use report::{BacklogReport, GroupReport, PartitionReport, ResetPolicy};
+pub use report::{BacklogReport, GroupReport, GroupSummary, PartitionReport, ResetPolicy};
 pub use status::Status;
 pub use timeline::Method;
 
@@ -133,8 +136,7 @@ impl BacklogHandle {
     /// Watched groups whose status is not OK in the latest report (evidence for causes).
     pub fn backlogged_groups(&self) -> Vec<String> {
         self.snapshot()
-            .groups
-            .iter()
+            .summaries()
             .filter(|g| g.status != Status::Ok)
             .map(|g| g.group.clone())
             .collect()
