@@ -12,8 +12,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use synclag::backlog::{
-    BacklogEvent, BacklogMonitor, BacklogReport, EventSink, GroupReport, Method, MonitorConfig,
-    PartitionReport, ResetPolicy, Status,
+    BacklogEvent, BacklogMonitor, BacklogReport, Election, EventSink, GroupReport, Method,
+    MonitorConfig, PartitionReport, ResetPolicy, Status,
 };
 use synclag::config::GroupSelector;
 
@@ -473,4 +473,222 @@ async fn run_loop_publishes_reports_until_cancelled() {
         .expect("run returns after cancellation")
         .expect("task did not panic");
     assert!(result.is_ok(), "run ended with {result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_groups_by_name_and_pattern_each_measured_exactly() {
+    const PARTITIONS: i32 = 4;
+    const N: i64 = 20;
+    const GROUPS: usize = 100;
+    let topic = support::random_name("backlog-many");
+    let prefix = support::random_name("backlog-many-group");
+    support::create_topic(&topic, PARTITIONS).await;
+    // Record i of partition p is (1200 − 40·i − p) s old: every offset has its own age,
+    // far enough apart that ±1 s pins down the record.
+    let base = now_ms();
+    let stamp = |p: i32, i: i64| base - 1_200_000 + i * 40_000 - i64::from(p) * 1_000;
+    for p in 0..PARTITIONS {
+        let stamps: Vec<i64> = (0..N).map(|i| stamp(p, i)).collect();
+        produce(&topic, p, &stamps).await;
+    }
+    // Group g commits offset (g + 3p) mod (N + 1) on partition p: some at the log end
+    // (caught up), the others spread over every offset.
+    let committed = |g: usize, p: i32| ((g as i64) + 3 * i64::from(p)) % (N + 1);
+    let names: Vec<String> = (0..GROUPS).map(|g| format!("{prefix}-{g}")).collect();
+    for (g, name) in names.iter().enumerate() {
+        let committer = support::consumer(name);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(committed(g, p)))
+                .expect("add partition offset");
+        }
+        committer
+            .commit(&tpl, CommitMode::Sync)
+            .expect("synchronous commit");
+    }
+
+    // Half by name, half by one pattern.
+    let mut selectors: Vec<GroupSelector> = names[..GROUPS / 2]
+        .iter()
+        .map(|n| GroupSelector::Name(n.clone()))
+        .collect();
+    let second_half = format!(
+        "^{}-({})$",
+        regex::escape(&prefix),
+        (GROUPS / 2..GROUPS)
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    selectors.push(GroupSelector::Pattern(
+        regex::Regex::new(&second_half).expect("regex"),
+    ));
+    let mut monitor = BacklogMonitor::new(config(selectors)).expect("monitor");
+    let before = now_ms();
+    let report = monitor.poll_once().await.expect("first cycle");
+    let after = now_ms();
+    assert!(report.commit_log, "committed offsets from the commit log");
+    assert!(
+        report.missing_groups.is_empty(),
+        "{:?}",
+        report.missing_groups
+    );
+    // Every distinct committed record below the log end read once: at most N a partition.
+    assert!(
+        report.records_read <= (N as usize) * PARTITIONS as usize,
+        "{} records read",
+        report.records_read
+    );
+    for (g, name) in names.iter().enumerate() {
+        let gr = group(&report, name);
+        assert_eq!(gr.partitions.len(), PARTITIONS as usize, "group {name}");
+        let mut sum = 0;
+        for p in 0..PARTITIONS {
+            let c = committed(g, p);
+            let part = partition(&gr, &topic, p);
+            assert_eq!(part.committed, Some(c), "{name} {topic}/{p}");
+            assert_eq!(part.log_end, Some(N), "{name} {topic}/{p}");
+            assert_eq!(part.offset_lag, Some(N - c), "{name} {topic}/{p}");
+            sum += N - c;
+            let lag = part.time_lag_seconds.expect("a time lag");
+            if c == N {
+                assert_eq!((lag, part.method), (0.0, Method::None), "{name} caught up");
+            } else {
+                assert_eq!(part.method, Method::Record, "{name} {topic}/{p}");
+                let min = (before - stamp(p, c)) as f64 / 1000.0;
+                let max = (after - stamp(p, c)) as f64 / 1000.0;
+                assert!(
+                    lag >= min - 1.0 && lag <= max + 1.0,
+                    "{name} {topic}/{p}: time lag {lag} s, record {c} is {min}..{max} s old"
+                );
+            }
+        }
+        assert_eq!(gr.offset_lag, sum, "group {name}");
+    }
+
+    // Nothing moved: nothing is read again. Then ten groups move on partition 0.
+    let again = monitor.poll_once().await.expect("second cycle");
+    assert_eq!(again.records_read, 0, "cached records are read again");
+    for name in &names[..10] {
+        let committer = support::consumer(name);
+        commit(&committer, &topic, 0, N - 1);
+    }
+    let moved = monitor.poll_once().await.expect("third cycle");
+    for name in &names[..10] {
+        let p = partition(&group(&moved, name), &topic, 0);
+        assert_eq!(
+            (p.committed, p.offset_lag),
+            (Some(N - 1), Some(1)),
+            "{name}"
+        );
+        assert_eq!(p.method, Method::Record, "{name}");
+    }
+    assert!(
+        moved.records_read <= 1,
+        "one new committed offset, {} reads",
+        moved.records_read
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_monitors_exactly_one_runs_and_the_other_takes_over_when_it_stops() {
+    let topic = support::random_name("backlog-elect");
+    let name = support::random_name("backlog-elect-group");
+    support::create_topic(&topic, 1).await;
+    produce(&topic, 0, &[now_ms() - 5_000, now_ms() - 4_000]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 1);
+
+    let election = Election {
+        bootstrap_servers: support::bootstrap(),
+        properties: [("broker.address.family".to_owned(), "v4".to_owned())].into(),
+        group_id: support::random_name("backlog-elect-synclag"),
+        topic: support::random_name("backlog-election"),
+        session_timeout: Duration::from_secs(6),
+        client_id: String::new(),
+    };
+    let start = |id: &str| {
+        let mut cfg = config(vec![GroupSelector::Name(name.clone())]);
+        cfg.interval = Duration::from_millis(200);
+        cfg.backlog_topic = support::random_name("backlog-elect-out");
+        cfg.election = Some(Election {
+            client_id: format!("synclag-backlog-{id}"),
+            ..election.clone()
+        });
+        let monitor = BacklogMonitor::new(cfg).expect("monitor");
+        let handle = monitor.handle();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(monitor.run(shutdown.clone()));
+        (handle, shutdown, task)
+    };
+    let (a, stop_a, task_a) = start("a");
+    let (b, stop_b, task_b) = start("b");
+    let both = [a.clone(), b.clone()];
+    let never_both = || {
+        let leaders = both.iter().filter(|h| h.is_leader()).count();
+        assert!(leaders <= 1, "two instances run the monitor at once");
+        leaders
+    };
+    support::wait_until_async(
+        Duration::from_secs(60),
+        "one monitor is elected and has run",
+        || {
+            let leaders = never_both();
+            let ran = both
+                .iter()
+                .any(|h| h.is_leader() && h.snapshot().group(&name).is_some());
+            async move { leaders == 1 && ran }
+        },
+    )
+    .await;
+    // A while of observations: still one leader, and only it reports groups.
+    for _ in 0..40 {
+        assert_eq!(never_both(), 1);
+        for h in &both {
+            if !h.is_leader() {
+                let s = h.snapshot();
+                assert!(
+                    !s.leader && s.summaries().count() == 0,
+                    "a follower reports"
+                );
+                assert_eq!(s.render_prometheus(), "", "a follower exports series");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (leader, follower, stop_leader, task_leader, stop_follower, task_follower) =
+        if a.is_leader() {
+            (a, b, stop_a, task_a, stop_b, task_b)
+        } else {
+            (b, a, stop_b, task_b, stop_a, task_a)
+        };
+
+    // The leader stops: it leaves the group and the other takes over.
+    stop_leader.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), task_leader)
+        .await
+        .expect("the stopped monitor returns")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
+    support::wait_until_async(
+        Duration::from_secs(30),
+        "the other monitor takes over and measures the group",
+        || {
+            let leaders = never_both();
+            let took_over = follower.is_leader()
+                && follower
+                    .snapshot()
+                    .group(&name)
+                    .is_some_and(|g| g.offset_lag == 1);
+            async move { leaders == 1 && took_over }
+        },
+    )
+    .await;
+    assert!(!leader.is_leader());
+    stop_follower.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), task_follower)
+        .await
+        .expect("the second monitor returns")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
 }

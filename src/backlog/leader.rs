@@ -55,8 +55,15 @@ impl Election {
     }
 
     /// Joins the election (creating the topic when missing) and keeps taking part in a
-    /// thread of its own until `shutdown`; then leaves the group.
-    pub async fn start(&self, shutdown: CancellationToken) -> Result<Leadership, BacklogError> {
+    /// thread of its own until `shutdown`; then leaves the group. `fence` is called with
+    /// `false` when the partition is taken away, *before* the group can hand it to
+    /// another instance (it may block until a cycle in progress has ended), and with
+    /// `true` when this instance is elected.
+    pub async fn start(
+        &self,
+        shutdown: CancellationToken,
+        fence: Fence,
+    ) -> Result<Leadership, BacklogError> {
         self.create_topic().await;
         let mut cfg = crate::config::kafka::client_config(
             crate::config::kafka::Client::Admin,
@@ -82,6 +89,7 @@ impl Election {
             .create_with_context(ElectionContext {
                 tx: tx.clone(),
                 topic: self.topic.clone(),
+                fence: fence.clone(),
             })
             .map_err(BacklogError::Client)?;
         consumer
@@ -94,6 +102,7 @@ impl Election {
                     // Rebalance callbacks run inside poll; nothing is ever produced.
                     let _ = consumer.poll(Duration::from_millis(100));
                 }
+                fence(false);
                 tx.send_replace(false);
                 drop(consumer); // leaves the group: another instance is elected at once
             })
@@ -157,9 +166,13 @@ impl Leadership {
     }
 }
 
+/// Called with the new leadership, synchronously from the election's rebalance.
+pub type Fence = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
+
 struct ElectionContext {
     tx: watch::Sender<bool>,
     topic: String,
+    fence: Fence,
 }
 
 impl ClientContext for ElectionContext {}
@@ -168,6 +181,7 @@ impl ConsumerContext for ElectionContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // Stop before the partition can be given to anyone else.
         if !matches!(rebalance, Rebalance::Assign(_)) {
+            (self.fence)(false);
             self.tx.send_replace(false);
         }
     }
@@ -180,6 +194,7 @@ impl ConsumerContext for ElectionContext {
                 .any(|e| e.topic() == self.topic && e.partition() == 0),
             _ => false,
         };
+        (self.fence)(leader);
         self.tx.send_replace(leader);
     }
 }

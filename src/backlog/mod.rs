@@ -66,6 +66,9 @@ pub enum BacklogError {
     /// An event was not delivered to Kafka. Retryable.
     #[error("cannot publish a backlog event: {0}")]
     Publish(String),
+    /// Another instance is elected to run the monitor; this one skipped the cycle.
+    #[error("another instance runs the backlog monitor")]
+    NotLeader,
     /// A blocking worker died. Not retryable.
     #[error("backlog worker failed: {0}")]
     Worker(String),
@@ -111,6 +114,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, Default)]
 pub struct BacklogHandle {
     latest: Arc<RwLock<Arc<BacklogReport>>>,
+    leader: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl BacklogHandle {
@@ -120,6 +124,16 @@ impl BacklogHandle {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether this instance runs the monitor now (always, without an election).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.leader
+            .store(leader, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The backlog series of the latest report, Prometheus text format; append it to

@@ -738,10 +738,13 @@ impl BacklogMonitor {
             names: HashSet::new(),
             last: Arc::new(BacklogReport::default()),
         };
+        let handle = BacklogHandle::default();
+        // Without an election this instance always runs the monitor.
+        handle.set_leader(config.election.is_none());
         Ok(BacklogMonitor {
             config,
             engine: Arc::new(Mutex::new(engine)),
-            handle: BacklogHandle::default(),
+            handle,
         })
     }
 
@@ -772,11 +775,24 @@ impl BacklogMonitor {
         for bound in BOUNDS {
             metrics::counter!(names::BACKLOG_BOUND_HITS, "bound" => bound).absolute(0);
         }
-        metrics::gauge!(names::BACKLOG_LEADER).set(0.0);
+        metrics::gauge!(names::BACKLOG_LEADER).set(if self.handle.is_leader() { 1.0 } else { 0.0 });
         let sink = EventSink::new(&self.config)?;
         let mut leadership = match &self.config.election {
             None => None,
-            Some(e) => Some(e.start(shutdown.clone()).await?),
+            Some(e) => {
+                let handle = self.handle.clone();
+                let engine = self.engine.clone();
+                let fence: super::leader::Fence = Arc::new(move |leader| {
+                    handle.set_leader(leader);
+                    metrics::gauge!(names::BACKLOG_LEADER).set(if leader { 1.0 } else { 0.0 });
+                    if !leader {
+                        // Returns once a cycle in progress has ended: no cycle runs
+                        // after the partition is given up.
+                        drop(engine.lock().unwrap_or_else(PoisonError::into_inner));
+                    }
+                });
+                Some(e.start(shutdown.clone(), fence).await?)
+            }
         };
         loop {
             // Wait to be elected (at once without an election).
@@ -789,9 +805,7 @@ impl BacklogMonitor {
                 }
                 tracing::info!("elected to run the backlog monitor");
             }
-            metrics::gauge!(names::BACKLOG_LEADER).set(1.0);
             let lost = self.lead(&sink, &shutdown, leadership.as_mut()).await;
-            metrics::gauge!(names::BACKLOG_LEADER).set(0.0);
             if !lost {
                 return Ok(());
             }
@@ -843,6 +857,7 @@ impl BacklogMonitor {
                         tracing::warn!(error = %e, retryable = e.is_retryable(), "backlog events not published");
                     }
                 }
+                Err(BacklogError::NotLeader) => {}
                 Err(e) => {
                     metrics::counter!(names::BACKLOG_CYCLE_ERRORS).increment(1);
                     tracing::warn!(error = %e, retryable = e.is_retryable(), "backlog cycle failed");
@@ -859,11 +874,15 @@ impl BacklogMonitor {
 
     async fn cycle_now(&self) -> Result<Arc<BacklogReport>, BacklogError> {
         let engine = self.engine.clone();
+        let handle = self.handle.clone();
         let report = tokio::task::spawn_blocking(move || {
-            engine
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .cycle()
+            let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked under the lock the election's fence takes: a cycle either ends
+            // before leadership is given up or does not start.
+            if !handle.is_leader() {
+                return Err(BacklogError::NotLeader);
+            }
+            engine.cycle()
         })
         .await
         .map_err(|e| BacklogError::Worker(e.to_string()))??;
