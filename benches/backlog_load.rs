@@ -185,13 +185,17 @@ async fn main() -> anyhow::Result<()> {
             .set("enable.auto.commit", "false")
             .create()?;
         let offset = (i as i64) % args.records.max(1);
-        let mut tpl = TopicPartitionList::new();
-        for t in &topics {
-            for p in 0..args.partitions {
-                tpl.add_partition_offset(t, p, Offset::Offset(offset))?;
+        // The coordinator writes one commit as one batch: keep each under the broker's
+        // record size limit.
+        for chunk in topics.chunks((2_000 / args.partitions.max(1) as usize).max(1)) {
+            let mut tpl = TopicPartitionList::new();
+            for t in chunk {
+                for p in 0..args.partitions {
+                    tpl.add_partition_offset(t, p, Offset::Offset(offset))?;
+                }
             }
+            consumer.commit(&tpl, CommitMode::Sync)?;
         }
-        consumer.commit(&tpl, CommitMode::Sync)?;
     }
     eprintln!("set up in {:.1} s", setup.elapsed().as_secs_f64());
 

@@ -692,3 +692,41 @@ async fn of_two_monitors_exactly_one_runs_and_the_other_takes_over_when_it_stops
         .expect("no panic");
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[tokio::test]
+async fn without_the_commit_log_offsets_come_from_the_admin_api_for_every_group() {
+    let topic = support::random_name("backlog-admin");
+    let prefix = support::random_name("backlog-admin-group");
+    support::create_topic(&topic, 2).await;
+    let base = now_ms() - 60_000;
+    for p in 0..2 {
+        produce(&topic, p, &[base, base + 1, base + 2, base + 3, base + 4]).await;
+    }
+    let names: Vec<String> = (0..3).map(|g| format!("{prefix}-{g}")).collect();
+    for (g, name) in names.iter().enumerate() {
+        let committer = support::consumer(name);
+        commit(&committer, &topic, 0, g as i64);
+        commit(&committer, &topic, 1, 4 - g as i64);
+    }
+    let pattern = regex::Regex::new(&format!("^{}-", regex::escape(&prefix))).expect("regex");
+    let mut cfg = config(vec![GroupSelector::Pattern(pattern)]);
+    cfg.read_commit_log = false;
+    let mut monitor = BacklogMonitor::new(cfg).expect("monitor");
+    let report = monitor.poll_once().await.expect("cycle");
+    assert!(!report.commit_log, "the commit log was not read");
+    for (g, name) in names.iter().enumerate() {
+        let gr = group(&report, name);
+        assert_eq!(gr.error, None, "{name}");
+        let p0 = partition(&gr, &topic, 0);
+        let p1 = partition(&gr, &topic, 1);
+        assert_eq!(
+            (p0.committed, p0.offset_lag),
+            (Some(g as i64), Some(5 - g as i64))
+        );
+        assert_eq!(
+            (p1.committed, p1.offset_lag),
+            (Some(4 - g as i64), Some(1 + g as i64))
+        );
+        assert_eq!(p0.method, Method::Record);
+    }
+}

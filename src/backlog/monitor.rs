@@ -45,15 +45,11 @@ pub struct MonitorConfig {
     /// A partition that yields no wanted record for this long is given up for the cycle
     /// (its time lag is interpolated).
     pub record_wait: Duration,
-    /// While committed offsets come from per-group queries (commit log unreadable),
-    /// every this many cycles each group's commits are looked up on every topic, to find
-    /// topics it started consuming.
-    pub rescan_every: u64,
     /// Read `__consumer_offsets`: the committed offsets of every group at once, and the
     /// commits themselves (tells STALL from STOP exactly).
     pub read_commit_log: bool,
     /// Time one cycle may spend reading the commit log (the first cycle reads it from
-    /// its beginning); until it has reached its end, offsets come from per-group queries.
+    /// its beginning); until it has reached its end, offsets come from the admin API.
     pub commit_log_budget: Duration,
     /// Sampled (offset, time) points kept per partition for interpolation.
     pub timeline_points: usize,
@@ -79,7 +75,6 @@ impl MonitorConfig {
             request_timeout: Duration::from_secs(10),
             max_record_reads: 100_000,
             record_wait: Duration::from_secs(3),
-            rescan_every: 10,
             read_commit_log: true,
             commit_log_budget: Duration::from_secs(30),
             timeline_points: 64,
@@ -116,9 +111,9 @@ impl MonitorConfig {
 /// Per watched group, between cycles.
 #[derive(Debug, Default)]
 struct GroupState {
-    /// Topics with commits (per-group queries only: which topics to ask about).
+    /// Topics with commits at the last answered per-group query (measured again while
+    /// the group's offsets cannot be read, so its partitions show ERR).
     topics: BTreeSet<String>,
-    last_rescan: Option<u64>,
     /// Window state by topic, then partition.
     ages: HashMap<Arc<str>, Vec<Ages>>,
 }
@@ -295,33 +290,11 @@ impl Engine {
                 .increment(1);
         }
 
-        // Without a complete commit log: one OffsetFetch per group.
+        // Without a complete commit log: the admin API, every group at once.
         let mut fetched: HashMap<String, FetchedOffsets> = HashMap::new();
-        if drain.complete {
-            self.probe.retain_groups(&HashSet::new());
-        } else {
-            let keep: HashSet<String> = watched.keys().cloned().collect();
-            self.probe.retain_groups(&keep);
-            let mut queries = Vec::new();
-            for (name, info) in &watched {
-                let state = self.groups.entry(name.clone()).or_default();
-                let rescan = state
-                    .last_rescan
-                    .is_none_or(|last| cycle - last >= self.config.rescan_every.max(1));
-                let mut ask: BTreeSet<String> = if rescan {
-                    state.last_rescan = Some(cycle);
-                    topics_md.keys().cloned().collect()
-                } else {
-                    state.topics.clone()
-                };
-                ask.extend(info.owned.keys().cloned());
-                let ask: Vec<(String, i32)> = ask
-                    .into_iter()
-                    .filter_map(|t| topics_md.get(&t).map(|&n| (t, n)))
-                    .collect();
-                queries.push((name.clone(), ask));
-            }
-            for (name, result) in self.probe.committed(queries) {
+        if !drain.complete {
+            let names: Vec<String> = watched.keys().cloned().collect();
+            for (name, result) in self.probe.committed(&names) {
                 let converted = result.map(|map| {
                     let mut out: HashMap<Arc<str>, Vec<i64>> = HashMap::new();
                     for ((t, p), c) in map {
@@ -339,8 +312,8 @@ impl Engine {
                     }
                     out
                 });
-                if let (Ok(map), Some(state)) = (&converted, self.groups.get_mut(&name)) {
-                    state.topics = map
+                if let Ok(map) = &converted {
+                    self.groups.entry(name.clone()).or_default().topics = map
                         .iter()
                         .filter(|(_, v)| v.iter().any(|&o| o != NONE))
                         .map(|(t, _)| t.to_string())

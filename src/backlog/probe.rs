@@ -10,7 +10,8 @@
 //!   once, then incrementally; it is the source of every watched group's committed
 //!   offsets *and* the evidence that a commit happened, for all groups at once. Only
 //!   while it cannot be read (not permitted) or has not reached its end yet, committed
-//!   offsets come from one OffsetFetch per group instead ([`Probe::committed`]);
+//!   offsets come from the admin API instead ([`Probe::committed`]: one client, one
+//!   request per group, all in flight at once);
 //! - two ListOffsets rounds (`offsets_for_times` with the latest and earliest
 //!   sentinels), which librdkafka batches per partition leader;
 //! - when some committed offset moved: one group-less consumer assigned to every
@@ -86,14 +87,10 @@ pub struct ReadResult {
 /// Kafka clients of the monitor, created once and reused across cycles (the record
 /// reader excepted: it exists only while it reads).
 pub struct Probe {
-    base: ClientConfig,
     reader_config: ClientConfig,
     timeout: Duration,
-    /// Metadata, group list, ListOffsets.
+    /// Metadata, group list, ListOffsets, ListConsumerGroupOffsets.
     pub(crate) admin: BaseConsumer,
-    /// One unsubscribed consumer per watched group, for OffsetFetch; only while the
-    /// commit log cannot be used.
-    group_clients: HashMap<String, Arc<BaseConsumer>>,
     pub(crate) commit_log: CommitLog,
 }
 
@@ -123,11 +120,9 @@ impl Probe {
         .create()
         .map_err(BacklogError::Client)?;
         Ok(Probe {
-            base,
             reader_config,
             timeout,
             admin,
-            group_clients: HashMap::new(),
             commit_log: CommitLog::new(tail, read_commit_log, commit_log_budget),
         })
     }
@@ -176,68 +171,12 @@ impl Probe {
             .collect())
     }
 
-    /// Committed offsets of several groups, one OffsetFetch each, in parallel. For each
-    /// group: the (topic, partition) → committed offset (`None`: no commit), or why not.
-    /// Used only while the commit log cannot be.
-    pub fn committed(
-        &mut self,
-        queries: Vec<(String, Vec<(String, i32)>)>,
-    ) -> Vec<(String, Committed)> {
-        const PARALLEL: usize = 8;
-        let mut clients = Vec::with_capacity(queries.len());
-        for (group, _) in &queries {
-            clients.push(self.group_client(group));
-        }
-        let timeout = self.timeout;
-        let mut out = Vec::with_capacity(queries.len());
-        let jobs: Vec<_> = queries.into_iter().zip(clients).collect();
-        for chunk in jobs.chunks(PARALLEL) {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|((group, topics), client)| {
-                        scope.spawn(move || {
-                            let r = match client {
-                                Ok(c) => committed_one(c, group, topics, timeout),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            (group.clone(), r)
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    match h.join() {
-                        Ok(r) => out.push(r),
-                        Err(_) => {
-                            tracing::error!("offset fetch worker panicked");
-                        }
-                    }
-                }
-            });
-        }
-        out
-    }
-
-    fn group_client(&mut self, group: &str) -> Result<Arc<BaseConsumer>, BacklogError> {
-        if let Some(c) = self.group_clients.get(group) {
-            return Ok(c.clone());
-        }
-        let client: BaseConsumer = self
-            .base
-            .clone()
-            // `base` never commits (see config::kafka); only the group differs.
-            .set("group.id", group)
-            .create()
-            .map_err(BacklogError::Client)?;
-        let client = Arc::new(client);
-        self.group_clients.insert(group.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    /// Closes the per-group clients of groups that are no longer watched, or all of
-    /// them once the commit log serves committed offsets.
-    pub fn retain_groups(&mut self, keep: &HashSet<String>) {
-        self.group_clients.retain(|g, _| keep.contains(g));
+    /// Committed offsets of many groups through the one admin client: a
+    /// ListConsumerGroupOffsets request per group (the admin API takes one group per
+    /// request), all in flight at once, each answered with every partition the group
+    /// has a commit on. Used only while the commit log cannot be.
+    pub fn committed(&self, groups: &[String]) -> Vec<(String, Committed)> {
+        list_group_offsets(&self.admin, groups, self.timeout)
     }
 
     /// Log-end (`latest == true`) or log-start offsets of every partition of `topics`,
@@ -459,38 +398,6 @@ impl Probe {
         }
         result
     }
-}
-
-fn committed_one(
-    client: &BaseConsumer,
-    group: &str,
-    topics: &[(String, i32)],
-    timeout: Duration,
-) -> Committed {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            tpl.add_partition(topic, p);
-        }
-    }
-    if tpl.count() == 0 {
-        return Ok(BTreeMap::new());
-    }
-    let res = client
-        .committed_offsets(tpl, timeout)
-        .map_err(|e| format!("offset fetch for group {group} failed: {e}"))?;
-    let mut out = BTreeMap::new();
-    for e in res.elements() {
-        if e.error().is_err() {
-            continue;
-        }
-        let committed = match e.offset() {
-            Offset::Offset(n) => Some(n),
-            _ => None,
-        };
-        out.insert((e.topic().to_owned(), e.partition()), committed);
-    }
-    Ok(out)
 }
 
 /// Clients that never join a group or commit. librdkafka only allows `assign()` on a
@@ -751,7 +658,8 @@ impl CommitLog {
                 Some(Err(e)) => return Err(e.to_string()),
             }
         }
-        if !behind(&self.next) && !self.complete {
+        // Complete only when every partition's end was known and reached.
+        if !behind(&self.next) && ends.len() == self.next.len() && !self.complete {
             self.complete = true;
             tracing::info!("commit log read to its end: committed offsets come from it");
         }
@@ -820,6 +728,152 @@ fn apply_commit(
             }
         }
     }
+}
+
+/// ListConsumerGroupOffsets for many groups on one client (librdkafka's admin API;
+/// the Rust bindings do not wrap it). Every request is submitted before any answer is
+/// awaited; answers are told apart by the opaque each request carries.
+fn list_group_offsets(
+    client: &BaseConsumer,
+    groups: &[String],
+    timeout: Duration,
+) -> Vec<(String, Committed)> {
+    use rdkafka_sys as rd;
+    use std::ffi::{c_void, CStr, CString};
+    let mut answers: Vec<Option<Committed>> = vec![None; groups.len()];
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let rk = client.client().native_ptr();
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `rk` is the live client owned by `client` for the whole call; every
+    // object created here is destroyed here; librdkafka copies requests and options
+    // when they are submitted; results are read before their event is destroyed.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        if queue.is_null() {
+            return groups
+                .iter()
+                .map(|g| (g.clone(), Err("cannot create an admin queue".to_owned())))
+                .collect();
+        }
+        let mut submitted = 0usize;
+        for (i, g) in groups.iter().enumerate() {
+            let Ok(name) = CString::new(g.as_str()) else {
+                answers[i] = Some(Err("group id contains a NUL byte".to_owned()));
+                continue;
+            };
+            let options = rd::rd_kafka_AdminOptions_new(
+                rk,
+                rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS,
+            );
+            if options.is_null() {
+                answers[i] = Some(Err("cannot create admin options".to_owned()));
+                continue;
+            }
+            let mut errbuf = [0 as std::ffi::c_char; 256];
+            rd::rd_kafka_AdminOptions_set_request_timeout(
+                options,
+                timeout_ms,
+                errbuf.as_mut_ptr(),
+                errbuf.len(),
+            );
+            // Opaque: index + 1 (null stays "unknown").
+            rd::rd_kafka_AdminOptions_set_opaque(options, (i + 1) as *mut c_void);
+            let request =
+                rd::rd_kafka_ListConsumerGroupOffsets_new(name.as_ptr(), std::ptr::null());
+            let mut requests = [request];
+            rd::rd_kafka_ListConsumerGroupOffsets(rk, requests.as_mut_ptr(), 1, options, queue);
+            rd::rd_kafka_ListConsumerGroupOffsets_destroy(request);
+            rd::rd_kafka_AdminOptions_destroy(options);
+            submitted += 1;
+        }
+        let deadline = Instant::now() + timeout + Duration::from_secs(1);
+        let mut received = 0usize;
+        while received < submitted && Instant::now() < deadline {
+            let ev = rd::rd_kafka_queue_poll(queue, 100);
+            if ev.is_null() {
+                continue;
+            }
+            received += 1;
+            let i = (rd::rd_kafka_event_opaque(ev) as usize).wrapping_sub(1);
+            let answer = if rd::rd_kafka_event_error(ev)
+                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                let why = rd::rd_kafka_event_error_string(ev);
+                let why = if why.is_null() {
+                    "unknown error".to_owned()
+                } else {
+                    CStr::from_ptr(why).to_string_lossy().into_owned()
+                };
+                Err(why)
+            } else {
+                read_group_result(ev)
+            };
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = Some(
+                    answer.map_err(|e| format!("offset fetch for group {} failed: {e}", groups[i])),
+                );
+            }
+            rd::rd_kafka_event_destroy(ev);
+        }
+        rd::rd_kafka_queue_destroy(queue);
+    }
+    groups
+        .iter()
+        .zip(answers)
+        .map(|(g, a)| {
+            (
+                g.clone(),
+                a.unwrap_or_else(|| Err(format!("offset fetch for group {g} timed out"))),
+            )
+        })
+        .collect()
+}
+
+/// The (single) group result of a ListConsumerGroupOffsets event.
+///
+/// # Safety
+/// `ev` must be a live ListConsumerGroupOffsets result event.
+unsafe fn read_group_result(ev: *mut rdkafka_sys::rd_kafka_event_t) -> Committed {
+    use rdkafka_sys as rd;
+    use std::ffi::CStr;
+    let result = rd::rd_kafka_event_ListConsumerGroupOffsets_result(ev);
+    if result.is_null() {
+        return Err("not a group offsets result".to_owned());
+    }
+    let mut count = 0usize;
+    let groups = rd::rd_kafka_ListConsumerGroupOffsets_result_groups(result, &mut count);
+    if groups.is_null() || count == 0 {
+        return Err("empty group offsets result".to_owned());
+    }
+    let group = *groups;
+    let error = rd::rd_kafka_group_result_error(group);
+    if !error.is_null() {
+        let why = rd::rd_kafka_error_string(error);
+        return Err(if why.is_null() {
+            "unknown error".to_owned()
+        } else {
+            CStr::from_ptr(why).to_string_lossy().into_owned()
+        });
+    }
+    let list = rd::rd_kafka_group_result_partitions(group);
+    let mut out = BTreeMap::new();
+    if list.is_null() {
+        return Ok(out);
+    }
+    let cnt = usize::try_from((*list).cnt).unwrap_or(0);
+    if cnt == 0 || (*list).elems.is_null() {
+        return Ok(out);
+    }
+    for e in std::slice::from_raw_parts((*list).elems, cnt) {
+        if e.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || e.topic.is_null() {
+            continue;
+        }
+        let topic = CStr::from_ptr(e.topic).to_string_lossy().into_owned();
+        out.insert((topic, e.partition), (e.offset >= 0).then_some(e.offset));
+    }
+    Ok(out)
 }
 
 /// The `__consumer_offsets` partition of a group's coordinator: Java's
