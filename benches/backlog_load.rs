@@ -31,6 +31,9 @@ struct Args {
     bootstrap: Option<String>,
     /// Child mode: run only the monitor, on groups matching this pattern.
     monitor_pattern: Option<String>,
+    /// Keep the cluster this many seconds after the run (to profile the monitor alone
+    /// against it: the child's command line is printed).
+    hold: u64,
     topics: usize,
     partitions: i32,
     groups: usize,
@@ -42,6 +45,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         bootstrap: None,
         monitor_pattern: None,
+        hold: 0,
         topics: 40,
         partitions: 50,
         groups: 20,
@@ -60,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--bootstrap" => a.bootstrap = Some(value),
             "--monitor-pattern" => a.monitor_pattern = Some(value),
+            "--hold" => a.hold = value.parse()?,
             "--topics" => a.topics = value.parse()?,
             "--partitions" => a.partitions = value.parse()?,
             "--groups" => a.groups = value.parse()?,
@@ -210,6 +215,14 @@ async fn main() -> anyhow::Result<()> {
         .args(["--cycles", &args.cycles.to_string()])
         .status()?;
     anyhow::ensure!(status.success(), "the monitor process failed: {status}");
+    if args.hold > 0 {
+        eprintln!(
+            "holding the cluster for {} s; the monitor alone: {} --bench --bootstrap {bootstrap} --monitor-pattern '{pattern}' --cycles N",
+            args.hold,
+            std::env::current_exe()?.display()
+        );
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    }
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     let _ = admin.delete_groups(&names, &AdminOptions::new()).await;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();

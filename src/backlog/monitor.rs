@@ -114,8 +114,8 @@ struct GroupState {
     /// Topics with commits at the last answered per-group query (measured again while
     /// the group's offsets cannot be read, so its partitions show ERR).
     topics: BTreeSet<String>,
-    /// Window state by topic, then partition.
-    ages: HashMap<Arc<str>, Vec<Ages>>,
+    /// Window state of each row of the group's rows in the last report (same order).
+    ages: Vec<Ages>,
 }
 
 /// Per partition of a measured topic, between cycles.
@@ -239,7 +239,7 @@ impl Engine {
         n
     }
 
-    fn cycle(&mut self) -> Result<Arc<BacklogReport>, BacklogError> {
+    fn cycle(&mut self, handle: &BacklogHandle) -> Result<Arc<BacklogReport>, BacklogError> {
         let started = Instant::now();
         let now_ms = self.clock.now_ms();
         self.cycle += 1;
@@ -277,7 +277,12 @@ impl Engine {
         // Commits written since the last cycle (before the log ends, so none is missed).
         let drain = {
             let names = &mut self.names;
-            let mut intern = |t: &str| Engine::intern(names, t);
+            let mut intern = |t: &str| {
+                (
+                    Engine::intern(names, t),
+                    topics.get(t).copied().unwrap_or(0),
+                )
+            };
             let watch = |g: &str| selectors.iter().any(|s| s.matches(g));
             let admin_timeout = self.config.request_timeout;
             let Probe {
@@ -381,7 +386,8 @@ impl Engine {
                 tracing::warn!(error = %e, "log-start offsets unreadable");
                 HashMap::new()
             });
-        let mut offsets: HashMap<Arc<str>, TopicOffsets> = HashMap::new();
+        let mut offsets: HashMap<Arc<str>, TopicOffsets> =
+            HashMap::with_capacity(measured_list.len());
         for (t, n) in &measured_list {
             let end = ends.get(t).cloned().unwrap_or_else(|| vec![NONE; *n]);
             let start = starts.get(t).cloned().unwrap_or_else(|| vec![NONE; *n]);
@@ -510,13 +516,29 @@ impl Engine {
         // Rows, observations and statuses, group by group.
         let window = self.config.window;
         let evidence = drain.readable;
-        let mut groups = Vec::with_capacity(layout.len());
-        let last = self.last.clone();
-        let last_by_name: HashMap<&str, &GroupRows> = last
+        let offsets = Arc::new(offsets);
+        // The previous report is taken apart: each group's old rows live only until its
+        // new rows are published (readers holding an older snapshot keep theirs).
+        let previous = std::mem::take(&mut self.last);
+        let header = |p: &BacklogReport| BacklogReport {
+            cycle: p.cycle,
+            observed_at_ms: p.observed_at_ms,
+            cycle_duration_seconds: p.cycle_duration_seconds,
+            commit_log: p.commit_log,
+            records_read: p.records_read,
+            missing_groups: p.missing_groups.clone(),
+            leader: true,
+            groups: Vec::new(),
+        };
+        let partial_header = header(&previous);
+        let mut old_groups: HashMap<String, Arc<GroupRows>> = previous
             .groups
             .iter()
-            .map(|g| (g.summary.group.as_str(), g))
+            .map(|g| (g.summary.group.clone(), g.clone()))
             .collect();
+        drop(previous);
+        let order: Vec<String> = layout.iter().map(|(n, _)| n.clone()).collect();
+        let mut groups: Vec<Arc<GroupRows>> = Vec::with_capacity(layout.len());
         for (name, list) in layout {
             let Some(info) = watched.get(&name) else {
                 continue;
@@ -525,7 +547,8 @@ impl Engine {
             let group_error = commits.error().map(str::to_owned);
             let reset = self.config.reset_policy(&name);
             let state = self.groups.entry(name.clone()).or_default();
-            let old = last_by_name.get(name.as_str()).copied();
+            let old_arc = old_groups.remove(&name);
+            let old = old_arc.as_deref();
             let old_topics: HashMap<&str, (usize, usize)> = old
                 .map(|g| {
                     g.topics
@@ -548,12 +571,13 @@ impl Engine {
                     error: group_error.clone(),
                 },
                 topics: Vec::with_capacity(list.len()),
+                offsets: offsets.clone(),
                 position: Vec::with_capacity(rows),
                 time_lag: Vec::with_capacity(rows),
                 flags: Vec::with_capacity(rows),
             };
             let mut worst = Status::Ok;
-            let mut new_ages: HashMap<Arc<str>, Vec<Ages>> = HashMap::with_capacity(list.len());
+            let mut new_ages: Vec<Ages> = Vec::with_capacity(rows);
             for (t, n) in list {
                 let first = out.flags.len();
                 out.topics.push((t.clone(), first, n));
@@ -562,14 +586,13 @@ impl Engine {
                 let parts = self.partitions.get(&t);
                 let owned = info.owned.get(&*t);
                 let prev_rows = old_topics.get(&*t).copied();
-                let prev_offsets = last.topics.get(&t);
-                let mut ages = state.ages.remove(&t).unwrap_or_default();
-                // Window state is only valid together with the previous rows.
-                if prev_rows.is_none() {
-                    ages.clear();
-                }
-                ages.resize(n, Ages::default());
-                for (p, age) in ages.iter_mut().enumerate() {
+                let prev_offsets = old.and_then(|g| g.offsets.get(&t));
+                for p in 0..n {
+                    // Window state is only valid together with the previous rows.
+                    let mut age = prev_rows
+                        .filter(|(_, pn)| p < *pn)
+                        .and_then(|(pf, _)| state.ages.get(pf + p).copied())
+                        .unwrap_or_default();
                     let (start, end) = o.map(|o| o.get(p)).unwrap_or((None, None));
                     let committed = view.committed(p);
                     let pos = position(committed, group_error.is_some(), start, end, reset);
@@ -619,9 +642,6 @@ impl Engine {
                         }),
                         None => Previous::default(),
                     };
-                    if prev_rows.is_some_and(|(_, pn)| p >= pn) {
-                        *age = Ages::default();
-                    }
                     let obs = Observation {
                         position: pos,
                         lag,
@@ -647,15 +667,25 @@ impl Engine {
                     out.time_lag.push(time_lag.map_or(f32::NAN, |s| s as f32));
                     out.flags
                         .push(pack(status, method, no_commit, is_owned, pos.is_some()));
+                    new_ages.push(age);
                 }
-                new_ages.insert(t, ages);
             }
             state.ages = new_ages;
             out.summary.status = worst;
-            groups.push(out);
+            groups.push(Arc::new(out));
+            drop(old_topics);
+            // Publish what is new so far; the group's old rows go now.
+            let mut partial = header(&partial_header);
+            partial.groups = groups.clone();
+            partial.groups.extend(
+                order[groups.len()..]
+                    .iter()
+                    .filter_map(|n| old_groups.get(n).cloned()),
+            );
+            handle.publish(Arc::new(partial));
+            drop(old_arc);
         }
-        drop(last_by_name);
-        drop(last);
+        drop(old_groups);
         self.probe.commit_log.clear_seen();
 
         let duration = started.elapsed().as_secs_f64();
@@ -668,7 +698,6 @@ impl Engine {
             records_read,
             missing_groups,
             leader: true,
-            topics: offsets,
             groups,
         });
         self.last = report.clone();
@@ -689,6 +718,24 @@ pub struct BacklogMonitor {
     config: MonitorConfig,
     engine: Arc<Mutex<Engine>>,
     handle: BacklogHandle,
+    /// Cycles run on one thread of their own: its allocations stay in one malloc
+    /// arena, where the blocking pool's changing threads would spread a cycle's
+    /// megabytes over many (and keep them all resident).
+    worker: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Hands the memory a cycle freed back to the system. A cycle allocates and frees tens
+/// of megabytes in several threads (the client's fetch threads among them), and glibc
+/// keeps freed memory in each thread's arena: without this the resident size settles
+/// near the sum of every arena's peak rather than what is in use.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 impl BacklogMonitor {
@@ -714,10 +761,20 @@ impl BacklogMonitor {
         let handle = BacklogHandle::default();
         // Without an election this instance always runs the monitor.
         handle.set_leader(config.election.is_none());
+        let (worker, jobs) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("backlog-cycle".into())
+            .spawn(move || {
+                for job in jobs {
+                    job();
+                }
+            })
+            .map_err(|e| BacklogError::Worker(e.to_string()))?;
         Ok(BacklogMonitor {
             config,
             engine: Arc::new(Mutex::new(engine)),
             handle,
+            worker,
         })
     }
 
@@ -848,17 +905,26 @@ impl BacklogMonitor {
     async fn cycle_now(&self) -> Result<Arc<BacklogReport>, BacklogError> {
         let engine = self.engine.clone();
         let handle = self.handle.clone();
-        let report = tokio::task::spawn_blocking(move || {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
             // Checked under the lock the election's fence takes: a cycle either ends
             // before leadership is given up or does not start.
-            if !handle.is_leader() {
-                return Err(BacklogError::NotLeader);
-            }
-            engine.cycle()
-        })
-        .await
-        .map_err(|e| BacklogError::Worker(e.to_string()))??;
+            let report = if handle.is_leader() {
+                engine.cycle(&handle)
+            } else {
+                Err(BacklogError::NotLeader)
+            };
+            drop(engine);
+            release_free_memory();
+            let _ = done.send(report);
+        });
+        self.worker
+            .send(job)
+            .map_err(|_| BacklogError::Worker("the cycle thread has ended".into()))?;
+        let report = answer
+            .await
+            .map_err(|_| BacklogError::Worker("a cycle failed without an answer".into()))??;
         self.handle.publish(report.clone());
         Ok(report)
     }

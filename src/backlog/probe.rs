@@ -199,26 +199,32 @@ impl Probe {
         if total == 0 {
             return Ok(out);
         }
-        let mut tpl = TopicPartitionList::with_capacity(total);
-        for (t, n) in topics {
-            for p in 0..*n {
-                tpl.add_partition_offset(t, p as i32, sentinel)
-                    .map_err(|e| e.to_string())?;
+        // librdkafka matches the answers to the request partition by partition with a
+        // linear search (quadratic in the request's size: seconds of CPU at 10,000
+        // partitions), so the round is sent in slices.
+        let all: Vec<(&Arc<str>, i32)> = topics
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(move |p| (t, p as i32)))
+            .collect();
+        for slice in all.chunks(LIST_OFFSETS_SLICE) {
+            let mut tpl = TopicPartitionList::with_capacity(slice.len());
+            for (t, p) in slice {
+                add_at(&mut tpl, t, *p, sentinel)?;
             }
-        }
-        let res = self
-            .admin
-            .offsets_for_times(tpl, self.timeout)
-            .map_err(|e| format!("list offsets failed: {e}"))?;
-        for e in res.elements() {
-            if let (Ok(()), Offset::Offset(n), Some(v)) =
-                (e.error(), e.offset(), out.get_mut(e.topic()))
-            {
-                if let Some(slot) = usize::try_from(e.partition())
-                    .ok()
-                    .and_then(|p| v.get_mut(p))
+            let res = self
+                .admin
+                .offsets_for_times(tpl, self.timeout)
+                .map_err(|e| format!("list offsets failed: {e}"))?;
+            for e in res.elements() {
+                if let (Ok(()), Offset::Offset(n), Some(v)) =
+                    (e.error(), e.offset(), out.get_mut(e.topic()))
                 {
-                    *slot = n;
+                    if let Some(slot) = usize::try_from(e.partition())
+                        .ok()
+                        .and_then(|p| v.get_mut(p))
+                    {
+                        *slot = n;
+                    }
                 }
             }
         }
@@ -273,10 +279,7 @@ impl Probe {
                         .last()
                         .copied()
                         .unwrap_or(from);
-                    if tpl
-                        .add_partition_offset(&r.topic, r.partition, Offset::Offset(from))
-                        .is_ok()
-                    {
+                    if add_at(&mut tpl, &r.topic, r.partition, Offset::Offset(from)).is_ok() {
                         round.push((i, last_in_span));
                     }
                 }
@@ -400,6 +403,22 @@ impl Probe {
     }
 }
 
+/// Adds a partition at an offset in constant time (`add_partition_offset` searches the
+/// whole list for it again: quadratic over a cluster's partitions).
+fn add_at(
+    tpl: &mut TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    at: Offset,
+) -> Result<(), String> {
+    tpl.add_partition(topic, partition)
+        .set_offset(at)
+        .map_err(|e| e.to_string())
+}
+
+/// Partitions per ListOffsets request (see [`Probe::log_offsets`]).
+const LIST_OFFSETS_SLICE: usize = 500;
+
 /// Clients that never join a group or commit. librdkafka only allows `assign()` on a
 /// consumer with a `group.id`, so the readers get a fixed one; with no subscription and
 /// no commits it never becomes a group the cluster lists.
@@ -419,6 +438,13 @@ pub(crate) struct TopicCommits {
 }
 
 impl TopicCommits {
+    fn with_partitions(partitions: usize) -> TopicCommits {
+        TopicCommits {
+            offsets: Vec::with_capacity(partitions),
+            ..TopicCommits::default()
+        }
+    }
+
     fn set(&mut self, partition: usize, offset: i64, seen: bool) {
         if self.offsets.len() <= partition {
             self.offsets.resize(partition + 1, NONE);
@@ -527,7 +553,7 @@ impl CommitLog {
         admin: &BaseConsumer,
         timeout: Duration,
         watch: &dyn Fn(&str) -> bool,
-        intern: &mut dyn FnMut(&str) -> Arc<str>,
+        intern: &mut dyn FnMut(&str) -> (Arc<str>, usize),
     ) -> Drain {
         let failed = Drain {
             readable: false,
@@ -561,7 +587,7 @@ impl CommitLog {
         admin: &BaseConsumer,
         timeout: Duration,
         watch: &dyn Fn(&str) -> bool,
-        intern: &mut dyn FnMut(&str) -> Arc<str>,
+        intern: &mut dyn FnMut(&str) -> (Arc<str>, usize),
     ) -> Result<Drain, String> {
         let n = match self.partitions {
             Some(n) => n,
@@ -582,8 +608,7 @@ impl CommitLog {
         };
         let mut tpl = TopicPartitionList::new();
         for p in 0..n {
-            tpl.add_partition_offset(OFFSETS_TOPIC, p, Offset::End)
-                .map_err(|e| e.to_string())?;
+            add_at(&mut tpl, OFFSETS_TOPIC, p, Offset::End)?;
         }
         // Through the tail itself: read_committed, so the end is the last stable offset.
         let ends: HashMap<i32, i64> = self
@@ -601,9 +626,7 @@ impl CommitLog {
         if self.next.is_empty() {
             let mut assign = TopicPartitionList::new();
             for p in 0..n {
-                assign
-                    .add_partition_offset(OFFSETS_TOPIC, p, Offset::Beginning)
-                    .map_err(|e| e.to_string())?;
+                add_at(&mut assign, OFFSETS_TOPIC, p, Offset::Beginning)?;
                 self.next.insert(p, 0);
             }
             self.consumer.assign(&assign).map_err(|e| e.to_string())?;
@@ -680,7 +703,7 @@ fn apply_commit(
     value: Option<&[u8]>,
     evidence: bool,
     watch: &dyn Fn(&str) -> bool,
-    intern: &mut dyn FnMut(&str) -> Arc<str>,
+    intern: &mut dyn FnMut(&str) -> (Arc<str>, usize),
 ) {
     let Some((group, topic, partition)) = key.and_then(offset_commit_key) else {
         return;
@@ -721,7 +744,8 @@ fn apply_commit(
                 return;
             };
             if !topics.contains_key(topic) {
-                topics.insert(intern(topic), TopicCommits::default());
+                let (name, partitions) = intern(topic);
+                topics.insert(name, TopicCommits::with_partitions(partitions));
             }
             if let Some(t) = topics.get_mut(topic) {
                 t.set(partition, commit.offset, evidence);

@@ -172,6 +172,8 @@ pub(crate) struct GroupRows {
     pub summary: GroupSummary,
     /// (topic, first row, partitions).
     pub topics: Vec<(Arc<str>, usize, usize)>,
+    /// Log start and end of the partitions, as the cycle that measured the group read them.
+    pub offsets: Arc<HashMap<Arc<str>, TopicOffsets>>,
     /// The position this cycle, or the newest known one when unreadable ([`NONE`]: never).
     pub position: Vec<i64>,
     /// Seconds; NaN when unknown.
@@ -200,8 +202,10 @@ pub struct BacklogReport {
     /// This instance runs the monitor (with several instances, only the elected one
     /// does; the others serve a report with no groups).
     pub leader: bool,
-    pub(crate) topics: HashMap<Arc<str>, TopicOffsets>,
-    pub(crate) groups: Vec<GroupRows>,
+    /// Groups are shared between consecutive reports: a cycle replaces them one by one
+    /// (publishing as it goes), so a group's old rows are freed as soon as its new ones
+    /// exist instead of two full reports being held at once.
+    pub(crate) groups: Vec<Arc<GroupRows>>,
 }
 
 impl BacklogReport {
@@ -228,15 +232,11 @@ impl BacklogReport {
         self.groups.iter().map(|g| g.flags.len()).sum()
     }
 
-    fn offsets(&self, topic: &str) -> Option<&TopicOffsets> {
-        self.topics.get(topic)
-    }
-
     fn materialize(&self, g: &GroupRows) -> GroupReport {
         let s = &g.summary;
         let mut partitions = Vec::with_capacity(g.flags.len());
         for (topic, first, n) in &g.topics {
-            let offsets = self.offsets(topic);
+            let offsets = g.offsets.get(topic);
             for p in 0..*n {
                 let row = first + p;
                 let f = g.flags[row];
@@ -293,7 +293,7 @@ impl BacklogReport {
                 let group = escape(&g.summary.group);
                 for (topic, first, n) in &g.topics {
                     let topic_l = escape(topic);
-                    let offsets = self.offsets(topic);
+                    let offsets = g.offsets.get(topic);
                     for p in 0..*n {
                         labels.clear();
                         let _ = write!(
@@ -466,8 +466,7 @@ mod tests {
         BacklogReport {
             cycle: 1,
             leader: true,
-            topics,
-            groups: vec![GroupRows {
+            groups: vec![Arc::new(GroupRows {
                 summary: GroupSummary {
                     group: "odoo\"connector".into(),
                     state: "Empty".into(),
@@ -480,6 +479,7 @@ mod tests {
                     error: None,
                 },
                 topics: vec![(Arc::from("orders"), 0, 4)],
+                offsets: Arc::new(topics),
                 position: vec![10, 10, 10, 6],
                 time_lag: vec![0.0, 0.0, 0.0, 12.5],
                 flags: vec![
@@ -488,7 +488,7 @@ mod tests {
                     pack(Status::Err, Method::None, false, false, false),
                     stop,
                 ],
-            }],
+            })],
             ..BacklogReport::default()
         }
     }

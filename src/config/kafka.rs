@@ -239,6 +239,13 @@ pub const SETTINGS: &[Setting] = &[
         why: "one fetch response spans every assigned partition; librdkafka's default (50 MB) would be held in memory at once",
     },
     Setting {
+        key: "fetch.queue.backoff.ms",
+        value: "10",
+        rule: Rule::Default,
+        clients: &[BacklogReader, CommitLogTail],
+        why: "with small fetch queues librdkafka would otherwise pause each partition's fetching for a second whenever its queue is full, which makes reading the commit log and the records of a cycle take minutes on a big cluster",
+    },
+    Setting {
         key: "fetch.wait.max.ms",
         value: "50",
         rule: Rule::Default,
