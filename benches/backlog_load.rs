@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench backlog_load -- [--bootstrap HOST:PORT]
 //!     [--topics 40] [--partitions 50] [--groups 20] [--records 5] [--cycles 4]
+//!     [--hold SECONDS]
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
