@@ -730,3 +730,72 @@ async fn without_the_commit_log_offsets_come_from_the_admin_api_for_every_group(
         assert_eq!(p0.method, Method::Record);
     }
 }
+
+#[tokio::test]
+async fn backlog_once_applies_the_reset_policy_from_topology_yaml() {
+    let topic = support::random_name("backlog-once");
+    let name = support::random_name("backlog-once-group");
+    support::create_topic(&topic, 2).await;
+    let base = now_ms() - 60_000;
+    produce(&topic, 0, &[base, base + 1, base + 2]).await;
+    produce(&topic, 1, &[base, base + 1, base + 2, base + 3]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 1);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("topology.yaml");
+    let yaml = format!(
+        r#"
+service: {{ group_id: {name}-synclag }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+streams:
+  - {{ name: orders, topic: {topic}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+  - {{ name: outbox, topic: {topic}-outbox, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+workflows:
+  - name: order_import
+    stages: [ {{ name: created, stream: orders }}, {{ name: imported, stream: outbox }} ]
+    sla: {{ warn: 5m, critical: 15m }}
+    window: 1h
+backlog:
+  groups: [ {{ name: {name} }} ]
+  reset:
+    - {{ pattern: "^{name}$", policy: earliest }}
+"#,
+        bootstrap = support::bootstrap(),
+    );
+    std::fs::write(&path, yaml).expect("write topology");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synclag"))
+        .args(["backlog", "--once", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run synclag backlog --once");
+    assert!(
+        out.status.success(),
+        "synclag backlog --once failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["leader"], true, "{report:#}");
+    let g = &report["groups"][0];
+    assert_eq!(g["group"], name.as_str());
+    assert_eq!(g["reset_policy"], "earliest");
+    let parts = g["partitions"].as_array().expect("partitions");
+    let p1 = parts
+        .iter()
+        .find(|p| p["partition"] == 1)
+        .expect("partition 1");
+    assert_eq!(p1["no_commit"], true);
+    assert_eq!(
+        p1["offset_lag"], 4,
+        "earliest: the whole partition is backlog"
+    );
+    let p0 = parts
+        .iter()
+        .find(|p| p["partition"] == 0)
+        .expect("partition 0");
+    assert_eq!(
+        (&p0["committed"], &p0["offset_lag"]),
+        (&1.into(), &2.into())
+    );
+}

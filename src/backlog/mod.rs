@@ -200,6 +200,10 @@ pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
             .reset_policies
             .push((selector, ResetPolicy::Earliest));
     }
+    if args.once {
+        // One report, now: no election (and no effect on the running monitor).
+        config.election = None;
+    }
     let mut monitor = BacklogMonitor::new(config)?;
     if args.once {
         let report = monitor.poll_once().await?;

@@ -897,7 +897,8 @@ impl BacklogMonitor {
     }
 
     /// Runs one cycle now: reads the cluster, updates windows and caches, publishes the
-    /// new report to the handle and returns it.
+    /// new report to the handle and returns it. With an election configured, only while
+    /// [`BacklogMonitor::run`] holds the leadership (else [`BacklogError::NotLeader`]).
     pub async fn poll_once(&mut self) -> Result<Arc<BacklogReport>, BacklogError> {
         self.cycle_now().await
     }
