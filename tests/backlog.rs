@@ -12,8 +12,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use synclag::backlog::{
-    BacklogEvent, BacklogMonitor, BacklogReport, EventSink, GroupReport, Method, MonitorConfig,
-    PartitionReport, ResetPolicy, Status,
+    BacklogEvent, BacklogMonitor, BacklogReport, Election, EventSink, GroupReport, Method,
+    MonitorConfig, PartitionReport, ResetPolicy, Status,
 };
 use synclag::config::GroupSelector;
 
@@ -63,16 +63,20 @@ fn commit(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) {
         .expect("synchronous commit");
 }
 
-fn group<'a>(report: &'a BacklogReport, name: &str) -> &'a GroupReport {
-    report
-        .group(name)
-        .unwrap_or_else(|| panic!("group {name} missing from report: {report:#?}"))
+fn group(report: &BacklogReport, name: &str) -> GroupReport {
+    report.group(name).unwrap_or_else(|| {
+        panic!(
+            "group {name} missing from report: {}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        )
+    })
 }
 
-fn partition<'a>(g: &'a GroupReport, topic: &str, p: i32) -> &'a PartitionReport {
+fn partition(g: &GroupReport, topic: &str, p: i32) -> PartitionReport {
     g.partitions
         .iter()
         .find(|x| x.topic == topic && x.partition == p)
+        .cloned()
         .unwrap_or_else(|| panic!("{topic}/{p} missing from group {}: {g:#?}", g.group))
 }
 
@@ -96,7 +100,7 @@ async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up(
     let report = monitor.poll_once().await.expect("first cycle");
     let after = now_ms();
     let g = group(&report, &name);
-    let p = partition(g, &topic, 0);
+    let p = partition(&g, &topic, 0);
     assert_eq!(p.committed, Some(M));
     assert_eq!(p.log_end, Some(N));
     assert_eq!(p.offset_lag, Some(N - M), "offset lag is N − M");
@@ -129,7 +133,7 @@ async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up(
     let again = monitor.poll_once().await.expect("second cycle");
     assert_eq!(again.records_read, 0, "cached record is re-read");
     assert_eq!(
-        partition(group(&again, &name), &topic, 0).method,
+        partition(&group(&again, &name), &topic, 0).method,
         Method::Record
     );
 
@@ -137,7 +141,7 @@ async fn offset_lag_and_time_lag_of_a_partial_consumer_then_zero_when_caught_up(
     commit(&committer, &topic, 0, N);
     let caught_up = monitor.poll_once().await.expect("third cycle");
     let g = group(&caught_up, &name);
-    let p = partition(g, &topic, 0);
+    let p = partition(&g, &topic, 0);
     assert_eq!(p.offset_lag, Some(0));
     assert_eq!(p.time_lag_seconds, Some(0.0));
     assert_eq!(p.status, Status::Ok);
@@ -164,7 +168,7 @@ async fn stop_when_commits_cease_while_producers_continue() {
             report.commit_log,
             "the commit log is readable on the test broker"
         );
-        let p = partition(group(&report, &name), &topic, 0).clone();
+        let p = partition(&group(&report, &name), &topic, 0);
         statuses.push(p.status);
         lags.push(p.offset_lag.expect("offset lag"));
     }
@@ -197,7 +201,7 @@ async fn stall_when_the_same_offset_is_committed_with_lag() {
     for _ in 0..=WINDOW {
         commit(&committer, &topic, 0, 2);
         let report = monitor.poll_once().await.expect("cycle");
-        let p = partition(group(&report, &name), &topic, 0);
+        let p = partition(&group(&report, &name), &topic, 0);
         assert_eq!(p.offset_lag, Some(3));
         statuses.push(p.status);
     }
@@ -217,7 +221,7 @@ async fn idle_topic_with_a_caught_up_group_has_zero_time_lag_and_is_ok() {
     let mut monitor = monitor_for(&name);
     for _ in 0..=WINDOW {
         let report = monitor.poll_once().await.expect("cycle");
-        let p = partition(group(&report, &name), &topic, 0);
+        let p = partition(&group(&report, &name), &topic, 0);
         assert_eq!(p.offset_lag, Some(0));
         assert_eq!(
             p.time_lag_seconds,
@@ -251,11 +255,11 @@ async fn group_without_members_is_reported_and_its_series_go_when_it_is_deleted(
     let g = group(&report, &name);
     assert_eq!(g.members, 0);
     assert_eq!(g.state, "Empty");
-    let p0 = partition(g, &topic, 0);
+    let p0 = partition(&g, &topic, 0);
     assert_eq!((p0.committed, p0.offset_lag), (Some(1), Some(2)));
     let age = p0.time_lag_seconds.expect("time lag of the old commit");
     assert!(age > 7_190.0, "two-hour-old record shows {age} s");
-    let p1 = partition(g, &topic, 1);
+    let p1 = partition(&g, &topic, 1);
     assert!(p1.no_commit, "partition without a commit is flagged");
     assert_eq!(p1.committed, None);
     assert_eq!(
@@ -276,7 +280,7 @@ async fn group_without_members_is_reported_and_its_series_go_when_it_is_deleted(
         .push((GroupSelector::Name(name.clone()), ResetPolicy::Earliest));
     let mut other = BacklogMonitor::new(earliest).expect("create the monitor");
     let report = other.poll_once().await.expect("cycle");
-    let p1 = partition(group(&report, &name), &topic, 1);
+    let p1 = partition(&group(&report, &name), &topic, 1);
     assert_eq!((p1.no_commit, p1.offset_lag), (true, Some(2)));
     assert_eq!(group(&report, &name).reset_policy, ResetPolicy::Earliest);
 
@@ -423,7 +427,7 @@ async fn time_lag_is_interpolated_when_retention_removed_the_committed_record() 
     let before = now_ms();
     let report = monitor.poll_once().await.expect("cycle");
     let after = now_ms();
-    let p = partition(group(&report, &name), &topic, 0);
+    let p = partition(&group(&report, &name), &topic, 0);
     assert_eq!(p.log_start, Some(5));
     assert_eq!(p.offset_lag, Some(8), "lag still counts from the commit");
     assert_eq!(p.method, Method::Interpolated);
@@ -469,4 +473,329 @@ async fn run_loop_publishes_reports_until_cancelled() {
         .expect("run returns after cancellation")
         .expect("task did not panic");
     assert!(result.is_ok(), "run ended with {result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_groups_by_name_and_pattern_each_measured_exactly() {
+    const PARTITIONS: i32 = 4;
+    const N: i64 = 20;
+    const GROUPS: usize = 100;
+    let topic = support::random_name("backlog-many");
+    let prefix = support::random_name("backlog-many-group");
+    support::create_topic(&topic, PARTITIONS).await;
+    // Record i of partition p is (1200 − 40·i − p) s old: every offset has its own age,
+    // far enough apart that ±1 s pins down the record.
+    let base = now_ms();
+    let stamp = |p: i32, i: i64| base - 1_200_000 + i * 40_000 - i64::from(p) * 1_000;
+    for p in 0..PARTITIONS {
+        let stamps: Vec<i64> = (0..N).map(|i| stamp(p, i)).collect();
+        produce(&topic, p, &stamps).await;
+    }
+    // Group g commits offset (g + 3p) mod (N + 1) on partition p: some at the log end
+    // (caught up), the others spread over every offset.
+    let committed = |g: usize, p: i32| ((g as i64) + 3 * i64::from(p)) % (N + 1);
+    let names: Vec<String> = (0..GROUPS).map(|g| format!("{prefix}-{g}")).collect();
+    for (g, name) in names.iter().enumerate() {
+        let committer = support::consumer(name);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(committed(g, p)))
+                .expect("add partition offset");
+        }
+        committer
+            .commit(&tpl, CommitMode::Sync)
+            .expect("synchronous commit");
+    }
+
+    // Half by name, half by one pattern.
+    let mut selectors: Vec<GroupSelector> = names[..GROUPS / 2]
+        .iter()
+        .map(|n| GroupSelector::Name(n.clone()))
+        .collect();
+    let second_half = format!(
+        "^{}-({})$",
+        regex::escape(&prefix),
+        (GROUPS / 2..GROUPS)
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    selectors.push(GroupSelector::Pattern(
+        regex::Regex::new(&second_half).expect("regex"),
+    ));
+    let mut monitor = BacklogMonitor::new(config(selectors)).expect("monitor");
+    let before = now_ms();
+    let report = monitor.poll_once().await.expect("first cycle");
+    let after = now_ms();
+    assert!(report.commit_log, "committed offsets from the commit log");
+    assert!(
+        report.missing_groups.is_empty(),
+        "{:?}",
+        report.missing_groups
+    );
+    // Every distinct committed record below the log end read once: at most N a partition.
+    assert!(
+        report.records_read <= (N as usize) * PARTITIONS as usize,
+        "{} records read",
+        report.records_read
+    );
+    for (g, name) in names.iter().enumerate() {
+        let gr = group(&report, name);
+        assert_eq!(gr.partitions.len(), PARTITIONS as usize, "group {name}");
+        let mut sum = 0;
+        for p in 0..PARTITIONS {
+            let c = committed(g, p);
+            let part = partition(&gr, &topic, p);
+            assert_eq!(part.committed, Some(c), "{name} {topic}/{p}");
+            assert_eq!(part.log_end, Some(N), "{name} {topic}/{p}");
+            assert_eq!(part.offset_lag, Some(N - c), "{name} {topic}/{p}");
+            sum += N - c;
+            let lag = part.time_lag_seconds.expect("a time lag");
+            if c == N {
+                assert_eq!((lag, part.method), (0.0, Method::None), "{name} caught up");
+            } else {
+                assert_eq!(part.method, Method::Record, "{name} {topic}/{p}");
+                let min = (before - stamp(p, c)) as f64 / 1000.0;
+                let max = (after - stamp(p, c)) as f64 / 1000.0;
+                assert!(
+                    lag >= min - 1.0 && lag <= max + 1.0,
+                    "{name} {topic}/{p}: time lag {lag} s, record {c} is {min}..{max} s old"
+                );
+            }
+        }
+        assert_eq!(gr.offset_lag, sum, "group {name}");
+    }
+
+    // Nothing moved: nothing is read again. Then ten groups move on partition 0.
+    let again = monitor.poll_once().await.expect("second cycle");
+    assert_eq!(again.records_read, 0, "cached records are read again");
+    for name in &names[..10] {
+        let committer = support::consumer(name);
+        commit(&committer, &topic, 0, N - 1);
+    }
+    let moved = monitor.poll_once().await.expect("third cycle");
+    for name in &names[..10] {
+        let p = partition(&group(&moved, name), &topic, 0);
+        assert_eq!(
+            (p.committed, p.offset_lag),
+            (Some(N - 1), Some(1)),
+            "{name}"
+        );
+        assert_eq!(p.method, Method::Record, "{name}");
+    }
+    assert!(
+        moved.records_read <= 1,
+        "one new committed offset, {} reads",
+        moved.records_read
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_monitors_exactly_one_runs_and_the_other_takes_over_when_it_stops() {
+    let topic = support::random_name("backlog-elect");
+    let name = support::random_name("backlog-elect-group");
+    support::create_topic(&topic, 1).await;
+    produce(&topic, 0, &[now_ms() - 5_000, now_ms() - 4_000]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 1);
+
+    let election = Election {
+        bootstrap_servers: support::bootstrap(),
+        properties: [("broker.address.family".to_owned(), "v4".to_owned())].into(),
+        group_id: support::random_name("backlog-elect-synclag"),
+        topic: support::random_name("backlog-election"),
+        session_timeout: Duration::from_secs(6),
+        client_id: String::new(),
+    };
+    let start = |id: &str| {
+        let mut cfg = config(vec![GroupSelector::Name(name.clone())]);
+        cfg.interval = Duration::from_millis(200);
+        cfg.backlog_topic = support::random_name("backlog-elect-out");
+        cfg.election = Some(Election {
+            client_id: format!("synclag-backlog-{id}"),
+            ..election.clone()
+        });
+        let monitor = BacklogMonitor::new(cfg).expect("monitor");
+        let handle = monitor.handle();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(monitor.run(shutdown.clone()));
+        (handle, shutdown, task)
+    };
+    let (a, stop_a, task_a) = start("a");
+    let (b, stop_b, task_b) = start("b");
+    let both = [a.clone(), b.clone()];
+    let never_both = || {
+        let leaders = both.iter().filter(|h| h.is_leader()).count();
+        assert!(leaders <= 1, "two instances run the monitor at once");
+        leaders
+    };
+    support::wait_until_async(
+        Duration::from_secs(60),
+        "one monitor is elected and has run",
+        || {
+            let leaders = never_both();
+            let ran = both
+                .iter()
+                .any(|h| h.is_leader() && h.snapshot().group(&name).is_some());
+            async move { leaders == 1 && ran }
+        },
+    )
+    .await;
+    // A while of observations: still one leader, and only it reports groups.
+    for _ in 0..40 {
+        assert_eq!(never_both(), 1);
+        for h in &both {
+            if !h.is_leader() {
+                let s = h.snapshot();
+                assert!(
+                    !s.leader && s.summaries().count() == 0,
+                    "a follower reports"
+                );
+                assert_eq!(s.render_prometheus(), "", "a follower exports series");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (leader, follower, stop_leader, task_leader, stop_follower, task_follower) =
+        if a.is_leader() {
+            (a, b, stop_a, task_a, stop_b, task_b)
+        } else {
+            (b, a, stop_b, task_b, stop_a, task_a)
+        };
+
+    // The leader stops: it leaves the group and the other takes over.
+    stop_leader.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), task_leader)
+        .await
+        .expect("the stopped monitor returns")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
+    support::wait_until_async(
+        Duration::from_secs(30),
+        "the other monitor takes over and measures the group",
+        || {
+            let leaders = never_both();
+            let took_over = follower.is_leader()
+                && follower
+                    .snapshot()
+                    .group(&name)
+                    .is_some_and(|g| g.offset_lag == 1);
+            async move { leaders == 1 && took_over }
+        },
+    )
+    .await;
+    assert!(!leader.is_leader());
+    stop_follower.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), task_follower)
+        .await
+        .expect("the second monitor returns")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn without_the_commit_log_offsets_come_from_the_admin_api_for_every_group() {
+    let topic = support::random_name("backlog-admin");
+    let prefix = support::random_name("backlog-admin-group");
+    support::create_topic(&topic, 2).await;
+    let base = now_ms() - 60_000;
+    for p in 0..2 {
+        produce(&topic, p, &[base, base + 1, base + 2, base + 3, base + 4]).await;
+    }
+    let names: Vec<String> = (0..3).map(|g| format!("{prefix}-{g}")).collect();
+    for (g, name) in names.iter().enumerate() {
+        let committer = support::consumer(name);
+        commit(&committer, &topic, 0, g as i64);
+        commit(&committer, &topic, 1, 4 - g as i64);
+    }
+    let pattern = regex::Regex::new(&format!("^{}-", regex::escape(&prefix))).expect("regex");
+    let mut cfg = config(vec![GroupSelector::Pattern(pattern)]);
+    cfg.read_commit_log = false;
+    let mut monitor = BacklogMonitor::new(cfg).expect("monitor");
+    let report = monitor.poll_once().await.expect("cycle");
+    assert!(!report.commit_log, "the commit log was not read");
+    for (g, name) in names.iter().enumerate() {
+        let gr = group(&report, name);
+        assert_eq!(gr.error, None, "{name}");
+        let p0 = partition(&gr, &topic, 0);
+        let p1 = partition(&gr, &topic, 1);
+        assert_eq!(
+            (p0.committed, p0.offset_lag),
+            (Some(g as i64), Some(5 - g as i64))
+        );
+        assert_eq!(
+            (p1.committed, p1.offset_lag),
+            (Some(4 - g as i64), Some(1 + g as i64))
+        );
+        assert_eq!(p0.method, Method::Record);
+    }
+}
+
+#[tokio::test]
+async fn backlog_once_applies_the_reset_policy_from_topology_yaml() {
+    let topic = support::random_name("backlog-once");
+    let name = support::random_name("backlog-once-group");
+    support::create_topic(&topic, 2).await;
+    let base = now_ms() - 60_000;
+    produce(&topic, 0, &[base, base + 1, base + 2]).await;
+    produce(&topic, 1, &[base, base + 1, base + 2, base + 3]).await;
+    let committer = support::consumer(&name);
+    commit(&committer, &topic, 0, 1);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("topology.yaml");
+    let yaml = format!(
+        r#"
+service: {{ group_id: {name}-synclag }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+streams:
+  - {{ name: orders, topic: {topic}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+  - {{ name: outbox, topic: {topic}-outbox, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+workflows:
+  - name: order_import
+    stages: [ {{ name: created, stream: orders }}, {{ name: imported, stream: outbox }} ]
+    sla: {{ warn: 5m, critical: 15m }}
+    window: 1h
+backlog:
+  groups: [ {{ name: {name} }} ]
+  reset:
+    - {{ pattern: "^{name}$", policy: earliest }}
+"#,
+        bootstrap = support::bootstrap(),
+    );
+    std::fs::write(&path, yaml).expect("write topology");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synclag"))
+        .args(["backlog", "--once", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run synclag backlog --once");
+    assert!(
+        out.status.success(),
+        "synclag backlog --once failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["leader"], true, "{report:#}");
+    let g = &report["groups"][0];
+    assert_eq!(g["group"], name.as_str());
+    assert_eq!(g["reset_policy"], "earliest");
+    let parts = g["partitions"].as_array().expect("partitions");
+    let p1 = parts
+        .iter()
+        .find(|p| p["partition"] == 1)
+        .expect("partition 1");
+    assert_eq!(p1["no_commit"], true);
+    assert_eq!(
+        p1["offset_lag"], 4,
+        "earliest: the whole partition is backlog"
+    );
+    let p0 = parts
+        .iter()
+        .find(|p| p["partition"] == 0)
+        .expect("partition 0");
+    assert_eq!(
+        (&p0["committed"], &p0["offset_lag"]),
+        (&1.into(), &2.into())
+    );
 }

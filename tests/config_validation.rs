@@ -565,3 +565,42 @@ fn event_time_policy_defaults_and_bad_values() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(t.service.event_time.max_ahead, Duration::from_secs(120));
 }
+
+#[test]
+fn backlog_reset_policies_and_window_bounds() {
+    let yaml = BASE.replace(
+        "    - name: odoo-connector\n",
+        "    - name: odoo-connector\n  reset:\n    - { name: odoo-connector, policy: earliest }\n    - { pattern: \"^mw-.*\", policy: latest }\n",
+    );
+    let t = Topology::from_yaml_str("t.yaml", &yaml, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    let config = synclag::backlog::MonitorConfig::from_topology(&t);
+    use synclag::backlog::ResetPolicy;
+    let policy = |g: &str| {
+        config
+            .reset_policies
+            .iter()
+            .find(|(s, _)| s.matches(g))
+            .map(|(_, p)| *p)
+            .unwrap_or_default()
+    };
+    assert_eq!(policy("odoo-connector"), ResetPolicy::Earliest);
+    assert_eq!(policy("mw-orders"), ResetPolicy::Latest);
+    assert_eq!(policy("other"), ResetPolicy::Latest);
+
+    let bad = BASE.replace(
+        "    - name: odoo-connector\n",
+        "    - name: odoo-connector\n  window: 300\n  reset:\n    - { name: a, policy: oldest }\n    - { name: b, pattern: c, policy: latest }\n    - { pattern: \"(\", policy: earliest }\n",
+    );
+    let found = problems(&bad);
+    for needle in [
+        "backlog.reset[0].policy: `oldest` is not a reset policy; use `earliest` or `latest`",
+        "backlog.reset[1]: give exactly one of `name`",
+        "backlog.reset[2].pattern: `(` is not a valid regular expression",
+        "backlog.window: `300` observations is too many; at most 250",
+    ] {
+        assert!(
+            found.iter().any(|p| p.contains(needle)),
+            "expected {needle:?} in {found:#?}"
+        );
+    }
+}

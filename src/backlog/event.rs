@@ -149,8 +149,8 @@ impl EventSink {
     /// Publishes one event per group of `report`; returns how many were delivered.
     pub async fn publish(&self, report: &BacklogReport) -> Result<usize, BacklogError> {
         let mut delivered = 0;
-        for g in &report.groups {
-            let event = BacklogEvent::from_group(report, g);
+        for g in report.groups() {
+            let event = BacklogEvent::from_group(report, &g);
             let payload = self.encode(&event).await?;
             self.producer
                 .send(

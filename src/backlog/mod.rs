@@ -4,6 +4,7 @@
 //! with no commit. Full definitions: `docs/backlog.md`.
 //!
 //! - [`status`]   — the status rules over a sliding window of observations (pure).
+//! - [`leader`]   — which of several instances runs the monitor (a Kafka consumer group).
 //! - [`timeline`] — time lag from the record at the committed offset, or interpolated (pure).
 //! - [`probe`]    — the batched Kafka requests of one cycle (blocking, librdkafka).
 //! - [`monitor`]  — [`BacklogMonitor`]: one cycle = probe → windows → [`BacklogReport`].
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod event;
+pub mod leader;
 pub mod monitor;
 pub mod probe;
 pub mod report;
@@ -32,8 +34,9 @@ pub mod status;
 pub mod timeline;
 
 pub use event::{BacklogEvent, EventSink};
+pub use leader::{Election, Leadership, ELECTION_TOPIC};
 pub use monitor::{BacklogMonitor, MonitorConfig};
-pub use report::{BacklogReport, GroupReport, PartitionReport, ResetPolicy};
+pub use report::{BacklogReport, GroupReport, GroupSummary, PartitionReport, ResetPolicy};
 pub use status::Status;
 pub use timeline::Method;
 
@@ -63,6 +66,9 @@ pub enum BacklogError {
     /// An event was not delivered to Kafka. Retryable.
     #[error("cannot publish a backlog event: {0}")]
     Publish(String),
+    /// Another instance is elected to run the monitor; this one skipped the cycle.
+    #[error("another instance runs the backlog monitor")]
+    NotLeader,
     /// A blocking worker died. Not retryable.
     #[error("backlog worker failed: {0}")]
     Worker(String),
@@ -108,6 +114,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone, Default)]
 pub struct BacklogHandle {
     latest: Arc<RwLock<Arc<BacklogReport>>>,
+    leader: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl BacklogHandle {
@@ -117,6 +124,16 @@ impl BacklogHandle {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether this instance runs the monitor now (always, without an election).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.leader
+            .store(leader, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The backlog series of the latest report, Prometheus text format; append it to
@@ -134,8 +151,7 @@ impl BacklogHandle {
     /// (cause evidence: a group explains a breach only on the topics it is behind on).
     pub fn backlogged(&self) -> Vec<crate::rules::Backlogged> {
         self.snapshot()
-            .groups
-            .iter()
+            .summaries()
             .filter(|g| g.status != Status::Ok)
             .map(|g| {
                 let mut topics: Vec<String> = g
@@ -197,6 +213,10 @@ pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
         config
             .reset_policies
             .push((selector, ResetPolicy::Earliest));
+    }
+    if args.once {
+        // One report, now: no election (and no effect on the running monitor).
+        config.election = None;
     }
     let mut monitor = BacklogMonitor::new(config)?;
     if args.once {

@@ -26,7 +26,6 @@
 //! partitions is `OK`.
 
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::fmt;
 
 /// Status of a partition or a group (see the module documentation for the rules).
@@ -106,77 +105,162 @@ pub struct Observation {
     pub owned: bool,
 }
 
-/// The last `capacity` observations of one partition, newest last.
-#[derive(Debug, Clone)]
-pub struct Window {
-    capacity: usize,
-    observations: VecDeque<Observation>,
+/// The largest status window: window ages are kept in one byte each.
+pub const MAX_WINDOW: usize = 250;
+
+/// "Never happened, or longer ago than any window."
+const NEVER: u8 = u8::MAX;
+
+/// What the previous observations of the same partition left behind, as far as the
+/// next observation needs it: the newest known position and the previous lag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Previous {
+    /// The newest position any earlier observation had (across unreadable ones).
+    pub known_position: Option<i64>,
+    /// The lag of the observation just before (`None` when it had none, or there was none).
+    pub lag: Option<i64>,
 }
 
-impl Window {
-    /// An empty window holding at most `capacity` observations (at least 2).
-    pub fn new(capacity: usize) -> Window {
-        let capacity = capacity.max(2);
-        Window {
-            capacity,
-            observations: VecDeque::with_capacity(capacity),
+/// The sliding window of one partition in 11 bytes: instead of the observations
+/// themselves it keeps, for every fact the rules ask about, how many observations ago
+/// it was last true (saturating). "Somewhere in the window" is then "fewer observations
+/// ago than the window is long", which gives exactly the rules of the module
+/// documentation without keeping `window` observations per partition — at 1,000,000
+/// (group, partition) rows that is the difference between 11 MB and hundreds.
+///
+/// For a pair of consecutive observations the age kept is that of the earlier one: the
+/// pair is inside the window when its earlier observation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ages {
+    /// Observations so far (saturating).
+    n: u8,
+    /// The newest observation with a position.
+    known: u8,
+    /// The earlier observation of the newest pair whose position moved back.
+    rewind: u8,
+    /// The newest observation without a position or a lag.
+    gap: u8,
+    /// The earlier observation of the newest pair whose positions differ.
+    moved: u8,
+    /// The newest observation with lag 0.
+    caught_up: u8,
+    /// The newest observation without commit-log evidence (log unreadable).
+    no_log: u8,
+    /// The newest observation with a commit seen.
+    commit: u8,
+    /// The newest observation while an active member owned the partition.
+    owned: u8,
+    /// The earlier observation of the newest pair whose lag shrank.
+    shrank: u8,
+    /// The earlier observation of the newest pair whose lag changed.
+    lag_changed: u8,
+}
+
+impl Default for Ages {
+    fn default() -> Self {
+        Ages {
+            n: 0,
+            known: NEVER,
+            rewind: NEVER,
+            gap: NEVER,
+            moved: NEVER,
+            caught_up: NEVER,
+            no_log: NEVER,
+            commit: NEVER,
+            owned: NEVER,
+            shrank: NEVER,
+            lag_changed: NEVER,
+        }
+    }
+}
+
+fn older(age: &mut u8) {
+    if *age < NEVER {
+        *age += 1;
+    }
+}
+
+impl Ages {
+    /// Adds the newest observation; `previous` describes the observations before it.
+    pub fn push(&mut self, o: Observation, previous: Previous) {
+        for a in [
+            &mut self.known,
+            &mut self.rewind,
+            &mut self.gap,
+            &mut self.moved,
+            &mut self.caught_up,
+            &mut self.no_log,
+            &mut self.commit,
+            &mut self.owned,
+            &mut self.shrank,
+            &mut self.lag_changed,
+        ] {
+            older(a);
+        }
+        self.n = self.n.saturating_add(1);
+        if let Some(p) = o.position {
+            if let (Some(q), true) = (previous.known_position, self.known < NEVER) {
+                if p < q {
+                    self.rewind = self.known;
+                }
+                if p != q {
+                    self.moved = self.known;
+                }
+            }
+            self.known = 0;
+        }
+        if o.position.is_none() || o.lag.is_none() {
+            self.gap = 0;
+        }
+        if let (Some(l), Some(pl)) = (o.lag, previous.lag) {
+            if self.n > 1 {
+                if l < pl {
+                    self.shrank = 1;
+                }
+                if l != pl {
+                    self.lag_changed = 1;
+                }
+            }
+        }
+        if o.lag == Some(0) {
+            self.caught_up = 0;
+        }
+        match o.commit_seen {
+            None => self.no_log = 0,
+            Some(true) => self.commit = 0,
+            Some(false) => {}
+        }
+        if o.owned {
+            self.owned = 0;
         }
     }
 
-    /// Adds the newest observation, dropping the oldest when full.
-    pub fn push(&mut self, observation: Observation) {
-        if self.observations.len() == self.capacity {
-            self.observations.pop_front();
-        }
-        self.observations.push_back(observation);
-    }
-
-    pub fn len(&self) -> usize {
-        self.observations.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.observations.is_empty()
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.observations.len() == self.capacity
-    }
-
-    /// The status the window shows now.
-    pub fn status(&self) -> Status {
-        let Some(newest) = self.observations.back() else {
-            return Status::Ok;
-        };
-        let Some(newest_lag) = newest.lag else {
+    /// The status of a window of `capacity` observations whose newest is `newest`
+    /// (the one pushed last).
+    pub fn status(&self, newest: &Observation, capacity: usize) -> Status {
+        let capacity = capacity.clamp(2, MAX_WINDOW);
+        let len = usize::from(self.n).min(capacity);
+        let inside = |age: u8| usize::from(age) < len;
+        if newest.lag.is_none() {
             return Status::Err;
-        };
-        let positions: Vec<i64> = self
-            .observations
-            .iter()
-            .filter_map(|o| o.position)
-            .collect();
-        if positions.windows(2).any(|w| w[1] < w[0]) {
+        }
+        if inside(self.rewind) {
             return Status::Rewind;
         }
-        if newest_lag == 0 || !self.is_full() {
+        if newest.lag == Some(0) || usize::from(self.n) < capacity {
             return Status::Ok;
         }
-        // A full window with no gaps from here on: an earlier ERR observation means we
-        // cannot say the position stood still or the lag kept growing.
-        let lags: Vec<i64> = self.observations.iter().filter_map(|o| o.lag).collect();
-        if lags.len() != self.observations.len() || positions.len() != lags.len() {
+        // A full window with an unreadable observation: we cannot say the position
+        // stood still or the lag kept growing.
+        if inside(self.gap) {
             return Status::Ok;
         }
-        let unchanged = positions.windows(2).all(|w| w[0] == w[1]);
-        if unchanged && lags.iter().all(|&l| l > 0) {
-            let log_readable = self.observations.iter().all(|o| o.commit_seen.is_some());
-            let committing = if log_readable {
-                self.observations
-                    .iter()
-                    .any(|o| o.commit_seen == Some(true))
+        let unchanged = !inside(self.moved);
+        if unchanged && !inside(self.caught_up) {
+            let committing = if inside(self.no_log) {
+                inside(self.owned)
             } else {
-                self.observations.iter().any(|o| o.owned)
+                inside(self.commit)
             };
             return if committing {
                 Status::Stall
@@ -184,11 +268,62 @@ impl Window {
                 Status::Stop
             };
         }
-        let never_shrank = lags.windows(2).all(|w| w[1] >= w[0]);
-        if !unchanged && never_shrank && lags[lags.len() - 1] > lags[0] {
+        if !unchanged && !inside(self.shrank) && inside(self.lag_changed) {
             return Status::Warn;
         }
         Status::Ok
+    }
+}
+
+/// A window that keeps what [`Ages::push`] needs from earlier observations itself:
+/// convenient for one partition at a time (the monitor keeps that in its report).
+#[derive(Debug, Clone)]
+pub struct Window {
+    capacity: usize,
+    ages: Ages,
+    previous: Previous,
+    newest: Option<Observation>,
+}
+
+impl Window {
+    /// An empty window holding at most `capacity` observations (2 to [`MAX_WINDOW`]).
+    pub fn new(capacity: usize) -> Window {
+        Window {
+            capacity: capacity.clamp(2, MAX_WINDOW),
+            ages: Ages::default(),
+            previous: Previous::default(),
+            newest: None,
+        }
+    }
+
+    /// Adds the newest observation, dropping the oldest when full.
+    pub fn push(&mut self, observation: Observation) {
+        self.ages.push(observation, self.previous);
+        self.previous = Previous {
+            known_position: observation.position.or(self.previous.known_position),
+            lag: observation.lag,
+        };
+        self.newest = Some(observation);
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.ages.n).min(self.capacity)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ages.n == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() == self.capacity
+    }
+
+    /// The status the window shows now.
+    pub fn status(&self) -> Status {
+        match &self.newest {
+            None => Status::Ok,
+            Some(newest) => self.ages.status(newest, self.capacity),
+        }
     }
 }
 
@@ -290,5 +425,75 @@ mod tests {
         );
         assert_eq!(Status::worst([]), Status::Ok);
         assert_eq!(Status::worst([Status::Stop, Status::Err]), Status::Err);
+    }
+
+    /// The rules read literally over the last `capacity` observations.
+    fn reference(window: &[Observation]) -> Status {
+        let Some(newest) = window.last() else {
+            return Status::Ok;
+        };
+        let Some(newest_lag) = newest.lag else {
+            return Status::Err;
+        };
+        let positions: Vec<i64> = window.iter().filter_map(|o| o.position).collect();
+        if positions.windows(2).any(|w| w[1] < w[0]) {
+            return Status::Rewind;
+        }
+        if newest_lag == 0 || window.len() < CAP {
+            return Status::Ok;
+        }
+        let lags: Vec<i64> = window.iter().filter_map(|o| o.lag).collect();
+        if lags.len() != window.len() || positions.len() != lags.len() {
+            return Status::Ok;
+        }
+        let unchanged = positions.windows(2).all(|w| w[0] == w[1]);
+        if unchanged && lags.iter().all(|&l| l > 0) {
+            let committing = if window.iter().all(|o| o.commit_seen.is_some()) {
+                window.iter().any(|o| o.commit_seen == Some(true))
+            } else {
+                window.iter().any(|o| o.owned)
+            };
+            return if committing {
+                Status::Stall
+            } else {
+                Status::Stop
+            };
+        }
+        if !unchanged && lags.windows(2).all(|w| w[1] >= w[0]) && lags[lags.len() - 1] > lags[0] {
+            return Status::Warn;
+        }
+        Status::Ok
+    }
+
+    const CAP: usize = 4;
+
+    fn observation() -> impl proptest::strategy::Strategy<Value = Observation> {
+        use proptest::prelude::*;
+        (
+            proptest::option::weighted(0.9, 0i64..4),
+            proptest::option::weighted(0.9, 0i64..3),
+            proptest::option::weighted(0.8, any::<bool>()),
+            any::<bool>(),
+        )
+            .prop_map(|(position, lag, commit_seen, owned)| Observation {
+                position,
+                lag: position.and(lag),
+                commit_seen,
+                owned,
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compact_window_agrees_with_the_rules_read_literally(
+            seq in proptest::collection::vec(observation(), 1..14)
+        ) {
+            let mut w = Window::new(CAP);
+            for (i, o) in seq.iter().enumerate() {
+                w.push(*o);
+                let from = (i + 1).saturating_sub(CAP);
+                proptest::prop_assert_eq!(w.status(), reference(&seq[from..=i]), "after {:?}", &seq[..=i]);
+            }
+        }
     }
 }

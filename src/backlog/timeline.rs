@@ -9,7 +9,6 @@
 //! time lag is then a lower bound (documented in `docs/backlog.md`).
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// How a time lag was obtained; exported as the `method` label.
@@ -42,11 +41,12 @@ impl fmt::Display for Method {
     }
 }
 
-/// Sampled (offset → write time in ms) points of one partition, bounded.
+/// Sampled (offset → write time in ms) points of one partition, bounded; a sorted
+/// vector (16 bytes a point, no per-node overhead: one per partition of the cluster).
 #[derive(Debug, Clone)]
 pub struct Timeline {
     capacity: usize,
-    points: BTreeMap<i64, i64>,
+    points: Vec<(i64, i64)>,
 }
 
 impl Timeline {
@@ -55,13 +55,16 @@ impl Timeline {
     pub fn new(capacity: usize) -> Timeline {
         Timeline {
             capacity: capacity.max(2),
-            points: BTreeMap::new(),
+            points: Vec::new(),
         }
     }
 
     /// The record at `offset` was written at `time_ms` (exact).
     pub fn record(&mut self, offset: i64, time_ms: i64) {
-        self.points.insert(offset, time_ms);
+        match self.points.binary_search_by_key(&offset, |p| p.0) {
+            Ok(i) => self.points[i].1 = time_ms,
+            Err(i) => self.points.insert(i, (offset, time_ms)),
+        }
         self.trim();
     }
 
@@ -71,14 +74,17 @@ impl Timeline {
         if log_end <= 0 {
             return;
         }
-        self.points.entry(log_end - 1).or_insert(now_ms);
-        self.trim();
+        if let Err(i) = self.points.binary_search_by_key(&(log_end - 1), |p| p.0) {
+            self.points.insert(i, (log_end - 1, now_ms));
+            self.trim();
+        }
     }
 
     /// Drops every point at or above `from`: used when the partition was truncated or
     /// recreated (its log end moved back), which invalidates the samples.
     pub fn forget_from(&mut self, from: i64) {
-        self.points.split_off(&from);
+        let keep = self.points.partition_point(|p| p.0 < from);
+        self.points.truncate(keep);
     }
 
     pub fn len(&self) -> usize {
@@ -90,18 +96,20 @@ impl Timeline {
     }
 
     fn trim(&mut self) {
-        while self.points.len() > self.capacity {
-            self.points.pop_first();
+        if self.points.len() > self.capacity {
+            let extra = self.points.len() - self.capacity;
+            self.points.drain(..extra);
         }
     }
 
     /// Estimated write time (ms) of the record at `offset`, if any sample is at or above it.
     pub fn estimate(&self, offset: i64) -> Option<i64> {
-        let above = self.points.range(offset..).next();
-        let below = self.points.range(..offset).next_back();
+        let i = self.points.partition_point(|p| p.0 < offset);
+        let above = self.points.get(i);
+        let below = i.checked_sub(1).and_then(|j| self.points.get(j));
         match (below, above) {
-            (_, Some((&o, &t))) if o == offset => Some(t),
-            (Some((&o1, &t1)), Some((&o2, &t2))) => {
+            (_, Some(&(o, t))) if o == offset => Some(t),
+            (Some(&(o1, t1)), Some(&(o2, t2))) => {
                 let span = (o2 - o1) as f64;
                 let frac = (offset - o1) as f64 / span;
                 let t = t1 as f64 + frac * (t2 - t1) as f64;
@@ -110,7 +118,7 @@ impl Timeline {
                 Some(t.clamp(lo, hi).round() as i64)
             }
             // Below every sample: the oldest sample's time (a lower bound on the age).
-            (None, Some((_, &t))) => Some(t),
+            (None, Some(&(_, t))) => Some(t),
             (_, None) => None,
         }
     }

@@ -218,6 +218,34 @@ pub const SETTINGS: &[Setting] = &[
         why: "only the first record at each committed offset is wanted: keep prefetch small",
     },
     Setting {
+        key: "queued.min.messages",
+        value: "10000",
+        rule: Rule::Default,
+        clients: &[CommitLogTail],
+        why: "the commit log is read in bounded steps; librdkafka's default prefetch (100,000 records a partition, 64 MB) would dominate the monitor's memory",
+    },
+    Setting {
+        key: "queued.max.messages.kbytes",
+        value: "4096",
+        rule: Rule::Default,
+        clients: &[CommitLogTail],
+        why: "the commit log is read in bounded steps; librdkafka's default prefetch (100,000 records a partition, 64 MB) would dominate the monitor's memory",
+    },
+    Setting {
+        key: "fetch.max.bytes",
+        value: "4194304",
+        rule: Rule::Default,
+        clients: &[BacklogReader, CommitLogTail],
+        why: "one fetch response spans every assigned partition; librdkafka's default (50 MB) would be held in memory at once",
+    },
+    Setting {
+        key: "fetch.queue.backoff.ms",
+        value: "10",
+        rule: Rule::Default,
+        clients: &[BacklogReader, CommitLogTail],
+        why: "with small fetch queues librdkafka would otherwise pause each partition's fetching for a second whenever its queue is full, which makes reading the commit log and the records of a cycle take minutes on a big cluster",
+    },
+    Setting {
         key: "fetch.wait.max.ms",
         value: "50",
         rule: Rule::Default,
@@ -228,8 +256,15 @@ pub const SETTINGS: &[Setting] = &[
         key: "isolation.level",
         value: "read_uncommitted",
         rule: Rule::Default,
-        clients: &[BacklogReader, CommitLogTail],
+        clients: &[BacklogReader],
         why: "the record at a committed offset may belong to an open transaction; its time is read without waiting for the transaction to end",
+    },
+    Setting {
+        key: "isolation.level",
+        value: "read_committed",
+        rule: Rule::Default,
+        clients: &[CommitLogTail],
+        why: "offsets committed inside a transaction count only once the transaction commits, as the group coordinator applies them",
     },
 ];
 

@@ -403,6 +403,29 @@ pub struct Backlog {
     pub interval: Duration,
     pub window: usize,
     pub groups: Vec<GroupSelector>,
+    /// `backlog.reset`: where groups without a commit start, first match wins
+    /// (`latest` for groups that match none).
+    pub reset: Vec<(GroupSelector, ResetPolicy)>,
+}
+
+/// Where a group without a commit on a partition would start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetPolicy {
+    /// The log end: such a partition has no backlog (lag 0).
+    #[default]
+    Latest,
+    /// The log start: the whole retained log is backlog.
+    Earliest,
+}
+
+impl ResetPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetPolicy::Latest => "latest",
+            ResetPolicy::Earliest => "earliest",
+        }
+    }
 }
 
 /// One thing wrong with a configuration.

@@ -296,8 +296,21 @@ pub struct RawBacklog {
     pub window: Option<u64>,
     #[serde(default)]
     pub groups: Vec<RawGroup>,
+    /// Where groups without a commit on a partition start: first match wins.
+    #[serde(default)]
+    pub reset: Vec<RawReset>,
 }
-pub const BACKLOG_KEYS: &[&str] = &["interval", "window", "groups"];
+pub const BACKLOG_KEYS: &[&str] = &["interval", "window", "groups", "reset"];
+
+/// A reset policy for the groups a `name` or `pattern` selects.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReset {
+    pub name: Option<String>,
+    pub pattern: Option<String>,
+    pub policy: String,
+}
+pub const RESET_KEYS: &[&str] = &["name", "pattern", "policy"];
 
 /// A watched group: an exact `name` or a `pattern` (regex).
 #[derive(Debug, Deserialize)]
@@ -359,5 +372,6 @@ mod tests {
         same(accepted_keys::<RawBacklog>(), BACKLOG_KEYS);
         same(accepted_keys::<RawGroup>(), GROUP_KEYS);
         same(accepted_keys::<RawIncidents>(), INCIDENTS_KEYS);
+        same(accepted_keys::<RawReset>(), RESET_KEYS);
     }
 }

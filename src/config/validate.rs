@@ -76,10 +76,18 @@ static GROUP_SHAPE: Shape = Shape {
     required: &[],
     children: &[],
 };
+static RESET_SHAPE: Shape = Shape {
+    keys: RESET_KEYS,
+    required: &["policy"],
+    children: &[],
+};
 static BACKLOG_SHAPE: Shape = Shape {
     keys: BACKLOG_KEYS,
     required: &[],
-    children: &[("groups", Child::List(&GROUP_SHAPE))],
+    children: &[
+        ("groups", Child::List(&GROUP_SHAPE)),
+        ("reset", Child::List(&RESET_SHAPE)),
+    ],
 };
 static EVENT_TIME_SHAPE: Shape = Shape {
     keys: EVENT_TIME_KEYS,
@@ -1263,9 +1271,60 @@ fn backlog_section(ctx: &mut Ctx, backlog: RawBacklog) -> Backlog {
             ),
         }
     }
+    let mut reset = Vec::new();
+    for (i, r) in backlog.reset.iter().enumerate() {
+        let p = format!("backlog.reset[{i}]");
+        let policy = match r.policy.as_str() {
+            "earliest" => Some(ResetPolicy::Earliest),
+            "latest" => Some(ResetPolicy::Latest),
+            other => {
+                ctx.push(
+                    format!("{p}.policy"),
+                    format!("`{other}` is not a reset policy; use `earliest` or `latest`"),
+                );
+                None
+            }
+        };
+        let selector = match (&r.name, &r.pattern) {
+            (Some(n), None) if !n.trim().is_empty() => Some(GroupSelector::Name(n.clone())),
+            (Some(_), None) => {
+                ctx.push(format!("{p}.name"), "empty group name");
+                None
+            }
+            (None, Some(pat)) => match regex::Regex::new(pat) {
+                Ok(re) => Some(GroupSelector::Pattern(re)),
+                Err(e) => {
+                    ctx.push(
+                        format!("{p}.pattern"),
+                        format!("`{pat}` is not a valid regular expression: {e}"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                ctx.push(
+                    &p,
+                    "give exactly one of `name` (a group id) or `pattern` (a regular expression)",
+                );
+                None
+            }
+        };
+        if let (Some(s), Some(policy)) = (selector, policy) {
+            reset.push((s, policy));
+        }
+    }
+    // The window's ages are kept in one byte each (see backlog::status).
+    const MAX_WINDOW: u64 = 250;
     let window = match backlog.window {
         None => 10,
-        Some(n) if n >= 2 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) if (2..=MAX_WINDOW).contains(&n) => usize::try_from(n).unwrap_or(10),
+        Some(n) if n > MAX_WINDOW => {
+            ctx.push(
+                "backlog.window",
+                format!("`{n}` observations is too many; at most {MAX_WINDOW}"),
+            );
+            10
+        }
         Some(n) => {
             ctx.push(
                 "backlog.window",
@@ -1283,6 +1342,7 @@ fn backlog_section(ctx: &mut Ctx, backlog: RawBacklog) -> Backlog {
         ),
         window,
         groups,
+        reset,
     }
 }
 

@@ -15,6 +15,16 @@ pub fn describe_all() {
         metrics::Unit::Count,
         "Backlog poll cycles that failed as a whole (metadata or group list unreadable)."
     );
+    metrics::describe_gauge!(
+        BACKLOG_LEADER,
+        metrics::Unit::Count,
+        "1 while this instance is the elected one that runs the backlog monitor, else 0."
+    );
+    metrics::describe_counter!(
+        BACKLOG_BOUND_HITS,
+        metrics::Unit::Count,
+        "Backlog cycles that hit a bound, by bound: max_record_reads (records left to later cycles), record_wait (partitions given up, time lag interpolated), commit_log_budget (commit log not at its end, offsets from per-group queries)."
+    );
 
     // ---- pipeline (src/ingest, src/decode, src/correlate, src/emit)
     // PIPELINE-DESCRIBE-MARKER
@@ -368,6 +378,10 @@ pub const BACKLOG_GROUP_UNCOMMITTED: &str = "synclag_backlog_group_uncommitted_p
 pub const BACKLOG_CYCLE_DURATION: &str = "synclag_backlog_cycle_duration_seconds";
 /// Backlog poll cycles that failed as a whole (recorder).
 pub const BACKLOG_CYCLE_ERRORS: &str = "synclag_backlog_cycle_errors_total";
+/// 1 while this instance runs the backlog monitor (elected), else 0.
+pub const BACKLOG_LEADER: &str = "synclag_backlog_leader";
+/// Cycles that hit a bound, by `bound`.
+pub const BACKLOG_BOUND_HITS: &str = "synclag_backlog_bound_hits_total";
 
 // ---- pipeline (src/ingest, src/decode, src/correlate, src/emit)
 // PIPELINE-NAMES-MARKER
