@@ -150,16 +150,22 @@ impl BacklogHandle {
     /// Watched groups that are not OK, with the topics of their partitions that are not
     /// (cause evidence: a group explains a breach only on the topics it is behind on).
     pub fn backlogged(&self) -> Vec<crate::rules::Backlogged> {
-        self.snapshot()
+        let report = self.snapshot();
+        report
             .summaries()
             .filter(|g| g.status != Status::Ok)
             .map(|g| {
-                let mut topics: Vec<String> = g
-                    .partitions
-                    .iter()
-                    .filter(|p| p.status != Status::Ok)
-                    .map(|p| p.topic.clone())
-                    .collect();
+                // Only groups that are not OK are materialized with their partitions.
+                let mut topics: Vec<String> = report
+                    .group(&g.group)
+                    .map(|full| {
+                        full.partitions
+                            .into_iter()
+                            .filter(|p| p.status != Status::Ok)
+                            .map(|p| p.topic)
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 topics.sort();
                 topics.dedup();
                 crate::rules::Backlogged {
