@@ -66,6 +66,7 @@ impl Topics {
         ] {
             support::create_topic(t, p).await;
         }
+        support::create_topic(&format!("{}-incidents", self.breaches), 1).await;
     }
 }
 
@@ -96,6 +97,7 @@ outputs:
   lag_topic: {lag}
   backlog_topic: {lag}-backlog
   dead_letter_topic: {dlq}
+  incidents_topic: {breaches}-incidents
 streams:
   - name: orders
     topic: {orders}

@@ -149,15 +149,20 @@ impl Outputs {
         let producer: FutureProducer =
             cfg.create().map_err(|e| EmitError::Client(e.to_string()))?;
         // librdkafka looks up a topic it has never produced to only at its next periodic
-        // topic scan (every second), which would hold the first breach after start-up
-        // back by up to a second. Fetching the metadata now puts the topic in the
+        // topic scan (every second), which would hold the first breach (or incident) after
+        // start-up back by up to a second. Fetching the metadata now puts the topic in the
         // client's cache; in the background, so start-up never waits on the cluster.
         let warm = producer.clone();
-        let breaches_topic = topology.outputs.breaches_topic.clone();
+        let alerts = [
+            topology.outputs.breaches_topic.clone(),
+            topology.outputs.incidents_topic.clone(),
+        ];
         std::thread::spawn(move || {
-            let _ = warm
-                .client()
-                .fetch_metadata(Some(&breaches_topic), Duration::from_secs(10));
+            for topic in &alerts {
+                let _ = warm
+                    .client()
+                    .fetch_metadata(Some(topic), Duration::from_secs(10));
+            }
         });
         let encoder = topology
             .registry
