@@ -629,15 +629,29 @@ async fn of_two_monitors_exactly_one_runs_and_the_other_takes_over_when_it_stops
         assert!(leaders <= 1, "two instances run the monitor at once");
         leaders
     };
+    // Both monitors joined the election group and it settled: until then the partition
+    // may still move from the first to join to the second.
+    let group_probe: rdkafka::consumer::BaseConsumer = support::client_config()
+        .create()
+        .expect("a client to describe the election group");
     support::wait_until_async(
         Duration::from_secs(60),
-        "one monitor is elected and has run",
+        "one monitor is elected and has run, with both in a stable election group",
         || {
             let leaders = never_both();
             let ran = both
                 .iter()
                 .any(|h| h.is_leader() && h.snapshot().group(&name).is_some());
-            async move { leaders == 1 && ran }
+            let settled = group_probe
+                .fetch_group_list(Some(&election.group_id), Duration::from_secs(5))
+                .ok()
+                .and_then(|list| {
+                    list.groups()
+                        .first()
+                        .map(|g| g.state() == "Stable" && g.members().len() == 2)
+                })
+                .unwrap_or(false);
+            async move { leaders == 1 && ran && settled }
         },
     )
     .await;

@@ -118,8 +118,16 @@ pub struct BacklogHandle {
 }
 
 impl BacklogHandle {
-    /// The latest report (an empty one with `cycle == 0` before the first cycle).
+    /// The latest report (an empty one with `cycle == 0` before the first cycle). An
+    /// instance that is not (or no longer) the elected monitor reports nothing, at once:
+    /// the rows of its last cycle are not served while its leadership is being handed on.
     pub fn snapshot(&self) -> Arc<BacklogReport> {
+        static EMPTY: std::sync::OnceLock<Arc<BacklogReport>> = std::sync::OnceLock::new();
+        if !self.is_leader() {
+            return EMPTY
+                .get_or_init(|| Arc::new(BacklogReport::default()))
+                .clone();
+        }
         self.latest
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -46,9 +46,11 @@ const NARROW_SHARE: f64 = 0.8;
 const EVIDENCE_KEPT: usize = 16;
 /// Distinct dimension values an incident counts its breaches by.
 const VALUES_KEPT: usize = 64;
-/// Correlations an incident follows individually (for its pending count); beyond this,
-/// breaches are counted but their completion is not followed.
-const CORRELATIONS_FOLLOWED: usize = 10_000;
+/// Correlations an incident follows individually (for its pending count and to count each
+/// once); beyond this, breaches are counted but not followed (counted in
+/// `synclag_incident_correlations_not_followed_total`). With `max_open` incidents this
+/// bounds the memory of a flood: 500 × 1,000 ids.
+const CORRELATIONS_FOLLOWED: usize = 1_000;
 /// Dimension values the slice statistics follow; beyond this, new values are not counted.
 const SLICES_FOLLOWED: usize = 10_000;
 /// Buckets of the slice window.
@@ -247,6 +249,8 @@ pub struct Counters {
     pub flaps_suppressed: u64,
     /// Dimension values not followed because [`SLICES_FOLLOWED`] was reached.
     pub slices_not_followed: u64,
+    /// Breached correlations an incident did not follow (beyond its 1,000).
+    pub correlations_not_followed: u64,
 }
 
 /// Groups breach events into incidents. See the module documentation.
@@ -617,6 +621,8 @@ impl IncidentBook {
             if inc.correlations.len() < CORRELATIONS_FOLLOWED {
                 inc.correlations
                     .insert(ev.correlation_id.clone(), Followed::Pending);
+            } else {
+                self.counters.correlations_not_followed += 1;
             }
             if inc.sample.len() < self.cfg.sample {
                 inc.sample.push(ev.correlation_id.clone());
@@ -809,6 +815,8 @@ impl IncidentBook {
         metrics::counter!(names::DEGRADED_FLAPS_SUPPRESSED_TOTAL).absolute(c.flaps_suppressed);
         metrics::counter!(names::DEGRADED_SLICES_NOT_FOLLOWED_TOTAL)
             .absolute(c.slices_not_followed);
+        metrics::counter!(names::INCIDENT_CORRELATIONS_NOT_FOLLOWED_TOTAL)
+            .absolute(c.correlations_not_followed);
         metrics::gauge!(names::DEGRADED_SLICES).set(self.degraded.len() as f64);
     }
 }

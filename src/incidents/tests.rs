@@ -286,3 +286,18 @@ fn an_unknown_incident_takes_the_cause_its_late_completions_show() {
         .iter()
         .any(|e| e.kind == "updated" && e.probable_cause == "outbox_delay"));
 }
+
+#[test]
+fn an_incident_follows_at_most_a_thousand_correlations_and_counts_the_rest() {
+    let mut book = IncidentBook::new(&cfg());
+    for n in 0..1_005 {
+        book.observe(&breach(n, "DHL", "a", "warn"), 1_000);
+    }
+    let (open, _) = book.snapshot(0);
+    assert_eq!(open[0].breached, 1_005);
+    assert_eq!(
+        open[0].pending, 1_000,
+        "only followed correlations are pending"
+    );
+    assert_eq!(book.counters().correlations_not_followed, 5);
+}

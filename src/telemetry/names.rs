@@ -326,6 +326,11 @@ pub fn describe_all() {
         "Breaches and completions of dimension values not counted for degraded slices because 10,000 values were already followed."
     );
     describe_counter!(
+        INCIDENT_CORRELATIONS_NOT_FOLLOWED_TOTAL,
+        Unit::Count,
+        "Breached correlations an incident counted but did not follow (beyond 1,000 per incident): its pending count leaves them out."
+    );
+    describe_counter!(
         SLICE_SIGNALS_FORGOTTEN_TOTAL,
         Unit::Count,
         "Dimension values dropped from the signal-rate evidence because it was full."
@@ -341,6 +346,8 @@ pub const DEGRADED_SLICES: &str = "synclag_degraded_slices";
 pub const DEGRADED_FLAPS_SUPPRESSED_TOTAL: &str = "synclag_degraded_flaps_suppressed_total";
 pub const DEGRADED_SLICES_NOT_FOLLOWED_TOTAL: &str = "synclag_degraded_slices_not_followed_total";
 pub const SLICE_SIGNALS_FORGOTTEN_TOTAL: &str = "synclag_slice_signals_forgotten_total";
+pub const INCIDENT_CORRELATIONS_NOT_FOLLOWED_TOTAL: &str =
+    "synclag_incident_correlations_not_followed_total";
 
 // ---- service path: clock, stalls, held records, output queue (src/service, src/ingest)
 pub const INPUT_STALLED: &str = "synclag_input_stalled_partitions";

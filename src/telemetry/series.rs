@@ -104,6 +104,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
     counter!(names::DEGRADED_FLAPS_SUPPRESSED_TOTAL).absolute(0);
     counter!(names::DEGRADED_SLICES_NOT_FOLLOWED_TOTAL).absolute(0);
     counter!(names::SLICE_SIGNALS_FORGOTTEN_TOTAL).absolute(0);
+    counter!(names::INCIDENT_CORRELATIONS_NOT_FOLLOWED_TOTAL).absolute(0);
     gauge!(names::DEGRADED_SLICES).set(0.0);
     for w in &topology.workflows {
         let wf = w.name.clone();
