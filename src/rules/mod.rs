@@ -235,8 +235,11 @@ pub struct SliceQuery<'a> {
     pub book: &'a SliceSignals,
     pub workflow: usize,
     pub dimensions: &'a BTreeMap<String, String>,
-    /// The breach's time: signals within a cause's span before it count.
+    /// The breach's time: signals within a cause's span before it count...
     pub at_ms: i64,
+    /// ...and not before the correlation started: what happened to other shipments
+    /// before this one existed cannot have delayed it.
+    pub started_ms: i64,
 }
 
 /// A cause and the evidence that chose it, as short texts (`signal:carrier_api_throttled`,
@@ -284,7 +287,7 @@ fn attribute_pass<'c>(
                         q.dimensions,
                         *stream,
                         event_type.as_deref(),
-                        q.at_ms.saturating_sub(within),
+                        q.at_ms.saturating_sub(within).max(q.started_ms),
                     )?;
                     if n < min {
                         return None;

@@ -274,7 +274,8 @@ impl Outcomes {
             if due && !blocked.contains(&key) {
                 if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
                     *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
-                    if ev.kind == "breach" {
+                    // Once per breached correlation, at its first tier.
+                    if ev.kind == "breach" && ev.severity == "warn" {
                         let signals = ctx
                             .signals
                             .signals(&h.outcome.info.correlation_id.to_string());
@@ -606,6 +607,7 @@ impl Outcomes {
                     workflow: wf,
                     dimensions: &dimensions,
                     at_ms,
+                    started_ms: o.info.start_ms,
                 }),
             },
         );
