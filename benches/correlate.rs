@@ -2,7 +2,8 @@
 //!
 //! Besides the criterion groups, the binary first prints the memory held per pending
 //! correlation at 1M pending, measured with a counting global allocator; pass
-//! `--memory-only` to print just that (`cargo bench --bench correlate -- --memory-only`).
+//! `--memory-only` to print just that (`cargo bench --bench correlate -- --memory-only`),
+//! and the time to restore 1M pending correlations from their durable images.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use dashmap::DashMap;
 use hdrhistogram::Histogram;
+use synclag::correlate::durable::{self, Image};
 use synclag::correlate::{
     Engine, EngineConfig, Origin, SlaPolicy, StageEvent, Timestamps, WorkflowSpec,
 };
@@ -285,10 +287,88 @@ fn store_choice(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, match_path, timer_firing, snapshots, store_choice);
+/// A changelog of `n` pending correlations (with carrier and warehouse), as encoded
+/// (key, value) records.
+fn changelog_of(n: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut e = Engine::new(&config(2 * n as usize)).unwrap_or_else(|err| panic!("{err}"));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut ev = event(0, i, i as i64);
+        ev.dimensions = vec![
+            (0, format!("carrier-{}", i % 8)),
+            (1, format!("WH-{}", i % 20)),
+        ];
+        let _ = e.process(ev, &mut out);
+    }
+    e.export_pending()
+        .into_iter()
+        .map(|p| {
+            let key = durable::encode_key("order_import", &p.correlation_id);
+            let mut value = Vec::new();
+            durable::encode_value(&Image::Pending(p), &mut value);
+            (key, value)
+        })
+        .collect()
+}
+
+/// Decodes and restores a changelog into a fresh engine (what a restart does after
+/// reading the changelog partitions).
+fn restore_all(log: &[(Vec<u8>, Vec<u8>)], n: usize) -> Engine {
+    let mut e = Engine::new(&config(2 * n)).unwrap_or_else(|err| panic!("{err}"));
+    for (k, v) in log {
+        if let Ok(image) = durable::decode(k, v, &["order_import"]) {
+            let _ = e.restore(image);
+        }
+    }
+    e
+}
+
+/// 1M pending correlations restored from their images, once, with the heap they take.
+fn restore_report() {
+    const N: u64 = 1_000_000;
+    let log = changelog_of(N);
+    let bytes: usize = log.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let before = LIVE.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let e = restore_all(&log, N as usize);
+    let took = t.elapsed();
+    let heap = LIVE.load(Ordering::Relaxed) - before;
+    assert_eq!(e.pending(), N as usize);
+    println!(
+        "correlate/restore: {N} pending restored in {:.2} s ({:.2} M/s) from {:.0} MiB of images; engine heap {:.0} MiB",
+        took.as_secs_f64(),
+        N as f64 / took.as_secs_f64() / 1e6,
+        bytes as f64 / (1024.0 * 1024.0),
+        heap as f64 / (1024.0 * 1024.0),
+    );
+    black_box(&e);
+}
+
+fn restore(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let log = changelog_of(N);
+    let mut g = c.benchmark_group("correlate");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("restore_1m_pending", |b| {
+        b.iter(|| black_box(restore_all(&log, N as usize).pending()))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    match_path,
+    timer_firing,
+    snapshots,
+    store_choice,
+    restore
+);
 
 fn main() {
     memory_report();
+    restore_report();
     if std::env::args().any(|a| a == "--memory-only") {
         return;
     }

@@ -79,6 +79,23 @@ impl DimTable {
             .map_or_else(|| Arc::from(Vec::new()), |c| c.1.clone())
     }
 
+    /// `(dimension index, value)` of a combination of `workflow` (overflowed values read
+    /// `other`): the form a durable image keeps, interned again on restore.
+    pub(crate) fn values(&self, workflow: usize, combo: u32) -> Vec<(usize, String)> {
+        let (Some(c), Some(wf)) = (self.combos.get(combo as usize), self.wfs.get(workflow)) else {
+            return Vec::new();
+        };
+        (0..wf.names.len())
+            .filter(|&d| c.0[d] != UNSET)
+            .map(|d| {
+                let label = wf.labels[d]
+                    .get(usize::from(c.0[d]))
+                    .map_or(OTHER_LABEL, |l| &**l);
+                (d, label.to_string())
+            })
+            .collect()
+    }
+
     /// Combination of `base` with unset dimensions filled from `values`. Returns the new
     /// id and how many values overflowed into `other`. Indexes were validated by the caller.
     pub(crate) fn merge(

@@ -57,6 +57,8 @@ const FIRED_WARN: u8 = 1;
 const FIRED_CRITICAL: u8 = 2;
 /// Stage 0 carried a source event time, so t0 equals its occurrence time.
 const FLAG_T0: u8 = 1;
+/// The entry changed since its last durable image (see [`Engine::track_changes`]).
+const FLAG_DIRTY: u8 = 2;
 /// Most business-hours overrides per workflow (lane indexes are stored in a `u8`).
 const MAX_OVERRIDES: usize = 200;
 
@@ -269,6 +271,10 @@ pub struct Engine {
     hot: Option<(u32, u64)>,
     /// Start of the current lag interval (0: since creation, time unknown).
     lag_interval_start: i64,
+    /// Whether changed entries are listed in `dirty` (durable state, see `images`).
+    tracking: bool,
+    /// Slots whose entry changed since the last [`drain_dirty`](Self::drain_dirty).
+    dirty: Vec<u32>,
 }
 
 fn bit(stage: usize) -> u16 {
@@ -342,6 +348,8 @@ impl Engine {
             scratch: Vec::new(),
             hot: None,
             lag_interval_start: 0,
+            tracking: false,
+            dirty: Vec::new(),
         })
     }
 
@@ -451,6 +459,7 @@ impl Engine {
             self.hot = Some((slot, hash));
             self.on_existing(slot, ev, at, out);
             self.hot = None;
+            self.touch(slot);
         } else if self.recent.get_mut(hash, w).is_some() {
             self.on_finished(hash, ev, at, out);
         } else {
@@ -516,6 +525,7 @@ impl Engine {
         }
         self.len += 1;
         self.enlist(slot);
+        self.touch(slot);
         let t = self.now.max(at);
         if started {
             self.fire_tiers(slot, t, out);
@@ -888,6 +898,7 @@ impl Engine {
             if let Some(e) = self.entry_mut(slot) {
                 e.fired |= flag;
             }
+            self.touch(slot);
             self.counters.tiers_after_window += 1;
             return;
         }
@@ -907,6 +918,7 @@ impl Engine {
         if let Some(e) = self.entry_mut(slot) {
             e.fired |= flag;
         }
+        self.touch(slot);
         out.push(Outcome {
             info,
             kind: OutcomeKind::Breach {
@@ -1287,6 +1299,9 @@ fn make_rec(stage: usize, ts: &Timestamps, at: i64, origin: Origin) -> Rec {
         stage: stage as u8,
     }
 }
+
+#[path = "engine_images.rs"]
+mod images;
 
 #[cfg(test)]
 mod tests {

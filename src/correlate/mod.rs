@@ -8,6 +8,7 @@
 //! - [`engine`]    — the windowed store, SLA timers, bounds, offset pins ([`Engine`]).
 //! - [`lag`]       — HDR lag histograms and their snapshots.
 //! - [`clock`]     — the input clock: confirmed end offsets live, event time while catching up, stalls.
+//! - [`durable`]   — images of pending and finished correlations for a changelog, and their encoding.
 //! - `dims`, `pins`, `recent` — dimension interning, offset pinning, memory of finished keys.
 //!
 //! # Driving it
@@ -54,6 +55,7 @@
 //!   its lane, one offset pin, one hash-table slot, and growth headroom of the slab.
 
 pub mod clock;
+pub mod durable;
 pub mod engine;
 pub mod event;
 pub mod lag;

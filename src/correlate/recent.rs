@@ -71,6 +71,18 @@ impl Recent {
         });
     }
 
+    pub(crate) fn get(&self, hash: u64, workflow: u16) -> Option<&RecentRec> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let (ring, base) = (&self.ring, self.base);
+        let seq = *self.table.find(hash, |&s| {
+            ring.get((s - base) as usize)
+                .is_some_and(|r| r.hash == hash && r.workflow == workflow)
+        })?;
+        self.ring.get((seq - self.base) as usize)
+    }
+
     pub(crate) fn get_mut(&mut self, hash: u64, workflow: u16) -> Option<&mut RecentRec> {
         if self.ring.is_empty() {
             return None;

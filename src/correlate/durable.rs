@@ -1,0 +1,458 @@
+//! Durable images of the engine's state, and their binary encoding.
+//!
+//! A changelog keyed by `(workflow, correlation id)` can rebuild an engine without
+//! re-reading input: the latest record per key is either the pending correlation as it
+//! stands ([`PendingImage`]) or, once it ended, what the engine remembers of it
+//! ([`FinishedImage`]: a stage read again after a restart is then a duplicate or a late
+//! arrival, never a new correlation that would end as a false `never_arrived`).
+//!
+//! What an image leaves out, on purpose: the input offsets a pending stage came from (a
+//! restored engine does not pin offsets: the changelog holds the state, so input can be
+//! committed as soon as the image is written) and the lag histograms (they are interval
+//! statistics, not state).
+//!
+//! Encoding (all integers big-endian; version 1):
+//!
+//! ```text
+//! key      = 0x01 | u16 workflow-name length | workflow name | correlation id bytes
+//! pending  = 0x01 | 0x01 | i64 start | i64 start kafka time | u8 flags | u16 seen
+//!            | u8 fired | u8 lane | u8 n × (u8 stage | i64 at | i64 t2 | i64 t3) | dims
+//! finished = 0x01 | 0x02 | i64 start | u8 started | u8 variant | u16 seen | u8 terminal
+//!            | dims
+//! dims     = u8 n × (u8 dimension index | u16 length | UTF-8 value)
+//! ```
+//!
+//! The workflow travels by name, so adding or reordering workflows in the topology keeps
+//! the images readable; an image whose workflow, stage or dimension no longer exists is
+//! rejected with the reason (the caller counts it and goes on).
+
+use super::outcome::Terminal;
+
+const VERSION: u8 = 1;
+const KIND_PENDING: u8 = 1;
+const KIND_FINISHED: u8 = 2;
+
+/// A non-start stage of a pending correlation (also a start read past its window end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageImage {
+    /// Stage index in the workflow.
+    pub stage: u8,
+    /// When it happened.
+    pub at: i64,
+    /// ERP write time, else source time (`i64::MIN`: none).
+    pub t2: i64,
+    /// Outbox Kafka time, else Kafka time (`i64::MIN`: none).
+    pub t3: i64,
+}
+
+/// A pending correlation as the engine holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingImage {
+    /// Workflow index.
+    pub workflow: usize,
+    /// Correlation id bytes.
+    pub correlation_id: Box<[u8]>,
+    /// Start stage occurrence (`i64::MIN` while the start is missing).
+    pub start_ms: i64,
+    /// Kafka time of the start record (`i64::MIN`: none).
+    pub start_kafka_ms: i64,
+    /// Engine flags (whether the start carried a source event time).
+    pub flags: u8,
+    /// Stages seen (bit per stage).
+    pub seen: u16,
+    /// SLA tiers already raised (bit 0 warn, bit 1 critical).
+    pub fired: u8,
+    /// Timer lane: SLA variant, or the held lane while the start is missing.
+    pub lane: u8,
+    /// Other stages received.
+    pub stages: Vec<StageImage>,
+    /// `(dimension index, value)`.
+    pub dimensions: Vec<(usize, String)>,
+}
+
+/// What the engine remembers of a finished correlation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedImage {
+    /// Workflow index.
+    pub workflow: usize,
+    /// Correlation id bytes.
+    pub correlation_id: Box<[u8]>,
+    /// Start (or provisional start) time.
+    pub start_ms: i64,
+    /// Whether the start stage was seen.
+    pub started: bool,
+    /// SLA variant.
+    pub variant: u8,
+    /// Stages seen, including late arrivals after the end.
+    pub seen: u16,
+    /// How it ended.
+    pub terminal: Terminal,
+    /// `(dimension index, value)`.
+    pub dimensions: Vec<(usize, String)>,
+}
+
+/// The latest state of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image {
+    Pending(PendingImage),
+    Finished(FinishedImage),
+}
+
+impl Image {
+    /// Workflow index.
+    pub fn workflow(&self) -> usize {
+        match self {
+            Image::Pending(p) => p.workflow,
+            Image::Finished(f) => f.workflow,
+        }
+    }
+
+    /// Correlation id bytes.
+    pub fn correlation_id(&self) -> &[u8] {
+        match self {
+            Image::Pending(p) => &p.correlation_id,
+            Image::Finished(f) => &f.correlation_id,
+        }
+    }
+}
+
+/// Why an image could not be read or restored. None is retryable: the same bytes fail the
+/// same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("image truncated at byte {0}")]
+    Truncated(usize),
+    #[error("unknown image version {0}")]
+    Version(u8),
+    #[error("unknown image kind {0}")]
+    Kind(u8),
+    #[error("unknown terminal code {0}")]
+    Terminal(u8),
+    #[error("workflow `{0}` is not configured")]
+    UnknownWorkflow(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the store is full ({0} pending)")]
+    StoreFull(usize),
+    #[error("the engine clock has already moved: state is restored before processing")]
+    ClockMoved,
+}
+
+/// The changelog key of `(workflow name, correlation id)`.
+pub fn encode_key(workflow_name: &str, correlation_id: &[u8]) -> Vec<u8> {
+    let name = workflow_name.as_bytes();
+    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let name = &name[..usize::from(name_len)];
+    let mut out = Vec::with_capacity(3 + name.len() + correlation_id.len());
+    out.push(VERSION);
+    out.extend_from_slice(&name_len.to_be_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(correlation_id);
+    out
+}
+
+/// Splits a changelog key into (workflow name, correlation id).
+pub fn decode_key(key: &[u8]) -> Result<(&str, &[u8]), ImageError> {
+    let mut r = Reader { buf: key, pos: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(ImageError::Version(version));
+    }
+    let len = usize::from(r.u16()?);
+    let name = r.take(len)?;
+    let name = std::str::from_utf8(name)
+        .map_err(|_| ImageError::Invalid("workflow name is not UTF-8".into()))?;
+    let id = &key[r.pos..];
+    if id.is_empty() {
+        return Err(ImageError::Invalid("empty correlation id".into()));
+    }
+    Ok((name, id))
+}
+
+/// Encodes the value part of an image (the key comes from [`encode_key`]).
+pub fn encode_value(image: &Image, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(VERSION);
+    match image {
+        Image::Pending(p) => {
+            out.push(KIND_PENDING);
+            out.extend_from_slice(&p.start_ms.to_be_bytes());
+            out.extend_from_slice(&p.start_kafka_ms.to_be_bytes());
+            out.push(p.flags);
+            out.extend_from_slice(&p.seen.to_be_bytes());
+            out.push(p.fired);
+            out.push(p.lane);
+            // A workflow has at most 16 stages, so at most 16 records.
+            let n = p.stages.len().min(usize::from(u8::MAX));
+            out.push(n as u8);
+            for s in &p.stages[..n] {
+                out.push(s.stage);
+                out.extend_from_slice(&s.at.to_be_bytes());
+                out.extend_from_slice(&s.t2.to_be_bytes());
+                out.extend_from_slice(&s.t3.to_be_bytes());
+            }
+            encode_dims(&p.dimensions, out);
+        }
+        Image::Finished(f) => {
+            out.push(KIND_FINISHED);
+            out.extend_from_slice(&f.start_ms.to_be_bytes());
+            out.push(u8::from(f.started));
+            out.push(f.variant);
+            out.extend_from_slice(&f.seen.to_be_bytes());
+            out.push(terminal_code(f.terminal));
+            encode_dims(&f.dimensions, out);
+        }
+    }
+}
+
+/// Decodes a changelog record; `workflows` are the configured workflow names, in order.
+pub fn decode(key: &[u8], value: &[u8], workflows: &[&str]) -> Result<Image, ImageError> {
+    let (name, id) = decode_key(key)?;
+    let workflow = workflows
+        .iter()
+        .position(|w| *w == name)
+        .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))?;
+    let correlation_id: Box<[u8]> = id.into();
+    let mut r = Reader { buf: value, pos: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(ImageError::Version(version));
+    }
+    match r.u8()? {
+        KIND_PENDING => {
+            let start_ms = r.i64()?;
+            let start_kafka_ms = r.i64()?;
+            let flags = r.u8()?;
+            let seen = r.u16()?;
+            let fired = r.u8()?;
+            let lane = r.u8()?;
+            let n = r.u8()?;
+            let mut stages = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                stages.push(StageImage {
+                    stage: r.u8()?,
+                    at: r.i64()?,
+                    t2: r.i64()?,
+                    t3: r.i64()?,
+                });
+            }
+            let dimensions = decode_dims(&mut r)?;
+            Ok(Image::Pending(PendingImage {
+                workflow,
+                correlation_id,
+                start_ms,
+                start_kafka_ms,
+                flags,
+                seen,
+                fired,
+                lane,
+                stages,
+                dimensions,
+            }))
+        }
+        KIND_FINISHED => {
+            let start_ms = r.i64()?;
+            let started = r.u8()? != 0;
+            let variant = r.u8()?;
+            let seen = r.u16()?;
+            let code = r.u8()?;
+            let terminal = terminal_of(code).ok_or(ImageError::Terminal(code))?;
+            let dimensions = decode_dims(&mut r)?;
+            Ok(Image::Finished(FinishedImage {
+                workflow,
+                correlation_id,
+                start_ms,
+                started,
+                variant,
+                seen,
+                terminal,
+                dimensions,
+            }))
+        }
+        other => Err(ImageError::Kind(other)),
+    }
+}
+
+fn terminal_code(t: Terminal) -> u8 {
+    match t {
+        Terminal::Completed => 0,
+        Terminal::NeverArrived => 1,
+        Terminal::Evicted => 2,
+    }
+}
+
+fn terminal_of(code: u8) -> Option<Terminal> {
+    match code {
+        0 => Some(Terminal::Completed),
+        1 => Some(Terminal::NeverArrived),
+        2 => Some(Terminal::Evicted),
+        _ => None,
+    }
+}
+
+fn encode_dims(dims: &[(usize, String)], out: &mut Vec<u8>) {
+    let n = dims.len().min(usize::from(u8::MAX));
+    out.push(n as u8);
+    for (d, value) in &dims[..n] {
+        out.push(u8::try_from(*d).unwrap_or(u8::MAX));
+        // Dimension values are short labels; a longer one is cut at a character boundary.
+        let mut end = value.len().min(usize::from(u16::MAX));
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&(end as u16).to_be_bytes());
+        out.extend_from_slice(&value.as_bytes()[..end]);
+    }
+}
+
+fn decode_dims(r: &mut Reader<'_>) -> Result<Vec<(usize, String)>, ImageError> {
+    let n = r.u8()?;
+    let mut dims = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let d = usize::from(r.u8()?);
+        let len = usize::from(r.u16()?);
+        let value = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| ImageError::Invalid("dimension value is not UTF-8".into()))?;
+        dims.push((d, value.to_string()));
+    }
+    Ok(dims)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(ImageError::Truncated(self.pos))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, ImageError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ImageError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i64(&mut self) -> Result<i64, ImageError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(i64::from_be_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> Image {
+        Image::Pending(PendingImage {
+            workflow: 1,
+            correlation_id: (*b"SO-1001").into(),
+            start_ms: 1_700_000_000_000,
+            start_kafka_ms: i64::MIN,
+            flags: 1,
+            seen: 0b101,
+            fired: 1,
+            lane: 0,
+            stages: vec![StageImage {
+                stage: 2,
+                at: 1_700_000_001_000,
+                t2: i64::MIN,
+                t3: 1_700_000_001_500,
+            }],
+            dimensions: vec![(0, "DHL".into()), (1, "WH-ÄMS".into())],
+        })
+    }
+
+    #[test]
+    fn pending_and_finished_images_round_trip() {
+        let names = ["order_import", "shipment_status"];
+        let finished = Image::Finished(FinishedImage {
+            workflow: 0,
+            correlation_id: (*b"\x00\xffbinary").into(),
+            start_ms: -5,
+            started: false,
+            variant: 3,
+            seen: 2,
+            terminal: Terminal::Evicted,
+            dimensions: vec![],
+        });
+        let mut buf = Vec::new();
+        for image in [pending(), finished] {
+            let key = encode_key(names[image.workflow()], image.correlation_id());
+            encode_value(&image, &mut buf);
+            assert_eq!(decode(&key, &buf, &names), Ok(image));
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let names = ["order_import", "shipment_status"];
+        let image = pending();
+        let key = encode_key("shipment_status", image.correlation_id());
+        let mut buf = Vec::new();
+        encode_value(&image, &mut buf);
+        for cut in 0..buf.len() {
+            assert!(
+                matches!(
+                    decode(&key, &buf[..cut], &names),
+                    Err(ImageError::Truncated(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        for cut in 0..key.len() {
+            assert!(
+                decode(&key[..cut], &buf, &names).is_err(),
+                "key cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_workflows_versions_and_kinds_are_named() {
+        let image = pending();
+        let mut buf = Vec::new();
+        encode_value(&image, &mut buf);
+        let key = encode_key("returns", b"R-1");
+        assert_eq!(
+            decode(&key, &buf, &["order_import"]),
+            Err(ImageError::UnknownWorkflow("returns".into()))
+        );
+        let key = encode_key("order_import", b"R-1");
+        let mut v = buf.clone();
+        v[0] = 9;
+        assert_eq!(
+            decode(&key, &v, &["order_import"]),
+            Err(ImageError::Version(9))
+        );
+        let mut v = buf.clone();
+        v[1] = 7;
+        assert_eq!(
+            decode(&key, &v, &["order_import"]),
+            Err(ImageError::Kind(7))
+        );
+    }
+
+    #[test]
+    fn overlong_values_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(40_000);
+        let mut out = Vec::new();
+        encode_dims(&[(0, long)], &mut out);
+        let mut r = Reader { buf: &out, pos: 0 };
+        let dims = decode_dims(&mut r).unwrap();
+        assert!(dims[0].1.len() <= usize::from(u16::MAX));
+        assert!(dims[0].1.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,294 @@
+//! The engine's side of durable state: listing changed entries as images, and rebuilding
+//! entries and finished keys from images (see [`crate::correlate::durable`]).
+
+use std::hash::BuildHasher;
+
+use super::super::durable::{FinishedImage, Image, ImageError, PendingImage, StageImage};
+use super::super::recent::RecentRec;
+use super::{Engine, Entry, Rec, FIRED_CRITICAL, FIRED_WARN, FLAG_DIRTY, FLAG_T0, NONE};
+
+/// Flags an image may carry (the dirty mark is the engine's own business).
+const IMAGE_FLAGS: u8 = FLAG_T0;
+
+impl Engine {
+    /// Starts (or stops) listing changed entries for [`drain_dirty`](Self::drain_dirty).
+    /// Off by default: an engine without durable state pays nothing for it.
+    pub fn track_changes(&mut self, on: bool) {
+        self.tracking = on;
+        if !on {
+            self.dirty.clear();
+        }
+    }
+
+    /// Marks a pending entry as changed since its last image.
+    pub(super) fn touch(&mut self, slot: u32) {
+        if !self.tracking {
+            return;
+        }
+        if let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) {
+            if e.flags & FLAG_DIRTY == 0 {
+                e.flags |= FLAG_DIRTY;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Appends an image of every pending entry that changed since the last call (new
+    /// entries, stages received, tiers raised, dimensions learnt) to `out`. Entries that
+    /// ended meanwhile are not listed: their end is what [`finished_image`] describes.
+    ///
+    /// [`finished_image`]: Self::finished_image
+    pub fn drain_dirty(&mut self, out: &mut Vec<PendingImage>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            // A slot freed and reused since it was listed is listed again by its new
+            // entry; the flag makes sure each entry is written once per drain.
+            if e.flags & FLAG_DIRTY == 0 {
+                continue;
+            }
+            e.flags &= !FLAG_DIRTY;
+            if let Some(img) = self.image_of(slot) {
+                out.push(img);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Images of every pending entry (a full snapshot).
+    pub fn export_pending(&self) -> Vec<PendingImage> {
+        (0..self.slab.len() as u32)
+            .filter_map(|slot| self.image_of(slot))
+            .collect()
+    }
+
+    fn image_of(&self, slot: u32) -> Option<PendingImage> {
+        let e = self.entry(slot)?;
+        let w = usize::from(e.workflow);
+        Some(PendingImage {
+            workflow: w,
+            correlation_id: e.id.clone(),
+            start_ms: e.s0_at,
+            start_kafka_ms: e.s0_kafka,
+            flags: e.flags & IMAGE_FLAGS,
+            seen: e.seen,
+            fired: e.fired,
+            lane: e.lane,
+            stages: e
+                .recs()
+                .iter()
+                .map(|r| StageImage {
+                    stage: r.stage,
+                    at: r.at,
+                    t2: r.t2,
+                    t3: r.t3,
+                })
+                .collect(),
+            dimensions: self.dims.values(w, e.combo),
+        })
+    }
+
+    /// What the engine remembers of finished correlation `(workflow, id)`: its image
+    /// after a terminal outcome or a late arrival. `None` when it is not remembered.
+    pub fn finished_image(&self, workflow: usize, id: &[u8]) -> Option<FinishedImage> {
+        let w = u16::try_from(workflow).ok()?;
+        let hash = self.hash_key(w, id);
+        let r = self.recent.get(hash, w)?;
+        Some(FinishedImage {
+            workflow,
+            correlation_id: id.into(),
+            start_ms: r.start_ms,
+            started: r.started,
+            variant: r.variant,
+            seen: r.seen,
+            terminal: r.terminal,
+            dimensions: self.dims.values(workflow, r.combo),
+        })
+    }
+
+    /// Rebuilds one key from its latest image, replacing whatever the engine holds for it.
+    /// Restored entries pin no input offset (their state is durable) and raise nothing by
+    /// themselves: tiers already raised stay raised, the rest fire when the clock passes
+    /// their deadlines, as for any entry. Only before the clock first moves, so the timer
+    /// lanes' cursors have not passed the restored entries.
+    pub fn restore(&mut self, image: Image) -> Result<(), ImageError> {
+        if self.now != i64::MIN {
+            return Err(ImageError::ClockMoved);
+        }
+        let w = image.workflow();
+        let wf = self
+            .wfs
+            .get(w)
+            .ok_or_else(|| ImageError::Invalid(format!("workflow index {w} out of range")))?;
+        if image.correlation_id().is_empty() {
+            return Err(ImageError::Invalid("empty correlation id".into()));
+        }
+        let n_stages = wf.n_stages;
+        let lane_count = wf.lanes.len();
+        let stage_mask = if n_stages >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << n_stages) - 1
+        };
+        let dims_len = self.dims_len(w);
+        let dims = match &image {
+            Image::Pending(p) => &p.dimensions,
+            Image::Finished(f) => &f.dimensions,
+        };
+        if let Some((d, _)) = dims.iter().find(|(d, _)| *d >= dims_len) {
+            return Err(ImageError::Invalid(format!(
+                "dimension index {d} out of range ({dims_len} configured)"
+            )));
+        }
+        match &image {
+            Image::Finished(f) => {
+                if f.seen & !stage_mask != 0 {
+                    return Err(ImageError::Invalid(format!(
+                        "stages {:#b} beyond the workflow's {n_stages}",
+                        f.seen
+                    )));
+                }
+            }
+            Image::Pending(p) => {
+                let started = p.seen & 1 != 0;
+                let lane_ok = if started {
+                    usize::from(p.lane) + 1 < lane_count
+                } else {
+                    usize::from(p.lane) + 1 == lane_count
+                };
+                if !lane_ok {
+                    return Err(ImageError::Invalid(format!(
+                        "timer lane {} does not fit a {} correlation",
+                        p.lane,
+                        if started { "started" } else { "held" }
+                    )));
+                }
+                if p.seen & !stage_mask != 0
+                    || p.stages
+                        .iter()
+                        .any(|s| usize::from(s.stage) >= n_stages || s.stage == 0 && started)
+                {
+                    return Err(ImageError::Invalid(format!(
+                        "stages beyond the workflow's {n_stages}"
+                    )));
+                }
+                if started && p.start_ms == NONE {
+                    return Err(ImageError::Invalid("started without a start time".into()));
+                }
+                if !started && p.stages.is_empty() {
+                    return Err(ImageError::Invalid("neither a start nor a stage".into()));
+                }
+            }
+        }
+        let (combo, overflow) = if dims.is_empty() {
+            (0, 0)
+        } else {
+            self.dims.merge(w, 0, dims)
+        };
+        self.counters.dimension_overflow += overflow;
+        let hash = self.hash_key(w as u16, image.correlation_id());
+        self.forget_pending(hash, w as u16, image.correlation_id());
+        match image {
+            Image::Finished(f) => {
+                self.recent.remember(RecentRec {
+                    hash,
+                    workflow: w as u16,
+                    start_ms: f.start_ms,
+                    started: f.started,
+                    variant: f.variant,
+                    combo,
+                    seen: f.seen,
+                    terminal: f.terminal,
+                });
+                Ok(())
+            }
+            Image::Pending(p) => {
+                if self.len >= self.max_pending {
+                    return Err(ImageError::StoreFull(self.len));
+                }
+                let recs: Vec<Rec> = p
+                    .stages
+                    .iter()
+                    .map(|s| Rec {
+                        at: s.at,
+                        t2: s.t2,
+                        t3: s.t3,
+                        // Restored stages pin nothing: no real offset is ever negative.
+                        offset: -1,
+                        partition: 0,
+                        stage: s.stage,
+                    })
+                    .collect();
+                let e = Entry {
+                    id: p.correlation_id,
+                    s0_at: p.start_ms,
+                    s0_kafka: p.start_kafka_ms,
+                    s0_offset: -1,
+                    more: (!recs.is_empty()).then(|| Box::new(recs)),
+                    s0_partition: 0,
+                    combo,
+                    workflow: w as u16,
+                    seen: p.seen,
+                    fired: p.fired & (FIRED_WARN | FIRED_CRITICAL),
+                    lane: p.lane,
+                    flags: p.flags & IMAGE_FLAGS,
+                };
+                let slot = match self.free.pop() {
+                    Some(s) => {
+                        self.slab[s as usize] = Some(e);
+                        s
+                    }
+                    None => {
+                        self.slab.push(Some(e));
+                        (self.slab.len() - 1) as u32
+                    }
+                };
+                {
+                    let (slab, hasher) = (&self.slab, &self.hasher);
+                    self.index.insert_unique(hash, slot, |&s| {
+                        slab.get(s as usize)
+                            .and_then(Option::as_ref)
+                            .map_or(0, |e| hasher.hash_one((e.workflow, &*e.id)))
+                    });
+                }
+                self.len += 1;
+                self.enlist(slot);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops a pending entry without any outcome (a newer image replaces it).
+    fn forget_pending(&mut self, hash: u64, w: u16, id: &[u8]) {
+        let found = {
+            let slab = &self.slab;
+            self.index
+                .find(hash, |&s| {
+                    slab.get(s as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|e| e.workflow == w && &*e.id == id)
+                })
+                .copied()
+        };
+        let Some(slot) = found else {
+            return;
+        };
+        self.delist(slot);
+        if let Ok(found) = self.index.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        if let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::take) {
+            if e.started() {
+                self.pins.unpin(e.s0_partition, e.s0_offset);
+            }
+            for r in e.recs() {
+                self.pins.unpin(r.partition, r.offset);
+            }
+        }
+        self.free.push(slot);
+        self.len -= 1;
+    }
+}
