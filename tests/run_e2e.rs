@@ -923,8 +923,22 @@ async fn scripted_scenario_matches_ground_truth() {
     );
 }
 
+/// Durable state (the default): a restart restores pending correlations from the
+/// changelog, so offsets follow what was processed, nothing is re-read and nothing is
+/// raised twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
+async fn sigkill_and_restart_with_durable_state_restores_and_raises_nothing_twice() {
+    sigkill_and_restart(true).await;
+}
+
+/// `store.durable: false`: a restart rebuilds pending correlations by re-reading input,
+/// so offsets stay behind them and breaches are raised again (same `breach_id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_without_durable_state_rereads_and_keeps_breach_ids() {
+    sigkill_and_restart(false).await;
+}
+
+async fn sigkill_and_restart(durable: bool) {
     let t = Topics::new();
     t.create().await;
     // Live timing: SLA in seconds so the test follows the wall clock.
@@ -973,7 +987,10 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
     produce_all(&producer, phase1).await;
 
     let port = free_port();
-    let cfg = config(&t, port, &slas);
+    let mut cfg = config(&t, port, &slas);
+    if !durable {
+        cfg.push_str("store:\n  durable: false\n");
+    }
     let mut first = Service::start(&cfg, port, "before-kill");
     let old_count = (0..n).filter(|i| group(*i) == "old").count();
     // Run 1 must have processed everything and emitted the warn breaches of the `old` group.
@@ -1007,43 +1024,67 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
         },
     )
     .await;
-    // Let one periodic commit happen, then kill without any chance to flush or commit.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.kill();
-
-    // Which offsets a restart re-reads: every record here is younger than the longest
-    // window, so nothing may have been committed past the start of any partition.
-    let probe: StreamConsumer = support::consumer(&t.group);
     let mut tpl = rdkafka::TopicPartitionList::new();
     for (topic, parts) in [(&t.orders, 3), (&t.outbox, 3)] {
         for p in 0..parts {
             tpl.add_partition(topic, p);
         }
     }
-    let committed = probe
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("read synclag's committed offsets");
-    let mut seen_commit = false;
-    for e in committed.elements() {
-        match e.offset() {
-            rdkafka::Offset::Invalid => {}
-            rdkafka::Offset::Offset(o) => {
-                seen_commit = true;
-                assert_eq!(
-                    o,
-                    0,
-                    "{}[{}] committed past records a restart needs",
-                    e.topic(),
-                    e.partition()
-                );
+    let probe: StreamConsumer = support::consumer(&t.group);
+    let committed_offsets = |probe: &StreamConsumer| -> Vec<(String, i32, rdkafka::Offset)> {
+        probe
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .expect("read synclag's committed offsets")
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
+            .collect()
+    };
+    if durable {
+        // Offsets follow what was processed once its state is in the changelog: every
+        // record read is committed, and a restart reads none of them again.
+        let ends: Vec<i64> = committed_offsets(&probe)
+            .iter()
+            .map(|(topic, p, _)| {
+                probe
+                    .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .collect();
+        support::wait_until(
+            Duration::from_secs(30),
+            "run 1 committed every record it read",
+            || {
+                committed_offsets(&probe)
+                    .iter()
+                    .zip(&ends)
+                    .all(|((_, _, o), end)| *o == rdkafka::Offset::Offset(*end))
+            },
+        );
+        first.kill();
+    } else {
+        // Let one periodic commit happen, then kill without any chance to flush or commit.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        first.kill();
+        // Which offsets a restart re-reads: every record here is younger than the longest
+        // window, so nothing may have been committed past the start of any partition.
+        let mut seen_commit = false;
+        for (topic, p, offset) in committed_offsets(&probe) {
+            match offset {
+                rdkafka::Offset::Invalid => {}
+                rdkafka::Offset::Offset(o) => {
+                    seen_commit = true;
+                    assert_eq!(o, 0, "{topic}[{p}] committed past records a restart needs");
+                }
+                other => panic!("unexpected committed offset {other:?}"),
             }
-            other => panic!("unexpected committed offset {other:?}"),
         }
+        assert!(
+            seen_commit,
+            "run 1 committed its (safe) offsets before the kill"
+        );
     }
-    assert!(
-        seen_commit,
-        "run 1 committed its (safe) offsets before the kill"
-    );
     drop(probe);
 
     // Phase 2 while synclag is down.
@@ -1136,14 +1177,40 @@ async fn sigkill_and_restart_loses_nothing_and_keeps_breach_ids() {
         );
         assert!(seen.contains(&e.breach_id));
     }
-    let reemitted = all
+    let warns = all
         .iter()
         .filter(|e| e.severity == "warn" && e.correlation_id.starts_with("K-"))
         .count();
-    assert!(
-        reemitted > old_count,
-        "the restart re-emitted warn breaches (deduplicated by breach_id downstream)"
-    );
+    if durable {
+        // The `old` group's warn breaches were raised before the kill and restored as
+        // raised; the `never` group's were raised after the restart. Once each.
+        assert_eq!(
+            warns,
+            (0..n)
+                .filter(|i| matches!(group(*i), "old" | "never"))
+                .count(),
+            "each warn breach once across the restart\n{}",
+            second.log_tail()
+        );
+        let metrics = second.get_text("/metrics").await.unwrap_or_default();
+        let restored = metric_sum(
+            &metrics,
+            "synclag_state_restored_correlations",
+            &["kind=\"pending\""],
+        );
+        assert_eq!(
+            restored as usize,
+            (0..n)
+                .filter(|i| matches!(group(*i), "ok_after" | "never" | "old"))
+                .count(),
+            "the correlations pending at the kill were restored"
+        );
+    } else {
+        assert!(
+            warns > old_count + (0..n).filter(|i| group(*i) == "never").count(),
+            "the restart re-emitted warn breaches (deduplicated by breach_id downstream)"
+        );
+    }
     drop(second);
 }
 

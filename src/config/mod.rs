@@ -220,6 +220,25 @@ pub struct Store {
     /// ended is recognised (late arrival, or a stage after completion) instead of starting
     /// a new correlation.
     pub recent_finished: usize,
+    /// Pending state is mirrored to a compacted changelog topic and restored from it at
+    /// start (see `service::state`), instead of being rebuilt by re-reading input.
+    pub durable: bool,
+    /// The changelog topic; `None`: `<group_id>.state`.
+    pub changelog_topic: Option<String>,
+    /// Partitions of the changelog topic when synclag creates it.
+    pub changelog_partitions: i32,
+    /// Replication factor when synclag creates it; `None`: the broker's default.
+    pub changelog_replication: Option<i32>,
+}
+
+impl Topology {
+    /// The changelog topic of the durable state.
+    pub fn changelog_topic(&self) -> String {
+        self.store
+            .changelog_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.state", self.service.group_id))
+    }
 }
 
 /// How a stream's records are encoded.

@@ -128,12 +128,25 @@ pub struct RawStore {
     pub dimension_value_cap: Option<u64>,
     pub oldest_n: Option<u64>,
     pub recent_finished: Option<u64>,
+    /// Mirror pending state to a compacted changelog topic and restore it at start.
+    pub durable: Option<bool>,
+    /// The changelog topic; default `<group_id>.state`.
+    pub changelog_topic: Option<String>,
+    /// Partitions of the changelog topic when synclag creates it.
+    pub changelog_partitions: Option<u64>,
+    /// Replication factor of the changelog topic when synclag creates it (default: the
+    /// broker's `default.replication.factor`).
+    pub changelog_replication: Option<u64>,
 }
 pub const STORE_KEYS: &[&str] = &[
     "max_pending",
     "dimension_value_cap",
     "oldest_n",
     "recent_finished",
+    "durable",
+    "changelog_topic",
+    "changelog_partitions",
+    "changelog_replication",
 ];
 
 /// One entry of `streams:`.

@@ -863,6 +863,21 @@ fn store_section(ctx: &mut Ctx, store: RawStore) -> Store {
             store.recent_finished,
             crate::correlate::spec::DEFAULT_RECENT_TERMINAL_CAP,
         ),
+        durable: store.durable.unwrap_or(true),
+        changelog_topic: store.changelog_topic.inspect(|t| {
+            check_topic(ctx, "store.changelog_topic", t);
+        }),
+        changelog_partitions: i32::try_from(positive(
+            ctx,
+            "store.changelog_partitions",
+            store.changelog_partitions,
+            6,
+        ))
+        .unwrap_or(i32::MAX),
+        changelog_replication: store.changelog_replication.map(|r| {
+            i32::try_from(positive(ctx, "store.changelog_replication", Some(r), 1))
+                .unwrap_or(i32::MAX)
+        }),
     }
 }
 

@@ -67,15 +67,25 @@ pub enum Output {
     DeadLetter(Box<DeadLetter>),
     Lag(Vec<LagSummary>),
     Incident(Box<IncidentEvent>),
+    /// Changelog records of the durable state: `(key, value)`, `None` deletes the key.
+    State(StateBatch),
+}
+
+/// Records for the changelog topic, written in order.
+#[derive(Debug, Clone)]
+pub struct StateBatch {
+    pub topic: Arc<str>,
+    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Output {
-    fn topic<'a>(&self, topics: &'a crate::config::Outputs) -> &'a str {
+    fn topic<'a>(&'a self, topics: &'a crate::config::Outputs) -> &'a str {
         match self {
             Output::Breach(_) => &topics.breaches_topic,
             Output::DeadLetter(_) => &topics.dead_letter_topic,
             Output::Lag(_) => &topics.lag_topic,
             Output::Incident(_) => &topics.incidents_topic,
+            Output::State(b) => &b.topic,
         }
     }
 }
@@ -167,6 +177,16 @@ impl Emitter {
     /// Every output with a sequence number up to this one has been acknowledged.
     pub fn acked_through(&self) -> u64 {
         self.acked.load(Ordering::Acquire)
+    }
+
+    /// Waits until every output up to `target` is acknowledged, or `deadline`; keeps the
+    /// channel open. Returns whether they were.
+    pub async fn wait_acked(&mut self, target: u64, deadline: Instant) -> bool {
+        while self.acked_through() < target && Instant::now() < deadline {
+            self.pump();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.acked_through() >= target
     }
 
     /// Waits until every submitted output is acknowledged, or `deadline`; then closes
@@ -363,6 +383,23 @@ async fn start(
                 (seq, result, Output::DeadLetter(dl))
             })
         }
+        Output::State(batch) => {
+            let mut acks = Vec::with_capacity(batch.records.len());
+            let mut queued = Ok(());
+            for (key, value) in &batch.records {
+                match outputs
+                    .enqueue_raw(&batch.topic, key, value.as_deref())
+                    .await
+                {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        queued = Err(e);
+                        break;
+                    }
+                }
+            }
+            batch_delivery(seq, queued, acks, Output::State(batch))
+        }
         Output::Lag(summaries) => {
             let mut acks = Vec::with_capacity(summaries.len());
             let mut queued = Ok(());
@@ -375,16 +412,28 @@ async fn start(
                     }
                 }
             }
-            Box::pin(async move {
-                let delivered = futures::future::join_all(acks)
-                    .await
-                    .into_iter()
-                    .collect::<Result<Vec<()>, _>>()
-                    .map(|_| ());
-                (seq, queued.and(delivered), Output::Lag(summaries))
-            })
+            batch_delivery(seq, queued, acks, Output::Lag(summaries))
         }
     }
+}
+
+/// A batch output is delivered once every record it queued is acknowledged; a batch cut
+/// short by a queueing error is retried whole (its records are idempotent: summaries and
+/// the latest state of keys).
+fn batch_delivery(
+    seq: u64,
+    queued: Result<(), EmitError>,
+    acks: Vec<Acknowledgement>,
+    out: Output,
+) -> Delivery {
+    Box::pin(async move {
+        let delivered = futures::future::join_all(acks)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ());
+        (seq, queued.and(delivered), out)
+    })
 }
 
 #[cfg(test)]

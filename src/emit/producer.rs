@@ -292,6 +292,20 @@ impl Outputs {
         .await
     }
 
+    /// Hands one already encoded record to the producer (`None`: a tombstone).
+    pub async fn enqueue_raw(
+        &self,
+        topic: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Acknowledgement, EmitError> {
+        let mut record = FutureRecord::to(topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.enqueue(record).await
+    }
+
     /// Encodes one lag summary and hands it to the producer, keyed by workflow.
     pub async fn enqueue_lag(&self, summary: &LagSummary) -> Result<Acknowledgement, EmitError> {
         let bytes = self.encode(&self.lag_topic, LAG_SCHEMA, summary).await?;

@@ -15,6 +15,7 @@
 
 mod outcomes;
 mod records;
+pub mod state;
 mod status;
 mod trend;
 
@@ -59,6 +60,8 @@ pub enum RunError {
     Metrics(String),
     #[error("masking: environment variable `{0}` (masking.key_env) is not set")]
     MaskKey(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -78,6 +81,8 @@ struct Pipeline {
     gate: CommitGate,
     signals: SignalBook,
     outcomes: Outcomes,
+    /// Durable state (`store.durable`): the changelog the engine is mirrored to.
+    state: Option<state::DurableState>,
     emitter: Emitter,
     shared: Arc<Shared>,
     api: ApiState,
@@ -154,6 +159,21 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /api/v1");
     spawn_registry_probe(&topology, api.clone(), shutdown.clone());
 
+    let signal_kinds = SignalKinds::new(&topology);
+    series::preregister(&topology, &signal_kinds);
+    let mut outcomes = Outcomes::new(topology.clone(), masker);
+    // State first, input after: nothing may be processed on a partial state.
+    let durable = if topology.store.durable {
+        let mut state = state::DurableState::new(&topology);
+        state.create_topic(&topology).await?;
+        tokio::task::block_in_place(|| {
+            state.restore(&topology, &mut engine, &mut outcomes, wall_ms())
+        })?;
+        Some(state)
+    } else {
+        None
+    };
+
     let shared = Arc::new(Shared {
         health: api.ready.inputs.clone(),
         ..Shared::default()
@@ -188,8 +208,6 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     };
     let (retry_tx, mut retry_rx) = mpsc::channel(1_024);
 
-    let signal_kinds = SignalKinds::new(&topology);
-    series::preregister(&topology, &signal_kinds);
     let mut p = Pipeline {
         signal_kinds,
         health: api.ready.inputs.clone(),
@@ -201,7 +219,8 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         offsets: OffsetTracker::default(),
         gate: CommitGate::default(),
         signals: SignalBook::new(topology.store.max_pending.clamp(1_000, 1_000_000)),
-        outcomes: Outcomes::new(topology.clone(), masker),
+        outcomes,
+        state: durable,
         emitter: Emitter::start(outputs.clone(), &topology.outputs),
         shared: shared.clone(),
         api,
@@ -245,6 +264,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 if last_publish.elapsed() >= PUBLISH_EVERY {
                     last_publish = Instant::now();
                     p.publish();
+                    p.checkpoint();
                     p.commit(&consumer, CommitMode::Async);
                 }
                 if last_lag.elapsed() >= p.topology.service.lag_interval {
@@ -275,6 +295,12 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     p.tick(&consumer);
     p.release(true);
     p.publish();
+    if p.state.is_some() {
+        // The last cut goes out once everything before it is acknowledged.
+        p.checkpoint();
+        p.emitter.wait_acked(p.emitter.submitted(), deadline).await;
+        p.flush_state();
+    }
     let drained = p.emitter.drain(deadline).await;
     if !drained {
         tracing::warn!(
@@ -420,6 +446,9 @@ impl Pipeline {
                     self.input_lag.remove(&id);
                     self.offsets.revoke(id);
                     self.gate.revoke(&tp);
+                    if let Some(state) = &mut self.state {
+                        state.revoke(&tp);
+                    }
                     self.last_committed.remove(&tp);
                     if self.held.remove(&id).is_some() {
                         tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "revoked while a record waited; the next owner reads it");
@@ -443,6 +472,7 @@ impl Pipeline {
         );
         self.observe_positions(consumer, wall);
         self.advance_clock(consumer);
+        self.flush_state();
         let held: usize = self.held.values().map(Held::len).sum();
         metrics::gauge!(names::INPUT_HELD_RECORDS).set(held as f64);
     }
@@ -597,13 +627,52 @@ impl Pipeline {
         pause(consumer, &tps);
     }
 
+    /// With durable state, cuts the engine's changes with the offsets processed so far
+    /// (see `state`): they reach the commit gate once written.
+    fn checkpoint(&mut self) {
+        let Some(state) = &mut self.state else {
+            return;
+        };
+        let processed = self.offsets.committable(|_| None, i64::MAX);
+        let clock = self.engine.now();
+        state.cut(
+            &mut self.engine,
+            &mut self.outcomes,
+            processed,
+            self.emitter.submitted(),
+            clock,
+        );
+        self.flush_state();
+    }
+
+    /// Writes the cuts whose earlier outputs are acknowledged.
+    fn flush_state(&mut self) {
+        let Some(state) = &mut self.state else {
+            return;
+        };
+        let before = self.emitter.submitted();
+        state.flush(
+            self.emitter.acked_through(),
+            &mut self.emitter,
+            &mut self.gate,
+        );
+        if self.emitter.submitted() != before {
+            self.after_submit();
+        }
+    }
+
     fn commit(&mut self, consumer: &StreamConsumer<IngestContext>, mode: CommitMode) {
-        let engine = &self.engine;
-        let cut = engine.now().saturating_sub(self.max_window_ms);
-        let processed = self
-            .offsets
-            .committable(|id| engine.min_pinned_offset(id), cut);
-        self.gate.offer(processed);
+        if self.state.is_none() {
+            // Without durable state, a restart rebuilds pending correlations from input:
+            // offsets stay behind every record a pending correlation was built from and
+            // every record younger than the longest window.
+            let engine = &self.engine;
+            let cut = engine.now().saturating_sub(self.max_window_ms);
+            let processed = self
+                .offsets
+                .committable(|id| engine.min_pinned_offset(id), cut);
+            self.gate.offer(processed);
+        }
         let Some(committable) = self.gate.ready(
             self.outcomes.oldest_held_generation(),
             self.emitter.submitted(),

@@ -12,7 +12,9 @@
 
 use super::trend::Trend;
 use crate::config::{LagSegment, Topology};
-use crate::correlate::{Decomposition, Outcome, OutcomeKind, StageEvent, StageSet, Tier};
+use crate::correlate::{
+    CorrelationId, Decomposition, Outcome, OutcomeKind, StageEvent, StageSet, Tier,
+};
 use crate::emit::events::{BreachEvent, IncidentEvent};
 use crate::incidents::IncidentBook;
 use crate::rules::{self, Evidence, Masker, SignalBook, SliceSignals};
@@ -128,6 +130,9 @@ pub struct Outcomes {
     /// (workflow, time, dominant segment) of recent late completions (resolved breaches):
     /// evidence for pending breaches whose own measured segments explain little.
     late_segments: VecDeque<(usize, i64, LagSegment)>,
+    /// Keys whose terminal outcome (or a late arrival) was released since the last
+    /// [`take_ended`](Self::take_ended), when durable state asks for them.
+    ended: Option<Vec<(usize, CorrelationId)>>,
 }
 
 /// Late completions whose dominant segment is remembered (cause evidence).
@@ -188,8 +193,47 @@ impl Outcomes {
             incidents: IncidentBook::new(&topology.incidents),
             slice_signals: SliceSignals::new(SLICE_SIGNAL_VALUES),
             late_segments: VecDeque::new(),
+            ended: None,
             topology,
         }
+    }
+
+    /// Starts listing the keys whose end was released (for durable state).
+    pub fn track_ended(&mut self) {
+        self.ended.get_or_insert_with(Vec::new);
+    }
+
+    /// Keys whose terminal outcome or late arrival was released since the last call.
+    pub fn take_ended(&mut self, into: &mut Vec<(usize, CorrelationId)>) {
+        if let Some(ended) = &mut self.ended {
+            into.append(ended);
+        }
+    }
+
+    /// Tiers of breach outcomes still held back, per key (usually none): a durable image
+    /// must not claim them raised before their events are out.
+    pub fn held_breach_tiers(&self) -> HashMap<Key, u8> {
+        let mut out = HashMap::new();
+        for h in &self.held {
+            if let OutcomeKind::Breach { tier, .. } = h.outcome.kind {
+                let bit = match tier {
+                    Tier::Warn => 1,
+                    Tier::Critical => 2,
+                };
+                *out.entry((
+                    h.outcome.info.workflow,
+                    h.outcome.info.correlation_id.as_bytes().into(),
+                ))
+                .or_insert(0) |= bit;
+            }
+        }
+        out
+    }
+
+    /// A restored correlation had a breach raised before the restart: its completion is
+    /// announced as `resolved`.
+    pub fn restore_open_breach(&mut self, workflow: usize, id: &[u8]) {
+        self.open_breaches.insert((workflow, id.into()), ());
     }
 
     pub fn stats(&self) -> &[WorkflowStats] {
@@ -272,6 +316,12 @@ impl Outcomes {
             ));
             let due = all || (now != i64::MIN && h.release_at <= now);
             if due && !blocked.contains(&key) {
+                if let Some(ended) = &mut self.ended {
+                    let o = &h.outcome;
+                    if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
+                        ended.push((o.info.workflow, o.info.correlation_id.clone()));
+                    }
+                }
                 if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
                     *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
                     // Once per breached correlation, at its first tier.

@@ -330,6 +330,31 @@ pub fn describe_all() {
         Unit::Count,
         "Breached correlations an incident counted but did not follow (beyond 1,000 per incident): its pending count leaves them out."
     );
+    describe_gauge!(
+        STATE_RESTORE_SECONDS,
+        Unit::Seconds,
+        "Time the last start took to restore the durable state from the changelog topic."
+    );
+    describe_gauge!(
+        STATE_RESTORED,
+        Unit::Count,
+        "Correlations the last start restored from the changelog, by kind (pending, finished)."
+    );
+    describe_counter!(
+        STATE_REJECTED_TOTAL,
+        Unit::Count,
+        "Changelog records a restore could not use (unreadable, or no longer fitting the topology); each is logged with its partition and offset."
+    );
+    describe_counter!(
+        STATE_RECORDS_TOTAL,
+        Unit::Count,
+        "Changelog records written, by kind (pending, finished, deleted)."
+    );
+    describe_gauge!(
+        STATE_CUTS_WAITING,
+        Unit::Count,
+        "Changelog cuts waiting for the outputs raised before them to be acknowledged (their input offsets wait too)."
+    );
     describe_counter!(
         SLICE_SIGNALS_FORGOTTEN_TOTAL,
         Unit::Count,
@@ -339,6 +364,13 @@ pub fn describe_all() {
 
 // ---- incidents (src/incidents)
 pub const INCIDENTS_OPEN: &str = "synclag_incidents_open";
+
+// ---- durable state (src/service/state.rs)
+pub const STATE_RESTORE_SECONDS: &str = "synclag_state_restore_seconds";
+pub const STATE_RESTORED: &str = "synclag_state_restored_correlations";
+pub const STATE_REJECTED_TOTAL: &str = "synclag_state_rejected_total";
+pub const STATE_RECORDS_TOTAL: &str = "synclag_state_records_total";
+pub const STATE_CUTS_WAITING: &str = "synclag_state_cuts_waiting";
 pub const INCIDENT_EVENTS_TOTAL: &str = "synclag_incident_events_total";
 pub const INCIDENTS_SUPPRESSED_TOTAL: &str = "synclag_incidents_suppressed_total";
 pub const INCIDENT_BREACHES_FOLDED_TOTAL: &str = "synclag_incident_breaches_folded_total";

@@ -32,6 +32,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::NEGATIVE_LAGS_TOTAL,
         names::RECENT_FORGOTTEN_TOTAL,
         names::TIERS_AFTER_WINDOW_TOTAL,
+        names::STATE_REJECTED_TOTAL,
     ] {
         counter!(c).absolute(0);
     }
@@ -46,8 +47,16 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::OUTPUT_UNACKED,
         names::EVIDENCE_ENTRIES,
         names::RECENT_CORRELATIONS,
+        names::STATE_RESTORE_SECONDS,
+        names::STATE_CUTS_WAITING,
     ] {
         gauge!(g).set(0.0);
+    }
+    for kind in ["pending", "finished"] {
+        gauge!(names::STATE_RESTORED, "kind" => kind).set(0.0);
+    }
+    for kind in ["pending", "finished", "deleted"] {
+        counter!(names::STATE_RECORDS_TOTAL, "kind" => kind).absolute(0);
     }
     gauge!(names::STORE_CAPACITY).set(topology.store.max_pending as f64);
     for s in &topology.streams {

@@ -1,0 +1,436 @@
+//! Durable pending state: the engine's changes are mirrored to a compacted changelog
+//! topic in step with the input offsets, and a start restores them instead of re-reading
+//! input windows (a one-day window would mean a day of input at every deploy, and stages
+//! re-read without their start would end as false `never_arrived`s).
+//!
+//! The write rule — what lets a restart neither lose nor invent an alert:
+//!
+//! 1. At each commit tick a *cut* takes the entries that changed since the last cut
+//!    ([`Engine::drain_dirty`]), the finished image of every key whose end was released
+//!    (so a stage read again is a duplicate or a late arrival, not a new correlation), and
+//!    the input offsets processed so far.
+//! 2. A cut is written only once every output submitted before it is acknowledged: an
+//!    image never claims a tier raised, or a correlation ended, before its event is on
+//!    Kafka. Tiers whose breach is still held back are left out of the image.
+//! 3. The cut's input offsets go to the commit gate only after its records are submitted,
+//!    so they are committed only once the changelog holds the state they built.
+//!
+//! A crash between the write and the commit re-reads input whose state is already
+//! restored: its stages are duplicates (counted), never new correlations. A crash before
+//! the write re-reads everything the cut would have held. Either way at most the outputs
+//! of the last second or so are written again (same `breach_id`).
+//!
+//! Finished images are deleted (tombstones) once no stage of theirs can be expected any
+//! more — start + 2 × window — so the changelog holds the pending state plus recent ends,
+//! and a restore reads about that much.
+
+use crate::config::duration::millis;
+use crate::config::Topology;
+use crate::correlate::durable::{self, FinishedImage, Image, PendingImage};
+use crate::correlate::{CorrelationId, Engine};
+use crate::emit::emitter::{Emitter, Output, StateBatch};
+use crate::ingest::commit::CommitGate;
+use crate::ingest::Tp;
+use crate::telemetry::names;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::outcomes::Outcomes;
+
+/// Why durable state could not be prepared or restored. synclag does not start without
+/// its state: running on a partial one would raise false alerts.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("durable state: changelog topic `{topic}`: {why}")]
+    Topic { topic: String, why: String },
+    #[error("durable state: restoring from `{topic}`: {why}")]
+    Restore { topic: String, why: String },
+}
+
+/// How long a start may take to read the changelog before giving up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long metadata of a just-created changelog topic may take to show up.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a restore found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub pending: u64,
+    pub finished: u64,
+    /// Images that could not be read or no longer fit the topology (logged, counted).
+    pub rejected: u64,
+    /// Finished images old enough to be deleted at once.
+    pub expired: u64,
+    pub records: u64,
+}
+
+/// Changelog records waiting for the outputs submitted before them.
+struct Cut {
+    after_seq: u64,
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    offsets: HashMap<Tp, i64>,
+}
+
+/// The durable side of the pipeline (see the module docs).
+pub struct DurableState {
+    topic: Arc<str>,
+    workflows: Vec<String>,
+    windows_ms: Vec<i64>,
+    cuts: VecDeque<Cut>,
+    /// Finished images written, oldest first: (delete at, key).
+    markers: VecDeque<(i64, Vec<u8>)>,
+    marker_cap: usize,
+    ended: Vec<(usize, CorrelationId)>,
+    images: Vec<PendingImage>,
+}
+
+impl DurableState {
+    pub fn new(topology: &Topology) -> DurableState {
+        DurableState {
+            topic: Arc::from(topology.changelog_topic().as_str()),
+            workflows: topology.workflows.iter().map(|w| w.name.clone()).collect(),
+            windows_ms: topology
+                .workflows
+                .iter()
+                .map(|w| millis(w.window))
+                .collect(),
+            cuts: VecDeque::new(),
+            markers: VecDeque::new(),
+            marker_cap: topology.store.recent_finished.max(1),
+            ended: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// The changelog topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Creates the changelog topic (compacted) unless it exists.
+    pub async fn create_topic(&self, topology: &Topology) -> Result<(), StateError> {
+        let err = |why: String| StateError::Topic {
+            topic: self.topic.to_string(),
+            why,
+        };
+        let admin: AdminClient<DefaultClientContext> = crate::config::kafka::admin_config(topology)
+            .create()
+            .map_err(|e| err(e.to_string()))?;
+        let replication = topology.store.changelog_replication.unwrap_or(-1);
+        let topic = NewTopic::new(
+            &self.topic,
+            topology.store.changelog_partitions,
+            TopicReplication::Fixed(replication),
+        )
+        .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    tracing::info!(topic = %self.topic, partitions = topology.store.changelog_partitions, "created the changelog topic of the durable state")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(err(code.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the whole changelog into `engine` (before it processes anything), marks
+    /// restored breaches open in `outcomes`, and starts tracking changes. Blocking.
+    pub fn restore(
+        &mut self,
+        topology: &Topology,
+        engine: &mut Engine,
+        outcomes: &mut Outcomes,
+        wall_ms: i64,
+    ) -> Result<Restored, StateError> {
+        let started = Instant::now();
+        let err = |why: String| StateError::Restore {
+            topic: self.topic.to_string(),
+            why,
+        };
+        let mut cfg = crate::config::kafka::admin_config(topology);
+        cfg.set("group.id", format!("{}.restore", topology.service.group_id))
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer = cfg.create().map_err(|e| err(e.to_string()))?;
+        let partitions = self.partitions(&consumer).map_err(err)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut left: HashSet<i32> = HashSet::new();
+        for p in partitions {
+            let (lo, hi) = self.watermarks(&consumer, p).map_err(err)?;
+            if hi > lo {
+                tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
+                    .map_err(|e| err(e.to_string()))?;
+                left.insert(p);
+            }
+        }
+        let names: Vec<&str> = self.workflows.iter().map(String::as_str).collect();
+        let mut report = Restored::default();
+        let mut expired: Vec<Vec<u8>> = Vec::new();
+        let mut live_markers: Vec<(i64, Vec<u8>)> = Vec::new();
+        if !left.is_empty() {
+            consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
+        }
+        let deadline = started + RESTORE_TIMEOUT;
+        while !left.is_empty() {
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "not at the end of partitions {left:?} after {RESTORE_TIMEOUT:?}"
+                )));
+            }
+            let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let msg = match polled {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    left.remove(&p);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "changelog read error; retrying");
+                    continue;
+                }
+            };
+            report.records += 1;
+            let Some(key) = msg.key() else {
+                report.rejected += 1;
+                continue;
+            };
+            let Some(value) = msg.payload() else {
+                // A deleted finished image: nothing to restore.
+                continue;
+            };
+            let image = match durable::decode(key, value, &names) {
+                Ok(i) => i,
+                Err(e) => {
+                    report.rejected += 1;
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog record not restored");
+                    continue;
+                }
+            };
+            if let Image::Finished(f) = &image {
+                // Restored even when old enough to delete: it replaces the key's pending
+                // image read before it.
+                let delete_at = self.delete_at(f.workflow, f.start_ms);
+                if delete_at <= wall_ms {
+                    report.expired += 1;
+                    expired.push(key.to_vec());
+                } else {
+                    live_markers.push((delete_at, key.to_vec()));
+                }
+            }
+            let (workflow, fired, finished) = match &image {
+                Image::Pending(p) => (p.workflow, p.fired, false),
+                Image::Finished(f) => (f.workflow, 0, true),
+            };
+            let id: Box<[u8]> = image.correlation_id().into();
+            match engine.restore(image) {
+                Ok(()) if finished => {}
+                Ok(()) => {
+                    if fired != 0 {
+                        outcomes.restore_open_breach(workflow, &id);
+                    }
+                }
+                Err(e) => {
+                    report.rejected += 1;
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog record not restored");
+                }
+            }
+        }
+        // A key's later images replace its earlier ones: count what stands.
+        report.pending = engine.pending() as u64;
+        report.finished = engine.recent_len() as u64;
+        live_markers.sort_unstable();
+        self.markers = live_markers.into();
+        if !expired.is_empty() {
+            self.cuts.push_back(Cut {
+                after_seq: 0,
+                records: expired.into_iter().map(|k| (k, None)).collect(),
+                offsets: HashMap::new(),
+            });
+        }
+        engine.track_changes(true);
+        outcomes.track_ended();
+        let took = started.elapsed();
+        metrics::gauge!(names::STATE_RESTORE_SECONDS).set(took.as_secs_f64());
+        metrics::gauge!(names::STATE_RESTORED, "kind" => "pending").set(report.pending as f64);
+        metrics::gauge!(names::STATE_RESTORED, "kind" => "finished").set(report.finished as f64);
+        metrics::counter!(names::STATE_REJECTED_TOTAL).increment(report.rejected);
+        tracing::info!(
+            topic = %self.topic,
+            pending = report.pending,
+            finished = report.finished,
+            rejected = report.rejected,
+            expired = report.expired,
+            records = report.records,
+            seconds = took.as_secs_f64(),
+            "restored the durable state"
+        );
+        Ok(report)
+    }
+
+    fn partitions(&self, consumer: &BaseConsumer) -> Result<Vec<i32>, String> {
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        loop {
+            let md = consumer
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            let found = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == &*self.topic)
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>());
+            match found {
+                Some(parts) => return Ok(parts),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                None => return Err("the topic has no readable partitions".into()),
+            }
+        }
+    }
+
+    /// A partition's watermarks; a topic just created may not have a leader yet.
+    fn watermarks(&self, consumer: &BaseConsumer, partition: i32) -> Result<(i64, i64), String> {
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        loop {
+            match consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10)) {
+                Ok(w) => return Ok(w),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(partition, error = %e, "changelog watermarks not available yet");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(format!("partition {partition}: {e}")),
+            }
+        }
+    }
+
+    /// When the finished image of a correlation that started at `start_ms` is deleted.
+    fn delete_at(&self, workflow: usize, start_ms: i64) -> i64 {
+        let window = self.windows_ms.get(workflow).copied().unwrap_or(0);
+        start_ms.saturating_add(window.saturating_mul(2))
+    }
+
+    /// Step 1 of the write rule: cuts what changed since the last cut, with the input
+    /// offsets processed so far, behind output `submitted`.
+    pub fn cut(
+        &mut self,
+        engine: &mut Engine,
+        outcomes: &mut Outcomes,
+        offsets: HashMap<Tp, i64>,
+        submitted: u64,
+        clock_ms: i64,
+    ) {
+        let mut records = Vec::new();
+        engine.drain_dirty(&mut self.images);
+        if !self.images.is_empty() {
+            let held = outcomes.held_breach_tiers();
+            for mut p in std::mem::take(&mut self.images) {
+                if !held.is_empty() {
+                    let key = (p.workflow, p.correlation_id.clone());
+                    if let Some(bits) = held.get(&key) {
+                        p.fired &= !bits;
+                    }
+                }
+                let key = durable::encode_key(self.name(p.workflow), &p.correlation_id);
+                let mut value = Vec::new();
+                durable::encode_value(&Image::Pending(p), &mut value);
+                records.push((key, Some(value)));
+            }
+            metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending")
+                .increment(records.len() as u64);
+        }
+        outcomes.take_ended(&mut self.ended);
+        let mut finished = 0u64;
+        for (workflow, id) in std::mem::take(&mut self.ended) {
+            let Some(f) = engine.finished_image(workflow, id.as_bytes()) else {
+                continue;
+            };
+            let delete_at = self.delete_at(workflow, f.start_ms);
+            let (key, value) = self.finished_record(f);
+            self.markers.push_back((delete_at, key.clone()));
+            records.push((key, Some(value)));
+            finished += 1;
+        }
+        metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "finished").increment(finished);
+        // Oldest first is close enough to delete-time order: a workflow's window is fixed.
+        let mut deleted = 0u64;
+        while let Some((at, _)) = self.markers.front() {
+            if *at > clock_ms && self.markers.len() <= self.marker_cap {
+                break;
+            }
+            if let Some((_, key)) = self.markers.pop_front() {
+                records.push((key, None));
+                deleted += 1;
+            }
+        }
+        metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "deleted").increment(deleted);
+        self.cuts.push_back(Cut {
+            after_seq: submitted,
+            records,
+            offsets,
+        });
+        metrics::gauge!(names::STATE_CUTS_WAITING).set(self.cuts.len() as f64);
+    }
+
+    fn name(&self, workflow: usize) -> &str {
+        self.workflows.get(workflow).map_or("", String::as_str)
+    }
+
+    fn finished_record(&self, f: FinishedImage) -> (Vec<u8>, Vec<u8>) {
+        let key = durable::encode_key(self.name(f.workflow), &f.correlation_id);
+        let mut value = Vec::new();
+        durable::encode_value(&Image::Finished(f), &mut value);
+        (key, value)
+    }
+
+    /// Steps 2 and 3: writes every cut whose earlier outputs are acknowledged, then offers
+    /// its offsets to the gate.
+    pub fn flush(&mut self, acked_through: u64, emitter: &mut Emitter, gate: &mut CommitGate) {
+        while self
+            .cuts
+            .front()
+            .is_some_and(|c| c.after_seq <= acked_through)
+        {
+            let Some(cut) = self.cuts.pop_front() else {
+                break;
+            };
+            if !cut.records.is_empty() {
+                emitter.submit(Output::State(StateBatch {
+                    topic: self.topic.clone(),
+                    records: cut.records,
+                }));
+            }
+            if !cut.offsets.is_empty() {
+                gate.offer(cut.offsets);
+            }
+        }
+        metrics::gauge!(names::STATE_CUTS_WAITING).set(self.cuts.len() as f64);
+    }
+
+    /// A revoked partition's offsets are no longer ours to commit.
+    pub fn revoke(&mut self, tp: &Tp) {
+        for c in &mut self.cuts {
+            c.offsets.remove(tp);
+        }
+    }
+
+    /// Cuts still waiting for earlier outputs.
+    pub fn waiting(&self) -> usize {
+        self.cuts.len()
+    }
+}
