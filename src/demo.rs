@@ -362,6 +362,11 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         mock.create_topic(t, 1, 1)
             .with_context(|| format!("create topic {t}"))?;
     }
+    // The in-process cluster has no CreateTopics API: the changelog of the durable state
+    // is made here, like every other topic.
+    let changelog = topology.changelog_topic();
+    mock.create_topic(&changelog, topology.store.changelog_partitions, 1)
+        .with_context(|| format!("create topic {changelog}"))?;
     topology.kafka.bootstrap_servers = mock.bootstrap_servers();
     topology.kafka.properties.retain(|k, _| {
         !k.starts_with("security.") && !k.starts_with("sasl.") && !k.starts_with("ssl.")

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::drill::{create_log_append_topic, demo_yaml, run_real_time, Seen, Watcher};
+use support::drill::{breached, create_log_append_topic, demo_yaml, run_real_time, Seen, Watcher};
 use support::{free_port, SynclagProcess};
 use synclag::config::Topology;
 use synclag::emit::events::{BreachEvent, IncidentEvent};
@@ -101,17 +101,6 @@ async fn stop_group_at_start(group: &str, topic: &str) {
     consumer
         .commit(&tpl, CommitMode::Sync)
         .expect("commit the stopped group's offsets");
-}
-
-/// Whether synclag must have breached the correlation: ground truth says so, or its
-/// closing record reached Kafka well after the warn deadline (an outbox/CDC delay: the
-/// business time is inside the SLA, but at the deadline nothing on Kafka showed it).
-fn breached(t: &GroundTruth) -> bool {
-    const CLEARLY_AFTER_MS: i64 = 500;
-    t.expected >= Expected::Warn
-        || t.stages
-            .last()
-            .is_some_and(|s| s.kafka_time_ms > t.start_ms + t.sla.warn_ms + CLEARLY_AFTER_MS)
 }
 
 type Key = (String, String);

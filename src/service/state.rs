@@ -123,6 +123,20 @@ impl DurableState {
         let admin: AdminClient<DefaultClientContext> = crate::config::kafka::admin_config(topology)
             .create()
             .map_err(|e| err(e.to_string()))?;
+        // An existing topic is used as it is (creating it may need rights the service
+        // does not have); a missing one is created.
+        let exists = admin
+            .inner()
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .map(|md| {
+                md.topics().iter().any(|t| {
+                    t.name() == &*self.topic && t.error().is_none() && !t.partitions().is_empty()
+                })
+            })
+            .unwrap_or(false);
+        if exists {
+            return Ok(());
+        }
         let replication = topology.store.changelog_replication.unwrap_or(-1);
         let topic = NewTopic::new(
             &self.topic,

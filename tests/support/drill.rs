@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use synclag::config::Topology;
 use synclag::emit::events::{BreachEvent, IncidentEvent};
 use synclag::sim::{
-    self, Clock, GroundTruth, RealClock, RunOptions, Scenario, SimOptions, Simulator,
+    self, Clock, Expected, GroundTruth, RealClock, RunOptions, Scenario, SimOptions, Simulator,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -256,6 +256,17 @@ where
         );
         seen
     }
+}
+
+/// Whether synclag must have breached the correlation: ground truth says so, or its
+/// closing record reached Kafka well after the warn deadline (an outbox/CDC delay: the
+/// business time is inside the SLA, but at the deadline nothing on Kafka showed it).
+pub fn breached(t: &GroundTruth) -> bool {
+    const CLEARLY_AFTER_MS: i64 = 500;
+    t.expected >= Expected::Warn
+        || t.stages
+            .last()
+            .is_some_and(|s| s.kafka_time_ms > t.start_ms + t.sla.warn_ms + CLEARLY_AFTER_MS)
 }
 
 // ---- running the simulator

@@ -1,0 +1,201 @@
+//! Restarts under load on the real broker: simulated traffic with breaches falling due
+//! runs while `synclag run` is killed (SIGKILL, and SIGTERM in between) at seeded random
+//! moments and started again each time. With durable state, the breach topic — read as an
+//! alerting system reads it — must show, against the simulator's ground truth:
+//!
+//! - no lost alert: every correlation that should breach has its breach (or
+//!   `never_arrived`);
+//! - no invented alert: no breach on a correlation that completed in time, no
+//!   `never_arrived` on one that completed;
+//! - one id per alert: an event raised again after a crash carries the same `breach_id`;
+//! - few re-deliveries: restored state does not raise again what was raised before the
+//!   crash (they are counted and printed).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use support::drill::{breached, create_log_append_topic, demo_yaml, run_real_time, Watcher};
+use support::{free_port, SynclagProcess};
+use synclag::config::Topology;
+use synclag::emit::events::BreachEvent;
+use synclag::sim::{Expected, GroundTruth, Scenario};
+
+const SCENARIO: &str = r#"
+name: restarts
+rate: 16
+weights: { order_import: 1.0, shipment_status: 1.0, inventory_sync: 0.8, billing_trigger: 0.6, returns: 0.3 }
+phases:
+  - { name: steady, duration: 8s }
+  - name: fault
+    duration: 30s
+    faults:
+      - { name: throttled, kind: erp_delay, workflows: [shipment_status], dimension: carrier, value: DHL, delay: 1.2x critical }
+      - { name: lost, kind: drop, workflows: [order_import], share: 0.1 }
+  - { name: recovery, duration: 8s }
+"#;
+
+/// (workflow, correlation id)
+type Key = (String, String);
+
+/// Kills and restarts at seeded moments while the traffic runs; returns how many of each.
+async fn restart_repeatedly(
+    yaml: &str,
+    port: u16,
+    mut svc: SynclagProcess,
+    until: tokio::sync::oneshot::Receiver<()>,
+) -> (SynclagProcess, u32, u32) {
+    let mut rng: u64 = 0x5eed_1234_abcd_0001;
+    let mut next = || {
+        // xorshift: a fixed, seeded schedule, the same on every run.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut kills, mut terms) = (0u32, 0u32);
+    tokio::pin!(until);
+    loop {
+        let wait = Duration::from_millis(3_000 + next() % 4_000);
+        tokio::select! {
+            _ = &mut until => return (svc, kills, terms),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if (kills + terms) % 3 == 2 {
+            assert_eq!(
+                svc.terminate().await,
+                Some(0),
+                "clean exit on SIGTERM\n{}",
+                svc.log_tail()
+            );
+            terms += 1;
+        } else {
+            svc.kill();
+            kills += 1;
+        }
+        svc = SynclagProcess::start(yaml, port, "restarts");
+        svc.wait_ready().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
+    let port = free_port();
+    let yaml = demo_yaml("restarts", port);
+    let topology = Topology::from_yaml_str("restarts/topology.yaml", &yaml, Vec::new())
+        .unwrap_or_else(|e| panic!("the demo topology is valid: {e:?}"));
+    for s in &topology.streams {
+        support::create_topic(&s.topic, 3).await;
+    }
+    let o = &topology.outputs;
+    for t in [&o.lag_topic, &o.backlog_topic, &o.dead_letter_topic] {
+        support::create_topic(t, 1).await;
+    }
+    create_log_append_topic(&o.breaches_topic).await;
+    create_log_append_topic(&o.incidents_topic).await;
+    let breaches: Watcher<BreachEvent> = Watcher::start(&o.breaches_topic);
+    let svc = SynclagProcess::start(&yaml, port, "restarts");
+    svc.wait_ready().await;
+
+    let (stop, until) = tokio::sync::oneshot::channel();
+    let restarts = {
+        let yaml = yaml.clone();
+        tokio::spawn(async move { restart_repeatedly(&yaml, port, svc, until).await })
+    };
+    let scenario =
+        Scenario::from_yaml_str("restarts.yaml", SCENARIO).unwrap_or_else(|e| panic!("{e}"));
+    let (_, truth) = run_real_time(&topology, &scenario, 11).await;
+    let _ = stop.send(());
+    let (mut svc, kills, terms) = restarts.await.expect("the restart task");
+    assert!(kills >= 5, "killed {kills} times during the traffic");
+
+    let must: BTreeMap<Key, &GroundTruth> = truth
+        .iter()
+        .filter(|t| breached(t))
+        .map(|t| ((t.workflow.clone(), t.correlation_id.clone()), t))
+        .collect();
+    assert!(
+        must.len() >= 20,
+        "the faults push correlations past their SLA"
+    );
+    // Wait for an alert on every correlation that must have one.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen: BTreeSet<Key> = breaches
+            .snapshot()
+            .iter()
+            .filter(|s| matches!(s.event.kind.as_str(), "breach" | "never_arrived"))
+            .map(|s| (s.event.workflow.clone(), s.event.correlation_id.clone()))
+            .collect();
+        let missing: Vec<&Key> = must.keys().filter(|k| !seen.contains(*k)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} correlations never alerted, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            svc.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Let late outcomes of the last correlations come out, then stop cleanly.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        svc.terminate().await,
+        Some(0),
+        "clean exit\n{}",
+        svc.log_tail()
+    );
+    let seen = breaches.finish().await;
+
+    let truth_of: BTreeMap<Key, &GroundTruth> = truth
+        .iter()
+        .map(|t| ((t.workflow.clone(), t.correlation_id.clone()), t))
+        .collect();
+    let mut invented: Vec<String> = Vec::new();
+    let mut ids: BTreeMap<(Key, String), BTreeSet<String>> = BTreeMap::new();
+    let mut deliveries: BTreeMap<String, u32> = BTreeMap::new();
+    for s in &seen {
+        let e = &s.event;
+        let key = (e.workflow.clone(), e.correlation_id.clone());
+        *deliveries.entry(e.breach_id.clone()).or_default() += 1;
+        ids.entry((key.clone(), format!("{}/{}", e.kind, e.severity)))
+            .or_default()
+            .insert(e.breach_id.clone());
+        let Some(t) = truth_of.get(&key) else {
+            invented.push(format!("{e:?} (no such correlation)"));
+            continue;
+        };
+        let false_never = e.kind == "never_arrived" && t.expected != Expected::NeverArrived;
+        let false_breach = e.kind == "breach" && !breached(t);
+        if false_never || false_breach {
+            invented.push(format!(
+                "{} {} {}: {:?}",
+                e.kind, e.severity, e.correlation_id, t.expected
+            ));
+        }
+    }
+    let redelivered: u32 = deliveries.values().map(|n| n - 1).sum();
+    eprintln!(
+        "restarts: {kills} SIGKILL + {terms} SIGTERM; {} correlations, {} to alert; {} events, {} delivered again (same breach_id); {} invented",
+        truth.len(),
+        must.len(),
+        seen.len(),
+        redelivered,
+        invented.len()
+    );
+    assert!(
+        invented.is_empty(),
+        "alerts the ground truth does not explain: {invented:#?}"
+    );
+    for ((key, what), set) in &ids {
+        assert_eq!(
+            set.len(),
+            1,
+            "{key:?} {what}: one breach_id across restarts, got {set:?}"
+        );
+    }
+}
