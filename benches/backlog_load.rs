@@ -77,22 +77,6 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// (user + system CPU seconds, RSS MiB, peak RSS MiB) of this process.
-fn usage() -> (f64, f64, f64) {
-    let cpu = support::bench::cpu_seconds();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (cpu, kib("VmRSS:"), kib("VmHWM:"))
-}
-
 /// Child mode: the monitor alone, one line per cycle.
 async fn run_monitor(bootstrap: String, pattern: &str, cycles: usize) -> anyhow::Result<()> {
     let mut config = MonitorConfig::new(
@@ -105,11 +89,11 @@ async fn run_monitor(bootstrap: String, pattern: &str, cycles: usize) -> anyhow:
     config.max_record_reads = usize::MAX;
     let mut monitor = BacklogMonitor::new(config)?;
     for _ in 0..cycles {
-        let (cpu0, _, _) = usage();
+        let (cpu0, _, _) = support::bench::usage();
         let t0 = Instant::now();
         let report = monitor.poll_once().await?;
         let wall = t0.elapsed().as_secs_f64();
-        let (cpu1, rss, peak) = usage();
+        let (cpu1, rss, peak) = support::bench::usage();
         println!(
             "{:>5}  {:>6}  {:>14}  {:>12}  {:>6.2}  {:>5.2}  {:>7.1}  {:>12.1}",
             report.cycle,

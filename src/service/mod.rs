@@ -167,8 +167,14 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         let mut state = state::DurableState::new(&topology);
         state.create_topic(&topology).await?;
         tokio::task::block_in_place(|| {
-            state.restore(&topology, &mut engine, &mut outcomes, wall_ms())
+            state.restore(
+                &topology,
+                &mut engine,
+                &mut |w, id| outcomes.restore_open_breach(w, id),
+                wall_ms(),
+            )
         })?;
+        outcomes.track_ended();
         Some(state)
     } else {
         None

@@ -30,6 +30,7 @@ use crate::correlate::durable::{self, FinishedImage, Image, PendingImage};
 use crate::correlate::{CorrelationId, Engine};
 use crate::emit::emitter::{Emitter, Output, StateBatch};
 use crate::ingest::commit::CommitGate;
+use crate::ingest::health::QuietContext;
 use crate::ingest::Tp;
 use crate::telemetry::names;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -124,16 +125,28 @@ impl DurableState {
             .create()
             .map_err(|e| err(e.to_string()))?;
         // An existing topic is used as it is (creating it may need rights the service
-        // does not have); a missing one is created.
-        let exists = admin
-            .inner()
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .map(|md| {
-                md.topics().iter().any(|t| {
-                    t.name() == &*self.topic && t.error().is_none() && !t.partitions().is_empty()
-                })
+        // does not have); a missing one is created. Asked with a consumer that may not
+        // create topics: a producer-side metadata request would have a broker with
+        // `auto.create.topics.enable` create it, uncompacted, with its default partitions.
+        let exists = {
+            let mut probe_cfg = crate::config::kafka::admin_config(topology);
+            probe_cfg.set("allow.auto.create.topics", "false");
+            let probe: BaseConsumer<QuietContext> = probe_cfg
+                .create_with_context(QuietContext)
+                .map_err(|e| err(e.to_string()))?;
+            tokio::task::block_in_place(|| {
+                probe
+                    .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+                    .map(|md| {
+                        md.topics().iter().any(|t| {
+                            t.name() == &*self.topic
+                                && t.error().is_none()
+                                && !t.partitions().is_empty()
+                        })
+                    })
+                    .unwrap_or(false)
             })
-            .unwrap_or(false);
+        };
         if exists {
             return Ok(());
         }
@@ -161,13 +174,14 @@ impl DurableState {
         Ok(())
     }
 
-    /// Reads the whole changelog into `engine` (before it processes anything), marks
-    /// restored breaches open in `outcomes`, and starts tracking changes. Blocking.
+    /// Reads the whole changelog into `engine` (before it processes anything), calls
+    /// `breached(workflow, id)` for each restored correlation with a tier raised, and
+    /// starts tracking changes. Blocking.
     pub fn restore(
         &mut self,
         topology: &Topology,
         engine: &mut Engine,
-        outcomes: &mut Outcomes,
+        breached: &mut dyn FnMut(usize, &[u8]),
         wall_ms: i64,
     ) -> Result<Restored, StateError> {
         let started = Instant::now();
@@ -179,8 +193,15 @@ impl DurableState {
         cfg.set("group.id", format!("{}.restore", topology.service.group_id))
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = cfg.create().map_err(|e| err(e.to_string()))?;
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            // Read the changelog in large steps: a restore is all prefetch.
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("fetch.max.bytes", "33554432")
+            .set("queued.max.messages.kbytes", "16384");
+        let consumer: BaseConsumer<QuietContext> = cfg
+            .create_with_context(QuietContext)
+            .map_err(|e| err(e.to_string()))?;
         let partitions = self.partitions(&consumer).map_err(err)?;
         let mut tpl = TopicPartitionList::new();
         let mut left: HashSet<i32> = HashSet::new();
@@ -257,7 +278,7 @@ impl DurableState {
                 Ok(()) if finished => {}
                 Ok(()) => {
                     if fired != 0 {
-                        outcomes.restore_open_breach(workflow, &id);
+                        breached(workflow, &id);
                     }
                 }
                 Err(e) => {
@@ -279,7 +300,6 @@ impl DurableState {
             });
         }
         engine.track_changes(true);
-        outcomes.track_ended();
         let took = started.elapsed();
         metrics::gauge!(names::STATE_RESTORE_SECONDS).set(took.as_secs_f64());
         metrics::gauge!(names::STATE_RESTORED, "kind" => "pending").set(report.pending as f64);
@@ -298,7 +318,7 @@ impl DurableState {
         Ok(report)
     }
 
-    fn partitions(&self, consumer: &BaseConsumer) -> Result<Vec<i32>, String> {
+    fn partitions(&self, consumer: &BaseConsumer<QuietContext>) -> Result<Vec<i32>, String> {
         let deadline = Instant::now() + METADATA_TIMEOUT;
         loop {
             let md = consumer
@@ -319,7 +339,11 @@ impl DurableState {
     }
 
     /// A partition's watermarks; a topic just created may not have a leader yet.
-    fn watermarks(&self, consumer: &BaseConsumer, partition: i32) -> Result<(i64, i64), String> {
+    fn watermarks(
+        &self,
+        consumer: &BaseConsumer<QuietContext>,
+        partition: i32,
+    ) -> Result<(i64, i64), String> {
         let deadline = Instant::now() + METADATA_TIMEOUT;
         loop {
             match consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(10)) {

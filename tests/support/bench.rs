@@ -33,3 +33,19 @@ pub fn cpu_seconds() -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// (user + system CPU seconds, RSS MiB, peak RSS MiB) of this process.
+pub fn usage() -> (f64, f64, f64) {
+    let cpu = cpu_seconds();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+}
