@@ -172,6 +172,15 @@ pub fn preregister() {
 impl AuditLog {
     /// Starts the writer task for `topology`'s audit topic, with a producer of its own.
     pub fn start(topology: &Topology) -> Result<AuditLog, AuditError> {
+        Self::start_after(topology, std::future::ready(()))
+    }
+
+    /// [`Self::start`], writing to Kafka only once `ready` resolved (e.g. the audit topic
+    /// was created with its retention); records queue meanwhile.
+    pub fn start_after(
+        topology: &Topology,
+        ready: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<AuditLog, AuditError> {
         let mut cfg = crate::config::kafka::producer_config(topology);
         cfg.set(
             "message.timeout.ms",
@@ -184,15 +193,22 @@ impl AuditLog {
             Arc::new(producer),
             topology.audit.topic.clone(),
             topology.audit.queue,
+            ready,
         ))
     }
 
-    fn with_producer(producer: Arc<FutureProducer>, topic: String, queue: usize) -> AuditLog {
+    fn with_producer(
+        producer: Arc<FutureProducer>,
+        topic: String,
+        queue: usize,
+        ready: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> AuditLog {
         preregister();
         let (tx, mut rx) = mpsc::channel::<AuditRecord>(queue.max(1));
         let writer = producer.clone();
         let to = topic.clone();
         tokio::spawn(async move {
+            ready.await;
             while let Some(record) = rx.recv().await {
                 if let Err(e) = send(&writer, &to, &record).await {
                     count("delivery_failed");

@@ -131,6 +131,8 @@ pub enum AuthError {
     Unprotected(SocketAddr),
     #[error("api TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Serve(String),
 }
 
 struct Entry {
@@ -475,10 +477,10 @@ pub async fn serve(
     let app = app.layer(axum::middleware::from_fn_with_state(guard, check));
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| AuthError::Tls(format!("cannot bind {addr}: {e}")))?;
+        .map_err(|e| AuthError::Serve(format!("cannot bind {addr}: {e}")))?;
     let local = tcp
         .local_addr()
-        .map_err(|e| AuthError::Tls(e.to_string()))?;
+        .map_err(|e| AuthError::Serve(e.to_string()))?;
     let service = app.into_make_service_with_connect_info::<ClientAddr>();
     match (&api.tls_cert, &api.tls_key) {
         (Some(cert), Some(key)) => {
@@ -617,7 +619,16 @@ pub async fn serve_api(
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, AuthError> {
     let tokens = TokenStore::load(&topology.api)?.map(Arc::new);
-    let audit = AuditLog::start(topology).map_err(|e| AuthError::Tls(e.to_string()))?;
+    // Output topics are created off the start-up path (an unreachable broker must not
+    // delay /readyz); audit records wait for it, so the audit topic gets its retention.
+    let t = topology.clone();
+    let created = tokio::spawn(async move {
+        crate::retention::ensure_output_topics(&t).await;
+    });
+    let audit = AuditLog::start_after(topology, async move {
+        let _ = created.await;
+    })
+    .map_err(|e| AuthError::Serve(format!("audit: {e}")))?;
     metrics::counter!(crate::telemetry::names::API_TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
     let app = crate::emit::http::router(state)
         .merge(crate::dlq::api::router(topology.clone(), audit.clone()));

@@ -174,6 +174,12 @@ impl InputHealth {
 
     /// From the consumer's error callback (`ClientContext::error`).
     pub fn on_client_error(&self, error: &KafkaError) {
+        self.on_client_error_because(error, "");
+    }
+
+    /// [`Self::on_client_error`] with librdkafka's reason text (which says, for example,
+    /// why the brokers refused the credentials).
+    pub fn on_client_error_because(&self, error: &KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         {
             let mut s = self.lock();
@@ -184,10 +190,15 @@ impl InputHealth {
                     s.fatal = Some(error.to_string());
                 }
                 Some(RDKafkaErrorCode::Authentication) => {
+                    let why = if reason.is_empty() {
+                        error.to_string()
+                    } else {
+                        reason.to_string()
+                    };
                     if s.auth_error.is_none() {
-                        tracing::error!(error = %error, "Kafka refused synclag's credentials: check kafka.properties (security.protocol, sasl.mechanism, sasl.username) and the password variable; /readyz reports not ready");
+                        tracing::error!(error = %why, "Kafka refused synclag's credentials: check kafka.properties (security.protocol, sasl.mechanism, sasl.username) and the password variable; /readyz reports not ready");
                     }
-                    s.auth_error = Some(error.to_string());
+                    s.auth_error = Some(why);
                 }
                 _ => {}
             }

@@ -145,7 +145,6 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         }));
     }
     let addr = topology.service.http_listen;
-    crate::retention::ensure_output_topics(&topology).await;
     let bound = crate::auth::serve_api(&topology, api.clone(), shutdown.clone())
         .await
         .map_err(|e| RunError::Http {
