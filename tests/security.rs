@@ -336,3 +336,64 @@ async fn a_public_address_needs_auth_or_an_explicit_insecure_flag() {
         "insecure mode is logged at ERROR: {stderr}"
     );
 }
+
+#[test]
+fn governance_settings_are_validated_all_at_once() {
+    let yaml = r#"
+kafka: { bootstrap_servers: "localhost:9092" }
+api: { tokens_fil: x, tls_cert: a.pem }
+audit: { topic: "synclag.breaches", queue: 0 }
+retention: { lag: { retention: 0s, cleanup: shred }, audti: { retention: 1d } }
+masking: { dead_letters: maks }
+streams:
+  - { name: a, topic: a, format: json, fields: { correlation_id: $.id } }
+  - { name: b, topic: b, format: json, fields: { correlation_id: $.id } }
+workflows:
+  - { name: w, stages: [ { name: s1, stream: a }, { name: s2, stream: b } ], sla: { warn: 1m, critical: 2m }, window: 1h }
+"#;
+    let errors = synclag::config::Topology::from_yaml_str("t.yaml", yaml, Vec::new())
+        .expect_err("invalid")
+        .to_string();
+    for expected in [
+        "api.tokens_fil: unknown key; did you mean `tokens_file`?",
+        "api.tls_key: missing",
+        "audit.queue: `0`",
+        "audit.topic: `synclag.breaches` is also an output topic",
+        "retention.lag.retention: `0s` is zero",
+        "retention.lag.cleanup: `shred` is not a cleanup policy",
+        "retention.audti: unknown key; did you mean `audit`?",
+        "masking.dead_letters: `maks` is not a dead-letter option",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing `{expected}` in:\n{errors}"
+        );
+    }
+    let ok = synclag::config::Topology::from_yaml_str(
+        "t.yaml",
+        &yaml
+            .lines()
+            .filter(|l| {
+                !l.starts_with("api:")
+                    && !l.starts_with("audit:")
+                    && !l.starts_with("retention:")
+                    && !l.starts_with("masking:")
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        [(
+            "SYNCLAG__RETENTION__BREACHES__RETENTION".to_string(),
+            "90d".to_string(),
+        )],
+    )
+    .expect("valid");
+    assert_eq!(
+        ok.retention.breaches.retention,
+        Duration::from_secs(90 * 86_400)
+    );
+    assert_eq!(
+        ok.retention.audit.retention,
+        Duration::from_secs(400 * 86_400)
+    );
+    assert_eq!(ok.audit.topic, "synclag.audit");
+}

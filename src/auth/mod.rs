@@ -509,6 +509,37 @@ pub async fn serve(
     Ok(local)
 }
 
+/// The service's API: the read API of `emit::http` and the dead-letter actions, behind
+/// authentication and the audit trail, on `service.http_listen`.
+pub async fn serve_api(
+    topology: &Arc<crate::config::Topology>,
+    state: crate::emit::http::ApiState,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, AuthError> {
+    let tokens = TokenStore::load(&topology.api)?.map(Arc::new);
+    // Output topics are created off the start-up path (an unreachable broker must not
+    // delay /readyz); audit records wait for it, so the audit topic gets its retention.
+    let t = topology.clone();
+    let created = tokio::spawn(async move {
+        crate::retention::ensure_output_topics(&t).await;
+    });
+    let audit = AuditLog::start_after(topology, async move {
+        let _ = created.await;
+    })
+    .map_err(|e| AuthError::Serve(format!("audit: {e}")))?;
+    metrics::counter!(crate::telemetry::names::API_TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
+    let app = crate::emit::http::router(state)
+        .merge(crate::dlq::api::router(topology.clone(), audit.clone()));
+    serve(
+        topology.service.http_listen,
+        &topology.api,
+        app,
+        Guard { tokens, audit },
+        shutdown,
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,35 +640,4 @@ mod tests {
         };
         assert!(admit(public, &insecure, None).is_ok());
     }
-}
-
-/// The service's API: the read API of `emit::http` and the dead-letter actions, behind
-/// authentication and the audit trail, on `service.http_listen`.
-pub async fn serve_api(
-    topology: &Arc<crate::config::Topology>,
-    state: crate::emit::http::ApiState,
-    shutdown: CancellationToken,
-) -> Result<SocketAddr, AuthError> {
-    let tokens = TokenStore::load(&topology.api)?.map(Arc::new);
-    // Output topics are created off the start-up path (an unreachable broker must not
-    // delay /readyz); audit records wait for it, so the audit topic gets its retention.
-    let t = topology.clone();
-    let created = tokio::spawn(async move {
-        crate::retention::ensure_output_topics(&t).await;
-    });
-    let audit = AuditLog::start_after(topology, async move {
-        let _ = created.await;
-    })
-    .map_err(|e| AuthError::Serve(format!("audit: {e}")))?;
-    metrics::counter!(crate::telemetry::names::API_TLS_HANDSHAKE_FAILURES_TOTAL).increment(0);
-    let app = crate::emit::http::router(state)
-        .merge(crate::dlq::api::router(topology.clone(), audit.clone()));
-    serve(
-        topology.service.http_listen,
-        &topology.api,
-        app,
-        Guard { tokens, audit },
-        shutdown,
-    )
-    .await
 }
