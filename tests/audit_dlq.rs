@@ -185,7 +185,7 @@ async fn dead_letters_are_listed_and_redriven_once_and_audited() {
     // The cause is fixed: the service is stopped and the operator redrives from the command line.
     assert_eq!(service.terminate().await, Some(0));
     let config = service.log.with_file_name("topology.yaml");
-    let (ok, out, err) = dlq_command(&config, &["list", "--reason", "not_json"]);
+    let (ok, out, err) = dlq_command(&config, &["list", "--reason", "not_json", "--actor", "bob"]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 4, "{out}");
     assert_eq!(
@@ -277,4 +277,16 @@ async fn dead_letters_are_listed_and_redriven_once_and_audited() {
         2,
         "started before anything moves"
     );
+    let reads = action("bob", "dlq_list", "ok");
+    assert_eq!(
+        reads.len(),
+        1,
+        "reading dead letters from the command line is audited: {audit:?}"
+    );
+    assert_eq!(reads[0]["details"]["reason"], "not_json");
+    // Reading them through the API is audited as a request.
+    assert!(audit.iter().any(|r| r["kind"] == "request"
+        && r["actor"] == "ann"
+        && r["path"] == "/api/v1/dlq"
+        && r["status"] == 200));
 }

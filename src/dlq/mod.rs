@@ -661,13 +661,16 @@ impl SelectionArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum DlqCommand {
-    /// List dead letters (JSON lines) by reason and time.
+    /// List dead letters (JSON lines) by reason and time (audited).
     List {
         #[command(flatten)]
         select: SelectionArgs,
         /// Letters listed at most.
         #[arg(long, default_value_t = DEFAULT_LIST_LIMIT)]
         limit: usize,
+        /// Who is reading, for the audit trail (default: the OS user).
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Write selected dead letters back to their source topic (audited, once each).
     Redrive {
@@ -688,11 +691,36 @@ pub enum DlqCommand {
     },
 }
 
+/// A command has no token: the OS user (or `--actor`) and the host name it.
+fn cli_actor(actor: Option<String>) -> Actor {
+    Actor {
+        channel: "cli",
+        name: actor
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into()),
+        role: None,
+        client: Some(format!("cli@{}", crate::config::instance::hostname())),
+    }
+}
+
 /// Runs `synclag dlq …`; the report goes to stdout as JSON.
 pub async fn run_cli(topology: Topology, command: DlqCommand) -> Result<(), DlqError> {
     match command {
-        DlqCommand::List { select, limit } => {
+        DlqCommand::List {
+            select,
+            limit,
+            actor,
+        } => {
+            // Dead letters hold raw records: reading them is audited like the API's list.
+            let audit = AuditLog::start(&topology).map_err(|e| DlqError::Audit(e.to_string()))?;
             let selection = select.selection();
+            let mut details = BTreeMap::new();
+            selection.describe(&mut details);
+            details.insert("limit".into(), limit.to_string());
+            audit
+                .write(audit_record(&cli_actor(actor), "dlq_list", "ok", details))
+                .await
+                .map_err(|e| DlqError::Audit(e.to_string()))?;
             let letters = tokio::task::spawn_blocking(move || list(&topology, &selection, limit))
                 .await
                 .map_err(|e| DlqError::Kafka(e.to_string()))??;
@@ -708,16 +736,7 @@ pub async fn run_cli(topology: Topology, command: DlqCommand) -> Result<(), DlqE
             limit,
             actor,
         } => {
-            // A command has no token: the OS user (or --actor) and the host name it.
-            let name = actor
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "unknown".into());
-            let actor = Actor {
-                channel: "cli",
-                name,
-                role: None,
-                client: Some(format!("cli@{}", crate::config::instance::hostname())),
-            };
+            let actor = cli_actor(actor);
             let audit = AuditLog::start(&topology).map_err(|e| DlqError::Audit(e.to_string()))?;
             let report = redrive(
                 &topology,
