@@ -309,6 +309,19 @@ async fn a_public_address_needs_auth_or_an_explicit_insecure_flag() {
         "{stderr}"
     );
 
+    // The standalone backlog monitor serves the same API under the same rule.
+    let out = Command::new(env!("CARGO_BIN_EXE_synclag"))
+        .args(["backlog", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run synclag backlog");
+    assert!(
+        !out.status.success(),
+        "backlog must not serve 0.0.0.0 without auth"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
+
     // Told explicitly: serves, and says so loudly.
     let mut child = run_synclag(&config, &["--insecure-no-auth"]);
     let client = reqwest::Client::builder()
