@@ -235,12 +235,12 @@ impl AuditLog {
         }
     }
 
-    /// Logs `record` and queues it for the audit topic without waiting. A full queue is
-    /// counted and logged at ERROR, with the record.
-    pub fn record(&self, record: AuditRecord) {
+    /// Logs `record` and queues it for the audit topic without waiting; false when the
+    /// queue was full, which is counted and logged at ERROR, with the record.
+    pub fn record(&self, record: AuditRecord) -> bool {
         record.log();
         if self.producer.is_none() {
-            return;
+            return true;
         }
         if let Err(e) = self.tx.try_send(record) {
             count("queue_full");
@@ -248,7 +248,9 @@ impl AuditLog {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
             tracing::error!(target: "audit", record = ?record, "audit queue full: record not written to Kafka; this log line is its only copy");
+            return false;
         }
+        true
     }
 
     /// Logs `record` and waits until the audit topic has it: for actions, which must not
@@ -292,6 +294,33 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full queue refuses the record (counted and logged) instead of growing.
+    #[tokio::test]
+    async fn the_queue_is_bounded_and_a_full_queue_is_reported() {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create()
+            .expect("producer");
+        // The writer never starts (its gate stays shut): the queue only fills.
+        let log = AuditLog::with_producer(
+            Arc::new(producer),
+            "audit".into(),
+            2,
+            std::future::pending(),
+        );
+        let caller = Caller {
+            identity: None,
+            client: None,
+        };
+        let rec = || AuditRecord::request(&caller, "GET", "/metrics", 200, Duration::ZERO);
+        assert!(log.record(rec()));
+        assert!(log.record(rec()));
+        assert!(
+            !log.record(rec()),
+            "a third record does not fit a queue of 2"
+        );
+    }
 
     /// The JSON of a record is valid against `schemas/audit.avsc`, field by field.
     #[test]

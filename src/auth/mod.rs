@@ -434,7 +434,8 @@ pub async fn check(State(guard): State<Guard>, mut req: Request, next: Next) -> 
         || status == StatusCode::UNAUTHORIZED
         || status == StatusCode::FORBIDDEN
     {
-        guard.audit.record(AuditRecord::request(
+        // A full audit queue is counted and logged by `record`; the request still answers.
+        let _queued = guard.audit.record(AuditRecord::request(
             &caller,
             method.as_str(),
             &path,
