@@ -10,8 +10,9 @@
 //!   ledger topic `<dead_letter_topic>.redriven` (compacted, key `partition/offset`) in
 //!   the same Kafka transaction as its copy, so a letter is moved once even when a
 //!   redrive is interrupted or run twice, and two redrives at once fence each other
-//!   (one transactional id per dead-letter topic). A dry run moves nothing and reports
-//!   what would move.
+//!   (one transactional id per dead-letter topic). Letters move in transactions of 100
+//!   while the topic is read, so a redrive holds at most 100 letters in memory. A dry
+//!   run moves nothing and reports what would move.
 //! - Letters that cannot be redriven are skipped and counted: already redriven, masked
 //!   (`masking.dead_letters: mask`), cut to fit the topic, or without a source.
 //! - Every redrive and dry run is audited: a `started` record before anything moves (a
@@ -243,7 +244,7 @@ fn reader_config(topology: &Topology) -> ClientConfig {
 fn read_to_end(
     cfg: &ClientConfig,
     topic: &str,
-    mut each: impl FnMut(&BorrowedMessage<'_>),
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> Result<(), DlqError>,
 ) -> Result<usize, DlqError> {
     let consumer: BaseConsumer = cfg.create().map_err(|e| DlqError::Kafka(e.to_string()))?;
     let md = consumer
@@ -281,7 +282,7 @@ fn read_to_end(
                 idle_since = Instant::now();
                 let end = ends.get(&m.partition()).copied().unwrap_or(0);
                 if m.offset() < end {
-                    each(&m);
+                    each(&m)?;
                     read += 1;
                 }
                 if m.offset() + 1 >= end {
@@ -325,6 +326,7 @@ fn redriven(topology: &Topology) -> Result<HashSet<String>, DlqError> {
             if let Some(k) = m.key() {
                 keys.insert(String::from_utf8_lossy(k).into_owned());
             }
+            Ok(())
         },
     )?;
     Ok(keys)
@@ -337,23 +339,38 @@ pub fn list(
     selection: &Selection,
     limit: usize,
 ) -> Result<Vec<Letter>, DlqError> {
+    let mut out = Vec::new();
+    scan(topology, selection, |l| {
+        if out.len() < limit {
+            out.push(l);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` with every dead letter matching `selection`, in offset order per
+/// partition, `redriven` set from the ledger; one letter in memory at a time.
+fn scan(
+    topology: &Topology,
+    selection: &Selection,
+    mut each: impl FnMut(Letter) -> Result<(), DlqError>,
+) -> Result<(), DlqError> {
     let bounds = selection.bounds(crate::decode::time::wall_ms())?;
     let done = redriven(topology)?;
-    let mut out = Vec::new();
     read_to_end(
         &reader_config(topology),
         &topology.outputs.dead_letter_topic,
         |m| {
-            if out.len() < limit {
-                let mut l = Letter::from_message(m);
-                if selection.matches(&bounds, &l) {
-                    l.redriven = done.contains(&l.ledger_key());
-                    out.push(l);
-                }
+            let mut l = Letter::from_message(m);
+            if selection.matches(&bounds, &l) {
+                l.redriven = done.contains(&l.ledger_key());
+                each(l)?;
             }
+            Ok(())
         },
     )?;
-    Ok(out)
+    Ok(())
 }
 
 /// How a redrive runs.
@@ -515,15 +532,22 @@ fn redrive_blocking(
     selection: &Selection,
     options: &RedriveOptions,
 ) -> Result<RedriveReport, DlqError> {
-    let dlq = &topology.outputs.dead_letter_topic;
-    let letters = list(topology, selection, usize::MAX)?;
+    let dlq = topology.outputs.dead_letter_topic.clone();
     let mut report = RedriveReport {
         dry_run: options.dry_run,
-        selected: letters.len(),
         ..RedriveReport::default()
     };
-    let mut todo = Vec::new();
-    for l in letters {
+    let mut mover = if options.dry_run {
+        None
+    } else {
+        Some(Mover::start(topology, options)?)
+    };
+    // Letters are moved in transactions of BATCH while the dead-letter topic is read, so
+    // at most BATCH letters are held in memory whatever the selection.
+    let mut batch: Vec<Letter> = Vec::with_capacity(BATCH);
+    let mut taken = 0;
+    scan(topology, selection, |l| {
+        report.selected += 1;
         if l.redriven {
             report.skipped_already_redriven += 1;
         } else if l.masked {
@@ -532,51 +556,100 @@ fn redrive_blocking(
             report.skipped_truncated += 1;
         } else if l.source_topic.is_none() {
             report.skipped_no_source += 1;
-        } else if todo.len() < options.limit {
-            todo.push(l);
+        } else if taken < options.limit {
+            taken += 1;
+            batch.push(l);
+            if batch.len() == BATCH {
+                flush(&dlq, &mut mover, &mut batch, &mut report)?;
+            }
         }
+        Ok(())
+    })?;
+    flush(&dlq, &mut mover, &mut batch, &mut report)?;
+    Ok(report)
+}
+
+/// `dlq partition/offset -> source topic/partition/offset` of a letter.
+fn describe(dlq: &str, l: &Letter) -> String {
+    format!(
+        "{dlq}/{}/{} -> {}/{}/{}",
+        l.partition,
+        l.offset,
+        l.source_topic.as_deref().unwrap_or(""),
+        l.source_partition.map_or("?".into(), |p| p.to_string()),
+        l.source_offset.map_or("?".into(), |o| o.to_string()),
+    )
+}
+
+/// Moves `batch` (in one transaction; a dry run only reports it) and empties it.
+fn flush(
+    dlq: &str,
+    mover: &mut Option<Mover>,
+    batch: &mut Vec<Letter>,
+    report: &mut RedriveReport,
+) -> Result<(), DlqError> {
+    if batch.is_empty() {
+        return Ok(());
     }
-    let describe = |l: &Letter| {
-        format!(
-            "{dlq}/{}/{} -> {}/{}/{}",
-            l.partition,
-            l.offset,
-            l.source_topic.as_deref().unwrap_or(""),
-            l.source_partition.map_or("?".into(), |p| p.to_string()),
-            l.source_offset.map_or("?".into(), |o| o.to_string()),
-        )
-    };
-    if options.dry_run {
-        report.records = todo.iter().map(describe).collect();
-        return Ok(report);
+    if let Some(m) = mover {
+        m.send(dlq, batch, report)?;
+        report.moved += batch.len();
     }
-    if todo.is_empty() {
-        return Ok(report);
-    }
-    let mut cfg = crate::config::kafka::producer_config(topology);
-    cfg.set("transactional.id", format!("synclag-redrive.{dlq}"))
-        .set("enable.idempotence", "true")
-        .set("acks", "all");
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        cfg.create().map_err(|e| DlqError::Kafka(e.to_string()))?;
-    producer
-        .init_transactions(IO_TIMEOUT)
-        .map_err(|e| DlqError::Kafka(format!("init transactions: {e}")))?;
-    let ledger = ledger_topic(dlq);
-    let period = Duration::from_secs_f64(1.0 / f64::from(options.max_per_second));
-    let mut next = Instant::now();
-    let interrupted = |moved: usize, why: String| DlqError::Interrupted { moved, why };
-    for batch in todo.chunks(BATCH) {
+    report
+        .records
+        .extend(batch.iter().map(|l| describe(dlq, l)));
+    batch.clear();
+    Ok(())
+}
+
+/// The transactional producer of a redrive, with its rate limit.
+struct Mover {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    ledger: String,
+    period: Duration,
+    next: Instant,
+}
+
+impl Mover {
+    fn start(topology: &Topology, options: &RedriveOptions) -> Result<Mover, DlqError> {
+        let dlq = &topology.outputs.dead_letter_topic;
+        let mut cfg = crate::config::kafka::producer_config(topology);
+        cfg.set("transactional.id", format!("synclag-redrive.{dlq}"))
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            cfg.create().map_err(|e| DlqError::Kafka(e.to_string()))?;
         producer
+            .init_transactions(IO_TIMEOUT)
+            .map_err(|e| DlqError::Kafka(format!("init transactions: {e}")))?;
+        Ok(Mover {
+            producer,
+            ledger: ledger_topic(dlq),
+            period: Duration::from_secs_f64(1.0 / f64::from(options.max_per_second)),
+            next: Instant::now(),
+        })
+    }
+
+    /// Copies `batch` to the source topics and records it in the ledger, in one
+    /// transaction, at most one letter per `period`.
+    fn send(
+        &mut self,
+        dlq: &str,
+        batch: &[Letter],
+        report: &mut RedriveReport,
+    ) -> Result<(), DlqError> {
+        let moved = report.moved;
+        let interrupted = |why: String| DlqError::Interrupted { moved, why };
+        self.producer
             .begin_transaction()
-            .map_err(|e| interrupted(report.moved, e.to_string()))?;
+            .map_err(|e| interrupted(e.to_string()))?;
         for l in batch {
             let now = Instant::now();
-            if next > now {
-                report.throttled_seconds += (next - now).as_secs_f64();
-                std::thread::sleep(next - now);
+            if self.next > now {
+                report.throttled_seconds += (self.next - now).as_secs_f64();
+                std::thread::sleep(self.next - now);
             }
-            next = next.max(now) + period;
+            self.next = self.next.max(now) + self.period;
             let from = format!("{dlq}/{}/{}", l.partition, l.offset);
             let mut headers = OwnedHeaders::new();
             for (k, v) in &l.input_headers {
@@ -600,26 +673,23 @@ fn redrive_blocking(
             if let Some(ts) = l.timestamp_ms {
                 rec = rec.timestamp(ts);
             }
-            producer
+            self.producer
                 .send(rec)
-                .map_err(|(e, _)| interrupted(report.moved, e.to_string()))?;
+                .map_err(|(e, _)| interrupted(e.to_string()))?;
             let key = l.ledger_key();
             let entry = serde_json::json!({
                 "redriven_at_ms": crate::decode::time::wall_ms(),
-                "to": describe(l),
+                "to": describe(dlq, l),
             })
             .to_string();
-            producer
-                .send(BaseRecord::to(&ledger).key(&key).payload(&entry))
-                .map_err(|(e, _)| interrupted(report.moved, e.to_string()))?;
+            self.producer
+                .send(BaseRecord::to(&self.ledger).key(&key).payload(&entry))
+                .map_err(|(e, _)| interrupted(e.to_string()))?;
         }
-        producer
+        self.producer
             .commit_transaction(IO_TIMEOUT)
-            .map_err(|e| interrupted(report.moved, format!("commit: {e}")))?;
-        report.moved += batch.len();
-        report.records.extend(batch.iter().map(describe));
+            .map_err(|e| interrupted(format!("commit: {e}")))
     }
-    Ok(report)
 }
 
 /// `synclag dlq …`
