@@ -66,6 +66,14 @@ pub enum DlqError {
     Interrupted { moved: usize, why: String },
 }
 
+impl DlqError {
+    /// Kafka trouble may pass (an interrupted redrive resumes where it stopped: moved
+    /// letters are in the ledger); a bad selection or a missing audit topic does not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DlqError::Kafka(_) | DlqError::Interrupted { .. })
+    }
+}
+
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
