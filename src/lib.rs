@@ -11,19 +11,27 @@
 //! - [`emit`]      — breach / lag / backlog events onto Kafka, HTTP API.
 //! - [`service`]   — `synclag run`: the pipeline task wiring all of the above.
 //! - [`telemetry`] — every Prometheus metric name in one place, registration, exporter.
+//! - [`auth`]      — API bearer tokens and roles, the auth + audit layer, HTTPS.
+//! - [`audit`]     — the audit trail: records of API requests and actions, to Kafka and the log.
+//! - [`dlq`]       — dead letters: list, governed redrive (CLI and API), masking of dead letters.
+//! - [`retention`] — output topics created with their retention and cleanup policy.
 //! - [`demo`]      — `synclag demo`: in-process Kafka, simulator and service, live view and summary.
 //! - [`sim`]       — the simulator: realistic logistics + Odoo outbox traffic with injected faults.
 //!
 //! `main.rs` only parses the command line and calls into these modules.
 
+pub mod audit;
+pub mod auth;
 pub mod backlog;
 pub mod config;
 pub mod correlate;
 pub mod decode;
 pub mod demo;
+pub mod dlq;
 pub mod emit;
 pub mod incidents;
 pub mod ingest;
+pub mod retention;
 pub mod rules;
 pub mod service;
 pub mod sim;

@@ -29,6 +29,20 @@ enum Command {
         /// Path to topology.yaml.
         #[arg(long, short, default_value = "topology.yaml")]
         config: PathBuf,
+        /// Serve the API on a non-loopback address without authentication (logged loudly).
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// Dead letters: list them, and redrive them to their source topic (audited).
+    Dlq(synclag::dlq::DlqArgs),
+    /// Make a new API token: prints the token once, and the line for `api.tokens_file`.
+    ApiToken {
+        /// Name of the token's holder (shown in the audit trail).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or metrics.
+        #[arg(long)]
+        role: String,
     },
     /// Watch the backlog (offset and time lag, status) of the configured consumer groups.
     Backlog(synclag::backlog::BacklogArgs),
@@ -118,14 +132,18 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            let topology = match Topology::load(&config) {
+        Command::Run {
+            config,
+            insecure_no_auth,
+        } => {
+            let mut topology = match Topology::load(&config) {
                 Ok(t) => t,
                 Err(errors) => {
                     eprint!("{errors}");
                     return ExitCode::from(2);
                 }
             };
+            topology.api.insecure_no_auth |= insecure_no_auth;
             init_logging();
             report(runtime().and_then(|rt| {
                 rt.block_on(async {
@@ -136,6 +154,36 @@ fn main() -> ExitCode {
                         .map_err(anyhow::Error::from)
                 })
             }))
+        }
+        Command::Dlq(args) => {
+            let topology = match Topology::load(&args.config) {
+                Ok(t) => t,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging();
+            report(runtime().and_then(|rt| {
+                rt.block_on(synclag::dlq::run_cli(topology, args.command))
+                    .map_err(anyhow::Error::from)
+            }))
+        }
+        Command::ApiToken { name, role } => {
+            if synclag::auth::Role::parse(&role).is_none() || name.split_whitespace().count() != 1 {
+                eprintln!(
+                    "error: --name must be one word and --role one of {}",
+                    synclag::auth::Role::NAMES.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            let token = synclag::auth::new_token();
+            println!("token (shown once; give it to {name}): {token}");
+            println!(
+                "api.tokens_file line: {name} {role} {}",
+                synclag::auth::hash_token(&token)
+            );
+            ExitCode::SUCCESS
         }
         Command::Backlog(args) => {
             init_logging();

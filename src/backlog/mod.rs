@@ -247,9 +247,13 @@ pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     monitor.handle().attach(&mut api);
     let addr = topology.service.http_listen;
-    let bound = crate::emit::http::serve(addr, api, shutdown.clone())
+    // The same authentication, roles and audit trail as `synclag run`; the output topics
+    // are `synclag run`'s to create.
+    let mut served = topology.clone();
+    served.retention.create_topics = false;
+    let bound = crate::auth::serve_api(&std::sync::Arc::new(served), api, shutdown.clone())
         .await
-        .map_err(|source| BacklogError::Listen { addr, source })?;
+        .map_err(|e| anyhow::anyhow!("cannot serve HTTP on {addr}: {e}"))?;
     tracing::info!(%bound, "backlog monitor serving /metrics and /api/v1/groups");
     let signal = {
         let shutdown = shutdown.clone();

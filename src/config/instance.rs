@@ -44,7 +44,7 @@ pub fn check_instance_id(id: &str) -> Result<(), String> {
 }
 
 /// The host name, from the kernel, else `$HOSTNAME`, else `localhost`.
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -44,6 +44,9 @@ pub struct Topology {
     pub routes: BTreeMap<String, Route>,
     pub backlog: Backlog,
     pub incidents: Incidents,
+    pub api: Api,
+    pub audit: Audit,
+    pub retention: Retention,
 }
 
 /// How breaches are grouped into incidents (see `incidents`).
@@ -209,6 +212,99 @@ pub struct Masking {
     pub key_env: Option<String>,
     pub correlation_ids: bool,
     pub dimensions: Vec<String>,
+    /// What dead letters carry (see `dlq`).
+    pub dead_letters: DeadLetterMasking,
+}
+
+/// What a dead letter keeps of its input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadLetterMasking {
+    /// The record as read: it can be redriven once the cause is fixed. The dead-letter
+    /// topic must then be access-controlled like the input topics.
+    #[default]
+    Raw,
+    /// Correlation ids and masked dimensions replaced by their masked values at the
+    /// configured paths; a value that cannot be parsed is withheld. Not redrivable.
+    Mask,
+}
+
+impl DeadLetterMasking {
+    pub const NAMES: &'static [&'static str] = &["raw", "mask"];
+}
+
+/// `api:` — authentication and transport of the HTTP API (see `auth`).
+#[derive(Debug, Clone, Default)]
+pub struct Api {
+    pub tokens_file: Option<std::path::PathBuf>,
+    pub tokens_env: Option<String>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Serve a non-loopback address without authentication (also `run --insecure-no-auth`).
+    pub insecure_no_auth: bool,
+}
+
+/// `audit:` — the audit trail (see `audit`).
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub topic: String,
+    pub queue: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Audit {
+        Audit {
+            topic: "synclag.audit".into(),
+            queue: 10_000,
+        }
+    }
+}
+
+/// `retention:` — settings of the output topics synclag creates (see `retention`).
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub create_topics: bool,
+    pub breaches: TopicPolicy,
+    pub incidents: TopicPolicy,
+    pub lag: TopicPolicy,
+    pub backlog: TopicPolicy,
+    pub dead_letters: TopicPolicy,
+    pub audit: TopicPolicy,
+}
+
+/// `retention.ms` and `cleanup.policy` of one output topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPolicy {
+    pub retention: Duration,
+    pub cleanup: String,
+}
+
+impl TopicPolicy {
+    pub const CLEANUP: &'static [&'static str] = &["delete", "compact", "compact,delete"];
+
+    fn days(d: u64) -> TopicPolicy {
+        TopicPolicy {
+            retention: Duration::from_secs(d * 86_400),
+            cleanup: "delete".into(),
+        }
+    }
+}
+
+impl Default for Retention {
+    /// Breaches and incidents are the record of what went wrong: a month. Lag and backlog
+    /// summaries are dashboards' raw material, superseded every minute: three days. Dead
+    /// letters wait for their cause to be fixed: two weeks. The audit trail outlives them
+    /// all: 400 days (a year plus a quarter for the yearly review).
+    fn default() -> Retention {
+        Retention {
+            create_topics: true,
+            breaches: TopicPolicy::days(30),
+            incidents: TopicPolicy::days(30),
+            lag: TopicPolicy::days(3),
+            backlog: TopicPolicy::days(3),
+            dead_letters: TopicPolicy::days(14),
+            audit: TopicPolicy::days(400),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

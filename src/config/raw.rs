@@ -19,6 +19,9 @@ pub const TOP_KEYS: &[&str] = &[
     "routes",
     "backlog",
     "incidents",
+    "api",
+    "audit",
+    "retention",
 ];
 
 /// `service:` — how this instance runs.
@@ -117,8 +120,78 @@ pub struct RawMasking {
     /// Dimension names whose values are masked.
     #[serde(default)]
     pub dimensions: Vec<String>,
+    /// Dead letters: `raw` (default; kept as read, so they can be redriven) or `mask`.
+    pub dead_letters: Option<String>,
 }
-pub const MASKING_KEYS: &[&str] = &["key_env", "correlation_ids", "dimensions"];
+pub const MASKING_KEYS: &[&str] = &["key_env", "correlation_ids", "dimensions", "dead_letters"];
+
+/// `api:` — who may use the HTTP API, and how it is served.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// File of `<name> <role> sha256:<hex>` lines (token hashes, never tokens).
+    pub tokens_file: Option<String>,
+    /// Environment variable holding `<name>:<role>:<token>` entries, comma-separated.
+    pub tokens_env: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`).
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// Serve a non-loopback address without authentication (logged loudly).
+    pub insecure_no_auth: Option<bool>,
+}
+pub const API_KEYS: &[&str] = &[
+    "tokens_file",
+    "tokens_env",
+    "tls_cert",
+    "tls_key",
+    "insecure_no_auth",
+];
+
+/// `audit:` — where the audit trail goes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Audit topic (default `synclag.audit`).
+    pub topic: Option<String>,
+    /// Audit records waiting for the producer at most; beyond it they are counted as dropped.
+    pub queue: Option<u64>,
+}
+pub const AUDIT_KEYS: &[&str] = &["topic", "queue"];
+
+/// `retention:` — settings of the output topics synclag creates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Create missing output topics with these settings at start-up (default true).
+    pub create_topics: Option<bool>,
+    pub breaches: Option<RawTopicPolicy>,
+    pub incidents: Option<RawTopicPolicy>,
+    pub lag: Option<RawTopicPolicy>,
+    pub backlog: Option<RawTopicPolicy>,
+    pub dead_letters: Option<RawTopicPolicy>,
+    pub audit: Option<RawTopicPolicy>,
+}
+pub const RETENTION_KEYS: &[&str] = &[
+    "create_topics",
+    "breaches",
+    "incidents",
+    "lag",
+    "backlog",
+    "dead_letters",
+    "audit",
+];
+
+/// One output topic's `retention.ms` and `cleanup.policy`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopicPolicy {
+    /// How long records are kept (`30d`).
+    pub retention: Option<String>,
+    /// `delete`, `compact` or `compact,delete`.
+    pub cleanup: Option<String>,
+}
+pub const TOPIC_POLICY_KEYS: &[&str] = &["retention", "cleanup"];
 
 /// `store:` — bounds of the correlation store.
 #[derive(Debug, Default, Deserialize)]
@@ -386,5 +459,9 @@ mod tests {
         same(accepted_keys::<RawGroup>(), GROUP_KEYS);
         same(accepted_keys::<RawIncidents>(), INCIDENTS_KEYS);
         same(accepted_keys::<RawReset>(), RESET_KEYS);
+        same(accepted_keys::<RawApi>(), API_KEYS);
+        same(accepted_keys::<RawAudit>(), AUDIT_KEYS);
+        same(accepted_keys::<RawRetention>(), RETENTION_KEYS);
+        same(accepted_keys::<RawTopicPolicy>(), TOPIC_POLICY_KEYS);
     }
 }

@@ -124,6 +124,33 @@ static INCIDENTS_SHAPE: Shape = Shape {
     required: &[],
     children: &[],
 };
+static API_SHAPE: Shape = Shape {
+    keys: API_KEYS,
+    required: &[],
+    children: &[],
+};
+static AUDIT_SHAPE: Shape = Shape {
+    keys: AUDIT_KEYS,
+    required: &[],
+    children: &[],
+};
+static TOPIC_POLICY_SHAPE: Shape = Shape {
+    keys: TOPIC_POLICY_KEYS,
+    required: &[],
+    children: &[],
+};
+static RETENTION_SHAPE: Shape = Shape {
+    keys: RETENTION_KEYS,
+    required: &[],
+    children: &[
+        ("breaches", Child::Object(&TOPIC_POLICY_SHAPE)),
+        ("incidents", Child::Object(&TOPIC_POLICY_SHAPE)),
+        ("lag", Child::Object(&TOPIC_POLICY_SHAPE)),
+        ("backlog", Child::Object(&TOPIC_POLICY_SHAPE)),
+        ("dead_letters", Child::Object(&TOPIC_POLICY_SHAPE)),
+        ("audit", Child::Object(&TOPIC_POLICY_SHAPE)),
+    ],
+};
 static STORE_SHAPE: Shape = Shape {
     keys: STORE_KEYS,
     required: &[],
@@ -485,6 +512,9 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let store: Option<RawStore> = section(&mut ctx, root, "store", &STORE_SHAPE);
     let backlog: Option<RawBacklog> = section(&mut ctx, root, "backlog", &BACKLOG_SHAPE);
     let incidents: Option<RawIncidents> = section(&mut ctx, root, "incidents", &INCIDENTS_SHAPE);
+    let api: Option<RawApi> = section(&mut ctx, root, "api", &API_SHAPE);
+    let audit: Option<RawAudit> = section(&mut ctx, root, "audit", &AUDIT_SHAPE);
+    let retention: Option<RawRetention> = section(&mut ctx, root, "retention", &RETENTION_SHAPE);
     let streams: Vec<(usize, RawStream)> = elements(&mut ctx, root, "streams", &STREAM_SHAPE);
     let workflows: Vec<(usize, RawWorkflow)> =
         elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);
@@ -520,6 +550,9 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let causes_out = causes_section(&mut ctx, &causes, &streams_out, &routes, &backlog);
     let masking = masking_section(&mut ctx, masking.unwrap_or_default(), &streams_out);
     let incidents = incidents_section(&mut ctx, incidents.unwrap_or_default());
+    let api = api_section(&mut ctx, api.unwrap_or_default());
+    let audit = audit_section(&mut ctx, audit.unwrap_or_default(), &outputs);
+    let retention = retention_section(&mut ctx, retention.unwrap_or_default());
 
     if ctx.problems.is_empty() {
         Ok(Topology {
@@ -535,6 +568,9 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             routes,
             backlog,
             incidents,
+            api,
+            audit,
+            retention,
         })
     } else {
         Err(ctx.problems)
@@ -1511,6 +1547,21 @@ fn masking_section(ctx: &mut Ctx, masking: RawMasking, streams: &[Stream]) -> Ma
         key_env: masking.key_env,
         correlation_ids: masking.correlation_ids.unwrap_or(false),
         dimensions: masking.dimensions,
+        dead_letters: match masking.dead_letters.as_deref() {
+            None | Some("raw") => DeadLetterMasking::Raw,
+            Some("mask") => DeadLetterMasking::Mask,
+            Some(other) => {
+                ctx.push(
+                    "masking.dead_letters",
+                    format!(
+                        "`{other}` is not a dead-letter option; expected {}{}",
+                        list(DeadLetterMasking::NAMES),
+                        suggest(other, DeadLetterMasking::NAMES.iter().copied())
+                    ),
+                );
+                DeadLetterMasking::Raw
+            }
+        },
     };
     if (masking.correlation_ids || !masking.dimensions.is_empty()) && masking.key_env.is_none() {
         ctx.push(
@@ -1534,4 +1585,111 @@ fn masking_section(ctx: &mut Ctx, masking: RawMasking, streams: &[Stream]) -> Ma
         }
     }
     masking
+}
+
+/// `api:`
+fn api_section(ctx: &mut Ctx, raw: RawApi) -> Api {
+    let nonempty = |ctx: &mut Ctx, key: &str, v: Option<String>| -> Option<String> {
+        match v {
+            Some(t) if t.trim().is_empty() => {
+                ctx.push(format!("api.{key}"), "empty; leave the key out instead");
+                None
+            }
+            v => v,
+        }
+    };
+    let api = Api {
+        tokens_file: nonempty(ctx, "tokens_file", raw.tokens_file).map(Into::into),
+        tokens_env: nonempty(ctx, "tokens_env", raw.tokens_env),
+        tls_cert: nonempty(ctx, "tls_cert", raw.tls_cert).map(Into::into),
+        tls_key: nonempty(ctx, "tls_key", raw.tls_key).map(Into::into),
+        insecure_no_auth: raw.insecure_no_auth.unwrap_or(false),
+    };
+    match (&api.tls_cert, &api.tls_key) {
+        (Some(_), None) => ctx.push(
+            "api.tls_key",
+            "missing; `api.tls_cert` needs the private key that goes with it",
+        ),
+        (None, Some(_)) => ctx.push(
+            "api.tls_cert",
+            "missing; `api.tls_key` needs the certificate that goes with it",
+        ),
+        _ => {}
+    }
+    api
+}
+
+/// `audit:`
+fn audit_section(ctx: &mut Ctx, raw: RawAudit, outputs: &Outputs) -> Audit {
+    let defaults = Audit::default();
+    let audit = Audit {
+        topic: raw.topic.unwrap_or(defaults.topic),
+        queue: match raw.queue {
+            None => defaults.queue,
+            Some(0) => {
+                ctx.push("audit.queue", "`0`; expected at least 1");
+                defaults.queue
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+    };
+    check_topic(ctx, "audit.topic", &audit.topic);
+    if outputs.topics().contains(&audit.topic.as_str()) {
+        ctx.push(
+            "audit.topic",
+            format!(
+                "`{}` is also an output topic; the audit trail needs a topic of its own",
+                audit.topic
+            ),
+        );
+    }
+    audit
+}
+
+/// `retention:`
+fn retention_section(ctx: &mut Ctx, raw: RawRetention) -> Retention {
+    let defaults = Retention::default();
+    let policy = |ctx: &mut Ctx, key: &str, raw: Option<RawTopicPolicy>, default: TopicPolicy| {
+        let Some(raw) = raw else {
+            return default;
+        };
+        let path = format!("retention.{key}");
+        let retention = duration(
+            ctx,
+            &format!("{path}.retention"),
+            raw.retention.as_deref(),
+            default.retention,
+        );
+        let cleanup = match raw.cleanup {
+            None => default.cleanup,
+            Some(c) => {
+                let normal = c.replace(' ', "");
+                let normal = if normal == "delete,compact" {
+                    "compact,delete".to_string()
+                } else {
+                    normal
+                };
+                if !TopicPolicy::CLEANUP.contains(&normal.as_str()) {
+                    ctx.push(
+                        format!("{path}.cleanup"),
+                        format!(
+                            "`{c}` is not a cleanup policy; expected {}",
+                            list(TopicPolicy::CLEANUP)
+                        ),
+                    );
+                }
+                normal
+            }
+        };
+        TopicPolicy { retention, cleanup }
+    };
+    Retention {
+        create_topics: raw.create_topics.unwrap_or(defaults.create_topics),
+        breaches: policy(ctx, "breaches", raw.breaches, defaults.breaches),
+        incidents: policy(ctx, "incidents", raw.incidents, defaults.incidents),
+        lag: policy(ctx, "lag", raw.lag, defaults.lag),
+        backlog: policy(ctx, "backlog", raw.backlog, defaults.backlog),
+        dead_letters: policy(ctx, "dead_letters", raw.dead_letters, defaults.dead_letters),
+        audit: policy(ctx, "audit", raw.audit, defaults.audit),
+    }
 }

@@ -228,6 +228,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         "kafka_reachable": inputs.kafka_reachable,
         "missing_topics": inputs.missing_topics,
         "fatal_error": inputs.fatal_error,
+        "auth_error": inputs.auth_error,
     });
     let code = if ready {
         StatusCode::OK

@@ -57,6 +57,9 @@ pub struct HealthSnapshot {
     pub missing_topics: Vec<String>,
     /// Set once the consumer hit a fatal error; the process must be restarted.
     pub fatal_error: Option<String>,
+    /// The brokers refused synclag's credentials (SASL), as librdkafka last said; cleared
+    /// by the next successful probe.
+    pub auth_error: Option<String>,
 }
 
 /// The pure state behind [`InputHealth`]: no I/O, no clock, unit-tested below.
@@ -71,6 +74,7 @@ struct State {
     /// `down_epoch` at the start of the last successful probe.
     cleared_epoch: u64,
     fatal: Option<String>,
+    auth_error: Option<String>,
     topics: BTreeMap<String, TopicState>,
     /// What was last logged, so transitions are logged once.
     logged_reachable: Option<bool>,
@@ -94,6 +98,9 @@ impl State {
 
     fn probe_done(&mut self, started_epoch: u64, ok: bool) {
         self.probe_ok = Some(ok);
+        if ok {
+            self.auth_error = None;
+        }
         // The consumer's own statistics, when it sends them, decide when its outage is
         // over: the probe's client may reconnect seconds before the consumer does.
         if ok && self.stats_up.is_none() {
@@ -161,11 +168,18 @@ impl InputHealth {
             kafka_reachable: s.reachable(),
             missing_topics: s.missing(),
             fatal_error: s.fatal.clone(),
+            auth_error: s.auth_error.clone(),
         }
     }
 
     /// From the consumer's error callback (`ClientContext::error`).
     pub fn on_client_error(&self, error: &KafkaError) {
+        self.on_client_error_because(error, "");
+    }
+
+    /// [`Self::on_client_error`] with librdkafka's reason text (which says, for example,
+    /// why the brokers refused the credentials).
+    pub fn on_client_error_because(&self, error: &KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
         {
             let mut s = self.lock();
@@ -174,6 +188,17 @@ impl InputHealth {
                 Some(RDKafkaErrorCode::Fatal) if s.fatal.is_none() => {
                     tracing::error!(error = %error, "the Kafka consumer hit a fatal error and stops consuming; if another process uses the same service.instance_id it has taken this one's place — give each instance its own id");
                     s.fatal = Some(error.to_string());
+                }
+                Some(RDKafkaErrorCode::Authentication) => {
+                    let why = if reason.is_empty() {
+                        error.to_string()
+                    } else {
+                        reason.to_string()
+                    };
+                    if s.auth_error.is_none() {
+                        tracing::error!(error = %why, "Kafka refused synclag's credentials: check kafka.properties (security.protocol, sasl.mechanism, sasl.username) and the password variable; /readyz reports not ready");
+                    }
+                    s.auth_error = Some(why);
                 }
                 _ => {}
             }

@@ -90,7 +90,7 @@ impl ClientContext for IngestContext {
     /// Feeds the health view only: librdkafka hands the same error to the consumer's
     /// `recv()` as well, where the pipeline logs it.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.shared.health.on_client_error(&error);
+        self.shared.health.on_client_error_because(&error, reason);
         tracing::debug!(error = %error, reason, "Kafka client error");
     }
 }

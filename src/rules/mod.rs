@@ -497,6 +497,27 @@ pub fn breach_id(workflow: &str, correlation_id: &[u8], kind: &str, start_ms: i6
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// [`breach_id`], keyed with the masking key when masking is on: correlation ids are often
+/// sequential order numbers, so an unkeyed digest of one could be reversed by trying them
+/// all. Without a key it is [`breach_id`] itself.
+pub fn keyed_breach_id(
+    masker: &Masker,
+    workflow: &str,
+    correlation_id: &[u8],
+    kind: &str,
+    start_ms: i64,
+) -> String {
+    match masker.digest(&[
+        workflow.as_bytes(),
+        correlation_id,
+        kind.as_bytes(),
+        &start_ms.to_be_bytes(),
+    ]) {
+        Some(id) => id,
+        None => breach_id(workflow, correlation_id, kind, start_ms),
+    }
+}
+
 /// Keyed hashing of sensitive values; the same input and key give the same token.
 #[derive(Clone)]
 pub struct Masker {
@@ -520,6 +541,24 @@ impl Masker {
 
     pub fn off() -> Masker {
         Masker { key: None }
+    }
+
+    /// Whether a key is set (masking is on).
+    pub fn is_keyed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// 32 hex chars of HMAC-SHA256 over the length-prefixed `parts`, or `None` when
+    /// masking is off. For ids derived from sensitive values.
+    pub fn digest(&self, parts: &[&[u8]]) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        let out = mac.finalize().into_bytes();
+        Some(out[..16].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// `value` unchanged when masking is off, else `h:` + 32 hex chars of HMAC-SHA256.
@@ -554,6 +593,35 @@ mod tests {
         assert_ne!(a, breach_id("order_import", b"SO-1", "critical", 1001));
         // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
         assert_ne!(breach_id("ab", b"c", "x", 0), breach_id("a", b"bc", "x", 0));
+    }
+
+    #[test]
+    fn breach_ids_are_keyed_when_masking_is_on() {
+        let plain = breach_id("order_import", b"SO-1", "critical", 1000);
+        assert_eq!(
+            keyed_breach_id(&Masker::off(), "order_import", b"SO-1", "critical", 1000),
+            plain
+        );
+        let k1 = Masker::new(Some(b"k1".to_vec()));
+        let k2 = Masker::new(Some(b"k2".to_vec()));
+        let a = keyed_breach_id(&k1, "order_import", b"SO-1", "critical", 1000);
+        assert_eq!(a.len(), 32);
+        assert_ne!(
+            a, plain,
+            "an unkeyed digest of the raw id can be enumerated"
+        );
+        assert_eq!(
+            a,
+            keyed_breach_id(&k1, "order_import", b"SO-1", "critical", 1000)
+        );
+        assert_ne!(
+            a,
+            keyed_breach_id(&k2, "order_import", b"SO-1", "critical", 1000)
+        );
+        assert_ne!(
+            a,
+            keyed_breach_id(&k1, "order_import", b"SO-2", "critical", 1000)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::correlate::{Engine, Outcome};
 use crate::decode::Decoder;
 use crate::emit::emitter::{Emitter, Output};
 use crate::emit::events::LagSummary;
-use crate::emit::http::{self, ApiState};
+use crate::emit::http::ApiState;
 use crate::emit::producer::Outputs;
 use crate::ingest::commit::CommitGate;
 use crate::ingest::ends::{self, Ends};
@@ -150,7 +150,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         }));
     }
     let addr = topology.service.http_listen;
-    let bound = http::serve(addr, api.clone(), shutdown.clone())
+    let bound = crate::auth::serve_api(&topology, api.clone(), shutdown.clone())
         .await
         .map_err(|e| RunError::Http {
             addr: addr.to_string(),
@@ -713,7 +713,7 @@ impl Pipeline {
             .engine
             .lag_snapshot(now)
             .into_iter()
-            .map(|s| LagSummary::from_snapshot(s, now))
+            .map(|s| self.outcomes.shown_lag(LagSummary::from_snapshot(s, now)))
             .collect();
         if summaries.is_empty() {
             return;

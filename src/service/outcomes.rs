@@ -686,7 +686,8 @@ impl Outcomes {
             .map(|r| r.team.clone());
         let id_kind = if kind == "breach" { severity } else { kind };
         BreachEvent {
-            breach_id: rules::breach_id(
+            breach_id: rules::keyed_breach_id(
+                &self.masker,
                 &workflow.name,
                 o.info.correlation_id.as_bytes(),
                 id_kind,
@@ -768,17 +769,17 @@ impl Outcomes {
     }
 
     fn dims(&self, o: &Outcome) -> BTreeMap<String, String> {
-        o.info
-            .dimensions
-            .iter()
+        self.shown_dims(o.info.dimensions.iter().map(|(k, v)| (&**k, &**v)))
+    }
+
+    /// Dimension values as events, labels and the API show them: masked when configured.
+    pub fn shown_dims<'a>(
+        &self,
+        dims: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> BTreeMap<String, String> {
+        dims.into_iter()
             .map(|(k, v)| {
-                let value = if self
-                    .topology
-                    .masking
-                    .dimensions
-                    .iter()
-                    .any(|d| d.as_str() == &**k)
-                {
+                let value = if self.topology.masking.dimensions.iter().any(|d| d == k) {
                     self.masker.mask(v)
                 } else {
                     v.to_string()
@@ -786,6 +787,27 @@ impl Outcomes {
                 (k.to_string(), value)
             })
             .collect()
+    }
+
+    /// A lag summary as the lag topic shows it: masked dimension values.
+    pub fn shown_lag(
+        &self,
+        mut summary: crate::emit::events::LagSummary,
+    ) -> crate::emit::events::LagSummary {
+        if !self.topology.masking.dimensions.is_empty() {
+            summary.dimensions = self.shown_dims(
+                summary
+                    .dimensions
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+        }
+        summary
+    }
+
+    /// The masker (for dead letters, see `dlq::mask`).
+    pub fn masker(&self) -> &Masker {
+        &self.masker
     }
 
     fn record_lag(&self, o: &Outcome, from: usize, to: usize, segment: &'static str, ms: i64) {

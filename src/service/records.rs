@@ -247,18 +247,17 @@ impl Pipeline {
     /// Hands a copy of `record` to the dead-letter topic (acknowledged before its offset
     /// is committed, see `ingest::commit`).
     fn dead_letter(&mut self, record: &RecordView<'_>, reason: &'static str, error: String) {
+        let mut letter = DeadLetter::new(record, reason, error);
+        crate::dlq::mask::apply(&self.topology, self.outcomes.masker(), &mut letter);
         tracing::debug!(
             topic = record.topic,
             partition = record.partition,
             offset = record.offset,
             reason,
-            error = %error,
+            error = %letter.error,
             "record sent to the dead-letter topic"
         );
-        self.emitter
-            .submit(Output::DeadLetter(Box::new(DeadLetter::new(
-                record, reason, error,
-            ))));
+        self.emitter.submit(Output::DeadLetter(Box::new(letter)));
         self.after_submit();
     }
 }

@@ -90,11 +90,7 @@ pub fn snapshot(
                     waiting_for: missing
                         .first()
                         .map(|s| outcomes.stage_name(ps.workflow, *s)),
-                    dimensions: p
-                        .dimensions
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
+                    dimensions: outcomes.shown_dims(p.dimensions.iter().map(|(k, v)| (&**k, &**v))),
                 }
             })
             .collect();

@@ -360,6 +360,28 @@ pub fn describe_all() {
         Unit::Count,
         "Dimension values dropped from the signal-rate evidence because it was full."
     );
+
+    // ---- governance (src/auth, src/audit, src/dlq)
+    describe_counter!(
+        AUDIT_RECORDS_TOTAL,
+        Unit::Count,
+        "Audit records by outcome: written (acknowledged by the audit topic), queue_full (audit.queue was full; the record is only in the log), delivery_failed (not acknowledged; only in the log)."
+    );
+    describe_counter!(
+        API_TLS_HANDSHAKE_FAILURES_TOTAL,
+        Unit::Count,
+        "HTTPS connections to the API whose TLS handshake failed or timed out."
+    );
+    describe_counter!(
+        DLQ_REDRIVE_RECORDS_TOTAL,
+        Unit::Count,
+        "Dead letters handled by API redrives, by outcome: moved, skipped_already_redriven, skipped_masked, skipped_truncated, skipped_no_source."
+    );
+    describe_counter!(
+        DLQ_REDRIVE_THROTTLED_SECONDS_TOTAL,
+        Unit::Seconds,
+        "Time API redrives waited for their rate limit (max_per_second)."
+    );
 }
 
 // ---- incidents (src/incidents)
@@ -483,3 +505,9 @@ pub const RECENT_FORGOTTEN_TOTAL: &str = "synclag_recent_forgotten_total";
 pub const RECENT_CORRELATIONS: &str = "synclag_recent_correlations";
 /// `Counters::tiers_after_window`.
 pub const TIERS_AFTER_WINDOW_TOTAL: &str = "synclag_tiers_after_window_total";
+
+// ---- governance (src/auth, src/audit, src/dlq)
+pub const AUDIT_RECORDS_TOTAL: &str = "synclag_audit_records_total";
+pub const API_TLS_HANDSHAKE_FAILURES_TOTAL: &str = "synclag_api_tls_handshake_failures_total";
+pub const DLQ_REDRIVE_RECORDS_TOTAL: &str = "synclag_dlq_redrive_records_total";
+pub const DLQ_REDRIVE_THROTTLED_SECONDS_TOTAL: &str = "synclag_dlq_redrive_throttled_seconds_total";

@@ -300,6 +300,11 @@ fn try_start(libs: &Path) -> Result<BrokerInfo, (String, bool)> {
 /// `kafka-storage format --standalone` with a fresh cluster id: the node becomes the only
 /// voter of a new KRaft quorum.
 fn format_storage(jvm_common: &[String], config: &Path, log: &Path) {
+    format_storage_with(jvm_common, config, log, &[]);
+}
+
+/// [`format_storage`] with more formatter arguments (e.g. `--add-scram`).
+fn format_storage_with(jvm_common: &[String], config: &Path, log: &Path, extra: &[String]) {
     let output = Command::new(process::java_program())
         .args(jvm_common)
         .arg("kafka.tools.StorageTool")
@@ -309,6 +314,7 @@ fn format_storage(jvm_common: &[String], config: &Path, log: &Path) {
         .arg(random_cluster_id())
         .arg("--config")
         .arg(config)
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run the Kafka storage formatter: {e}"));
@@ -560,4 +566,170 @@ impl Drop for DedicatedBroker {
         self.kill();
         let _ = fs::remove_dir_all(&self.setup.run);
     }
+}
+
+/// A broker of its own with a SASL_SSL listener: SCRAM-SHA-512 users created when its
+/// storage is formatted (`--add-scram`), TLS with a certificate for `127.0.0.1` signed by
+/// a CA generated for it (see [`super::tls`]). It also listens on PLAINTEXT (the
+/// inter-broker listener, used by the harness to see that it is up); clients under test
+/// use [`SecuredBroker::bootstrap`], the SASL_SSL one. Stopped by PID on drop.
+pub struct SecuredBroker {
+    setup: BrokerSetup,
+    service: Option<Service>,
+    /// `host:port` of the SASL_SSL listener.
+    pub bootstrap: String,
+    /// The CA that signed the broker's certificate (PEM): `ssl.ca.location`.
+    pub ca_cert: PathBuf,
+}
+
+impl SecuredBroker {
+    /// Starts a broker whose SASL_SSL listener knows `users` (name, password).
+    pub fn start(users: &[(&str, &str)]) -> SecuredBroker {
+        let libs = kafka_libs();
+        let mut failures = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let (setup, bootstrap, ca_cert) = prepare_secured_broker(&libs, users);
+            match launch_broker(&setup, None) {
+                Ok((service, startup)) => {
+                    eprintln!(
+                        "SASL_SSL Kafka broker ready at {bootstrap} after {:.1}s (log: {})",
+                        startup.as_secs_f64(),
+                        setup.log.display()
+                    );
+                    return SecuredBroker {
+                        setup,
+                        service: Some(service),
+                        bootstrap,
+                        ca_cert,
+                    };
+                }
+                Err((message, port_clash)) => {
+                    let _ = fs::remove_dir_all(&setup.run);
+                    let _ = writeln!(failures, "attempt {attempt}: {message}");
+                    if !port_clash {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("could not start a SASL_SSL Kafka broker:\n{failures}");
+    }
+
+    /// librdkafka properties to reach the SASL_SSL listener as `user`.
+    pub fn properties(&self, user: &str, password: &str) -> Vec<(String, String)> {
+        vec![
+            ("security.protocol".into(), "SASL_SSL".into()),
+            ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+            ("sasl.username".into(), user.into()),
+            ("sasl.password".into(), password.into()),
+            ("ssl.ca.location".into(), self.ca_cert.display().to_string()),
+            ("broker.address.family".into(), "v4".into()),
+        ]
+    }
+
+    /// A client config for the SASL_SSL listener as `user`.
+    pub fn client_config(&self, user: &str, password: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in self.properties(user, password) {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// The broker's log.
+    pub fn log(&self) -> &Path {
+        &self.setup.log
+    }
+}
+
+impl Drop for SecuredBroker {
+    fn drop(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop();
+        }
+        let _ = fs::remove_dir_all(&self.setup.run);
+    }
+}
+
+/// Ports, certificates, config and formatted storage (with SCRAM users) of a SASL_SSL
+/// broker; returns the setup, the SASL_SSL bootstrap and the CA certificate.
+fn prepare_secured_broker(libs: &Path, users: &[(&str, &str)]) -> (BrokerSetup, String, PathBuf) {
+    let ports = process::free_ports(3);
+    let (plain_port, controller_port, secure_port) = (ports[0], ports[1], ports[2]);
+    let run = process::run_dir("kafka-sasl-ssl");
+    let data = run.join("data");
+    let config = run.join("server.properties");
+    let log4j = run.join("log4j2.properties");
+    let log = run.join("broker.log");
+    let certs = super::tls::generate(&run.join("certs"));
+    let mut props = server_properties(&data, plain_port, controller_port);
+    let plain_listeners = format!(
+        "listeners=PLAINTEXT://127.0.0.1:{plain_port},CONTROLLER://127.0.0.1:{controller_port}\n"
+    );
+    props = props.replace(
+        &plain_listeners,
+        &format!(
+            "listeners=PLAINTEXT://127.0.0.1:{plain_port},CONTROLLER://127.0.0.1:{controller_port},SASL_SSL://127.0.0.1:{secure_port}\n"
+        ),
+    );
+    props = props.replace(
+        &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{plain_port}\n"),
+        &format!(
+            "advertised.listeners=PLAINTEXT://127.0.0.1:{plain_port},SASL_SSL://127.0.0.1:{secure_port}\n"
+        ),
+    );
+    props = props.replace(
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL\n",
+    );
+    let _ = writeln!(
+        props,
+        "sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.location={}
+ssl.keystore.type=PKCS12
+ssl.keystore.password={pw}
+ssl.key.password={pw}
+ssl.client.auth=none",
+        certs.server_p12.display(),
+        pw = super::tls::KEYSTORE_PASSWORD
+    );
+    assert!(
+        props.contains("SASL_SSL://127.0.0.1"),
+        "the SASL_SSL listener was not added to the broker config"
+    );
+    write_file(&config, &props);
+    write_file(&log4j, LOG4J2_CONFIG);
+    let classpath = format!("{}/*", libs.display());
+    let jvm_common = vec![
+        "-Xms128m".to_owned(),
+        "-Xmx512m".to_owned(),
+        "-XX:+UseSerialGC".to_owned(),
+        "-XX:TieredStopAtLevel=1".to_owned(),
+        "-Djava.awt.headless=true".to_owned(),
+        format!("-Dlog4j2.configurationFile={}", log4j.display()),
+        "-cp".to_owned(),
+        classpath,
+    ];
+    let mut extra = Vec::new();
+    for (user, password) in users {
+        extra.push("--add-scram".to_owned());
+        extra.push(format!("SCRAM-SHA-512=[name={user},password={password}]"));
+    }
+    format_storage_with(&jvm_common, &config, &log, &extra);
+    let mut args = jvm_common;
+    args.push("kafka.Kafka".to_owned());
+    args.push(config.display().to_string());
+    (
+        BrokerSetup {
+            run,
+            data,
+            log,
+            args,
+            bootstrap: format!("127.0.0.1:{plain_port}"),
+        },
+        format!("127.0.0.1:{secure_port}"),
+        certs.ca_cert,
+    )
 }

@@ -27,6 +27,8 @@ pub mod process;
 pub mod prometheus;
 pub mod registry;
 pub mod service;
+pub mod tls;
+pub mod topics;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

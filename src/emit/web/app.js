@@ -40,8 +40,23 @@
   const ago = (t) => seconds(Math.max(0, view.now - t) / 1000) + ' ago';
   const dims = (d) => Object.entries(d || {}).map(([k, v]) => k + '=' + v).join(' ');
 
+  // With API authentication on, the page asks once for a viewer token and keeps it for
+  // the tab (sessionStorage), sending it as a bearer token.
+  function authHeaders() {
+    const t = sessionStorage.getItem('synclag.token');
+    return t ? { Authorization: 'Bearer ' + t } : {};
+  }
+
   async function get(path) {
-    const r = await fetch(path, { cache: 'no-store' });
+    let r = await fetch(path, { cache: 'no-store', headers: authHeaders() });
+    if (r.status === 401 && !get.asked) {
+      get.asked = true;
+      const t = window.prompt('synclag API token (viewer):');
+      if (t) {
+        sessionStorage.setItem('synclag.token', t.trim());
+        r = await fetch(path, { cache: 'no-store', headers: authHeaders() });
+      }
+    }
     if (!r.ok) {
       const e = new Error(path + ': HTTP ' + r.status);
       e.status = r.status;
