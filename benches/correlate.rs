@@ -323,21 +323,31 @@ fn restore_all(log: &[(Vec<u8>, Vec<u8>)], n: usize) -> Engine {
     e
 }
 
+/// Correlations restored by the restore bench: 1M under `cargo bench`; a smoke-sized run
+/// of the same path when `cargo test --all-targets` runs this target (no `--bench`).
+fn restore_size() -> u64 {
+    if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        20_000
+    }
+}
+
 /// 1M pending correlations restored from their images, once, with the heap they take.
 fn restore_report() {
-    const N: u64 = 1_000_000;
-    let log = changelog_of(N);
+    let n = restore_size();
+    let log = changelog_of(n);
     let bytes: usize = log.iter().map(|(k, v)| k.len() + v.len()).sum();
     let before = LIVE.load(Ordering::Relaxed);
     let t = Instant::now();
-    let e = restore_all(&log, N as usize);
+    let e = restore_all(&log, n as usize);
     let took = t.elapsed();
     let heap = LIVE.load(Ordering::Relaxed) - before;
-    assert_eq!(e.pending(), N as usize);
+    assert_eq!(e.pending(), n as usize);
     println!(
-        "correlate/restore: {N} pending restored in {:.2} s ({:.2} M/s) from {:.0} MiB of images; engine heap {:.0} MiB",
+        "correlate/restore: {n} pending restored in {:.2} s ({:.2} M/s) from {:.0} MiB of images; engine heap {:.0} MiB",
         took.as_secs_f64(),
-        N as f64 / took.as_secs_f64() / 1e6,
+        n as f64 / took.as_secs_f64() / 1e6,
         bytes as f64 / (1024.0 * 1024.0),
         heap as f64 / (1024.0 * 1024.0),
     );
@@ -345,14 +355,14 @@ fn restore_report() {
 }
 
 fn restore(c: &mut Criterion) {
-    const N: u64 = 1_000_000;
-    let log = changelog_of(N);
+    let n = restore_size();
+    let log = changelog_of(n);
     let mut g = c.benchmark_group("correlate");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
-    g.throughput(Throughput::Elements(N));
+    g.throughput(Throughput::Elements(n));
     g.bench_function("restore_1m_pending", |b| {
-        b.iter(|| black_box(restore_all(&log, N as usize).pending()))
+        b.iter(|| black_box(restore_all(&log, n as usize).pending()))
     });
     g.finish();
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::drill::{breached, create_log_append_topic, demo_yaml, run_real_time, Seen, Watcher};
+use support::drill::{breached, create_drill_topics, demo_yaml, run_real_time, Seen, Watcher};
 use support::{free_port, SynclagProcess};
 use synclag::config::Topology;
 use synclag::emit::events::{BreachEvent, IncidentEvent};
@@ -145,15 +145,8 @@ async fn run_drill(d: Drill) {
     let yaml = topology_yaml(&d, port, group.as_deref());
     let topology = Topology::from_yaml_str("drill/topology.yaml", &yaml, Vec::new())
         .unwrap_or_else(|e| panic!("{}: the drill topology is valid: {e:?}", d.label));
-    for s in &topology.streams {
-        support::create_topic(&s.topic, 3).await;
-    }
+    create_drill_topics(&topology).await;
     let o = &topology.outputs;
-    for t in [&o.lag_topic, &o.backlog_topic, &o.dead_letter_topic] {
-        support::create_topic(t, 1).await;
-    }
-    create_log_append_topic(&o.breaches_topic).await;
-    create_log_append_topic(&o.incidents_topic).await;
     if let Some(group) = &group {
         let wms = topology
             .streams

@@ -232,16 +232,20 @@ proptest! {
     }
 }
 
-#[test]
-fn restoring_after_the_clock_moved_is_refused() {
-    let c = Case {
+fn two_stages() -> Case {
+    Case {
         stages: 2,
         warn: 5,
         critical: 10,
         window: 50,
         steps: vec![],
         split: 0,
-    };
+    }
+}
+
+#[test]
+fn restoring_after_the_clock_moved_is_refused() {
+    let c = two_stages();
     let mut e = engine(&c);
     let mut out = Vec::new();
     e.advance(100, &mut out);
@@ -264,14 +268,7 @@ fn restoring_after_the_clock_moved_is_refused() {
 
 #[test]
 fn images_that_do_not_fit_the_topology_are_refused_with_the_reason() {
-    let c = Case {
-        stages: 2,
-        warn: 5,
-        critical: 10,
-        window: 50,
-        steps: vec![],
-        split: 0,
-    };
+    let c = two_stages();
     let mut e = engine(&c);
     let pending = |seen: u16, lane: u8, dims: Vec<(usize, String)>| {
         Image::Pending(durable::PendingImage {

@@ -264,11 +264,13 @@ async fn a_record_waiting_for_the_registry_stalls_only_its_partition() {
     let done = support::random_name("st-done");
     let out = support::random_name("st-breaches");
     let dlq = support::random_name("st-dlq");
-    for t in [&orders, &shipments, &moves, &done, &out, &dlq] {
+    let incidents = format!("{out}-incidents");
+    for t in [&orders, &shipments, &moves, &done, &out, &dlq, &incidents] {
         support::create_topic(t, 1).await;
     }
     // synclag talks to the registry through a relay the test cuts once synclag has
-    // registered its own output schema: from then on the registry stops answering, and
+    // registered its own output schemas (breach and incident): from then on the registry
+    // stops answering, and
     // an input schema synclag has not seen cannot be fetched.
     let real = support::registry_url();
     let rest = real.trim_start_matches("http://");
@@ -289,7 +291,7 @@ async fn a_record_waiting_for_the_registry_stalls_only_its_partition() {
 service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 2s }}
 kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
 registry: {{ url: "{via_relay}", timeout: 1s }}
-outputs: {{ breaches_topic: {out}, dead_letter_topic: {dlq}, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {dlq}, lag_topic: {out}-lag, backlog_topic: {out}-backlog, incidents_topic: {incidents} }}
 streams:
   - name: orders
     topic: {orders}
@@ -348,6 +350,9 @@ workflows:
         "no first breach\n{}",
         svc.log_tail()
     );
+    // Its incident too: an output that cannot be encoded holds the later ones behind it.
+    let opened = read_topic(&incidents, Duration::from_secs(30), |m| !m.is_empty()).await;
+    assert!(!opened.is_empty(), "no first incident\n{}", svc.log_tail());
     cut.store(true, std::sync::atomic::Ordering::SeqCst);
 
     // The Avro record first: it waits for the registry from the start.

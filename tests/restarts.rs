@@ -16,7 +16,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use support::drill::{breached, create_log_append_topic, demo_yaml, run_real_time, Watcher};
+use support::drill::{breached, create_drill_topics, demo_yaml, run_real_time, Watcher};
 use support::{free_port, SynclagProcess};
 use synclag::config::Topology;
 use synclag::emit::events::BreachEvent;
@@ -85,15 +85,8 @@ async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
     let yaml = demo_yaml("restarts", port);
     let topology = Topology::from_yaml_str("restarts/topology.yaml", &yaml, Vec::new())
         .unwrap_or_else(|e| panic!("the demo topology is valid: {e:?}"));
-    for s in &topology.streams {
-        support::create_topic(&s.topic, 3).await;
-    }
+    create_drill_topics(&topology).await;
     let o = &topology.outputs;
-    for t in [&o.lag_topic, &o.backlog_topic, &o.dead_letter_topic] {
-        support::create_topic(t, 1).await;
-    }
-    create_log_append_topic(&o.breaches_topic).await;
-    create_log_append_topic(&o.incidents_topic).await;
     let breaches: Watcher<BreachEvent> = Watcher::start(&o.breaches_topic);
     let svc = SynclagProcess::start(&yaml, port, "restarts");
     svc.wait_ready().await;

@@ -505,6 +505,17 @@ impl Engine {
         }
         self.pins.pin(ev.origin.partition_id, ev.origin.offset);
         let started = e.started();
+        let slot = self.insert(hash, e);
+        self.touch(slot);
+        let t = self.now.max(at);
+        if started {
+            self.fire_tiers(slot, t, out);
+        }
+        self.expire_if_due(slot, t, out);
+    }
+
+    /// Stores a new entry under `hash`: slab, index, lane and age bucket.
+    fn insert(&mut self, hash: u64, e: Entry) -> u32 {
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slab[s as usize] = Some(e);
@@ -525,12 +536,7 @@ impl Engine {
         }
         self.len += 1;
         self.enlist(slot);
-        self.touch(slot);
-        let t = self.now.max(at);
-        if started {
-            self.fire_tiers(slot, t, out);
-        }
-        self.expire_if_due(slot, t, out);
+        slot
     }
 
     /// Puts an entry into its lane and age bucket.

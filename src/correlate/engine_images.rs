@@ -1,8 +1,6 @@
 //! The engine's side of durable state: listing changed entries as images, and rebuilding
 //! entries and finished keys from images (see [`crate::correlate::durable`]).
 
-use std::hash::BuildHasher;
-
 use super::super::durable::{FinishedImage, Image, ImageError, PendingImage, StageImage};
 use super::super::recent::RecentRec;
 use super::{Engine, Entry, Rec, FIRED_CRITICAL, FIRED_WARN, FLAG_DIRTY, FLAG_T0, NONE};
@@ -236,26 +234,7 @@ impl Engine {
                     lane: p.lane,
                     flags: p.flags & IMAGE_FLAGS,
                 };
-                let slot = match self.free.pop() {
-                    Some(s) => {
-                        self.slab[s as usize] = Some(e);
-                        s
-                    }
-                    None => {
-                        self.slab.push(Some(e));
-                        (self.slab.len() - 1) as u32
-                    }
-                };
-                {
-                    let (slab, hasher) = (&self.slab, &self.hasher);
-                    self.index.insert_unique(hash, slot, |&s| {
-                        slab.get(s as usize)
-                            .and_then(Option::as_ref)
-                            .map_or(0, |e| hasher.hash_one((e.workflow, &*e.id)))
-                    });
-                }
-                self.len += 1;
-                self.enlist(slot);
+                self.insert(hash, e);
                 Ok(())
             }
         }

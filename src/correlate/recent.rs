@@ -71,7 +71,8 @@ impl Recent {
         });
     }
 
-    pub(crate) fn get(&self, hash: u64, workflow: u16) -> Option<&RecentRec> {
+    /// Position in `ring` of the record of `(hash, workflow)`.
+    fn position(&self, hash: u64, workflow: u16) -> Option<usize> {
         if self.ring.is_empty() {
             return None;
         }
@@ -80,19 +81,16 @@ impl Recent {
             ring.get((s - base) as usize)
                 .is_some_and(|r| r.hash == hash && r.workflow == workflow)
         })?;
-        self.ring.get((seq - self.base) as usize)
+        Some((seq - self.base) as usize)
+    }
+
+    pub(crate) fn get(&self, hash: u64, workflow: u16) -> Option<&RecentRec> {
+        self.ring.get(self.position(hash, workflow)?)
     }
 
     pub(crate) fn get_mut(&mut self, hash: u64, workflow: u16) -> Option<&mut RecentRec> {
-        if self.ring.is_empty() {
-            return None;
-        }
-        let (ring, base) = (&self.ring, self.base);
-        let seq = *self.table.find(hash, |&s| {
-            ring.get((s - base) as usize)
-                .is_some_and(|r| r.hash == hash && r.workflow == workflow)
-        })?;
-        self.ring.get_mut((seq - self.base) as usize)
+        let at = self.position(hash, workflow)?;
+        self.ring.get_mut(at)
     }
 }
 

@@ -58,6 +58,20 @@ pub fn demo_yaml(label: &str, port: u16) -> String {
     out
 }
 
+/// The topics of a drill topology: inputs with 3 partitions, outputs with 1, and the
+/// breach and incident topics stamped on append.
+pub async fn create_drill_topics(topology: &Topology) {
+    for s in &topology.streams {
+        super::create_topic(&s.topic, 3).await;
+    }
+    let o = &topology.outputs;
+    for t in [&o.lag_topic, &o.backlog_topic, &o.dead_letter_topic] {
+        super::create_topic(t, 1).await;
+    }
+    create_log_append_topic(&o.breaches_topic).await;
+    create_log_append_topic(&o.incidents_topic).await;
+}
+
 /// The breach topic, stamped by the broker on append: a record's timestamp is the
 /// moment it arrived on the topic.
 pub async fn create_log_append_topic(name: &str) {
