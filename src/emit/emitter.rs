@@ -67,11 +67,15 @@ pub enum Output {
     DeadLetter(Box<DeadLetter>),
     Lag(Vec<LagSummary>),
     Incident(Box<IncidentEvent>),
+    /// A batch run event or batch state record (see `batch::glue`).
+    Batch(crate::batch::glue::BatchOutput),
 }
 
 impl Output {
-    fn topic<'a>(&self, topics: &'a crate::config::Outputs) -> &'a str {
+    fn topic<'a>(&'a self, topics: &'a crate::config::Outputs) -> &'a str {
         match self {
+            Output::Batch(crate::batch::glue::BatchOutput::Event(_)) => &topics.batches_topic,
+            Output::Batch(crate::batch::glue::BatchOutput::State { topic, .. }) => topic,
             Output::Breach(_) => &topics.breaches_topic,
             Output::DeadLetter(_) => &topics.dead_letter_topic,
             Output::Lag(_) => &topics.lag_topic,
@@ -330,6 +334,13 @@ async fn start(
             let out = Output::Incident(ev);
             Box::pin(async move { (seq, delivery.await, out) })
         }
+        Output::Batch(out) => {
+            let topic = out_topic(&out, topics);
+            let delivery =
+                queue_retrying(&topic, "batch output", || outputs.enqueue_batch(&out)).await;
+            let out = Output::Batch(out);
+            Box::pin(async move { (seq, delivery.await, out) })
+        }
         Output::DeadLetter(dl) => {
             // Queued here, in sequence order, like breach events: librdkafka keeps the order
             // per partition and the acknowledgement no longer borrows the record.
@@ -384,6 +395,13 @@ async fn start(
                 (seq, queued.and(delivered), Output::Lag(summaries))
             })
         }
+    }
+}
+
+fn out_topic(out: &crate::batch::glue::BatchOutput, topics: &crate::config::Outputs) -> String {
+    match out {
+        crate::batch::glue::BatchOutput::Event(_) => topics.batches_topic.clone(),
+        crate::batch::glue::BatchOutput::State { topic, .. } => topic.clone(),
     }
 }
 
