@@ -532,10 +532,11 @@ impl BatchBook {
     fn run_for(&mut self, w: usize, batch_id: Option<&str>, t: i64) -> usize {
         let state = &self.states[w];
         if let Some(bid) = batch_id {
+            // Open runs only: a batch id reused later (a daily `B1`) starts a new run.
             if let Some(i) = state
                 .runs
                 .iter()
-                .rposition(|r| r.batch_id.as_deref() == Some(bid))
+                .rposition(|r| !r.closed && r.batch_id.as_deref() == Some(bid))
             {
                 return i;
             }

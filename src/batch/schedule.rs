@@ -2,8 +2,8 @@
 //!
 //! Fire times are computed by `croner` on the local wall clock of the zone, so DST is the
 //! zone's business: a run at a local time that does not exist that day (spring forward)
-//! fires at the next valid occurrence of its pattern, and one at a local time that exists
-//! twice (fall back) fires once, at the first. Month ends come from the pattern itself
+//! fires right after the gap (02:30 becomes 03:00 that day), and one at a local time that
+//! exists twice (fall back) fires once, at the first. Month ends come from the pattern itself
 //! (`L` is the last day of the month).
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
