@@ -8,10 +8,12 @@
 //! - [`clock`]    — real or simulated time.
 //! - [`sink`]     — where records go: Kafka (+ schema registry), or memory.
 //! - [`run`]      — the loop driving a simulator with a clock into a sink.
+//! - [`batch`]    — runs of batch workflows, clean or late, missing, partial, spiking, unreconciled.
 //!
 //! Everything is decided by the topology, the scenario and the seed: the same seed gives
 //! the same records and the same ground truth, whatever the clock.
 
+pub mod batch;
 pub mod clock;
 pub mod encode;
 pub mod engine;

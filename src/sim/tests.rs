@@ -185,6 +185,7 @@ async fn records_carry_values_at_the_configured_paths_of_every_stream() {
                         s.event_type.clone().unwrap_or_else(|| s.name.clone())
                     }
                     OriginKind::Signal { signal_type } => signal_type.clone(),
+                    OriginKind::Batch { .. } => unreachable!("no batch runs in this scenario"),
                 };
                 assert_eq!(read(r, p), Some(Json::String(expected)));
             }
@@ -429,6 +430,7 @@ async fn ground_truth_matches_what_was_emitted() {
         let wf = match &r.origin.kind {
             OriginKind::Stage { workflow, .. } => t.workflows[*workflow].name.clone(),
             OriginKind::Signal { .. } => String::from("signal"),
+            OriginKind::Batch { .. } => String::from("batch"),
         };
         emitted
             .entry((wf, r.origin.correlation_id.clone()))
