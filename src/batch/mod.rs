@@ -896,7 +896,7 @@ impl BatchBook {
             .filter(|r| r.completion.as_deref().is_some_and(|c| c != "abandoned"))
             .filter(|r| spec.schedule.weekday_hour(r.scheduled_ms) == slot)
             .take(v.baseline_runs)
-            .map(|r| r.distinct)
+            .map(volume_of)
             .collect();
         let baseline = if history.len() >= v.min_history {
             median(history).map(|b| (b, "history"))
@@ -907,7 +907,8 @@ impl BatchBook {
             // No history yet and nothing configured: the run becomes history.
             return None;
         };
-        let variance = (run.distinct as f64 - b) / b;
+        let count = volume_of(run);
+        let variance = (count as f64 - b) / b;
         let sev = if variance.abs() >= v.critical {
             Severity::Critical
         } else if variance.abs() >= v.warn {
@@ -930,8 +931,7 @@ impl BatchBook {
         ev.baseline_records = Some(b);
         ev.baseline_source = Some(source.into());
         ev.detail = format!(
-            "{} records against a baseline of {b:.0} ({source}): {:+.0} %",
-            ev.distinct_records,
+            "{count} records against a baseline of {b:.0} ({source}): {:+.0} %",
             variance * 100.0
         );
         self.fault(w, Check::Volume, sev, i, &ev.detail.clone(), now, found);
@@ -1200,6 +1200,13 @@ impl BatchBook {
             })
             .collect()
     }
+}
+
+/// A run's volume: what its source announced (the trailer's count) when it did, else the
+/// distinct records received. A partial delivery of a normal batch is a completeness
+/// finding, not a volume one.
+fn volume_of(run: &Run) -> u64 {
+    run.expected.unwrap_or(run.distinct)
 }
 
 fn run_matched(run: &Run) -> u64 {
