@@ -436,6 +436,11 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         mock.create_topic(t, 1, 1)
             .with_context(|| format!("create topic {t}"))?;
     }
+    if !topology.batches.is_empty() {
+        let t = topology.batch_state_topic();
+        mock.create_topic(&t, 1, 1)
+            .with_context(|| format!("create topic {t}"))?;
+    }
     topology.kafka.bootstrap_servers = mock.bootstrap_servers();
     topology.kafka.properties.retain(|k, _| {
         !k.starts_with("security.") && !k.starts_with("sasl.") && !k.starts_with("ssl.")
@@ -500,8 +505,21 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         })
     };
 
-    // Batch runs of every batch workflow whose schedule fires while the scenario runs.
-    let batch_runs = plan_demo_batches(&topology, start.timestamp_millis(), args.duration)?;
+    // Batch runs of every batch workflow whose schedule fires while the demo runs (the
+    // scenario, then the slowest SLA and a margin: see `stop_at` below).
+    let demo_end = start.timestamp_millis()
+        + millis(args.duration)
+        + millis(
+            topology
+                .workflows
+                .iter()
+                .map(|w| w.sla.critical)
+                .max()
+                .unwrap_or_default(),
+        )
+        + 5_000;
+    let batch_runs =
+        plan_demo_batches(&topology, start.timestamp_millis(), args.duration, demo_end)?;
     let batch_producer = {
         let runs = batch_runs.clone();
         let mut sink = sim::kafka_sink_for(&topology, None)?;
@@ -672,23 +690,55 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
     Ok(report)
 }
 
-/// The demo's batch runs for each batch workflow, scheduled within the demo (the last one
-/// early enough that its checks are due before the end).
+/// The service is reading input this long after the demo starts.
+const DEMO_BATCH_LEAD: Duration = Duration::from_secs(5);
+
+/// The demo's batch runs for each batch workflow, every scheduled run from a few seconds
+/// after the start to `until_ms` (a run the demo did not send would be reported missing):
+/// the faults of [`DEMO_BATCH_RUNS`] on runs early enough that their checks are due before
+/// the scenario ends, clean runs otherwise.
 fn plan_demo_batches(
     topology: &Topology,
     start_ms: i64,
     duration: Duration,
+    until_ms: i64,
 ) -> anyhow::Result<Vec<sim::batch::PlannedRun>> {
+    use sim::batch::{BatchScenario, RunFault};
+    let first = start_ms.saturating_add(millis(DEMO_BATCH_LEAD));
     let mut out = Vec::new();
     for b in &topology.batches {
-        let scenario = sim::batch::BatchScenario {
+        let scenario = |runs: Vec<RunFault>| BatchScenario {
             name: "demo".into(),
             records: 10,
-            runs: DEMO_BATCH_RUNS.to_vec(),
+            runs,
         };
+        // The scheduled times first (at most one run per second of the demo).
+        let slots = ((until_ms - first) / 1000).clamp(1, 10_000) as usize;
+        let times: Vec<i64> = sim::batch::plan_runs(
+            topology,
+            &b.name,
+            &scenario(vec![RunFault::Missing; slots]),
+            first,
+        )?
+        .into_iter()
+        .map(|r| r.scheduled_ms)
+        .take_while(|t| *t <= until_ms)
+        .collect();
         let latest = start_ms.saturating_add(millis(duration)) - millis(b.completion.critical);
-        let runs = sim::batch::plan_runs(topology, &b.name, &scenario, start_ms)?;
-        out.extend(runs.into_iter().filter(|r| r.scheduled_ms <= latest));
+        let faults = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match DEMO_BATCH_RUNS.get(i) {
+                Some(f) if *t <= latest => *f,
+                _ => RunFault::Clean,
+            })
+            .collect();
+        out.extend(sim::batch::plan_runs(
+            topology,
+            &b.name,
+            &scenario(faults),
+            first,
+        )?);
     }
     Ok(out)
 }
@@ -1320,19 +1370,31 @@ mod tests {
 
     #[test]
     fn the_demo_sends_faulty_batch_runs_that_fit_in_the_demo() {
+        use crate::sim::batch::RunFault;
         let t = Topology::from_yaml_str("demo", &demo_topology_yaml(), Vec::new())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.batches.len(), 1);
         let start = 1_800_000_000_000;
-        let runs = plan_demo_batches(&t, start, Duration::from_secs(60)).unwrap();
+        // 60 s and the drain after it: faults only where their checks are due within the
+        // 60 s, clean runs to the end (every scheduled run is sent).
+        let runs = plan_demo_batches(&t, start, Duration::from_secs(60), start + 100_000).unwrap();
         let faults: Vec<&str> = runs.iter().map(|r| r.fault.name()).collect();
-        assert_eq!(faults, ["clean", "partial_run", "clean"]);
+        assert_eq!(
+            faults,
+            ["clean", "partial_run", "clean", "clean", "clean", "clean"]
+        );
+        assert_eq!(
+            runs[0].scheduled_ms,
+            start + 15_000,
+            "after the service is up"
+        );
         assert!(runs
             .iter()
+            .filter(|r| r.fault != RunFault::Clean)
             .all(|r| r.scheduled_ms + 12_000 <= start + 60_000));
         // The default 3 minutes see every fault of the sequence.
-        let runs = plan_demo_batches(&t, start, Duration::from_secs(180)).unwrap();
-        let faults: Vec<&str> = runs.iter().map(|r| r.fault.name()).collect();
+        let runs = plan_demo_batches(&t, start, Duration::from_secs(180), start + 180_000).unwrap();
+        let faults: Vec<&str> = runs.iter().take(7).map(|r| r.fault.name()).collect();
         assert_eq!(
             faults,
             [

@@ -93,7 +93,13 @@ impl BatchRuntime {
         if self.book.is_empty() {
             return Ok(0);
         }
-        create_state_topic(topology, &self.topic).await?;
+        let (topic, t) = (self.topic.clone(), topology.clone());
+        let exists = tokio::task::spawn_blocking(move || state_topic_exists(&t, &topic))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !exists {
+            create_state_topic(topology, &self.topic).await?;
+        }
         let topic = self.topic.clone();
         let topology = topology.clone();
         let records = tokio::task::spawn_blocking(move || read_state(&topology, &topic))
@@ -277,6 +283,36 @@ fn preregister(workflow: &str) {
     metrics::counter!(names::BATCH_BAD_TRAILERS_TOTAL).absolute(0);
 }
 
+fn state_reader(topology: &Topology) -> Result<BaseConsumer, String> {
+    // A consumer's metadata requests never auto-create the topic (a producer's or an admin
+    // client's may, without compaction).
+    let mut cfg = crate::config::kafka::admin_config(topology);
+    cfg.set("enable.auto.commit", "false");
+    cfg.set("allow.auto.create.topics", "false");
+    cfg.set(
+        "group.id",
+        format!("{}.batch-restore", topology.service.group_id),
+    );
+    cfg.create().map_err(|e| format!("state reader: {e}"))
+}
+
+/// Whether the state topic exists (checked first: creating an existing topic is refused
+/// by some clusters only after a timeout).
+fn state_topic_exists(topology: &Topology, topic: &str) -> bool {
+    let Ok(consumer) = state_reader(topology) else {
+        return false;
+    };
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .first()
+                .map(|t| t.error().is_none() && !t.partitions().is_empty())
+        })
+        .unwrap_or(false)
+}
+
 async fn create_state_topic(topology: &Topology, topic: &str) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = crate::config::kafka::admin_config(topology)
         .create()
@@ -300,13 +336,7 @@ async fn create_state_topic(topology: &Topology, topic: &str) -> Result<(), Stri
 
 /// Every record of the state topic, latest last, read to the end observed at start.
 fn read_state(topology: &Topology, topic: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut cfg = crate::config::kafka::admin_config(topology);
-    cfg.set("enable.auto.commit", "false");
-    cfg.set(
-        "group.id",
-        format!("{}.batch-restore", topology.service.group_id),
-    );
-    let consumer: BaseConsumer = cfg.create().map_err(|e| format!("state reader: {e}"))?;
+    let consumer = state_reader(topology)?;
     let deadline = std::time::Instant::now() + RESTORE_BUDGET;
     // The topic was just created: wait until it has a leader and a high watermark.
     let (low, high) = loop {

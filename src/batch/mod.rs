@@ -447,7 +447,12 @@ impl BatchBook {
                 run.last_record_ms = Some(run.last_record_ms.map_or(t, |l| l.max(t)));
                 if run.ids.contains(rec.id) {
                     run.duplicates += 1;
-                } else if run.closed || run.ids.len() >= MAX_IDS_PER_RUN {
+                } else if run.closed {
+                    // A record after its run was evaluated: counted in the run, ids no
+                    // longer kept.
+                    run.distinct += 1;
+                    run.untracked += 1;
+                } else if run.ids.len() >= MAX_IDS_PER_RUN {
                     run.distinct += 1;
                     run.untracked += 1;
                     self.counters.untracked_ids += 1;

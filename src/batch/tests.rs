@@ -527,3 +527,38 @@ fn a_clean_day_raises_nothing_but_run_summaries() {
     );
     assert!(f.found.incidents.is_empty());
 }
+
+#[test]
+fn batch_events_round_trip_through_their_avro_schema() {
+    use apache_avro::Schema;
+    let schema = Schema::parse_str(BATCH_SCHEMA).unwrap();
+    let tz = brussels();
+    let mut f = Feed::new(EDI);
+    let day = local_ms(tz, 2026, 11, 30, 6, 0);
+    f.tick(day - MIN);
+    f.tick(day + 10 * MIN); // a schedule finding: optional fields empty
+    for id in ["A", "B", "B"] {
+        f.invoice(id, day + 11 * MIN);
+    }
+    f.trailer("3", day + 12 * MIN); // completeness and run: optional fields set
+    let events = f.take();
+    assert!(events.len() >= 3, "{events:?}");
+    for ev in events {
+        let value = apache_avro::to_value(&ev)
+            .unwrap()
+            .resolve(&schema)
+            .unwrap();
+        let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap();
+        let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut bytes.as_slice())
+            .unwrap();
+        let back: BatchEvent = apache_avro::from_value(&back).unwrap();
+        assert_eq!(back, ev);
+    }
+}
