@@ -39,6 +39,61 @@ use tokio_util::sync::CancellationToken;
 /// The demo topology (short SLAs, JSON everywhere).
 pub const DEMO_TOPOLOGY: &str = include_str!("../demo/topology.yaml");
 
+/// The demo's batch workflow: a carrier manifest every 15 seconds (its stream is added to
+/// the demo topology's streams, the workflow as its `batches:` section).
+const DEMO_BATCH_STREAM: &str = r#"
+  # Carrier manifests: one batch of parcels and a trailer with the count, every 15 s.
+  - name: carrier_manifests
+    topic: carrier.manifests.v1
+    format: json
+    fields:
+      correlation_id: $.parcel
+      event_time: $.at
+      event_type: $.kind
+      dimensions: { manifest: $.manifest, parcels: $.parcels }
+"#;
+const DEMO_BATCHES: &str = r#"
+batches:
+  - name: carrier_manifest
+    description: The carrier manifest batch at the end of each dispatch wave.
+    stream: carrier_manifests
+    record_type: parcel
+    trailer_type: trailer
+    batch_id: manifest
+    expected_count: parcels
+    schedule: { cron: "*/15 * * * * *", timezone: Europe/Brussels }
+    start: { warn: 3s, critical: 6s }
+    completion: { warn: 8s, critical: 12s }
+    completeness: { warn: 1.0, critical: 0.9 }
+    volume: { expected: 10, baseline_runs: 4, min_history: 2, warn: 0.3, critical: 0.6 }
+    route: operations
+"#;
+
+/// The built-in demo topology with its batch workflow.
+pub fn demo_topology_yaml() -> String {
+    let mut yaml = DEMO_TOPOLOGY.replacen(
+        "\nworkflows:",
+        &format!("{DEMO_BATCH_STREAM}\nworkflows:"),
+        1,
+    );
+    yaml.push_str(DEMO_BATCHES);
+    yaml
+}
+
+/// The batch runs the demo sends, in turn: a partial run and a missing run among clean ones.
+const DEMO_BATCH_RUNS: &[crate::sim::batch::RunFault] = {
+    use crate::sim::batch::RunFault::*;
+    &[
+        Clean,
+        Partial { share: 0.6 },
+        Clean,
+        Missing,
+        Clean,
+        Late,
+        Clean,
+    ]
+};
+
 /// Flags of `synclag demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -129,6 +184,21 @@ pub struct DemoReport {
     pub records_produced: u64,
     /// Every incident synclag raised (open at the end, or resolved), newest state.
     pub incidents: Vec<IncidentSummary>,
+    /// Every faulty batch run the demo sent, and whether synclag reported it.
+    pub batch_faults: Vec<BatchFaultReport>,
+}
+
+/// One faulty batch run and what synclag said about it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchFaultReport {
+    pub workflow: String,
+    pub scheduled_at_ms: i64,
+    pub fault: String,
+    /// The check and status the fault must be reported with.
+    pub expected: String,
+    pub detected: bool,
+    /// The run's findings (`check:status:severity`) as `/api/v1/batches` shows them.
+    pub findings: Vec<String>,
 }
 
 /// One incident as the summary shows it, with the injected fault its breaches came from.
@@ -337,8 +407,12 @@ pub fn account(
 pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<DemoReport> {
     let mut topology = match &args.config {
         Some(p) => Topology::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => Topology::from_yaml_str("demo/topology.yaml", DEMO_TOPOLOGY, std::env::vars())
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Topology::from_yaml_str(
+            "demo/topology.yaml",
+            &demo_topology_yaml(),
+            std::env::vars(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     if topology.registry.is_some() {
         anyhow::bail!("the demo runs without a schema registry; use a topology without `registry:` and without Avro streams");
@@ -367,6 +441,11 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
     let changelog = topology.changelog_topic();
     mock.create_topic(&changelog, topology.store.changelog_partitions, 1)
         .with_context(|| format!("create topic {changelog}"))?;
+    if !topology.batches.is_empty() {
+        let t = topology.batch_state_topic();
+        mock.create_topic(&t, 1, 1)
+            .with_context(|| format!("create topic {t}"))?;
+    }
     topology.kafka.bootstrap_servers = mock.bootstrap_servers();
     topology.kafka.properties.retain(|k, _| {
         !k.starts_with("security.") && !k.starts_with("sasl.") && !k.starts_with("ssl.")
@@ -428,6 +507,33 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
             )
             .await;
             (summary, truth)
+        })
+    };
+
+    // Batch runs of every batch workflow whose schedule fires while the demo runs (the
+    // scenario, then the slowest SLA and a margin: see `stop_at` below).
+    let demo_end = start.timestamp_millis()
+        + millis(args.duration)
+        + millis(
+            topology
+                .workflows
+                .iter()
+                .map(|w| w.sla.critical)
+                .max()
+                .unwrap_or_default(),
+        )
+        + 5_000;
+    let batch_runs =
+        plan_demo_batches(&topology, start.timestamp_millis(), args.duration, demo_end)?;
+    let batch_producer = {
+        let runs = batch_runs.clone();
+        let mut sink = sim::kafka_sink_for(&topology, None)?;
+        let stop = stop_simulator.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = sim::batch::produce_runs(&runs, &mut sink) => r.map(|_| ()).map_err(|e| e.to_string()),
+                _ = stop.cancelled() => Ok(()),
+            }
         })
     };
 
@@ -508,6 +614,13 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
     if let Some(i) = get_json(&client, &format!("{api}/api/v1/incidents")).await {
         last_incidents = i;
     }
+    if let Ok(Err(e)) = batch_producer.await {
+        return Err(anyhow::anyhow!("batch runs not produced: {e}"));
+    }
+    let batch_view = get_json(&client, &format!("{api}/api/v1/batches"))
+        .await
+        .unwrap_or_default();
+    let batch_faults = judge_batches(&batch_runs, &batch_view);
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(30), service).await {
         Ok(Ok(Ok(()))) => {}
@@ -572,6 +685,7 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
         cut_off_correlations: truth.notes.values().filter(|n| n.cut_off).count() as u64,
         records_produced: run_summary.sink.produced,
         incidents: incident_summaries(&last_incidents, &truth.notes),
+        batch_faults,
     };
     print_summary(&report, &phase_names);
     if let Some(path) = &args.report {
@@ -579,6 +693,91 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(report)
+}
+
+/// The service is reading input this long after the demo starts.
+const DEMO_BATCH_LEAD: Duration = Duration::from_secs(5);
+
+/// The demo's batch runs for each batch workflow, every scheduled run from a few seconds
+/// after the start to `until_ms` (a run the demo did not send would be reported missing):
+/// the faults of [`DEMO_BATCH_RUNS`] on runs early enough that their checks are due before
+/// the scenario ends, clean runs otherwise.
+fn plan_demo_batches(
+    topology: &Topology,
+    start_ms: i64,
+    duration: Duration,
+    until_ms: i64,
+) -> anyhow::Result<Vec<sim::batch::PlannedRun>> {
+    use sim::batch::{BatchScenario, RunFault};
+    let first = start_ms.saturating_add(millis(DEMO_BATCH_LEAD));
+    let mut out = Vec::new();
+    for b in &topology.batches {
+        let scenario = |runs: Vec<RunFault>| BatchScenario {
+            name: "demo".into(),
+            records: 10,
+            runs,
+        };
+        // The scheduled times first (at most one run per second of the demo).
+        let slots = ((until_ms - first) / 1000).clamp(1, 10_000) as usize;
+        let times: Vec<i64> = sim::batch::plan_runs(
+            topology,
+            &b.name,
+            &scenario(vec![RunFault::Missing; slots]),
+            first,
+        )?
+        .into_iter()
+        .map(|r| r.scheduled_ms)
+        .take_while(|t| *t <= until_ms)
+        .collect();
+        let latest = start_ms.saturating_add(millis(duration)) - millis(b.completion.critical);
+        let faults = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match DEMO_BATCH_RUNS.get(i) {
+                Some(f) if *t <= latest => *f,
+                _ => RunFault::Clean,
+            })
+            .collect();
+        out.extend(sim::batch::plan_runs(
+            topology,
+            &b.name,
+            &scenario(faults),
+            first,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Each faulty batch run, detected when its run carries the finding its fault must raise.
+pub fn judge_batches(
+    runs: &[sim::batch::PlannedRun],
+    view: &serde_json::Value,
+) -> Vec<BatchFaultReport> {
+    let empty = Vec::new();
+    runs.iter()
+        .filter_map(|r| {
+            let (check, status) = r.fault.expected_finding()?;
+            let findings: Vec<String> = view["batches"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .filter(|w| w["name"] == r.workflow.as_str())
+                .flat_map(|w| w["runs"].as_array().cloned().unwrap_or_default())
+                .filter(|run| run["scheduled_at_ms"] == r.scheduled_ms)
+                .flat_map(|run| run["findings"].as_array().cloned().unwrap_or_default())
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            let prefix = format!("{check}:{status}:");
+            Some(BatchFaultReport {
+                workflow: r.workflow.clone(),
+                scheduled_at_ms: r.scheduled_ms,
+                fault: r.fault.name().to_string(),
+                expected: format!("{check} {status}"),
+                detected: findings.iter().any(|f| f.starts_with(&prefix)),
+                findings,
+            })
+        })
+        .collect()
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
@@ -1107,6 +1306,27 @@ fn print_summary(report: &DemoReport, phases: &[String]) {
                 .unwrap_or_else(|| " — from no injected fault".into())
         );
     }
+    if !report.batch_faults.is_empty() {
+        println!("batch runs with an injected fault:");
+    }
+    for f in &report.batch_faults {
+        println!(
+            "  {:<18} {:<14} run {} {} — {}",
+            f.workflow,
+            f.fault,
+            local_time(f.scheduled_at_ms),
+            if f.detected {
+                "DETECTED"
+            } else {
+                "NOT DETECTED"
+            },
+            if f.findings.is_empty() {
+                format!("expected {}", f.expected)
+            } else {
+                f.findings.join(", ")
+            }
+        );
+    }
     println!("injected faults:");
     for f in &report.faults {
         match (f.reached, f.detected, f.after_seconds) {
@@ -1151,6 +1371,47 @@ mod tests {
             .workflows
             .iter()
             .all(|w| w.sla.critical <= Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_demo_sends_faulty_batch_runs_that_fit_in_the_demo() {
+        use crate::sim::batch::RunFault;
+        let t = Topology::from_yaml_str("demo", &demo_topology_yaml(), Vec::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.batches.len(), 1);
+        let start = 1_800_000_000_000;
+        // 60 s and the drain after it: faults only where their checks are due within the
+        // 60 s, clean runs to the end (every scheduled run is sent).
+        let runs = plan_demo_batches(&t, start, Duration::from_secs(60), start + 100_000).unwrap();
+        let faults: Vec<&str> = runs.iter().map(|r| r.fault.name()).collect();
+        assert_eq!(
+            faults,
+            ["clean", "partial_run", "clean", "clean", "clean", "clean"]
+        );
+        assert_eq!(
+            runs[0].scheduled_ms,
+            start + 15_000,
+            "after the service is up"
+        );
+        assert!(runs
+            .iter()
+            .filter(|r| r.fault != RunFault::Clean)
+            .all(|r| r.scheduled_ms + 12_000 <= start + 60_000));
+        // The default 3 minutes see every fault of the sequence.
+        let runs = plan_demo_batches(&t, start, Duration::from_secs(180), start + 180_000).unwrap();
+        let faults: Vec<&str> = runs.iter().take(7).map(|r| r.fault.name()).collect();
+        assert_eq!(
+            faults,
+            [
+                "clean",
+                "partial_run",
+                "clean",
+                "missing_run",
+                "clean",
+                "late_run",
+                "clean"
+            ]
+        );
     }
 
     #[test]

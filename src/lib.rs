@@ -7,6 +7,7 @@
 //! - [`decode`]    — JSON, Avro (Confluent wire format + registry), Debezium envelopes, field paths.
 //! - [`correlate`] — the pure engine: windowed state by correlation id, SLA timers, watermarks, HDR lag.
 //! - [`rules`]     — stage matching, cause attribution and routes, stable breach ids, masking.
+//! - [`batch`]     — batch workflows: schedules, runs, completeness, volume, reconciliation (pure).
 //! - [`backlog`]   — offset and time lag of the integration's own consumer groups, with status.
 //! - [`emit`]      — breach / lag / backlog events onto Kafka, HTTP API.
 //! - [`service`]   — `synclag run`: the pipeline task wiring all of the above.
@@ -23,6 +24,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backlog;
+pub mod batch;
 pub mod config;
 pub mod correlate;
 pub mod decode;

@@ -263,6 +263,37 @@ async fn demo_detects_every_injected_fault_and_explains_every_breach() {
         "{stdout}"
     );
     assert!(stdout.contains("incidents ("), "{stdout}");
+
+    // The demo's batch workflow: its partial run is reported as incomplete (and any other
+    // faulty run the demo had time for with its own check).
+    let batch = report["batch_faults"]
+        .as_array()
+        .expect("batch faults listed");
+    let partial: Vec<&serde_json::Value> = batch
+        .iter()
+        .filter(|f| f["fault"] == "partial_run")
+        .collect();
+    assert_eq!(partial.len(), 1, "{report:#}");
+    assert!(
+        partial[0]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f == "completeness:missing_records:critical"),
+        "{report:#}"
+    );
+    for f in batch {
+        assert_eq!(
+            f["detected"], true,
+            "batch fault not detected: {f:#}\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.lines().any(|l| l.contains("carrier_manifest")
+            && l.contains("partial_run")
+            && l.contains("DETECTED")),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

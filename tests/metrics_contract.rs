@@ -32,7 +32,8 @@ async fn every_listed_metric_exists_from_start_up() {
     let outbox = support::random_name("mc-outbox");
     let signals = support::random_name("mc-signals");
     let out = support::random_name("mc-breaches");
-    for t in [&orders, &outbox, &signals, &out] {
+    let manifests = support::random_name("mc-manifests");
+    for t in [&orders, &outbox, &signals, &out, &manifests] {
         support::create_topic(t, 1).await;
     }
     let group = support::random_name("synclag-mc");
@@ -46,6 +47,7 @@ streams:
   - {{ name: orders, topic: {orders}, format: json, fields: {{ correlation_id: $.id, event_time: $.at, dimensions: {{ channel: $.channel }} }} }}
   - {{ name: outbox, topic: {outbox}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
   - {{ name: errors, topic: {signals}, format: json, role: signals, fields: {{ correlation_id: $.id, event_time: $.at, event_type: $.kind }} }}
+  - {{ name: manifests, topic: {manifests}, format: json, fields: {{ correlation_id: $.id, event_time: $.at, event_type: $.kind, dimensions: {{ count: $.count }} }} }}
 workflows:
   - name: order_import
     stages: [ {{ name: created, stream: orders }}, {{ name: imported, stream: outbox }} ]
@@ -56,6 +58,14 @@ causes:
   - {{ name: throttled, signal_stream: errors, signal_type: throttled, route: integration }}
 routes:
   integration: {{ team: integration-support }}
+batches:
+  - name: manifest
+    stream: manifests
+    trailer_type: trailer
+    expected_count: count
+    schedule: {{ cron: "0 2 * * *", timezone: UTC }}
+    start: {{ warn: 10m, critical: 30m }}
+    completion: {{ warn: 1h, critical: 2h }}
 backlog:
   interval: 2s
   groups: [ {{ name: {group} }} ]
@@ -106,7 +116,8 @@ backlog:
             .and_then(|r| r.split('"').next())
             .unwrap_or_default();
         assert!(
-            [&orders, &outbox, &signals, &out]
+            // (the batch state topic is named after the group)
+            [&orders, &outbox, &signals, &out, &manifests, &group]
                 .iter()
                 .any(|t| topic.starts_with(t.as_str())),
             "topic label `{topic}` is not a real topic: {l}"

@@ -9,9 +9,11 @@
 //! - [`duration`]   — human durations (`90s`, `5m`, `2h`).
 //! - [`field_path`] — where a value lives in a record (`$.a.b`, `header:x`, `kafka:key`).
 //! - [`env`]        — environment overrides.
+//! - [`batch`]      — batch workflows (`batches:`): schedule, markers, checks.
 //! - [`kafka`]      — every librdkafka property synclag sets, per client, and how the
 //!   user's `kafka.properties` combine with them.
 
+pub mod batch;
 pub mod duration;
 pub mod env;
 pub mod field_path;
@@ -47,6 +49,8 @@ pub struct Topology {
     pub api: Api,
     pub audit: Audit,
     pub retention: Retention,
+    /// Scheduled batch workflows (`batches:`).
+    pub batches: Vec<batch::BatchWorkflow>,
 }
 
 /// How breaches are grouped into incidents (see `incidents`).
@@ -192,17 +196,20 @@ pub struct Outputs {
     pub backlog_topic: String,
     pub dead_letter_topic: String,
     pub incidents_topic: String,
+    /// Batch run events (see `batch`).
+    pub batches_topic: String,
 }
 
 impl Outputs {
     /// Every topic synclag writes to.
-    pub fn topics(&self) -> [&str; 5] {
+    pub fn topics(&self) -> [&str; 6] {
         [
             &self.breaches_topic,
             &self.lag_topic,
             &self.backlog_topic,
             &self.dead_letter_topic,
             &self.incidents_topic,
+            &self.batches_topic,
         ]
     }
 }
@@ -626,6 +633,15 @@ impl Topology {
         self.streams.iter().find(|s| s.name == name)
     }
 
+    pub fn batch(&self, name: &str) -> Option<&batch::BatchWorkflow> {
+        self.batches.iter().find(|b| b.name == name)
+    }
+
+    /// The internal compacted topic where recent batch runs are kept across restarts.
+    pub fn batch_state_topic(&self) -> String {
+        format!("{}.batch-runs", self.service.group_id)
+    }
+
     pub fn workflow(&self, name: &str) -> Option<&Workflow> {
         self.workflows.iter().find(|w| w.name == name)
     }
@@ -682,6 +698,21 @@ impl Topology {
                 d(w.window),
                 chain.join(" -> ")
             ));
+        }
+        if !self.batches.is_empty() {
+            out.push_str(&format!("batch workflows ({}):\n", self.batches.len()));
+            for b in &self.batches {
+                out.push_str(&format!(
+                    "  {:<22} cron `{}` {}  start by {}/{}  complete by {}/{}\n",
+                    b.name,
+                    b.schedule.cron_text,
+                    b.schedule.timezone.name(),
+                    d(b.start.warn),
+                    d(b.start.critical),
+                    d(b.completion.warn),
+                    d(b.completion.critical)
+                ));
+            }
         }
         out.push_str(&format!("causes ({}): ", self.causes.len()));
         let causes: Vec<String> = self

@@ -22,6 +22,7 @@ pub const TOP_KEYS: &[&str] = &[
     "api",
     "audit",
     "retention",
+    "batches",
 ];
 
 /// `service:` — how this instance runs.
@@ -100,6 +101,8 @@ pub struct RawOutputs {
     pub backlog_topic: Option<String>,
     pub dead_letter_topic: Option<String>,
     pub incidents_topic: Option<String>,
+    /// Batch run events (`batches:` workflows).
+    pub batches_topic: Option<String>,
 }
 pub const OUTPUTS_KEYS: &[&str] = &[
     "breaches_topic",
@@ -107,6 +110,7 @@ pub const OUTPUTS_KEYS: &[&str] = &[
     "backlog_topic",
     "dead_letter_topic",
     "incidents_topic",
+    "batches_topic",
 ];
 
 /// `masking:` — keyed hashing of sensitive values.

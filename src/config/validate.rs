@@ -13,6 +13,9 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+mod batch;
+pub use batch::parse_cron;
+
 /// Where a key leads: a nested object, or a list of objects.
 #[derive(Clone, Copy)]
 enum Child {
@@ -519,6 +522,8 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     let workflows: Vec<(usize, RawWorkflow)> =
         elements(&mut ctx, root, "workflows", &WORKFLOW_SHAPE);
     let causes: Vec<(usize, RawCause)> = elements(&mut ctx, root, "causes", &CAUSE_SHAPE);
+    let batches: Vec<(usize, super::batch::RawBatch)> =
+        elements(&mut ctx, root, "batches", &batch::BATCH_SHAPE);
     let routes_raw = route_entries(&mut ctx, root);
     if root.get("streams").is_none_or(Value::is_null) {
         ctx.push("streams", "missing; at least one stream is required");
@@ -546,6 +551,8 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
     {
         ctx.push("workflows", "empty; at least one workflow is required");
     }
+    let batches_out =
+        batch::batches_section(&mut ctx, &batches, &streams_out, &routes, &workflows_out);
     let backlog = backlog_section(&mut ctx, backlog.unwrap_or_default());
     let causes_out = causes_section(&mut ctx, &causes, &streams_out, &routes, &backlog);
     let masking = masking_section(&mut ctx, masking.unwrap_or_default(), &streams_out);
@@ -571,6 +578,7 @@ pub fn validate(value: &Value) -> Result<Topology, Vec<Problem>> {
             api,
             audit,
             retention,
+            batches: batches_out,
         })
     } else {
         Err(ctx.problems)
@@ -800,6 +808,9 @@ fn outputs_section(ctx: &mut Ctx, outputs: RawOutputs) -> Outputs {
         incidents_topic: outputs
             .incidents_topic
             .unwrap_or_else(|| "synclag.incidents".into()),
+        batches_topic: outputs
+            .batches_topic
+            .unwrap_or_else(|| "synclag.batches".into()),
     };
     for (p, t) in [
         ("outputs.breaches_topic", &outputs.breaches_topic),
@@ -807,6 +818,7 @@ fn outputs_section(ctx: &mut Ctx, outputs: RawOutputs) -> Outputs {
         ("outputs.backlog_topic", &outputs.backlog_topic),
         ("outputs.dead_letter_topic", &outputs.dead_letter_topic),
         ("outputs.incidents_topic", &outputs.incidents_topic),
+        ("outputs.batches_topic", &outputs.batches_topic),
     ] {
         check_topic(ctx, p, t);
     }

@@ -69,6 +69,8 @@ pub enum Output {
     Incident(Box<IncidentEvent>),
     /// Changelog records of the durable state: `(key, value)`, `None` deletes the key.
     State(StateBatch),
+    /// A batch run event or batch state record (see `batch::glue`).
+    Batch(crate::batch::glue::BatchOutput),
 }
 
 /// Records for the changelog topic, written in order.
@@ -81,6 +83,8 @@ pub struct StateBatch {
 impl Output {
     fn topic<'a>(&'a self, topics: &'a crate::config::Outputs) -> &'a str {
         match self {
+            Output::Batch(crate::batch::glue::BatchOutput::Event(_)) => &topics.batches_topic,
+            Output::Batch(crate::batch::glue::BatchOutput::State { topic, .. }) => topic,
             Output::Breach(_) => &topics.breaches_topic,
             Output::DeadLetter(_) => &topics.dead_letter_topic,
             Output::Lag(_) => &topics.lag_topic,
@@ -350,6 +354,13 @@ async fn start(
             let out = Output::Incident(ev);
             Box::pin(async move { (seq, delivery.await, out) })
         }
+        Output::Batch(out) => {
+            let topic = out_topic(&out, topics);
+            let delivery =
+                queue_retrying(&topic, "batch output", || outputs.enqueue_batch(&out)).await;
+            let out = Output::Batch(out);
+            Box::pin(async move { (seq, delivery.await, out) })
+        }
         Output::DeadLetter(dl) => {
             // Queued here, in sequence order, like breach events: librdkafka keeps the order
             // per partition and the acknowledgement no longer borrows the record.
@@ -434,6 +445,13 @@ fn batch_delivery(
             .map(|_| ());
         (seq, queued.and(delivered), out)
     })
+}
+
+fn out_topic(out: &crate::batch::glue::BatchOutput, topics: &crate::config::Outputs) -> String {
+    match out {
+        crate::batch::glue::BatchOutput::Event(_) => topics.batches_topic.clone(),
+        crate::batch::glue::BatchOutput::State { topic, .. } => topic.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The HTTP surface: `/metrics` (Prometheus), `/healthz`, `/readyz`, the JSON API
 //! `/api/v1/workflows`, `/api/v1/pending?workflow=&limit=`, `/api/v1/breaches?workflow=&limit=`,
-//! `/api/v1/groups`, and the web view (`/`, see [`super::web`]) built on that API.
+//! `/api/v1/groups`, `/api/v1/batches?workflow=`, and the web view (`/`, see [`super::web`]) built on that API.
 //!
 //! Handlers only read snapshots that the pipeline publishes (once a second) and the
 //! bounded memory of recent breaches; they never touch the engine, so a slow client
@@ -146,6 +146,8 @@ pub struct ApiState {
     pub extra_metrics: Option<Arc<TextFn>>,
     /// The most recent breach events, fed by the pipeline as it raises them.
     pub breaches: Arc<Mutex<RecentBreaches>>,
+    /// Batch workflows and their recent runs (`/api/v1/batches`).
+    pub batches: crate::batch::glue::BatchesView,
 }
 
 impl ApiState {
@@ -160,6 +162,7 @@ impl ApiState {
             groups: None,
             extra_metrics: None,
             breaches: Arc::new(Mutex::new(RecentBreaches::default())),
+            batches: Arc::default(),
         }
     }
 }
@@ -180,6 +183,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/breaches", get(breaches))
         .route("/api/v1/groups", get(groups))
         .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/batches", get(batches))
         .with_state(state)
 }
 
@@ -214,6 +218,25 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         }
         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
     }
+}
+
+/// `/api/v1/batches?workflow=`: batch workflows, their next scheduled run, recent runs
+/// (newest first) with their checks, and open incidents by check.
+async fn batches(State(s): State<ApiState>, Query(q): Query<BatchesQuery>) -> Response {
+    let views = match s.batches.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let views: Vec<_> = views
+        .into_iter()
+        .filter(|v| q.workflow.as_ref().is_none_or(|w| *w == v.name))
+        .collect();
+    Json(serde_json::json!({ "batches": views })).into_response()
+}
+
+#[derive(Deserialize)]
+struct BatchesQuery {
+    workflow: Option<String>,
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {

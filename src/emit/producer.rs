@@ -138,6 +138,7 @@ pub struct Outputs {
     lag_topic: String,
     dead_letter_topic: String,
     incidents_topic: String,
+    batches_topic: String,
     dead_letter_max_bytes: usize,
 }
 
@@ -175,6 +176,7 @@ impl Outputs {
             lag_topic: topology.outputs.lag_topic.clone(),
             dead_letter_topic: topology.outputs.dead_letter_topic.clone(),
             incidents_topic: topology.outputs.incidents_topic.clone(),
+            batches_topic: topology.outputs.batches_topic.clone(),
             dead_letter_max_bytes: dead_letter_max_bytes(topology),
         })
     }
@@ -304,6 +306,41 @@ impl Outputs {
             record = record.payload(value);
         }
         self.enqueue(record).await
+    }
+
+    /// A batch run event (Avro `schemas/batch.avsc`, or JSON without a registry), keyed
+    /// `workflow/scheduled/check`; or a batch state record (always JSON: internal), keyed by
+    /// workflow.
+    pub async fn enqueue_batch(
+        &self,
+        out: &crate::batch::glue::BatchOutput,
+    ) -> Result<Acknowledgement, EmitError> {
+        use crate::batch::glue::BatchOutput;
+        match out {
+            BatchOutput::Event(ev) => {
+                let bytes = self
+                    .encode(&self.batches_topic, crate::batch::BATCH_SCHEMA, ev.as_ref())
+                    .await?;
+                self.enqueue(
+                    FutureRecord::to(&self.batches_topic)
+                        .key(ev.key().as_bytes())
+                        .payload(bytes.as_slice()),
+                )
+                .await
+            }
+            BatchOutput::State { topic, record } => {
+                let bytes = serde_json::to_vec(record.as_ref()).map_err(|e| EmitError::Encode {
+                    topic: topic.clone(),
+                    why: e.to_string(),
+                })?;
+                self.enqueue(
+                    FutureRecord::to(topic)
+                        .key(record.state.workflow.as_bytes())
+                        .payload(bytes.as_slice()),
+                )
+                .await
+            }
+        }
     }
 
     /// Encodes one lag summary and hands it to the producer, keyed by workflow.

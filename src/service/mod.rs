@@ -13,6 +13,7 @@
 //! off the loop; outputs are handed to the emitter without waiting, and while they pile up
 //! input is paused — the clock and the timers keep running in every case.
 
+mod batches;
 mod outcomes;
 mod records;
 pub mod state;
@@ -111,6 +112,8 @@ struct Pipeline {
     live: bool,
     /// Records not read yet, per assigned input partition (for the API).
     input_lag: HashMap<u32, u64>,
+    /// Batch workflows (see `batch`).
+    batches: crate::batch::glue::BatchRuntime,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -214,6 +217,19 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     };
     let (retry_tx, mut retry_rx) = mpsc::channel(1_024);
 
+    let mut batches = crate::batch::glue::BatchRuntime::new(&topology, api.batches.clone());
+    match batches.restore(&topology).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            workflows = n,
+            topic = batches.state_topic(),
+            "batch runs restored"
+        ),
+        Err(e) => {
+            metrics::counter!(names::BATCH_STATE_ERRORS_TOTAL, "stage" => "restore").increment(1);
+            tracing::error!(error = %e, topic = batches.state_topic(), "batch runs not restored; runs before this start are not followed");
+        }
+    }
     let mut p = Pipeline {
         signal_kinds,
         health: api.ready.inputs.clone(),
@@ -248,6 +264,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         stalled_ids: BTreeSet::new(),
         live: false,
         input_lag: HashMap::new(),
+        batches,
         topology: topology.clone(),
     };
 
@@ -270,6 +287,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 if last_publish.elapsed() >= PUBLISH_EVERY {
                     last_publish = Instant::now();
                     p.publish();
+                    p.batch_publish();
                     p.checkpoint();
                     p.commit(&consumer, CommitMode::Async);
                 }
@@ -546,6 +564,7 @@ impl Pipeline {
         }
         if let Some(now) = reading.now_ms {
             self.engine.advance(now, &mut self.out);
+            self.batch_advance(now);
             metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
         }
         self.take_outcomes();
@@ -668,6 +687,7 @@ impl Pipeline {
     }
 
     fn commit(&mut self, consumer: &StreamConsumer<IngestContext>, mode: CommitMode) {
+        self.batch_persist();
         if self.state.is_none() {
             // Without durable state, a restart rebuilds pending correlations from input:
             // offsets stay behind every record a pending correlation was built from and

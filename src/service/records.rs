@@ -205,6 +205,7 @@ impl Pipeline {
                 self.signals.record(d.stream, &d.correlation_id, &kind);
             }
             Ok(d) => {
+                let batched = self.batch_observe(&d, record);
                 let events = self.rules.stage_events(
                     &d,
                     Origin {
@@ -212,7 +213,7 @@ impl Pipeline {
                         offset: record.offset,
                     },
                 );
-                if events.is_empty() {
+                if events.is_empty() && !batched {
                     metrics::counter!(names::UNMATCHED_RECORDS_TOTAL, "topic" => record.topic.to_string())
                         .increment(1);
                 }

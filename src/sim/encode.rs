@@ -57,6 +57,9 @@ pub enum OriginKind {
     Stage { workflow: usize, stage: usize },
     /// An error/throttling signal of this type.
     Signal { signal_type: String },
+    /// A record of a run of batch workflow `workflow` (index into `Topology::batches`),
+    /// or its ERP match (see `sim::batch`).
+    Batch { workflow: usize },
 }
 
 /// An Avro schema derived from a stream's field paths.

@@ -8,10 +8,12 @@
 //! - [`clock`]    — real or simulated time.
 //! - [`sink`]     — where records go: Kafka (+ schema registry), or memory.
 //! - [`run`]      — the loop driving a simulator with a clock into a sink.
+//! - [`batch`]    — runs of batch workflows, clean or late, missing, partial, spiking, unreconciled.
 //!
 //! Everything is decided by the topology, the scenario and the seed: the same seed gives
 //! the same records and the same ground truth, whatever the clock.
 
+pub mod batch;
 pub mod clock;
 pub mod encode;
 pub mod engine;
@@ -53,7 +55,10 @@ pub struct SimulateArgs {
     #[arg(long, short, default_value = "topology.yaml")]
     pub config: PathBuf,
     /// Built-in scenario (steady, carrier_slowdown, warehouse_outage, order_surge,
-    /// odoo_validation_failures, partner_delay, demo) or a scenario YAML file.
+    /// odoo_validation_failures, partner_delay, demo), a batch scenario (batch_clean,
+    /// batch_late_run, batch_missing_run, batch_partial_run, batch_volume_spike,
+    /// batch_unreconciled, batch_faults: runs of every batch workflow, real time), or a
+    /// scenario YAML file.
     #[arg(long, default_value = "steady")]
     pub scenario: String,
     /// Correlations started per second over all workflows (`20` or `20/s`); phase rates
@@ -127,6 +132,9 @@ pub fn kafka_sink_for(
 /// Runs `synclag simulate`.
 pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let topology = Topology::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(batch) = batch::BatchScenario::builtin(&args.scenario) {
+        return simulate_batches(&topology, &batch, &args).await;
+    }
     let scenario = Scenario::resolve(&args.scenario)?;
     let seed = args
         .seed
@@ -213,3 +221,39 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// `synclag simulate --scenario batch_*`: the scenario's runs for every batch workflow of
+/// the topology, from its next scheduled time on, each record sent when its time comes.
+async fn simulate_batches(
+    topology: &Topology,
+    scenario: &batch::BatchScenario,
+    args: &SimulateArgs,
+) -> anyhow::Result<()> {
+    if args.clock != ClockKind::Real {
+        anyhow::bail!("batch scenarios run on the real clock (their runs follow the schedule)");
+    }
+    if topology.batches.is_empty() {
+        anyhow::bail!("the topology has no batch workflows (`batches:`)");
+    }
+    let now = Utc::now().timestamp_millis();
+    let mut runs = Vec::new();
+    for b in &topology.batches {
+        runs.extend(batch::plan_runs(topology, &b.name, scenario, now)?);
+    }
+    for r in &runs {
+        eprintln!(
+            "simulate {}: {} run at {} — {} ({} Kafka records: data, trailer, ERP matches)",
+            scenario.name,
+            r.workflow,
+            chrono::DateTime::from_timestamp_millis(r.scheduled_ms)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            r.fault.name(),
+            r.records.len()
+        );
+    }
+    let mut sink = kafka_sink_for(topology, args.bootstrap.as_deref())?;
+    let sent = batch::produce_runs(&runs, &mut sink).await?;
+    eprintln!("simulate {}: {sent} records sent", scenario.name);
+    Ok(())
+}

@@ -382,6 +382,7 @@ pub fn describe_all() {
         Unit::Seconds,
         "Time API redrives waited for their rate limit (max_per_second)."
     );
+    describe_batch();
 }
 
 // ---- incidents (src/incidents)
@@ -511,3 +512,74 @@ pub const AUDIT_RECORDS_TOTAL: &str = "synclag_audit_records_total";
 pub const API_TLS_HANDSHAKE_FAILURES_TOTAL: &str = "synclag_api_tls_handshake_failures_total";
 pub const DLQ_REDRIVE_RECORDS_TOTAL: &str = "synclag_dlq_redrive_records_total";
 pub const DLQ_REDRIVE_THROTTLED_SECONDS_TOTAL: &str = "synclag_dlq_redrive_throttled_seconds_total";
+// ---- batch workflows (src/batch)
+pub const BATCH_LAST_RUN_TIMESTAMP: &str = "synclag_batch_last_run_timestamp_seconds";
+pub const BATCH_RUN_DURATION: &str = "synclag_batch_run_duration_seconds";
+pub const BATCH_RUN_RECORDS: &str = "synclag_batch_run_records";
+pub const BATCH_COMPLETENESS_RATIO: &str = "synclag_batch_completeness_ratio";
+pub const BATCH_VOLUME_VARIANCE_RATIO: &str = "synclag_batch_volume_variance_ratio";
+pub const BATCH_RECONCILIATION_RATIO: &str = "synclag_batch_reconciliation_ratio";
+pub const BATCH_FINDINGS_TOTAL: &str = "synclag_batch_findings_total";
+pub const BATCH_BOUND_HITS_TOTAL: &str = "synclag_batch_bound_hits_total";
+pub const BATCH_BAD_TRAILERS_TOTAL: &str = "synclag_batch_bad_trailers_total";
+pub const BATCH_REPLAYED_RECORDS_TOTAL: &str = "synclag_batch_replayed_records_total";
+pub const BATCH_STATE_ERRORS_TOTAL: &str = "synclag_batch_state_errors_total";
+
+fn describe_batch() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        BATCH_LAST_RUN_TIMESTAMP,
+        Unit::Seconds,
+        "Completion time (epoch) of the last completed run, per batch workflow; 0 before any."
+    );
+    describe_gauge!(
+        BATCH_RUN_DURATION,
+        Unit::Seconds,
+        "First record to completion of the last completed run, per batch workflow (NaN before any)."
+    );
+    describe_gauge!(
+        BATCH_RUN_RECORDS,
+        Unit::Count,
+        "Distinct records of the last completed run, per batch workflow (NaN before any)."
+    );
+    describe_gauge!(
+        BATCH_COMPLETENESS_RATIO,
+        Unit::Count,
+        "Distinct records / announced count of the last completed run, per batch workflow (NaN without an announced count)."
+    );
+    describe_gauge!(
+        BATCH_VOLUME_VARIANCE_RATIO,
+        Unit::Count,
+        "(records - baseline) / baseline of the last completed run, per batch workflow (NaN without a baseline)."
+    );
+    describe_gauge!(
+        BATCH_RECONCILIATION_RATIO,
+        Unit::Count,
+        "Records matched in the ERP stream / records of the last reconciled run, per batch workflow (NaN before any)."
+    );
+    describe_counter!(
+        BATCH_FINDINGS_TOTAL,
+        Unit::Count,
+        "Batch findings raised, by workflow, check (run, schedule, completeness, volume, reconciliation) and severity."
+    );
+    describe_counter!(
+        BATCH_BOUND_HITS_TOTAL,
+        Unit::Count,
+        "Batch bounds hit, by bound: untracked_ids (record ids beyond 10,000 per run, duplicates among them unseen), erp_forgotten (early ERP ids beyond 50,000), runs_pruned (runs beyond 64 per workflow), state_ids_dropped (state records persisted without their id sets to fit a Kafka record)."
+    );
+    describe_counter!(
+        BATCH_BAD_TRAILERS_TOTAL,
+        Unit::Count,
+        "Trailer records whose announced count was missing or not a number, by workflow."
+    );
+    describe_counter!(
+        BATCH_REPLAYED_RECORDS_TOTAL,
+        Unit::Count,
+        "Batch records read again after a restart and recognised as already counted."
+    );
+    describe_counter!(
+        BATCH_STATE_ERRORS_TOTAL,
+        Unit::Count,
+        "Batch state records that could not be restored or written, by stage (restore, encode)."
+    );
+}
