@@ -212,6 +212,17 @@ impl InputClock {
         p.progress_ms = p.progress_ms.max(wall_ms);
     }
 
+    /// Input is paused by the reader itself at `wall_ms` (back-pressure from its outputs):
+    /// a partition standing still meanwhile is not stalled, so the clock waits for it
+    /// instead of passing it. Passing it would end correlations whose stages wait unread
+    /// in it — false `never_arrived`s and breaches while a backlog is read — and gain
+    /// nothing: what the timers raise could not be written before the outputs move again.
+    pub fn paused_by_reader(&mut self, wall_ms: i64) {
+        for p in self.parts.iter_mut().filter(|p| p.assigned) {
+            p.progress_ms = p.progress_ms.max(wall_ms);
+        }
+    }
+
     /// Resolves answered probes and judges every partition at `wall_ms`.
     pub fn read(&mut self, wall_ms: i64) -> Reading {
         let budget = self.stall_budget_ms;
@@ -416,6 +427,28 @@ mod tests {
         assert_eq!(r.stalled[0].partition, 1);
         assert_eq!(r.stalled[0].reason, StallReason::NoProgress);
         assert_eq!(r.now_ms, Some(105_000));
+    }
+
+    #[test]
+    fn a_partition_the_reader_paused_itself_holds_the_clock_and_is_not_stalled() {
+        let mut c = InputClock::new(1_000);
+        c.assign(0, 0);
+        c.assign(1, 0);
+        c.record(0, 0, Some(5_000), 0);
+        c.record(1, 0, Some(2_000), 0);
+        c.position(0, 1, 0);
+        c.position(1, 1, 0);
+        // Input paused for outputs for 10 budgets: partition 1 is behind, not stalled.
+        for wall in (0..=10_000).step_by(100) {
+            c.paused_by_reader(wall);
+            let r = c.read(wall);
+            assert!(r.stalled.is_empty(), "{:?}", r.stalled);
+            assert!(r.now_ms <= Some(2_000), "held by the partition behind");
+        }
+        assert_eq!(c.read(10_000).now_ms, Some(2_000));
+        // Once reading resumes, a partition that still does not move stalls as usual.
+        let r = c.read(11_001);
+        assert_eq!(r.stalled.len(), 2);
     }
 
     #[test]

@@ -551,6 +551,10 @@ impl Pipeline {
     /// Reads the clock, advances the engine and emits what is due.
     fn advance_clock(&mut self, consumer: &StreamConsumer<IngestContext>) {
         let wall = wall_ms();
+        if self.paused_for_output {
+            // Our own pause is no stall (see `InputClock::paused_by_reader`).
+            self.clock.paused_by_reader(wall);
+        }
         let reading = self.clock.read(wall);
         self.note_stalls(&reading, wall);
         if reading.live != self.live {
