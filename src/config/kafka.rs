@@ -138,6 +138,27 @@ pub const SETTINGS: &[Setting] = &[
         clients: &[Input],
         why: "an input topic created after start is found within seconds (librdkafka's own default is 5 minutes)",
     },
+    Setting {
+        key: "queued.min.messages",
+        value: "20000",
+        rule: Rule::Default,
+        clients: &[Input],
+        why: "input prefetch is bounded for the memory target (≤ 100 MiB RSS); 20,000 records a partition keep the pipeline fed at full speed (librdkafka's default is 100,000)",
+    },
+    Setting {
+        key: "queued.max.messages.kbytes",
+        value: "16384",
+        rule: Rule::Default,
+        clients: &[Input],
+        why: "input prefetch is bounded for the memory target (≤ 100 MiB RSS): at most 16 MiB of fetched records wait in the local queue (librdkafka's default is 64 MiB)",
+    },
+    Setting {
+        key: "fetch.max.bytes",
+        value: "8388608",
+        rule: Rule::Default,
+        clients: &[Input],
+        why: "one fetch response spans every assigned partition and is held in memory at once; 8 MiB keeps throughput (librdkafka's default is 50 MiB)",
+    },
     // ---- output producer
     Setting {
         key: "enable.idempotence",
@@ -166,6 +187,13 @@ pub const SETTINGS: &[Setting] = &[
         rule: Rule::Default,
         clients: &[Output],
         why: "room for outputs waiting out a broker outage (librdkafka's default is 100000); when it is full synclag waits instead of dropping",
+    },
+    Setting {
+        key: "queue.buffering.max.kbytes",
+        value: "32768",
+        rule: Rule::Default,
+        clients: &[Output],
+        why: "outputs waiting for the broker are bounded for the memory target (≤ 100 MiB RSS): 32 MiB, whichever of this and the message count is reached first (librdkafka's default is 1 GiB); when it is full synclag waits instead of dropping",
     },
     // ---- backlog monitor and membership watch
     Setting {

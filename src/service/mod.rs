@@ -13,7 +13,7 @@
 //! off the loop; outputs are handed to the emitter without waiting, and while they pile up
 //! input is paused — the clock and the timers keep running in every case.
 
-mod outcomes;
+pub mod outcomes;
 mod records;
 mod status;
 mod trend;
@@ -38,7 +38,7 @@ use crate::telemetry::series::{self, SignalKinds};
 use outcomes::{Context, Outcomes};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use records::{Held, Retry};
+use records::{Held, Hot, Retry};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -106,6 +106,8 @@ struct Pipeline {
     live: bool,
     /// Records not read yet, per assigned input partition (for the API).
     input_lag: HashMap<u32, u64>,
+    /// Per-record path state reused across records.
+    hot: Hot,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -223,6 +225,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         stalled_ids: BTreeSet::new(),
         live: false,
         input_lag: HashMap::new(),
+        hot: Hot::default(),
         topology: topology.clone(),
     };
 
