@@ -152,13 +152,6 @@ pub const SETTINGS: &[Setting] = &[
         clients: &[Input],
         why: "input prefetch is bounded for the memory target (≤ 100 MiB RSS): at most 16 MiB of fetched records wait in the local queue (librdkafka's default is 64 MiB)",
     },
-    Setting {
-        key: "fetch.max.bytes",
-        value: "8388608",
-        rule: Rule::Default,
-        clients: &[Input],
-        why: "one fetch response spans every assigned partition and is held in memory at once; 8 MiB keeps throughput (librdkafka's default is 50 MiB)",
-    },
     // ---- output producer
     Setting {
         key: "enable.idempotence",
