@@ -138,20 +138,6 @@ pub const SETTINGS: &[Setting] = &[
         clients: &[Input],
         why: "an input topic created after start is found within seconds (librdkafka's own default is 5 minutes)",
     },
-    Setting {
-        key: "queued.min.messages",
-        value: "20000",
-        rule: Rule::Default,
-        clients: &[Input],
-        why: "input prefetch is bounded for the memory target (≤ 100 MiB RSS); 20,000 records a partition keep the pipeline fed at full speed (librdkafka's default is 100,000)",
-    },
-    Setting {
-        key: "queued.max.messages.kbytes",
-        value: "16384",
-        rule: Rule::Default,
-        clients: &[Input],
-        why: "input prefetch is bounded for the memory target (≤ 100 MiB RSS): at most 16 MiB of fetched records wait in the local queue (librdkafka's default is 64 MiB)",
-    },
     // ---- output producer
     Setting {
         key: "enable.idempotence",
