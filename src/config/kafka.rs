@@ -167,6 +167,13 @@ pub const SETTINGS: &[Setting] = &[
         clients: &[Output],
         why: "room for outputs waiting out a broker outage (librdkafka's default is 100000); when it is full synclag waits instead of dropping",
     },
+    Setting {
+        key: "queue.buffering.max.kbytes",
+        value: "32768",
+        rule: Rule::Default,
+        clients: &[Output],
+        why: "outputs waiting for the broker are bounded for the memory target (≤ 100 MiB RSS): 32 MiB, whichever of this and the message count is reached first (librdkafka's default is 1 GiB); when it is full synclag waits instead of dropping",
+    },
     // ---- backlog monitor and membership watch
     Setting {
         key: "enable.auto.commit",

@@ -46,6 +46,14 @@ pub fn extract<'v>(
     }
 }
 
+/// [`as_text`], moving an owned string out instead of copying it.
+pub fn into_text(v: Cow<'_, Value>) -> Option<String> {
+    match v {
+        Cow::Owned(Value::String(s)) => Some(s),
+        other => as_text(&other),
+    }
+}
+
 /// A scalar as text, for ids, types and dimension values. Objects and lists are not ids.
 pub fn as_text(v: &Value) -> Option<String> {
     match v {

@@ -3,6 +3,7 @@
 //! reason code for the dead-letter topic.
 //!
 //! - [`extract`] — field paths over payload, headers and record metadata.
+//! - [`scan`]    — plain JSON: only the configured payload paths, read from borrowed bytes.
 //! - [`time`]    — epoch s/ms/µs, RFC 3339 and Odoo's naive UTC timestamps.
 //! - [`avro`]    — Confluent wire format through a schema registry, schemas cached.
 //!
@@ -13,11 +14,14 @@
 
 pub mod avro;
 pub mod extract;
+pub mod scan;
 pub mod time;
 
+use crate::config::field_path::{FieldPath, Segment};
 use crate::config::{EventTimePolicy, Format, Stream, Topology};
 use crate::telemetry::names;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// A Kafka record as the decoder needs it, independent of the client library.
@@ -108,6 +112,9 @@ pub const REASONS: &[&str] = &[
 pub struct Decoder {
     streams: Vec<Stream>,
     by_topic: HashMap<String, usize>,
+    /// Per stream: how its payload paths are scanned (plain JSON streams; the others, and
+    /// a stream with too many paths, go through the parsed document).
+    plans: Vec<Option<scan::Plan>>,
     avro: Option<avro::RegistryDecoder>,
     event_time: EventTimePolicy,
 }
@@ -126,6 +133,7 @@ impl Decoder {
             metrics::counter!(names::EVENT_TIME_VIOLATIONS_TOTAL, "topic" => s.topic.clone(), "action" => event_time.on_violation.name()).increment(0);
         }
         Decoder {
+            plans: topology.streams.iter().map(plan_of).collect(),
             streams: topology.streams.clone(),
             by_topic,
             avro: topology.registry.as_ref().map(avro::RegistryDecoder::new),
@@ -139,6 +147,58 @@ impl Decoder {
 
     /// Decodes one record. Retryable errors (registry outage) should be retried by the caller.
     pub async fn decode(&self, record: &RecordView<'_>) -> Result<Decoded, DecodeError> {
+        if let Some(done) = self.decode_ready(record) {
+            return done;
+        }
+        self.decode_avro(record).await
+    }
+
+    /// Decodes a record whose format needs nothing from the network (JSON, Debezium), or
+    /// says so: `None` for Avro, which may have to wait for the registry ([`Self::decode`]).
+    /// The hot path calls this first, so a JSON record costs no future and no timer.
+    pub fn decode_ready(&self, record: &RecordView<'_>) -> Option<Result<Decoded, DecodeError>> {
+        let stream_idx = match self.stream_of(record.topic) {
+            Some(i) => i,
+            None => return Some(Err(DecodeError::UnknownTopic(record.topic.to_string()))),
+        };
+        let stream = &self.streams[stream_idx];
+        let Some(bytes) = record.payload.filter(|p| !p.is_empty()) else {
+            return Some(Err(DecodeError::EmptyValue));
+        };
+        if let Some(plan) = &self.plans[stream_idx] {
+            let mut slots = match plan.scan(bytes) {
+                Ok(slots) => slots,
+                Err(e) => return Some(Err(DecodeError::NotJson(e.to_string()))),
+            };
+            return Some(fields(
+                stream_idx,
+                stream,
+                record,
+                &self.event_time,
+                |slot, path| match path {
+                    FieldPath::Payload(_) => slots
+                        .get_mut(slot)
+                        .and_then(Option::take)
+                        .filter(|v| !v.is_null())
+                        .map(Cow::Owned),
+                    _ => extract::extract(path, &NULL, record),
+                },
+            ));
+        }
+        let payload = match stream.format {
+            Format::Json => parse_json(bytes),
+            Format::Avro => return None,
+            Format::DebeziumCdc => parse_json(bytes).and_then(debezium_envelope),
+            Format::DebeziumOutbox => parse_json(bytes).map(outbox_payload),
+        };
+        Some(payload.and_then(|p| {
+            fields(stream_idx, stream, record, &self.event_time, |_, path| {
+                extract::extract(path, &p, record)
+            })
+        }))
+    }
+
+    async fn decode_avro(&self, record: &RecordView<'_>) -> Result<Decoded, DecodeError> {
         let stream_idx = self
             .stream_of(record.topic)
             .ok_or_else(|| DecodeError::UnknownTopic(record.topic.to_string()))?;
@@ -148,7 +208,6 @@ impl Decoder {
             .filter(|p| !p.is_empty())
             .ok_or(DecodeError::EmptyValue)?;
         let payload = match stream.format {
-            Format::Json => parse_json(bytes)?,
             Format::Avro => match &self.avro {
                 Some(dec) => dec.decode(bytes).await?,
                 None => {
@@ -157,11 +216,40 @@ impl Decoder {
                     ))
                 }
             },
-            Format::DebeziumCdc => debezium_envelope(parse_json(bytes)?)?,
-            Format::DebeziumOutbox => outbox_payload(parse_json(bytes)?),
+            _ => return Err(DecodeError::NotAvro("stream is not Avro".into())),
         };
-        fields(stream_idx, stream, &payload, record, &self.event_time)
+        fields(stream_idx, stream, record, &self.event_time, |_, path| {
+            extract::extract(path, &payload, record)
+        })
     }
+}
+
+static NULL: Value = Value::Null;
+
+/// Slots of a stream's fields, in the order [`fields`] reads them.
+const SLOT_CORRELATION_ID: usize = 0;
+const SLOT_EVENT_TYPE: usize = 1;
+const SLOT_EVENT_TIME: usize = 2;
+const SLOT_DIMENSIONS: usize = 3;
+
+/// The scan plan of a plain JSON stream: its payload paths in slot order.
+fn plan_of(stream: &Stream) -> Option<scan::Plan> {
+    if !matches!(stream.format, Format::Json) {
+        return None;
+    }
+    fn payload(p: &FieldPath) -> Option<&[Segment]> {
+        match p {
+            FieldPath::Payload(segments) => Some(segments),
+            _ => None,
+        }
+    }
+    let mut paths = vec![
+        payload(&stream.correlation_id),
+        stream.event_type.as_ref().and_then(payload),
+        stream.event_time.as_ref().and_then(payload),
+    ];
+    paths.extend(stream.dimensions.iter().map(|(_, p)| payload(p)));
+    scan::Plan::new(&paths)
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
@@ -201,35 +289,39 @@ fn outbox_payload(v: Value) -> Value {
     }
 }
 
-fn fields(
+/// The fields of a record; `get(slot, path)` reads one (see the `SLOT_` constants).
+fn fields<'v>(
     stream_idx: usize,
     stream: &Stream,
-    payload: &Value,
     record: &RecordView<'_>,
     policy: &EventTimePolicy,
+    mut get: impl FnMut(usize, &FieldPath) -> Option<Cow<'v, Value>>,
 ) -> Result<Decoded, DecodeError> {
-    let cid_path = stream.correlation_id.to_string();
-    let correlation_id = match extract::extract(&stream.correlation_id, payload, record) {
-        None => return Err(DecodeError::MissingCorrelationId(cid_path)),
-        Some(v) => match extract::as_text(&v) {
-            Some(s) if !s.trim().is_empty() => s,
-            Some(_) => return Err(DecodeError::MissingCorrelationId(cid_path)),
-            None => {
-                return Err(DecodeError::BadCorrelationId {
-                    path: cid_path,
-                    found: time::kind(&v),
-                })
+    let cid_path = || stream.correlation_id.to_string();
+    let correlation_id = match get(SLOT_CORRELATION_ID, &stream.correlation_id) {
+        None => return Err(DecodeError::MissingCorrelationId(cid_path())),
+        Some(v) => {
+            let found = time::kind(&v);
+            match extract::into_text(v) {
+                Some(s) if !s.trim().is_empty() => s,
+                Some(_) => return Err(DecodeError::MissingCorrelationId(cid_path())),
+                None => {
+                    return Err(DecodeError::BadCorrelationId {
+                        path: cid_path(),
+                        found,
+                    })
+                }
             }
-        },
+        }
     };
     let event_type = stream
         .event_type
         .as_ref()
-        .and_then(|p| extract::extract(p, payload, record))
-        .and_then(|v| extract::as_text(&v));
+        .and_then(|p| get(SLOT_EVENT_TYPE, p))
+        .and_then(extract::into_text);
     let event_time_ms = match &stream.event_time {
         None => None,
-        Some(p) => match extract::extract(p, payload, record) {
+        Some(p) => match get(SLOT_EVENT_TIME, p) {
             None => None,
             Some(v) => {
                 let t = time::parse_timestamp(&v).map_err(|why| DecodeError::BadTimestamp {
@@ -246,9 +338,10 @@ fn fields(
     let dimensions = stream
         .dimensions
         .iter()
-        .filter_map(|(name, p)| {
-            let v = extract::extract(p, payload, record)?;
-            Some((name.clone(), extract::as_text(&v)?))
+        .enumerate()
+        .filter_map(|(i, (name, p))| {
+            let v = get(SLOT_DIMENSIONS + i, p)?;
+            Some((name.clone(), extract::into_text(v)?))
         })
         .collect();
     Ok(Decoded {

@@ -152,6 +152,56 @@ impl Cuts {
 }
 
 impl BreachEvent {
+    /// Appends the JSON form of the [bounded](Self::bounded) event to `buf` (the output
+    /// encoding when no registry is configured).
+    pub fn encode_json(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(buf, &*self.bounded_cow())
+    }
+
+    /// [`Self::bounded`] without a copy when nothing needs cutting (nearly always).
+    pub fn bounded_cow(&self) -> std::borrow::Cow<'_, BreachEvent> {
+        if self.within_bounds() {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(self.bounded())
+        }
+    }
+
+    /// Whether [`Self::bounded`] would cut nothing.
+    fn within_bounds(&self) -> bool {
+        let text = |s: &str| s.len() <= BREACH_FIELD_MAX_BYTES;
+        let optional = |s: &Option<String>| s.as_deref().is_none_or(text);
+        let list = |l: &[String]| l.len() <= BREACH_LIST_MAX_ITEMS && l.iter().all(|s| text(s));
+        [
+            &self.breach_id,
+            &self.kind,
+            &self.severity,
+            &self.workflow,
+            &self.correlation_id,
+        ]
+        .into_iter()
+        .all(|s| text(s))
+            && [
+                &self.stage,
+                &self.last_stage_seen,
+                &self.dominant_segment,
+                &self.probable_cause,
+                &self.route,
+                &self.team,
+                &self.waiting_for,
+            ]
+            .into_iter()
+            .all(optional)
+            && self.dimensions.len() <= BREACH_LIST_MAX_ITEMS
+            && self.dimensions.iter().all(|(k, v)| text(k) && text(v))
+            && self.segments_ms.len() <= BREACH_LIST_MAX_ITEMS
+            && self.segments_ms.keys().all(|k| text(k))
+            && list(&self.signals)
+            && list(&self.backlogged_groups)
+            && list(&self.stalled_inputs)
+            && list(&self.evidence)
+    }
+
     /// Record key: workflow + correlation id, so consumers can compact and dedupe.
     pub fn key(&self) -> String {
         format!("{}/{}", self.workflow, self.correlation_id)
@@ -402,6 +452,7 @@ mod tests {
     fn a_small_event_is_left_as_it_is() {
         let event = sample();
         assert_eq!(event.bounded(), event);
+        assert!(matches!(event.bounded_cow(), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
@@ -432,6 +483,11 @@ mod tests {
         assert_ne!(other.bounded().key(), bounded.key());
         // Bounding twice changes nothing (the marks survive).
         assert_eq!(bounded.bounded(), bounded);
+        assert_eq!(*event.bounded_cow(), bounded);
+        assert!(matches!(
+            bounded.bounded_cow(),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -441,6 +497,7 @@ mod tests {
         event.backlogged_groups = vec!["g".repeat(5000)];
         event.dimensions = (0..100).map(|i| (format!("d{i:03}"), "v".into())).collect();
         let bounded = event.bounded();
+        assert_eq!(*event.bounded_cow(), bounded);
         assert_eq!(bounded.signals.len(), BREACH_LIST_MAX_ITEMS);
         assert_eq!(bounded.signals[0], "s000");
         assert_eq!(bounded.dimensions.len(), BREACH_LIST_MAX_ITEMS);

@@ -259,14 +259,14 @@ impl Outputs {
     /// Bounds a breach event ([`BreachEvent::bounded`], so no path can skip it), encodes it
     /// and hands it to the producer keyed `workflow/correlation_id`.
     pub async fn enqueue_breach(&self, event: &BreachEvent) -> Result<Acknowledgement, EmitError> {
-        let event = event.bounded();
+        let event = event.bounded_cow();
         for field in &event.truncated {
             // `dimensions.<key>` counts as `dimensions`: labels stay a fixed set.
             let field = field.split('.').next().unwrap_or(field);
             count_truncation(&self.breaches_topic, field);
         }
         let bytes = self
-            .encode(&self.breaches_topic, BREACH_SCHEMA, &event)
+            .encode(&self.breaches_topic, BREACH_SCHEMA, &*event)
             .await?;
         let key = event.key();
         self.enqueue(

@@ -150,16 +150,27 @@ const RETAIN_BUCKET_MS: i64 = 10_000;
 /// bucket (for the retention cut), and a dense id for the engine.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    ids: HashMap<Tp, u32>,
+    /// Looked up per record by a borrowed topic ([`TpRef`]): no `String` per record.
+    ids: hashbrown::HashMap<Tp, u32>,
     tps: Vec<Tp>,
     next: HashMap<u32, i64>,
     retain: HashMap<u32, std::collections::VecDeque<(i64, i64)>>,
 }
 
+/// A [`Tp`] by reference: hashes and compares like the owned pair.
+#[derive(Hash)]
+struct TpRef<'a>(&'a str, i32);
+
+impl hashbrown::Equivalent<Tp> for TpRef<'_> {
+    fn equivalent(&self, key: &Tp) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 impl OffsetTracker {
     /// The dense id of a partition (assigned on first sight, stable for the process).
     pub fn id(&mut self, topic: &str, partition: i32) -> u32 {
-        if let Some(id) = self.ids.get(&(topic.to_string(), partition)) {
+        if let Some(id) = self.ids.get(&TpRef(topic, partition)) {
             return *id;
         }
         let id = u32::try_from(self.tps.len()).unwrap_or(u32::MAX);

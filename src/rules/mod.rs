@@ -127,29 +127,58 @@ impl Rules {
 
     /// Every workflow stage this record closes (usually one, none when its type matches no stage).
     pub fn stage_events(&self, d: &Decoded, origin: Origin) -> Vec<StageEvent> {
+        let mut out = Vec::new();
+        self.stage_events_into(d.clone(), origin, &mut out);
+        out
+    }
+
+    /// [`Self::stage_events`] appended to `out`, taking the record by value: the last (as a
+    /// rule the only) event gets its id and dimension values moved, not copied.
+    pub fn stage_events_into(&self, d: Decoded, origin: Origin, out: &mut Vec<StageEvent>) {
         let Some(matches) = self.by_stream.get(d.stream) else {
-            return Vec::new();
+            return;
         };
-        matches
+        let ts = self.timestamps(&d);
+        let Decoded {
+            correlation_id,
+            event_type,
+            dimensions,
+            ..
+        } = d;
+        let mut hits = matches
             .iter()
-            .filter(|m| {
-                m.event_type.is_none() || m.event_type.as_deref() == d.event_type.as_deref()
-            })
-            .map(|m| StageEvent {
-                workflow: m.workflow,
-                stage: m.stage,
-                correlation_id: CorrelationId::from(d.correlation_id.as_str()),
-                ts: self.timestamps(d),
-                dimensions: d
-                    .dimensions
-                    .iter()
-                    .filter_map(|(name, value)| {
-                        Some((*self.dim_index[m.workflow].get(name)?, value.clone()))
-                    })
-                    .collect(),
-                origin,
-            })
-            .collect()
+            .filter(|m| m.event_type.is_none() || m.event_type == event_type)
+            .peekable();
+        while let Some(m) = hits.next() {
+            let index = &self.dim_index[m.workflow];
+            let (workflow, stage) = (m.workflow, m.stage);
+            if hits.peek().is_some() {
+                out.push(StageEvent {
+                    workflow,
+                    stage,
+                    correlation_id: CorrelationId::from(correlation_id.as_str()),
+                    ts,
+                    dimensions: dimensions
+                        .iter()
+                        .filter_map(|(name, value)| Some((*index.get(name)?, value.clone())))
+                        .collect(),
+                    origin,
+                });
+            } else {
+                out.push(StageEvent {
+                    workflow,
+                    stage,
+                    correlation_id: CorrelationId::from(correlation_id),
+                    ts,
+                    dimensions: dimensions
+                        .into_iter()
+                        .filter_map(|(name, value)| Some((*index.get(&name)?, value)))
+                        .collect(),
+                    origin,
+                });
+                break;
+            }
+        }
     }
 }
 
@@ -494,7 +523,13 @@ pub fn breach_id(workflow: &str, correlation_id: &[u8], kind: &str, start_ms: i6
         h.update(part);
     }
     let digest = h.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for b in &digest[..16] {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    id
 }
 
 /// [`breach_id`], keyed with the masking key when masking is on: correlation ids are often

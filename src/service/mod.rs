@@ -14,7 +14,7 @@
 //! input is paused — the clock and the timers keep running in every case.
 
 mod batches;
-mod outcomes;
+pub mod outcomes;
 mod records;
 pub mod state;
 mod status;
@@ -40,7 +40,7 @@ use crate::telemetry::series::{self, SignalKinds};
 use outcomes::{Context, Outcomes};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use records::{Held, Retry};
+use records::{Held, Hot, Retry};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -114,6 +114,8 @@ struct Pipeline {
     input_lag: HashMap<u32, u64>,
     /// Batch workflows (see `batch`).
     batches: crate::batch::glue::BatchRuntime,
+    /// Per-record path state reused across records.
+    hot: Hot,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -265,6 +267,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         live: false,
         input_lag: HashMap::new(),
         batches,
+        hot: Hot::default(),
         topology: topology.clone(),
     };
 

@@ -18,6 +18,7 @@ use crate::correlate::{
 use crate::emit::events::{BreachEvent, IncidentEvent};
 use crate::incidents::IncidentBook;
 use crate::rules::{self, Evidence, Masker, SignalBook, SliceSignals};
+use crate::telemetry::handles::{LagHistograms, WorkflowCounters};
 use crate::telemetry::names;
 use crate::telemetry::series::{LabelCap, OTHER};
 use hdrhistogram::Histogram;
@@ -122,6 +123,10 @@ pub struct Outcomes {
     since_summary: BTreeMap<&'static str, u64>,
     /// Bound on the lag histogram's label combinations.
     lag_labels: std::cell::RefCell<LabelCap>,
+    /// Lag histogram handles of admitted label combinations.
+    lag_histograms: std::cell::RefCell<LagHistograms>,
+    /// Counter handles of the outcome path.
+    counters: WorkflowCounters,
     label_hasher: std::collections::hash_map::RandomState,
     /// Breaches grouped into incidents.
     incidents: IncidentBook,
@@ -189,6 +194,8 @@ impl Outcomes {
             stage_topics,
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
+            lag_histograms: std::cell::RefCell::new(LagHistograms::default()),
+            counters: WorkflowCounters::new(&topology),
             label_hasher: std::collections::hash_map::RandomState::new(),
             incidents: IncidentBook::new(&topology.incidents),
             slice_signals: SliceSignals::new(SLICE_SIGNAL_VALUES),
@@ -269,6 +276,11 @@ impl Outcomes {
         }
     }
 
+    /// Counts a stage event the engine took (`synclag_stage_events_total`).
+    pub fn count_stage(&self, workflow: usize, stage: usize) {
+        self.counters.stage_event(workflow, stage);
+    }
+
     /// A correlation's start stage was taken by the engine (`at_ms`: when it happened).
     pub fn note_started(&mut self, workflow: usize, at_ms: i64) {
         if let Some(st) = self.stats.get_mut(workflow) {
@@ -297,7 +309,7 @@ impl Outcomes {
                 outcome: o,
             });
         }
-        metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.held.len() as f64);
+        self.counters.deferred_outcomes.set(self.held.len() as f64);
     }
 
     /// Turns held outcomes whose time the engine clock `now` has passed (all of them when
@@ -345,7 +357,7 @@ impl Outcomes {
             }
         }
         self.held = keep;
-        metrics::gauge!(names::DEFERRED_OUTCOMES).set(self.held.len() as f64);
+        self.counters.deferred_outcomes.set(self.held.len() as f64);
     }
 
     /// Incident events due at engine clock `now` and wall time `wall_ms`.
@@ -385,8 +397,7 @@ impl Outcomes {
         else {
             return;
         };
-        let wf = o.info.workflow;
-        metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => o.info.workflow_name.to_string(), "stage" => self.stage_name(wf, *stage)).increment(1);
+        self.counters.stage_event(o.info.workflow, *stage);
         self.record_lag(
             o,
             *previous_stage,
@@ -401,7 +412,6 @@ impl Outcomes {
 
     fn on_outcome(&mut self, o: &Outcome, ctx: &Context<'_>) -> Option<BreachEvent> {
         let wf = o.info.workflow;
-        let wname = o.info.workflow_name.to_string();
         let key: Key = (wf, o.info.correlation_id.as_bytes().into());
         match &o.kind {
             OutcomeKind::StageReached { .. } => {
@@ -417,11 +427,13 @@ impl Outcomes {
                 ..
             } => {
                 let on_time = self.open_breaches.get(&key).is_none();
+                // Built once: the incident book and (when it resolves a breach) the event.
+                let dims = self.dims(o);
                 self.incidents
-                    .completed(&o.info.workflow_name, &self.dims(o), *at_ms, on_time);
+                    .completed(&o.info.workflow_name, &dims, *at_ms, on_time);
                 let last = self.topology.workflows[wf].stages.len() - 1;
-                metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wname.clone(), "stage" => self.stage_name(wf, last)).increment(1);
-                metrics::counter!(names::COMPLETED_TOTAL, "workflow" => wname).increment(1);
+                self.counters.stage_event(wf, last);
+                self.counters.completed(wf);
                 self.record_lag(
                     o,
                     *previous_stage,
@@ -467,6 +479,7 @@ impl Outcomes {
                     None,
                     *end_to_end_ms,
                     Some(decomposition),
+                    dims,
                 ))
             }
             OutcomeKind::Breach {
@@ -496,8 +509,14 @@ impl Outcomes {
                     Some(*deadline_ms),
                     *lag_so_far_ms,
                     None,
+                    self.dims(o),
                 );
-                metrics::counter!(names::BREACHES_TOTAL, "workflow" => wname, "severity" => severity, "cause" => ev.probable_cause.clone().unwrap_or_else(|| "unknown".into())).increment(1);
+                self.counters.breach(
+                    wf,
+                    &o.info.workflow_name,
+                    severity,
+                    ev.probable_cause.as_deref().unwrap_or("unknown"),
+                );
                 Some(ev)
             }
             OutcomeKind::NeverArrived {
@@ -506,7 +525,7 @@ impl Outcomes {
                 missing,
             } => {
                 self.stats[wf].never_arrived += 1;
-                metrics::counter!(names::NEVER_ARRIVED_TOTAL, "workflow" => wname).increment(1);
+                self.counters.never_arrived(wf);
                 let lag = window_end_ms.saturating_sub(o.info.start_ms);
                 let ev = self.event(
                     o,
@@ -518,6 +537,7 @@ impl Outcomes {
                     None,
                     lag,
                     None,
+                    self.dims(o),
                 );
                 self.open_breaches.remove(&key);
                 self.partner_delay.remove(&key);
@@ -529,7 +549,7 @@ impl Outcomes {
                 ..
             } => {
                 self.stats[wf].late += 1;
-                metrics::counter!(names::LATE_ARRIVALS_TOTAL, "workflow" => wname).increment(1);
+                self.counters.late_arrival(wf);
                 Some(self.event(
                     o,
                     ctx,
@@ -540,6 +560,7 @@ impl Outcomes {
                     None,
                     lag_from_first_ms.unwrap_or(0),
                     None,
+                    self.dims(o),
                 ))
             }
             OutcomeKind::Evicted {
@@ -560,6 +581,7 @@ impl Outcomes {
                     None,
                     at_ms.saturating_sub(o.info.start_ms),
                     None,
+                    self.dims(o),
                 ))
             }
         }
@@ -577,6 +599,7 @@ impl Outcomes {
         deadline_ms: Option<i64>,
         lag_ms: i64,
         measured: Option<&Decomposition>,
+        dimensions: BTreeMap<String, String>,
     ) -> BreachEvent {
         let wf = o.info.workflow;
         let cid = o.info.correlation_id.to_string();
@@ -640,7 +663,6 @@ impl Outcomes {
             Vec::new()
         };
         let workflow = &self.topology.workflows[wf];
-        let dimensions = self.dims(o);
         let upto = stage.map_or(self.stage_topics[wf].len(), |s| s + 1);
         let stage_topics = &self.stage_topics[wf][..upto.min(self.stage_topics[wf].len())];
         let attribution = rules::attribute(
@@ -729,7 +751,19 @@ impl Outcomes {
         let since = at_ms.saturating_sub(
             i64::try_from(self.topology.incidents.slice_window.as_millis()).unwrap_or(i64::MAX),
         );
-        let mut counts: BTreeMap<&'static str, (LagSegment, usize)> = BTreeMap::new();
+        // Counted per segment in the order of their names, so a tie goes to the same
+        // segment as it always did (the last of the largest).
+        const BY_NAME: [LagSegment; 3] = [
+            LagSegment::MiddlewareErp,
+            LagSegment::OutboxCdc,
+            LagSegment::PartnerIngestion,
+        ];
+        let slot = |seg: LagSegment| match seg {
+            LagSegment::MiddlewareErp => 0,
+            LagSegment::OutboxCdc => 1,
+            LagSegment::PartnerIngestion => 2,
+        };
+        let mut counts = [0usize; 3];
         let mut total = 0usize;
         for (_, _, seg) in self
             .late_segments
@@ -737,9 +771,13 @@ impl Outcomes {
             .filter(|(w, t, _)| *w == workflow && *t >= since && *t <= at_ms)
         {
             total += 1;
-            counts.entry(seg.name()).or_insert((*seg, 0)).1 += 1;
+            counts[slot(*seg)] += 1;
         }
-        let (seg, n) = counts.into_values().max_by_key(|(_, n)| *n)?;
+        let (seg, n) = BY_NAME
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .max_by_key(|(_, n)| *n)?;
         (n >= LATE_SEGMENT_MIN && n as f64 >= LATE_SEGMENT_SHARE * total as f64).then(|| {
             (
                 seg,
@@ -811,7 +849,16 @@ impl Outcomes {
     }
 
     fn record_lag(&self, o: &Outcome, from: usize, to: usize, segment: &'static str, ms: i64) {
+        let seconds = ms.max(0) as f64 / 1000.0;
         let wf = o.info.workflow;
+        let cached = self
+            .lag_histograms
+            .borrow()
+            .key(wf, from, to, segment, &o.info.dimensions);
+        if let Some(h) = self.lag_histograms.borrow().get(cached) {
+            h.record(seconds);
+            return;
+        }
         let mut labels = vec![
             metrics::Label::new("workflow", o.info.workflow_name.to_string()),
             metrics::Label::new("from_stage", self.stage_name(wf, from)),
@@ -825,7 +872,15 @@ impl Outcomes {
             let v = if admitted { v } else { OTHER.to_string() };
             labels.push(metrics::Label::new(k, v));
         }
-        metrics::histogram!(names::LAG_SECONDS, labels).record(ms.max(0) as f64 / 1000.0);
+        if admitted {
+            self.lag_histograms
+                .borrow_mut()
+                .admit(cached, labels)
+                .record(seconds);
+        } else {
+            // Not kept: each observation is counted as an overflow by the label cap.
+            metrics::histogram!(names::LAG_SECONDS, labels).record(seconds);
+        }
     }
 }
 

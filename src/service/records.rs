@@ -10,10 +10,12 @@
 use super::{pause, resume, wall_ms, Pipeline};
 use crate::config::Role;
 use crate::correlate::Origin;
+use crate::correlate::StageEvent;
 use crate::decode::{DecodeError, Decoded, Decoder, RecordView};
 use crate::emit::emitter::{DeadLetter, Output};
 use crate::ingest::IngestContext;
 use crate::telemetry::names;
+use metrics::Counter;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 use std::collections::VecDeque;
@@ -35,6 +37,28 @@ pub struct Held {
 impl Held {
     pub fn len(&self) -> usize {
         self.records.len()
+    }
+}
+
+/// What the per-record path keeps between records so a record allocates and looks up
+/// nothing it did for the one before: counter handles by input partition, the stage
+/// event buffer.
+#[derive(Default)]
+pub struct Hot {
+    /// `synclag_records_consumed_total{topic}` by input partition id.
+    consumed: Vec<Option<Counter>>,
+    stage_events: Vec<StageEvent>,
+}
+
+impl Hot {
+    fn consumed(&mut self, pid: u32, topic: &str) -> &Counter {
+        let i = pid as usize;
+        if self.consumed.len() <= i {
+            self.consumed.resize_with(i + 1, || None);
+        }
+        self.consumed[i].get_or_insert_with(
+            || metrics::counter!(names::RECORDS_CONSUMED_TOTAL, "topic" => topic.to_string()),
+        )
     }
 }
 
@@ -71,9 +95,8 @@ impl Pipeline {
         m: &BorrowedMessage<'_>,
         consumer: &StreamConsumer<IngestContext>,
     ) {
-        metrics::counter!(names::RECORDS_CONSUMED_TOTAL, "topic" => m.topic().to_string())
-            .increment(1);
         let pid = self.offsets.id(m.topic(), m.partition());
+        self.hot.consumed(pid, m.topic()).increment(1);
         if let Some(held) = self.held.get_mut(&pid) {
             // Fetched before the pause took effect: it waits behind the held one.
             held.records.push_back(m.detach());
@@ -81,6 +104,11 @@ impl Pipeline {
         }
         let headers = header_list(m);
         let record = view(m, &headers);
+        // Formats that need no registry decode at once: no future, no timer.
+        if let Some(result) = self.decoder.decode_ready(&record) {
+            self.process(pid, &record, result);
+            return;
+        }
         match tokio::time::timeout(DECODE_WAIT, self.decoder.decode(&record)).await {
             Ok(Err(e)) if e.is_retryable() => self.hold(pid, m.detach(), consumer),
             Err(_) => self.hold(pid, m.detach(), consumer),
@@ -206,18 +234,20 @@ impl Pipeline {
             }
             Ok(d) => {
                 let batched = self.batch_observe(&d, record);
-                let events = self.rules.stage_events(
-                    &d,
+                let mut events = std::mem::take(&mut self.hot.stage_events);
+                self.rules.stage_events_into(
+                    d,
                     Origin {
                         partition_id: pid,
                         offset: record.offset,
                     },
+                    &mut events,
                 );
                 if events.is_empty() && !batched {
                     metrics::counter!(names::UNMATCHED_RECORDS_TOTAL, "topic" => record.topic.to_string())
                         .increment(1);
                 }
-                for ev in events {
+                for ev in events.drain(..) {
                     self.outcomes.note_stage(&ev);
                     let (workflow, stage) = (ev.workflow, ev.stage);
                     let at_ms = ev.ts.occurrence_ms();
@@ -226,8 +256,7 @@ impl Pipeline {
                             if let Some(at) = at_ms {
                                 self.outcomes.note_started(workflow, at);
                             }
-                            let wf = &self.topology.workflows[workflow];
-                            metrics::counter!(names::STAGE_EVENTS_TOTAL, "workflow" => wf.name.clone(), "stage" => wf.stages[0].name.clone()).increment(1);
+                            self.outcomes.count_stage(workflow, 0);
                         }
                         Ok(()) => {}
                         Err(e) => {
@@ -236,6 +265,7 @@ impl Pipeline {
                         }
                     }
                 }
+                self.hot.stage_events = events;
                 self.take_outcomes();
             }
         }

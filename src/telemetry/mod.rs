@@ -6,6 +6,7 @@
 //! severity, cause, reason, topic, partition, group, status, method). Never a
 //! correlation id.
 
+pub mod handles;
 pub mod names;
 pub mod series;
 

@@ -1,0 +1,486 @@
+//! Load command for the service path: `synclag run` and a Kafka Streams peer doing the same
+//! job, side by side on one broker and one backlog, end to end from start until every input
+//! record is consumed (committed).
+//!
+//! ```text
+//! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
+//!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT]
+//! ```
+//!
+//! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
+//! integration tests do). It produces the workload of `benches/workload` (1M order-import
+//! correlations = ~1.97M JSON records on two topics of 6 partitions, SLA warn 2 s /
+//! critical 5 s, window 60 s) once, then runs the systems alternately, each round reading
+//! the whole backlog from the start under a consumer group of its own, and prints events/s,
+//! events per CPU-second and peak RSS (min / median / max over the rounds). CPU and peak
+//! RSS come from `/proc` of the system's own process.
+//!
+//! `--peer true` builds the Kafka Streams peer (`benches/streams-peer`, Maven, into the
+//! target dir) and runs it too; without it only synclag runs, so nothing needs Maven beyond
+//! the test broker. Run by `cargo test --all-targets` (no `--bench`) it is a smoke run of
+//! 2,000 correlations, one round, that checks every record was consumed and breaches came out.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[path = "workload/mod.rs"]
+mod workload;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::process::{self, Service};
+
+/// How long one system may take for the whole backlog before the run fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+struct Args {
+    bootstrap: Option<String>,
+    correlations: u64,
+    rounds: usize,
+    partitions: i32,
+    peer: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        bootstrap: None,
+        correlations: 1_000_000,
+        rounds: 3,
+        partitions: 6,
+        peer: false,
+    };
+    if !support::bench::is_bench_run() {
+        a.correlations = 2_000;
+        a.rounds = 1;
+    }
+    for (flag, value) in support::bench::flag_pairs().map_err(anyhow::Error::msg)? {
+        match flag.as_str() {
+            "--bootstrap" => a.bootstrap = Some(value),
+            "--correlations" => a.correlations = value.parse()?,
+            "--rounds" => a.rounds = value.parse()?,
+            "--partitions" => a.partitions = value.parse()?,
+            "--peer" => a.peer = value.parse()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// One system's run over the whole backlog.
+struct Measured {
+    wall_s: f64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    breaches: i64,
+}
+
+/// Input topics and how many records they hold.
+struct Backlog {
+    created: String,
+    imported: String,
+    partitions: i32,
+    records: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let bootstrap = match &args.bootstrap {
+        Some(b) => b.clone(),
+        None => support::bootstrap(),
+    };
+    let peer = if args.peer { Some(build_peer()?) } else { None };
+    let rt = tokio::runtime::Runtime::new()?;
+    let backlog = Backlog {
+        created: support::random_name("load-orders-created"),
+        imported: support::random_name("load-odoo-outbox"),
+        partitions: args.partitions,
+        records: 0,
+    };
+    rt.block_on(async {
+        support::kafka::create_topic_on(&bootstrap, &backlog.created, args.partitions).await;
+        support::kafka::create_topic_on(&bootstrap, &backlog.imported, args.partitions).await;
+    });
+    let t0 = Instant::now();
+    let records = produce(&bootstrap, &backlog, args.correlations)?;
+    let backlog = Backlog { records, ..backlog };
+    eprintln!(
+        "produced {records} records ({} correlations) in {:.1}s",
+        args.correlations,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let mut synclag_runs = Vec::new();
+    let mut peer_runs = Vec::new();
+    for round in 1..=args.rounds {
+        let m = run_synclag(&bootstrap, &backlog, round)?;
+        report_run("synclag run", round, &backlog, &m);
+        anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
+        synclag_runs.push(m);
+        if let Some(peer) = &peer {
+            let m = run_peer(peer, &bootstrap, &backlog, round)?;
+            report_run("Kafka Streams peer", round, &backlog, &m);
+            anyhow::ensure!(m.breaches > 0, "the Streams peer raised no breach events");
+            peer_runs.push(m);
+        }
+    }
+    println!();
+    println!(
+        "{} input records ({} correlations, {} partitions per topic), {} round(s), {} cores",
+        backlog.records,
+        args.correlations,
+        args.partitions,
+        args.rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("| system | events/s (min / median / max) | events per CPU-second (min / median / max) | peak RSS MiB (min / median / max) |");
+    println!("|---|---|---|---|");
+    print_row("synclag run", &backlog, &synclag_runs);
+    if peer.is_some() {
+        print_row(
+            "Kafka Streams 4.1 left join (1 stream thread, RocksDB changelogged)",
+            &backlog,
+            &peer_runs,
+        );
+    }
+    Ok(())
+}
+
+fn report_run(system: &str, round: usize, backlog: &Backlog, m: &Measured) {
+    eprintln!(
+        "round {round}: {system}: {:.1}s wall, {:.1} CPU-s, {:.0} events/s, {:.0} events/CPU-s, peak RSS {:.0} MiB, {} breach records",
+        m.wall_s,
+        m.cpu_s,
+        backlog.records as f64 / m.wall_s,
+        backlog.records as f64 / m.cpu_s,
+        m.peak_rss_mib,
+        m.breaches
+    );
+}
+
+fn print_row(system: &str, backlog: &Backlog, runs: &[Measured]) {
+    let n = backlog.records as f64;
+    let stats = |mut v: Vec<f64>| -> (f64, f64, f64) {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    let rate = stats(runs.iter().map(|m| n / m.wall_s).collect());
+    let per_cpu = stats(runs.iter().map(|m| n / m.cpu_s).collect());
+    let rss = stats(runs.iter().map(|m| m.peak_rss_mib).collect());
+    let k = |v: f64| format!("{:.0} k", v / 1000.0);
+    println!(
+        "| {system} | {} / **{}** / {} | {} / **{}** / {} | {:.0} / **{:.0}** / {:.0} |",
+        k(rate.0),
+        k(rate.1),
+        k(rate.2),
+        k(per_cpu.0),
+        k(per_cpu.1),
+        k(per_cpu.2),
+        rss.0,
+        rss.1,
+        rss.2
+    );
+}
+
+/// Produces the workload; returns how many records were written.
+fn produce(bootstrap: &str, backlog: &Backlog, correlations: u64) -> anyhow::Result<u64> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("compression.type", "none")
+        .create()?;
+    // Times end a little before now, so the backlog is recent for retention and for the
+    // event-time tolerance, and every window has closed by the time it is read.
+    let spacing_us = 400;
+    let span_ms = i64::try_from(correlations * spacing_us / 1_000)?;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    let base = now - span_ms - 120_000;
+    let mut n = 0u64;
+    for r in workload::records(correlations, base, spacing_us) {
+        let topic = match r.side {
+            workload::Side::Created => &backlog.created,
+            workload::Side::Imported => &backlog.imported,
+        };
+        let mut record = BaseRecord::to(topic)
+            .key(r.key.as_bytes())
+            .payload(r.value.as_bytes())
+            .timestamp(r.timestamp_ms);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => anyhow::bail!("produce to {topic}: {e}"),
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    anyhow::ensure!(
+        producer.in_flight_count() == 0,
+        "{} records not delivered",
+        producer.in_flight_count()
+    );
+    Ok(n)
+}
+
+/// Committed offsets of `group` on the input topics, summed, against their ends.
+struct Progress {
+    consumer: BaseConsumer,
+    tpl: TopicPartitionList,
+}
+
+impl Progress {
+    fn new(bootstrap: &str, group: &str, backlog: &Backlog) -> anyhow::Result<Progress> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("broker.address.family", "v4")
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in [&backlog.created, &backlog.imported] {
+            for p in 0..backlog.partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        Ok(Progress { consumer, tpl })
+    }
+
+    /// Records of the backlog the group has committed past.
+    fn committed(&self) -> u64 {
+        let Ok(list) = self
+            .consumer
+            .committed_offsets(self.tpl.clone(), Duration::from_secs(5))
+        else {
+            return 0;
+        };
+        list.elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => u64::try_from(o).unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Waits until `group` has committed the whole backlog, sampling the process's CPU and
+/// peak RSS before it is stopped.
+fn measure(
+    service: &Service,
+    bootstrap: &str,
+    group: &str,
+    backlog: &Backlog,
+    breaches_topic: &str,
+) -> anyhow::Result<Measured> {
+    let started = Instant::now();
+    let progress = Progress::new(bootstrap, group, backlog)?;
+    let mut last = (0u64, Instant::now());
+    loop {
+        if let Some(status) = service.exited() {
+            anyhow::bail!(
+                "{} exited with {status}\n{}",
+                service.name(),
+                service.log_tail(40)
+            );
+        }
+        let done = progress.committed();
+        if done >= backlog.records {
+            break;
+        }
+        if done > last.0 {
+            last = (done, Instant::now());
+        }
+        // Offsets follow the window and acknowledged outputs, so commits may pause for
+        // minutes while the backlog is read; only the total run time is bounded.
+        anyhow::ensure!(
+            started.elapsed() < RUN_TIMEOUT && last.1.elapsed() < RUN_TIMEOUT / 2,
+            "{} committed {done} of {} records and stopped moving\n{}",
+            service.name(),
+            backlog.records,
+            service.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let pid = service
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("{} has no PID", service.name()))?;
+    let (cpu_s, peak_rss_mib) = usage(pid)?;
+    service.stop();
+    let breaches = topic_records(bootstrap, breaches_topic)?;
+    Ok(Measured {
+        wall_s,
+        cpu_s,
+        peak_rss_mib,
+        breaches,
+    })
+}
+
+/// (user + system CPU seconds, peak RSS MiB) of process `pid`, all its threads.
+fn usage(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // utime, stime: fields 14 and 15, in clock ticks of 1/100 s.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM for process {pid}"))?;
+    Ok((cpu, hwm_kib / 1024.0))
+}
+
+/// Records in `topic` (sum of its partitions' high watermarks); 0 if it does not exist.
+fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += high - low;
+        }
+    }
+    Ok(total)
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(support::random_name(name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+fn run_synclag(bootstrap: &str, backlog: &Backlog, round: usize) -> anyhow::Result<Measured> {
+    let dir = run_dir("load-synclag");
+    let group = support::random_name("load-synclag");
+    let outputs = support::random_name("load-out");
+    let yaml = workload::topology_yaml(
+        bootstrap,
+        &group,
+        support::free_port(),
+        &backlog.created,
+        &backlog.imported,
+        &outputs,
+    );
+    let config = dir.join("topology.yaml");
+    std::fs::write(&config, yaml)?;
+    let service = Service::spawn(
+        &format!("synclag run (round {round})"),
+        Path::new(env!("CARGO_BIN_EXE_synclag")),
+        &[
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ],
+        &dir.join("synclag.log"),
+        None,
+    );
+    measure(
+        &service,
+        bootstrap,
+        &group,
+        backlog,
+        &format!("{outputs}.breaches"),
+    )
+}
+
+/// The built peer: its classpath.
+struct Peer {
+    classpath: String,
+}
+
+/// Builds the Kafka Streams peer with Maven into the target dir.
+fn build_peer() -> anyhow::Result<Peer> {
+    process::require_java("the Kafka Streams peer");
+    let pom = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/streams-peer/pom.xml");
+    let build = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("streams-peer");
+    eprintln!(
+        "building the Kafka Streams peer with Maven into {}",
+        build.display()
+    );
+    let out = Command::new("mvn")
+        .args(["-B", "-q", "-f"])
+        .arg(&pom)
+        .arg(format!("-Dpeer.build.dir={}", build.display()))
+        .args([
+            "compile",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run mvn (is Maven installed?): {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "building the Streams peer failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Peer {
+        classpath: format!(
+            "{}:{}/*",
+            build.join("classes").display(),
+            build.join("dependency").display()
+        ),
+    })
+}
+
+fn run_peer(
+    peer: &Peer,
+    bootstrap: &str,
+    backlog: &Backlog,
+    round: usize,
+) -> anyhow::Result<Measured> {
+    let dir = run_dir("load-streams-peer");
+    let app = support::random_name("load-streams-peer");
+    let breaches = format!("{app}.breaches");
+    let args: Vec<String> = vec![
+        "-cp".into(),
+        peer.classpath.clone(),
+        "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn".into(),
+        "synclag.peer.StreamsPeer".into(),
+        bootstrap.into(),
+        app.clone(),
+        backlog.created.clone(),
+        backlog.imported.clone(),
+        breaches.clone(),
+        format!("{app}.lag"),
+        dir.join("state").display().to_string(),
+        workload::WARN_MS.to_string(),
+        workload::CRITICAL_MS.to_string(),
+        workload::WINDOW_MS.to_string(),
+    ];
+    let service = Service::spawn(
+        &format!("Kafka Streams peer (round {round})"),
+        &process::java_program(),
+        &args,
+        &dir.join("peer.log"),
+        Some(&dir.join("state")),
+    );
+    measure(&service, bootstrap, &app, backlog, &breaches)
+}
