@@ -135,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let topic = support::random_name("state-restore");
     let topology = topology(&bootstrap, &topic, args.partitions)?;
-    DurableState::new(&topology).create_topic(&topology).await?;
+    DurableState::new(&topology)
+        .create_topic(&topology, &Default::default())
+        .await?;
 
     let t0 = Instant::now();
     let producer: FutureProducer = ClientConfig::new()

@@ -317,6 +317,63 @@ impl rdkafka::ClientContext for QuietContext {
 
 impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
+/// Client context of synclag's helper clients that talk to the input cluster before the
+/// consumer does (e.g. the durable state's admin client at start): their errors reach
+/// `/readyz` like the consumer's (refused credentials, brokers down).
+pub struct HealthContext(pub InputHealth);
+
+impl rdkafka::consumer::ConsumerContext for HealthContext {}
+
+/// While alive, a client of the input cluster that only listens: its errors (refused
+/// credentials, brokers down) reach `/readyz` before the input consumer runs (e.g. while
+/// the durable state is restored at start). Dropping it stops it.
+pub struct ErrorWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ErrorWatch {
+    pub fn start(topology: &Topology, health: InputHealth) -> ErrorWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cfg = crate::config::kafka::admin_config(topology);
+        let flag = stop.clone();
+        let started = std::thread::Builder::new()
+            .name("kafka-error-watch".into())
+            .spawn(move || {
+                let client: BaseConsumer<HealthContext> = match cfg
+                    .create_with_context(HealthContext(health))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the cluster's errors at start");
+                        return;
+                    }
+                };
+                // Error events are served by poll; asking for metadata makes it connect.
+                let _ = client.fetch_metadata(None, std::time::Duration::from_millis(100));
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client.poll(std::time::Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot watch the cluster's errors at start");
+        }
+        ErrorWatch { stop }
+    }
+}
+
+impl Drop for ErrorWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl rdkafka::ClientContext for HealthContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "Kafka side client error");
+        self.0.on_client_error_because(&error, reason);
+    }
+}
+
 /// Starts the metadata probe (see the module docs); it stops with `shutdown`.
 pub fn spawn_probe(topology: &Topology, health: InputHealth, shutdown: CancellationToken) {
     let mut topics: Vec<String> = topology.streams.iter().map(|s| s.topic.clone()).collect();

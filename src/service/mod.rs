@@ -61,8 +61,6 @@ pub enum RunError {
     Metrics(String),
     #[error("masking: environment variable `{0}` (masking.key_env) is not set")]
     MaskKey(String),
-    #[error(transparent)]
-    State(#[from] state::StateError),
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -167,18 +165,39 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     let signal_kinds = SignalKinds::new(&topology);
     series::preregister(&topology, &signal_kinds);
     let mut outcomes = Outcomes::new(topology.clone(), masker);
-    // State first, input after: nothing may be processed on a partial state.
+    // Kafka's reachability (and refused credentials) shows in /readyz from here on.
+    crate::ingest::health::spawn_probe(&topology, api.ready.inputs.clone(), shutdown.clone());
+    // State first, input after: nothing may be processed on a partial state. A cluster
+    // that cannot be reached (or refuses the credentials) is retried, never given up:
+    // /readyz says why meanwhile.
     let durable = if topology.store.durable {
         let mut state = state::DurableState::new(&topology);
-        state.create_topic(&topology).await?;
-        tokio::task::block_in_place(|| {
-            state.restore(
-                &topology,
-                &mut engine,
-                &mut |w, id| outcomes.restore_open_breach(w, id),
-                wall_ms(),
-            )
-        })?;
+        let _errors = crate::ingest::health::ErrorWatch::start(&topology, api.ready.inputs.clone());
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let attempt = match state.create_topic(&topology, &api.ready.inputs).await {
+                Ok(()) => tokio::task::block_in_place(|| {
+                    state.restore(
+                        &topology,
+                        &mut engine,
+                        &mut |w, id| outcomes.restore_open_breach(w, id),
+                        wall_ms(),
+                    )
+                }),
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "durable state not restored; input is not read until it is");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
         outcomes.track_ended();
         Some(state)
     } else {
@@ -189,7 +208,6 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         health: api.ready.inputs.clone(),
         ..Shared::default()
     });
-    crate::ingest::health::spawn_probe(&topology, api.ready.inputs.clone(), shutdown.clone());
     // synclag's defaults, then the user's kafka.properties, then what correctness needs
     // (config::kafka has the table).
     let mut cfg = crate::config::kafka::consumer_config(&topology);

@@ -30,11 +30,10 @@ use crate::correlate::durable::{self, FinishedImage, Image, PendingImage};
 use crate::correlate::{CorrelationId, Engine};
 use crate::emit::emitter::{Emitter, Output, StateBatch};
 use crate::ingest::commit::CommitGate;
-use crate::ingest::health::QuietContext;
+use crate::ingest::health::{HealthContext, InputHealth, QuietContext};
 use crate::ingest::Tp;
 use crate::telemetry::names;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -115,14 +114,19 @@ impl DurableState {
         &self.topic
     }
 
-    /// Creates the changelog topic (compacted) unless it exists.
-    pub async fn create_topic(&self, topology: &Topology) -> Result<(), StateError> {
+    /// Creates the changelog topic (compacted) unless it exists. The cluster's errors
+    /// (refused credentials, brokers down) are reported to `health`.
+    pub async fn create_topic(
+        &self,
+        topology: &Topology,
+        health: &InputHealth,
+    ) -> Result<(), StateError> {
         let err = |why: String| StateError::Topic {
             topic: self.topic.to_string(),
             why,
         };
-        let admin: AdminClient<DefaultClientContext> = crate::config::kafka::admin_config(topology)
-            .create()
+        let admin: AdminClient<HealthContext> = crate::config::kafka::admin_config(topology)
+            .create_with_context(HealthContext(health.clone()))
             .map_err(|e| err(e.to_string()))?;
         // An existing topic is used as it is (creating it may need rights the service
         // does not have); a missing one is created. Asked with a consumer that may not
