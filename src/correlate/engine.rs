@@ -444,18 +444,7 @@ impl Engine {
         self.counters.processed += 1;
         let w = ev.workflow as u16;
         let hash = self.hash_key(w, ev.correlation_id.as_bytes());
-        let found = {
-            let slab = &self.slab;
-            let id = ev.correlation_id.as_bytes();
-            self.index
-                .find(hash, |&s| {
-                    slab.get(s as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|e| e.workflow == w && &*e.id == id)
-                })
-                .copied()
-        };
-        if let Some(slot) = found {
+        if let Some(slot) = self.find_slot(hash, w, ev.correlation_id.as_bytes()) {
             self.hot = Some((slot, hash));
             self.on_existing(slot, ev, at, out);
             self.hot = None;
@@ -512,6 +501,18 @@ impl Engine {
             self.fire_tiers(slot, t, out);
         }
         self.expire_if_due(slot, t, out);
+    }
+
+    /// Slot of the pending entry `(w, id)` hashed to `hash`.
+    fn find_slot(&self, hash: u64, w: u16, id: &[u8]) -> Option<u32> {
+        let slab = &self.slab;
+        self.index
+            .find(hash, |&s| {
+                slab.get(s as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|e| e.workflow == w && &*e.id == id)
+            })
+            .copied()
     }
 
     /// Stores a new entry under `hash`: slab, index, lane and age bucket.

@@ -242,17 +242,7 @@ impl Engine {
 
     /// Drops a pending entry without any outcome (a newer image replaces it).
     fn forget_pending(&mut self, hash: u64, w: u16, id: &[u8]) {
-        let found = {
-            let slab = &self.slab;
-            self.index
-                .find(hash, |&s| {
-                    slab.get(s as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|e| e.workflow == w && &*e.id == id)
-                })
-                .copied()
-        };
-        let Some(slot) = found else {
+        let Some(slot) = self.find_slot(hash, w, id) else {
             return;
         };
         self.delist(slot);
