@@ -276,7 +276,7 @@ pub const SETTINGS: &[Setting] = &[
 ];
 
 /// Properties that other configuration keys decide.
-pub const MANAGED: &[&str] = &["bootstrap.servers", "group.id"];
+pub const MANAGED: &[&str] = &["bootstrap.servers", "group.id", "transactional.id"];
 
 /// The settings of one kind of client.
 pub fn settings(client: Client) -> impl Iterator<Item = &'static Setting> {
@@ -316,13 +316,34 @@ pub fn consumer_config(topology: &Topology) -> ClientConfig {
 }
 
 /// The producer of every output topic.
+///
+/// With `store.exactly_once` it is transactional: its `transactional.id` is
+/// `service.instance_id` (stable across restarts, so a restarted instance fences the
+/// transactions its previous process left open), and a record may wait for the broker
+/// as long as a transaction may stay open (`transaction.timeout.ms`, librdkafka's limit
+/// for transactional producers), not forever: a transaction that outlives it is aborted
+/// and written again (see `emit::emitter`).
 pub fn producer_config(topology: &Topology) -> ClientConfig {
-    client_config(
+    let mut cfg = client_config(
         Client::Output,
         &topology.kafka.bootstrap_servers,
         &topology.kafka.properties,
-    )
+    );
+    if topology.store.exactly_once {
+        cfg.set("transactional.id", &topology.service.instance_id);
+        let props = &topology.kafka.properties;
+        if !props.contains_key("message.timeout.ms") {
+            let txn = props
+                .get("transaction.timeout.ms")
+                .map_or(TRANSACTION_TIMEOUT_MS, String::as_str);
+            cfg.set("message.timeout.ms", txn);
+        }
+    }
+    cfg
 }
+
+/// librdkafka's default `transaction.timeout.ms`.
+const TRANSACTION_TIMEOUT_MS: &str = "60000";
 
 /// A group-less client for metadata, group lists and committed offsets.
 pub fn admin_config(topology: &Topology) -> ClientConfig {
@@ -358,7 +379,7 @@ pub fn conflicts(properties: &BTreeMap<String, String>) -> Vec<(String, String)>
         if MANAGED.contains(&key.as_str()) {
             out.push((
                 key.clone(),
-                "is managed by synclag; set `service.group_id` / `kafka.bootstrap_servers` instead"
+                "is managed by synclag; set `service.group_id` / `kafka.bootstrap_servers` / `service.instance_id` instead"
                     .to_string(),
             ));
             continue;

@@ -332,6 +332,9 @@ pub struct Store {
     pub changelog_partitions: i32,
     /// Replication factor when synclag creates it; `None`: the broker's default.
     pub changelog_replication: Option<i32>,
+    /// Outputs, changelog records and input offsets are written in Kafka transactions
+    /// (see `emit::emitter`): a `read_committed` reader sees each output once.
+    pub exactly_once: bool,
 }
 
 impl Topology {

@@ -214,6 +214,9 @@ pub struct RawStore {
     /// Replication factor of the changelog topic when synclag creates it (default: the
     /// broker's `default.replication.factor`).
     pub changelog_replication: Option<u64>,
+    /// Outputs, state and input offsets committed together in Kafka transactions
+    /// (default: whenever the state is durable).
+    pub exactly_once: Option<bool>,
 }
 pub const STORE_KEYS: &[&str] = &[
     "max_pending",
@@ -224,6 +227,7 @@ pub const STORE_KEYS: &[&str] = &[
     "changelog_topic",
     "changelog_partitions",
     "changelog_replication",
+    "exactly_once",
 ];
 
 /// One entry of `streams:`.

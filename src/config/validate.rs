@@ -896,6 +896,14 @@ fn store_section(ctx: &mut Ctx, store: RawStore) -> Store {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         }
     };
+    let durable = store.durable.unwrap_or(true);
+    let exactly_once = store.exactly_once.unwrap_or(durable);
+    if exactly_once && !durable {
+        ctx.push(
+            "store.exactly_once",
+            "is true while `store.durable` is false: exactly-once outputs commit the durable state in the same transaction; set `store.durable: true` or `store.exactly_once: false`",
+        );
+    }
     Store {
         max_pending: positive(ctx, "store.max_pending", store.max_pending, 1_000_000),
         dimension_value_cap: positive(
@@ -911,7 +919,8 @@ fn store_section(ctx: &mut Ctx, store: RawStore) -> Store {
             store.recent_finished,
             crate::correlate::spec::DEFAULT_RECENT_TERMINAL_CAP,
         ),
-        durable: store.durable.unwrap_or(true),
+        durable,
+        exactly_once,
         changelog_topic: store.changelog_topic.inspect(|t| {
             check_topic(ctx, "store.changelog_topic", t);
         }),

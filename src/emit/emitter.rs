@@ -13,7 +13,7 @@
 //!   Input offsets are committed only behind it (see `ingest::commit`).
 
 use super::events::{BreachEvent, IncidentEvent, LagSummary};
-use super::producer::{Acknowledgement, EmitError, Outputs};
+use super::producer::{Acknowledgement, EmitError, Outputs, TxnFailure};
 use crate::decode::RecordView;
 use crate::telemetry::names;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -71,6 +71,26 @@ pub enum Output {
     State(StateBatch),
     /// A batch run event or batch state record (see `batch::glue`).
     Batch(crate::batch::glue::BatchOutput),
+    /// With transactions (`store.exactly_once`): commit every output submitted before
+    /// this one, with these input offsets, in one transaction.
+    Commit(Box<Commit>),
+}
+
+/// The end of a transaction: the input offsets it commits and the consumer group they
+/// belong to (none: the transaction commits outputs only).
+#[derive(Clone)]
+pub struct Commit {
+    pub offsets: Vec<(crate::ingest::Tp, i64)>,
+    pub group: Option<Arc<rdkafka::consumer::ConsumerGroupMetadata>>,
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("offsets", &self.offsets)
+            .field("group", &self.group.is_some())
+            .finish()
+    }
 }
 
 /// Records for the changelog topic, written in order.
@@ -90,6 +110,7 @@ impl Output {
             Output::Lag(_) => &topics.lag_topic,
             Output::Incident(_) => &topics.incidents_topic,
             Output::State(b) => &b.topic,
+            Output::Commit(_) => "",
         }
     }
 }
@@ -109,21 +130,39 @@ pub struct Emitter {
     next_seq: u64,
     acked: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
+    fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Emitter {
-    /// Starts the emitter task writing through `outputs`.
-    pub fn start(outputs: Arc<Outputs>, topics: &crate::config::Outputs) -> Emitter {
+    /// Starts the emitter task writing through `outputs`; `transactional`: in Kafka
+    /// transactions ended by [`Output::Commit`] (the producer has a `transactional.id`).
+    pub fn start(
+        outputs: Arc<Outputs>,
+        topics: &crate::config::Outputs,
+        transactional: bool,
+    ) -> Emitter {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let acked = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(outputs, topics.clone(), rx, acked.clone()));
+        let fatal = Arc::new(std::sync::OnceLock::new());
+        let txn = transactional.then(|| Txn {
+            fatal: fatal.clone(),
+            ..Txn::default()
+        });
+        let task = tokio::spawn(run(outputs, topics.clone(), rx, acked.clone(), txn));
         Emitter {
             tx: Some(tx),
             overflow: VecDeque::new(),
             next_seq: 0,
             acked,
             task: Some(task),
+            fatal,
         }
+    }
+
+    /// Why outputs can no longer be written, once that is so (the transactional producer
+    /// was fenced: another process runs with this instance's id).
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
     }
 
     /// Hands `output` over without waiting; returns its sequence number (from 1).
@@ -248,18 +287,86 @@ impl Acks {
     }
 }
 
+/// The transaction in progress (`store.exactly_once`).
+#[derive(Default)]
+struct Txn {
+    /// `init_transactions` succeeded.
+    ready: bool,
+    /// A transaction is begun.
+    open: bool,
+    /// Outputs delivered in the open transaction, kept until it commits: an aborted
+    /// transaction is written again from them.
+    log: Vec<(u64, Output)>,
+    /// Why the open transaction cannot commit.
+    doomed: Option<String>,
+    /// The commit asked for, waiting for the deliveries before it.
+    commit: Option<(u64, Commit)>,
+    fatal: Arc<std::sync::OnceLock<String>>,
+}
+
+/// How long one call to the transaction coordinator may take before it is retried.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Txn {
+    /// Calls `op` until it succeeds, retrying transient failures with backoff. `Err`:
+    /// the transaction must be aborted (`Abort`) or the producer cannot go on (`Fatal`,
+    /// also recorded).
+    async fn call<F>(&self, what: &str, op: F) -> Result<(), TxnFailure>
+    where
+        F: Fn() -> Result<(), TxnFailure>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match tokio::task::block_in_place(&op) {
+                Ok(()) => return Ok(()),
+                Err(TxnFailure::Retry(why)) => {
+                    tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "output transaction: {what} not done yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(TxnFailure::Fatal(why)) => {
+                    tracing::error!(error = %why, "output transaction: {what} failed for good; no output is written from here on and the service stops (another process may run with this service.instance_id)");
+                    let _ = self.fatal.set(format!("output transaction: {what}: {why}"));
+                    return Err(TxnFailure::Fatal(why));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes sure a transaction is open before anything is produced.
+    async fn ensure_open(&mut self, outputs: &Outputs) -> Result<(), TxnFailure> {
+        if !self.ready {
+            self.call("registering the transactional id", || {
+                outputs.txn_init(TXN_CALL_TIMEOUT)
+            })
+            .await?;
+            self.ready = true;
+        }
+        if !self.open {
+            self.call("beginning a transaction", || outputs.txn_begin())
+                .await?;
+            self.open = true;
+        }
+        Ok(())
+    }
+}
+
+type InFlight = FuturesUnordered<Delivery>;
+
 async fn run(
     outputs: Arc<Outputs>,
     topics: crate::config::Outputs,
     mut rx: mpsc::Receiver<(u64, Output)>,
     acked: Arc<AtomicU64>,
+    mut txn: Option<Txn>,
 ) {
     let mut acks = Acks {
         outstanding: BTreeSet::new(),
         highest_seen: 0,
         published: acked,
     };
-    let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    let mut in_flight: InFlight = FuturesUnordered::new();
     let mut open = true;
     enum Step {
         New(u64, Output),
@@ -268,9 +375,33 @@ async fn run(
     }
     let mut failures = 0u64;
     let mut last_report: Option<Instant> = None;
-    while open || !in_flight.is_empty() {
+    loop {
+        if let Some(t) = &mut txn {
+            if t.fatal.get().is_some() {
+                return;
+            }
+            if t.commit.is_some() && in_flight.is_empty() {
+                finish_transaction(t, &outputs, &topics, &mut acks).await;
+                continue;
+            }
+            if !open && in_flight.is_empty() {
+                // Outputs after the last commit request have no state or offsets with
+                // them: aborted, they are raised again after the restart.
+                if t.open {
+                    let _ = t
+                        .call("aborting the last transaction", || {
+                            outputs.txn_abort(TXN_CALL_TIMEOUT)
+                        })
+                        .await;
+                }
+                return;
+            }
+        } else if !open && in_flight.is_empty() {
+            return;
+        }
+        let waiting_commit = txn.as_ref().is_some_and(|t| t.commit.is_some());
         let step = tokio::select! {
-            item = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match item {
+            item = rx.recv(), if open && !waiting_commit && in_flight.len() < MAX_IN_FLIGHT => match item {
                 Some((seq, output)) => Step::New(seq, output),
                 None => Step::Closed,
             },
@@ -278,36 +409,183 @@ async fn run(
                 Step::Done(seq, result, output)
             }
         };
-        match step {
-            Step::New(seq, output) => {
+        match (step, &mut txn) {
+            (Step::Closed, _) => open = false,
+            (Step::New(seq, Output::Commit(c)), Some(t)) => t.commit = Some((seq, *c)),
+            // Without transactions offsets are committed by the consumer.
+            (Step::New(seq, Output::Commit(_)), None) => {
                 acks.started(seq);
-                let delivery = start(&outputs, &topics, seq, output).await;
-                in_flight.push(delivery);
+                acks.done(seq);
             }
-            Step::Closed => open = false,
-            Step::Done(seq, Ok(()), _) => acks.done(seq),
-            Step::Done(seq, Err(e), output) => {
-                let topic = output.topic(&topics).to_string();
-                metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone())
-                    .increment(1);
-                failures += 1;
-                // One line per period, not one per record: an outage fails every output.
-                if last_report.is_none_or(|t: Instant| t.elapsed() >= REPORT_EVERY) {
-                    tracing::error!(error = %e, topic, failures, "outputs not delivered; retrying (input offsets stay behind them)");
-                    last_report = Some(Instant::now());
-                    failures = 0;
+            (Step::New(seq, output), Some(t)) => {
+                if t.doomed.is_none() {
+                    if let Err(e) = t.ensure_open(&outputs).await {
+                        t.doomed = Some(e.to_string());
+                    }
                 }
+                if t.doomed.is_some() {
+                    // Written again once the transaction is aborted.
+                    t.log.push((seq, output));
+                } else {
+                    {
+                        let delivery = start(&outputs, &topics, seq, output).await;
+                        in_flight.push(delivery);
+                    }
+                }
+            }
+            (Step::New(seq, output), None) => {
+                acks.started(seq);
+                {
+                    let delivery = start(&outputs, &topics, seq, output).await;
+                    in_flight.push(delivery);
+                }
+            }
+            (Step::Done(seq, result, output), Some(t)) => {
+                if let Err(e) = result {
+                    count_failure(&topics, &output, &e, &mut failures, &mut last_report);
+                    t.doomed.get_or_insert_with(|| e.to_string());
+                }
+                t.log.push((seq, output));
+            }
+            (Step::Done(seq, Ok(()), _), None) => acks.done(seq),
+            (Step::Done(seq, Err(e), output), None) => {
+                count_failure(&topics, &output, &e, &mut failures, &mut last_report);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let delivery = start(&outputs, &topics, seq, output).await;
-                in_flight.push(delivery);
+                {
+                    let delivery = start(&outputs, &topics, seq, output).await;
+                    in_flight.push(delivery);
+                }
             }
         }
     }
 }
 
-/// Queues one event with `queue`, retrying with backoff while it cannot be queued (an
-/// encoder waiting for the registry), so later outputs wait behind it in order.
-async fn queue_retrying<F, Fut>(topic: &str, what: &str, queue: F) -> Acknowledgement
+/// Counts a failed output; logs one line per period, not one per record (an outage
+/// fails every output).
+fn count_failure(
+    topics: &crate::config::Outputs,
+    output: &Output,
+    e: &EmitError,
+    failures: &mut u64,
+    last_report: &mut Option<Instant>,
+) {
+    let topic = output.topic(topics).to_string();
+    metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone()).increment(1);
+    *failures += 1;
+    if last_report.is_none_or(|t: Instant| t.elapsed() >= REPORT_EVERY) {
+        tracing::error!(error = %e, topic, failures = *failures, "outputs not delivered; retrying (input offsets stay behind them)");
+        *last_report = Some(Instant::now());
+        *failures = 0;
+    }
+}
+
+/// Commits the open transaction with the requested offsets once every output before the
+/// request is delivered. A transaction that cannot commit is aborted and its outputs are
+/// written again in a new one (in their order), until one commits: a `read_committed`
+/// reader sees each output once. Offsets of an aborted transaction are left to the next
+/// commit (the consumer group may have moved on meanwhile); they only ever move forward.
+async fn finish_transaction(
+    t: &mut Txn,
+    outputs: &Arc<Outputs>,
+    topics: &crate::config::Outputs,
+    acks: &mut Acks,
+) {
+    let Some((seq, mut commit)) = t.commit.take() else {
+        return;
+    };
+    let mut failures = 0u64;
+    let mut last_report = None;
+    loop {
+        if t.doomed.is_none() {
+            let began = Instant::now();
+            let result = match t.ensure_open(outputs).await {
+                Ok(()) => {
+                    let group = commit.group.as_deref();
+                    let offsets = &commit.offsets;
+                    t.call("committing", || {
+                        outputs.txn_commit(offsets, group, TXN_CALL_TIMEOUT)
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    metrics::histogram!(names::OUTPUT_TRANSACTION_COMMIT_SECONDS)
+                        .record(began.elapsed().as_secs_f64());
+                    metrics::counter!(names::OUTPUT_TRANSACTIONS_TOTAL, "result" => "committed")
+                        .increment(1);
+                    t.open = false;
+                    t.log.clear();
+                    acks.published.fetch_max(seq, Ordering::AcqRel);
+                    return;
+                }
+                Err(TxnFailure::Fatal(_)) => return,
+                Err(e) => {
+                    t.doomed = Some(e.to_string());
+                }
+            }
+        }
+        // Abort, then write the same outputs again in a new transaction.
+        let why = t.doomed.take().unwrap_or_default();
+        if t.open {
+            match t
+                .call("aborting", || outputs.txn_abort(TXN_CALL_TIMEOUT))
+                .await
+            {
+                Ok(()) => {}
+                Err(TxnFailure::Fatal(_)) => return,
+                Err(e) => {
+                    // Not abortable either: the producer state is broken.
+                    let _ = t.fatal.set(format!("output transaction: aborting: {e}"));
+                    tracing::error!(error = %e, "output transaction cannot be aborted; the service stops");
+                    return;
+                }
+            }
+            t.open = false;
+        }
+        metrics::counter!(names::OUTPUT_TRANSACTIONS_TOTAL, "result" => "aborted").increment(1);
+        tracing::warn!(error = %why, outputs = t.log.len(), "output transaction aborted; writing its outputs again");
+        commit.offsets.clear();
+        if let Err(e) = t.ensure_open(outputs).await {
+            if matches!(e, TxnFailure::Fatal(_)) {
+                return;
+            }
+            t.doomed = Some(e.to_string());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut again = std::mem::take(&mut t.log);
+        again.sort_by_key(|(seq, _)| *seq);
+        let mut in_flight: InFlight = FuturesUnordered::new();
+        for (seq, output) in again {
+            {
+                let delivery = start(outputs, topics, seq, output).await;
+                in_flight.push(delivery);
+            }
+        }
+        while let Some((seq, result, output)) = in_flight.next().await {
+            if let Err(e) = result {
+                count_failure(topics, &output, &e, &mut failures, &mut last_report);
+                t.doomed.get_or_insert_with(|| e.to_string());
+            }
+            t.log.push((seq, output));
+        }
+        if t.doomed.is_some() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Queues one event with `queue`, retrying with backoff while it cannot be encoded (an
+/// encoder waiting for the registry), so later outputs wait behind it in order. A record
+/// the producer refuses is a failed delivery (retried by the caller; in a transaction,
+/// the producer refuses everything until the transaction is aborted).
+async fn queue_retrying<F, Fut>(
+    topic: &str,
+    what: &str,
+    queue: F,
+) -> Result<Acknowledgement, EmitError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Acknowledgement, EmitError>>,
@@ -315,7 +593,8 @@ where
     let mut backoff = Duration::from_millis(100);
     loop {
         match queue().await {
-            Ok(delivery) => return delivery,
+            Ok(delivery) => return Ok(delivery),
+            Err(e @ EmitError::Delivery { .. }) => return Err(e),
             Err(e) => {
                 metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.to_string())
                     .increment(1);
@@ -324,6 +603,14 @@ where
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
+    }
+}
+
+/// Awaits a queued record's acknowledgement, or passes on why it was not queued.
+async fn acknowledged(queued: Result<Acknowledgement, EmitError>) -> Result<(), EmitError> {
+    match queued {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
     }
 }
 
@@ -344,7 +631,7 @@ async fn start(
             })
             .await;
             let out = Output::Breach(ev);
-            Box::pin(async move { (seq, delivery.await, out) })
+            Box::pin(async move { (seq, acknowledged(delivery).await, out) })
         }
         Output::Incident(ev) => {
             let delivery = queue_retrying(incidents_topic, "incident event", || {
@@ -352,14 +639,14 @@ async fn start(
             })
             .await;
             let out = Output::Incident(ev);
-            Box::pin(async move { (seq, delivery.await, out) })
+            Box::pin(async move { (seq, acknowledged(delivery).await, out) })
         }
         Output::Batch(out) => {
             let topic = out_topic(&out, topics);
             let delivery =
                 queue_retrying(&topic, "batch output", || outputs.enqueue_batch(&out)).await;
             let out = Output::Batch(out);
-            Box::pin(async move { (seq, delivery.await, out) })
+            Box::pin(async move { (seq, acknowledged(delivery).await, out) })
         }
         Output::DeadLetter(dl) => {
             // Queued here, in sequence order, like breach events: librdkafka keeps the order
@@ -383,10 +670,7 @@ async fn start(
                 .await;
             drop(headers);
             Box::pin(async move {
-                let result = match queued {
-                    Ok(ack) => ack.await,
-                    Err(e) => Err(e),
-                };
+                let result = acknowledged(queued).await;
                 if result.is_ok() {
                     metrics::counter!(names::DEAD_LETTERS_TOTAL, "reason" => dl.reason)
                         .increment(1);
@@ -411,6 +695,8 @@ async fn start(
             }
             batch_delivery(seq, queued, acks, Output::State(batch))
         }
+        // Handled by the run loop; nothing to write.
+        out @ Output::Commit(_) => Box::pin(async move { (seq, Ok(()), out) }),
         Output::Lag(summaries) => {
             let mut acks = Vec::with_capacity(summaries.len());
             let mut queued = Ok(());

@@ -17,8 +17,11 @@ use super::events::{
 use crate::config::Topology;
 use crate::decode::RecordView;
 use crate::telemetry::names;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::schema_registry_common::{
@@ -380,6 +383,84 @@ impl Outputs {
             rec = rec.timestamp(ts);
         }
         self.enqueue(rec).await
+    }
+}
+
+/// What a failed transaction call asks for next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnFailure {
+    /// Transient (a timeout, the coordinator moving): the same call may be made again.
+    Retry(String),
+    /// The transaction cannot commit: abort it and write its records again.
+    Abort(String),
+    /// The producer cannot go on (another process took over this `transactional.id`).
+    Fatal(String),
+}
+
+impl std::fmt::Display for TxnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxnFailure::Retry(why) => write!(f, "transient: {why}"),
+            TxnFailure::Abort(why) => write!(f, "transaction must be aborted: {why}"),
+            TxnFailure::Fatal(why) => write!(f, "fatal: {why}"),
+        }
+    }
+}
+
+fn txn_failure(e: KafkaError) -> TxnFailure {
+    match &e {
+        KafkaError::Transaction(rd) if rd.is_fatal() => TxnFailure::Fatal(e.to_string()),
+        KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxnFailure::Abort(e.to_string()),
+        KafkaError::Transaction(rd) if rd.is_retriable() => TxnFailure::Retry(e.to_string()),
+        _ => TxnFailure::Abort(e.to_string()),
+    }
+}
+
+/// Transactions of the output producer (`store.exactly_once`). Each call blocks until
+/// the transaction coordinator answers or `timeout` passes: call them off the async
+/// worker threads (`tokio::task::block_in_place`).
+impl Outputs {
+    /// Registers the `transactional.id`, fencing and aborting what an earlier process
+    /// with the same id left open.
+    pub fn txn_init(&self, timeout: Duration) -> Result<(), TxnFailure> {
+        self.producer
+            .init_transactions(timeout)
+            .map_err(txn_failure)
+    }
+
+    pub fn txn_begin(&self) -> Result<(), TxnFailure> {
+        self.producer.begin_transaction().map_err(txn_failure)
+    }
+
+    /// Adds the input offsets (if any) to the open transaction and commits it: every
+    /// record produced since [`Outputs::txn_begin`] becomes visible together with them.
+    pub fn txn_commit(
+        &self,
+        offsets: &[((String, i32), i64)],
+        group: Option<&ConsumerGroupMetadata>,
+        timeout: Duration,
+    ) -> Result<(), TxnFailure> {
+        if let (false, Some(group)) = (offsets.is_empty(), group) {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in offsets {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| TxnFailure::Abort(e.to_string()))?;
+            }
+            self.producer
+                .send_offsets_to_transaction(&tpl, group, timeout)
+                .map_err(txn_failure)?;
+        }
+        self.producer
+            .commit_transaction(timeout)
+            .map_err(txn_failure)
+    }
+
+    /// Aborts the open transaction: nothing produced in it is seen by `read_committed`
+    /// readers.
+    pub fn txn_abort(&self, timeout: Duration) -> Result<(), TxnFailure> {
+        self.producer
+            .abort_transaction(timeout)
+            .map_err(txn_failure)
     }
 }
 

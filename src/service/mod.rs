@@ -27,7 +27,7 @@ use crate::config::Topology;
 use crate::correlate::clock::{InputClock, Reading};
 use crate::correlate::{Engine, Outcome};
 use crate::decode::Decoder;
-use crate::emit::emitter::{Emitter, Output};
+use crate::emit::emitter::{Commit, Emitter, Output};
 use crate::emit::events::LagSummary;
 use crate::emit::http::ApiState;
 use crate::emit::producer::Outputs;
@@ -66,6 +66,9 @@ pub enum RunError {
 const TICK: Duration = Duration::from_millis(100);
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// With transactions: outputs after which a transaction is committed before its second
+/// is up, bounding the outputs kept in memory to write an aborted transaction again.
+const TRANSACTION_MAX_OUTPUTS: u64 = 10_000;
 
 pub(crate) use crate::decode::time::wall_ms;
 
@@ -114,6 +117,8 @@ struct Pipeline {
     batches: crate::batch::glue::BatchRuntime,
     /// Per-record path state reused across records.
     hot: Hot,
+    /// With transactions: the output sequence number the open transaction began after.
+    txn_started_at: u64,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -263,7 +268,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         signals: SignalBook::new(topology.store.max_pending.clamp(1_000, 1_000_000)),
         outcomes,
         state: durable,
-        emitter: Emitter::start(outputs.clone(), &topology.outputs),
+        emitter: Emitter::start(
+            outputs.clone(),
+            &topology.outputs,
+            topology.store.exactly_once,
+        ),
         shared: shared.clone(),
         api,
         backlogged,
@@ -286,6 +295,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         input_lag: HashMap::new(),
         batches,
         hot: Hot::default(),
+        txn_started_at: 0,
         topology: topology.clone(),
     };
 
@@ -294,6 +304,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     let mut last_publish = Instant::now();
     let mut last_lag = Instant::now();
     let mut last_summary = Instant::now();
+    let mut failed: Option<String> = None;
     loop {
         tokio::select! {
             biased;
@@ -309,8 +320,14 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                     last_publish = Instant::now();
                     p.publish();
                     p.batch_publish();
-                    p.checkpoint();
+                    p.checkpoint(&consumer);
                     p.commit(&consumer, CommitMode::Async);
+                } else if p.transaction_full() {
+                    p.checkpoint(&consumer);
+                }
+                if let Some(why) = p.emitter.fatal() {
+                    failed = Some(why.to_string());
+                    break;
                 }
                 if last_lag.elapsed() >= p.topology.service.lag_interval {
                     last_lag = Instant::now();
@@ -333,6 +350,13 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         }
     }
 
+    if let Some(why) = failed {
+        // Outputs can no longer be written: nothing is committed; the open transaction
+        // is aborted by the broker and the next start goes on from the last commit.
+        stop_prober.cancel();
+        tracing::error!(error = %why, "stopping: outputs cannot be written");
+        return Err(RunError::Kafka(why));
+    }
     // Stop fetching, emit what is still held, wait for every output, then commit.
     tracing::info!("shutting down: draining outputs, then committing offsets");
     let deadline = Instant::now() + p.topology.service.shutdown_timeout;
@@ -341,8 +365,9 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     p.release(true);
     p.publish();
     if p.state.is_some() {
-        // The last cut goes out once everything before it is acknowledged.
-        p.checkpoint();
+        // The last cut goes out once everything before it is acknowledged (with
+        // transactions: in the last transaction, with the offsets).
+        p.checkpoint(&consumer);
         p.emitter.wait_acked(p.emitter.submitted(), deadline).await;
         p.flush_state();
     }
@@ -678,21 +703,70 @@ impl Pipeline {
     }
 
     /// With durable state, cuts the engine's changes with the offsets processed so far
-    /// (see `state`): they reach the commit gate once written.
-    fn checkpoint(&mut self) {
+    /// (see `state`): they reach the commit gate once written. With transactions the cut,
+    /// every output before it and the offsets the gate lets through go in one transaction.
+    fn checkpoint(&mut self, consumer: &StreamConsumer<IngestContext>) {
+        if self.state.is_none() {
+            return;
+        }
+        if self.topology.store.exactly_once {
+            self.batch_persist();
+        }
+        let processed = self.offsets.committable(|_| None, i64::MAX);
+        let clock = self.engine.now();
+        let submitted = self.emitter.submitted();
         let Some(state) = &mut self.state else {
             return;
         };
-        let processed = self.offsets.committable(|_| None, i64::MAX);
-        let clock = self.engine.now();
         state.cut(
             &mut self.engine,
             &mut self.outcomes,
             processed,
-            self.emitter.submitted(),
+            submitted,
             clock,
         );
-        self.flush_state();
+        if !self.topology.store.exactly_once {
+            self.flush_state();
+            return;
+        }
+        // Everything submitted so far is in this transaction: the gate's barrier is met
+        // once it commits.
+        state.flush(u64::MAX, &mut self.emitter, &mut self.gate);
+        let submitted = self.emitter.submitted();
+        let offsets = self
+            .gate
+            .ready(self.outcomes.oldest_held_generation(), submitted, submitted)
+            .unwrap_or_default();
+        // All of them, not only those that moved: an aborted transaction drops its offsets.
+        let offsets: Vec<(Tp, i64)> = offsets.into_iter().collect();
+        self.note_committable(offsets.iter().cloned().collect());
+        self.emitter.submit(Output::Commit(Box::new(Commit {
+            offsets,
+            group: consumer.group_metadata().map(Arc::new),
+        })));
+        self.txn_started_at = self.emitter.submitted();
+        self.after_submit();
+    }
+
+    /// With transactions, outputs since the last commit request are many enough to end
+    /// the transaction early (they are kept in memory until it commits).
+    fn transaction_full(&self) -> bool {
+        self.topology.store.exactly_once
+            && self.emitter.submitted() - self.txn_started_at >= TRANSACTION_MAX_OUTPUTS
+    }
+
+    /// Offsets committed (or, with transactions, about to be): shown in the API and the
+    /// offset gauge.
+    fn note_committable(&mut self, committable: HashMap<Tp, i64>) {
+        for (tp, off) in &committable {
+            metrics::gauge!(names::INPUT_OFFSET, "topic" => tp.0.clone(), "partition" => tp.1.to_string()).set(*off as f64);
+        }
+        self.shared
+            .committable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(&committable);
+        self.last_committed.extend(committable);
     }
 
     /// Writes the cuts whose earlier outputs are acknowledged.
@@ -712,6 +786,10 @@ impl Pipeline {
     }
 
     fn commit(&mut self, consumer: &StreamConsumer<IngestContext>, mode: CommitMode) {
+        if self.topology.store.exactly_once {
+            // Offsets travel in the output transactions (see `checkpoint`).
+            return;
+        }
         self.batch_persist();
         if self.state.is_none() {
             // Without durable state, a restart rebuilds pending correlations from input:
@@ -733,22 +811,27 @@ impl Pipeline {
         };
         let mut tpl = TopicPartitionList::new();
         for (tp, off) in &committable {
-            metrics::gauge!(names::INPUT_OFFSET, "topic" => tp.0.clone(), "partition" => tp.1.to_string()).set(*off as f64);
             if self.last_committed.get(tp) != Some(off) || matches!(mode, CommitMode::Sync) {
                 let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(*off));
             }
         }
-        self.shared
-            .committable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone_from(&committable);
         if tpl.count() == 0 {
+            self.note_committable(committable);
             return;
         }
         match consumer.commit(&tpl, mode) {
-            Ok(()) => self.last_committed.extend(committable),
-            Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+            Ok(()) => {
+                self.note_committable(committable);
+            }
+            Err(e) => {
+                // Shown as committable all the same; committed on the next attempt.
+                self.shared
+                    .committable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone_from(&committable);
+                tracing::warn!(error = %e, "offset commit failed; will retry");
+            }
         }
     }
 

@@ -153,6 +153,16 @@ pub fn describe_all() {
         "Outcomes waiting for the engine clock to pass their time before they are emitted (non-zero while reading a backlog)."
     );
     describe_counter!(
+        OUTPUT_TRANSACTIONS_TOTAL,
+        Unit::Count,
+        "Output transactions (store.exactly_once) by result: `committed`, or `aborted` (its outputs, changelog records and offsets are written again in a new transaction)."
+    );
+    describe_histogram!(
+        OUTPUT_TRANSACTION_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time to commit one output transaction (store.exactly_once), from the commit request to the coordinator's answer."
+    );
+    describe_counter!(
         OUTPUT_ERRORS_TOTAL,
         Unit::Count,
         "Output events that could not be encoded or delivered, by topic (each is retried until acknowledged)."
@@ -472,6 +482,8 @@ pub const ENGINE_CLOCK_SECONDS: &str = "synclag_engine_clock_seconds";
 pub const GROUP_MEMBERS: &str = "synclag_group_members";
 pub const OUTPUT_RECORDS_TOTAL: &str = "synclag_output_records_total";
 pub const OUTPUT_ERRORS_TOTAL: &str = "synclag_output_errors_total";
+pub const OUTPUT_TRANSACTIONS_TOTAL: &str = "synclag_output_transactions_total";
+pub const OUTPUT_TRANSACTION_COMMIT_SECONDS: &str = "synclag_output_transaction_commit_seconds";
 pub const DEFERRED_OUTCOMES: &str = "synclag_deferred_outcomes";
 pub const OUTPUT_BACKPRESSURE_WAIT_SECONDS: &str = "synclag_output_backpressure_wait_seconds";
 pub const STAGES_AFTER_COMPLETION_TOTAL: &str = "synclag_stages_after_completion_total";
