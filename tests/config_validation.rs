@@ -450,6 +450,57 @@ fn user_kafka_properties_win_over_synclag_defaults() {
 }
 
 #[test]
+fn only_the_output_producer_is_transactional_and_its_records_wait_as_long_as_a_transaction() {
+    use synclag::config::kafka::{output_producer_config, producer_config};
+    let t = Topology::from_yaml_str("t.yaml", BASE, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        t.store.exactly_once,
+        "exactly-once is the default with durable state"
+    );
+    let out = output_producer_config(&t);
+    assert_eq!(
+        out.get("transactional.id"),
+        Some(t.service.instance_id.as_str())
+    );
+    assert_eq!(out.get("message.timeout.ms"), Some("60000"));
+    // Audit records and redriven dead letters are written outside the transactions.
+    assert_eq!(producer_config(&t).get("transactional.id"), None);
+    assert_eq!(producer_config(&t).get("message.timeout.ms"), Some("0"));
+
+    let yaml = with_properties("    transaction.timeout.ms: 10000\n");
+    let t = Topology::from_yaml_str("t.yaml", &yaml, Vec::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        output_producer_config(&t).get("message.timeout.ms"),
+        Some("10000")
+    );
+
+    let at_least_once = format!("{BASE}store: {{ exactly_once: false }}\n");
+    let t = Topology::from_yaml_str("t.yaml", &at_least_once, Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(output_producer_config(&t).get("transactional.id"), None);
+}
+
+#[test]
+fn exactly_once_without_durable_state_is_refused() {
+    expect(
+        &format!("{BASE}store: {{ durable: false, exactly_once: true }}\n"),
+        "store.exactly_once: is true while `store.durable` is false",
+    );
+    expect(
+        &with_properties("    transactional.id: mine\n"),
+        "kafka.properties.transactional.id: is managed by synclag",
+    );
+    // Without durable state, at-least-once is what remains (and the default).
+    let t = Topology::from_yaml_str(
+        "t.yaml",
+        &format!("{BASE}store: {{ durable: false }}\n"),
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!t.store.exactly_once);
+}
+
+#[test]
 fn kafka_properties_conflicting_with_required_values_are_reported() {
     expect(
         &with_properties("    enable.auto.commit: true\n"),

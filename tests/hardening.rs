@@ -490,6 +490,19 @@ workflows:
 /// given up after a delivery timeout, none is written twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaches_due_during_a_broker_outage_are_delivered_after_it() {
+    broker_outage("").await;
+}
+
+/// The same with an output transaction that outlives its timeout (10 s) in the outage:
+/// its records time out, the transaction is aborted once the broker is back, and its
+/// outputs are written again in a new one — each breach is read once, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_aborted_by_an_outage_is_written_again_once() {
+    broker_outage(", transaction.timeout.ms: 10000").await;
+}
+
+/// A 40 s broker outage while 100 warn deadlines fall; `extra` adds Kafka properties.
+async fn broker_outage(extra: &str) {
     use support::kafka::{create_topic_on, DedicatedBroker};
     let broker = std::sync::Arc::new(
         tokio::task::spawn_blocking(DedicatedBroker::start)
@@ -507,7 +520,7 @@ async fn breaches_due_during_a_broker_outage_are_delivered_after_it() {
     let config = format!(
         r#"
 service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 5s }}
-kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4{extra} }} }}
 outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
 streams:
   - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
@@ -618,11 +631,29 @@ workflows:
         );
         assert_eq!(b.probable_cause.as_deref(), Some("input_stalled"));
     }
-    let metrics = svc.get_text("/metrics").await.unwrap_or_default();
-    assert!(
-        metrics.contains("synclag_output_unacknowledged_records 0"),
-        "outputs still unacknowledged after the outage"
-    );
+    // With transactions, outputs count as acknowledged once their transaction commits
+    // (every second).
+    support::wait_until_async(
+        Duration::from_secs(15),
+        "every output acknowledged after the outage",
+        || async {
+            svc.get_text("/metrics")
+                .await
+                .unwrap_or_default()
+                .contains("synclag_output_unacknowledged_records 0")
+        },
+    )
+    .await;
+    if extra.contains("transaction.timeout.ms") {
+        let metrics = svc.get_text("/metrics").await.unwrap_or_default();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("synclag_output_transactions_total{result=\"aborted\"}")),
+            "the outage outlived a transaction, which was aborted and written again\n{}",
+            svc.log_tail()
+        );
+    }
     assert_eq!(svc.terminate().await, Some(0));
 }
 

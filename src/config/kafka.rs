@@ -315,20 +315,24 @@ pub fn consumer_config(topology: &Topology) -> ClientConfig {
     cfg
 }
 
-/// The producer of every output topic.
-///
-/// With `store.exactly_once` it is transactional: its `transactional.id` is
-/// `service.instance_id` (stable across restarts, so a restarted instance fences the
-/// transactions its previous process left open), and a record may wait for the broker
-/// as long as a transaction may stay open (`transaction.timeout.ms`, librdkafka's limit
-/// for transactional producers), not forever: a transaction that outlives it is aborted
-/// and written again (see `emit::emitter`).
+/// A producer of synclag's topics (outputs, audit records, redriven dead letters).
 pub fn producer_config(topology: &Topology) -> ClientConfig {
-    let mut cfg = client_config(
+    client_config(
         Client::Output,
         &topology.kafka.bootstrap_servers,
         &topology.kafka.properties,
-    );
+    )
+}
+
+/// The producer of the pipeline's outputs: [`producer_config`], transactional with
+/// `store.exactly_once`. Its `transactional.id` is `service.instance_id` (stable across
+/// restarts, so a restarted instance fences the transactions its previous process left
+/// open; no other client of synclag's uses it), and a record may wait for the broker as
+/// long as a transaction may stay open (`transaction.timeout.ms`, librdkafka's limit for
+/// transactional producers), not forever: a transaction that outlives it is aborted and
+/// written again (see `emit::emitter`).
+pub fn output_producer_config(topology: &Topology) -> ClientConfig {
+    let mut cfg = producer_config(topology);
     if topology.store.exactly_once {
         cfg.set("transactional.id", &topology.service.instance_id);
         let props = &topology.kafka.properties;

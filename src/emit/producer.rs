@@ -149,7 +149,7 @@ impl Outputs {
     pub fn new(topology: &Topology) -> Result<Outputs, EmitError> {
         // Defaults (never give an output up: message.timeout.ms=0), then the user's
         // properties, then idempotence (config::kafka has the table).
-        let cfg = crate::config::kafka::producer_config(topology);
+        let cfg = crate::config::kafka::output_producer_config(topology);
         let producer: FutureProducer =
             cfg.create().map_err(|e| EmitError::Client(e.to_string()))?;
         // librdkafka looks up a topic it has never produced to only at its next periodic

@@ -543,6 +543,8 @@ impl Pipeline {
         self.observe_positions(consumer, wall);
         self.advance_clock(consumer);
         self.flush_state();
+        metrics::gauge!(names::OUTPUT_UNACKED)
+            .set((self.emitter.submitted() - self.emitter.acked_through()) as f64);
         let held: usize = self.held.values().map(Held::len).sum();
         metrics::gauge!(names::INPUT_HELD_RECORDS).set(held as f64);
     }
