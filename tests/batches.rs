@@ -539,17 +539,23 @@ async fn wait_for_committed_state(topology: &Topology, run_ms: i64, records: u64
     while std::time::Instant::now() < deadline {
         let consumer: BaseConsumer = support::client_config()
             .set("group.id", support::random_name("state-reader"))
+            .set("isolation.level", "read_committed")
             .create()
             .expect("state reader");
         let (_, high) = consumer
             .fetch_watermarks(&topic, 0, Duration::from_secs(5))
             .unwrap_or((0, 0));
         if high > 0 {
+            // Written in transactions: the last offsets are commit markers, never read.
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, 0, Offset::Offset(high - 1))
+            tpl.add_partition_offset(&topic, 0, Offset::Offset((high - 8).max(0)))
                 .expect("partition");
             consumer.assign(&tpl).expect("assign");
-            if let Some(Ok(m)) = consumer.poll(Duration::from_secs(5)) {
+            let mut last = None;
+            while let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+                last = Some(m.detach());
+            }
+            if let Some(m) = last {
                 let state: synclag::batch::StateRecord =
                     serde_json::from_slice(m.payload().unwrap_or_default()).expect("state JSON");
                 if state

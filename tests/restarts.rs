@@ -8,6 +8,8 @@
 //! - no invented alert: no breach on a correlation that completed in time, no
 //!   `never_arrived` on one that completed;
 //! - one id per alert: an event raised again after a crash carries the same `breach_id`;
+//! - exact completion counts: the lag summaries count each completion once, also those
+//!   counted in an interval a crash cut short (the open interval is part of the state);
 //! - no re-delivery: outputs, state and input offsets are committed in one transaction
 //!   (`store.exactly_once`, the default), so a crash never leaves an output seen without
 //!   the state that raised it.
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use support::drill::{breached, create_drill_topics, demo_yaml, run_real_time, Watcher};
 use support::{free_port, SynclagProcess};
 use synclag::config::Topology;
-use synclag::emit::events::BreachEvent;
+use synclag::emit::events::{BreachEvent, LagSummary};
 use synclag::sim::{Expected, GroundTruth, Scenario};
 
 const SCENARIO: &str = r#"
@@ -89,6 +91,7 @@ async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
     create_drill_topics(&topology).await;
     let o = &topology.outputs;
     let breaches: Watcher<BreachEvent> = Watcher::start(&o.breaches_topic);
+    let lags: Watcher<LagSummary> = Watcher::start(&o.lag_topic);
     let svc = SynclagProcess::start(&yaml, port, "restarts");
     svc.wait_ready().await;
 
@@ -144,6 +147,7 @@ async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
         svc.log_tail()
     );
     let seen = breaches.finish().await;
+    let summaries = lags.finish().await;
 
     let truth_of: BTreeMap<Key, &GroundTruth> = truth
         .iter()
@@ -184,6 +188,25 @@ async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
     assert!(
         invented.is_empty(),
         "alerts the ground truth does not explain: {invented:#?}"
+    );
+    // Completions per workflow: end-to-end lags summarised vs correlations that complete
+    // within their window.
+    let mut counted: BTreeMap<String, i64> = BTreeMap::new();
+    for s in &summaries {
+        if s.event.segment == "end_to_end" {
+            *counted.entry(s.event.workflow.clone()).or_default() += s.event.count;
+        }
+    }
+    let mut completed: BTreeMap<String, i64> = BTreeMap::new();
+    for t in &truth {
+        if !t.cut_off && t.expected != Expected::NeverArrived {
+            *completed.entry(t.workflow.clone()).or_default() += 1;
+        }
+    }
+    eprintln!("restarts: completions counted {counted:?}, true {completed:?}");
+    assert_eq!(
+        counted, completed,
+        "each completion is counted once across restarts"
     );
     assert_eq!(
         redelivered, 0,

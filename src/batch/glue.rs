@@ -289,6 +289,11 @@ fn state_reader(topology: &Topology) -> Result<BaseConsumer, String> {
     let mut cfg = crate::config::kafka::admin_config(topology);
     cfg.set("enable.auto.commit", "false");
     cfg.set("allow.auto.create.topics", "false");
+    // Read to the end: written in transactions, the topic ends with a commit marker that
+    // is never handed out, so the end is known from the end-of-partition event (which a
+    // read_committed reader gets at the last stable offset).
+    cfg.set("enable.partition.eof", "true");
+    cfg.set("isolation.level", "read_committed");
     cfg.set(
         "group.id",
         format!("{}.batch-restore", topology.service.group_id),
@@ -374,6 +379,7 @@ fn read_state(topology: &Topology, topic: &str) -> Result<Vec<(String, Vec<u8>)>
                     out.push((key, v.to_vec()));
                 }
             }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => tracing::warn!(error = %e, "reading the batch state topic"),
             None => {}
         }

@@ -31,6 +31,7 @@ use super::outcome::Terminal;
 const VERSION: u8 = 1;
 const KIND_PENDING: u8 = 1;
 const KIND_FINISHED: u8 = 2;
+const KIND_LAG: u8 = 3;
 
 /// A non-start stage of a pending correlation (also a start read past its window end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,121 @@ impl Image {
             Image::Finished(f) => &f.correlation_id,
         }
     }
+}
+
+/// The open lag interval of one workflow: every series that recorded a lag since the
+/// last lag summary, so completions counted before a restart are summarised after it.
+/// Keyed by the workflow name alone (an empty correlation id, which no correlation has).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LagImage {
+    /// Workflow index.
+    pub workflow: usize,
+    /// When the interval opened.
+    pub interval_start_ms: i64,
+    pub series: Vec<LagSeriesImage>,
+}
+
+/// One series of a [`LagImage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LagSeriesImage {
+    pub from_stage: u8,
+    pub to_stage: u8,
+    /// Segment code (`Segment as u8`).
+    pub segment: u8,
+    /// `(dimension index, value)`.
+    pub dimensions: Vec<(usize, String)>,
+    /// The interval histogram, HDR V2.
+    pub histogram: Vec<u8>,
+}
+
+/// The changelog key of a workflow's [`LagImage`].
+pub fn encode_lag_key(workflow_name: &str) -> Vec<u8> {
+    encode_key(workflow_name, &[])
+}
+
+/// Encodes a [`LagImage`]:
+/// `version | 0x03 | i64 interval start | u16 n × (u8 from | u8 to | u8 segment | dims |
+/// u32 length | histogram)`.
+pub fn encode_lag_value(image: &LagImage, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(VERSION);
+    out.push(KIND_LAG);
+    out.extend_from_slice(&image.interval_start_ms.to_be_bytes());
+    let n = image.series.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for s in &image.series[..n] {
+        out.push(s.from_stage);
+        out.push(s.to_stage);
+        out.push(s.segment);
+        encode_dims(&s.dimensions, out);
+        let len = u32::try_from(s.histogram.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&s.histogram[..len as usize]);
+    }
+}
+
+/// A workflow's [`LagImage`] when `key` is a lag key (`None`: a correlation's key).
+pub fn decode_lag(
+    key: &[u8],
+    value: &[u8],
+    workflows: &[&str],
+) -> Option<Result<LagImage, ImageError>> {
+    let mut r = Reader { buf: key, pos: 0 };
+    let name = (|| {
+        if r.u8()? != VERSION {
+            return Ok(None);
+        }
+        let len = usize::from(r.u16()?);
+        let name = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| ImageError::Invalid("workflow name is not UTF-8".into()))?;
+        Ok(if r.pos == key.len() { Some(name) } else { None })
+    })();
+    let name = match name {
+        Ok(Some(name)) => name,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(decode_lag_value(name, value, workflows))
+}
+
+fn decode_lag_value(name: &str, value: &[u8], workflows: &[&str]) -> Result<LagImage, ImageError> {
+    let workflow = workflows
+        .iter()
+        .position(|w| *w == name)
+        .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))?;
+    let mut r = Reader { buf: value, pos: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(ImageError::Version(version));
+    }
+    let kind = r.u8()?;
+    if kind != KIND_LAG {
+        return Err(ImageError::Kind(kind));
+    }
+    let interval_start_ms = r.i64()?;
+    let n = r.u16()?;
+    let mut series = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let from_stage = r.u8()?;
+        let to_stage = r.u8()?;
+        let segment = r.u8()?;
+        let dimensions = decode_dims(&mut r)?;
+        let b = r.take(4)?;
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let histogram = r.take(len)?.to_vec();
+        series.push(LagSeriesImage {
+            from_stage,
+            to_stage,
+            segment,
+            dimensions,
+            histogram,
+        });
+    }
+    Ok(LagImage {
+        workflow,
+        interval_start_ms,
+        series,
+    })
 }
 
 /// Why an image could not be read or restored. None is retryable: the same bytes fail the
@@ -373,6 +489,42 @@ mod tests {
             }],
             dimensions: vec![(0, "DHL".into()), (1, "WH-ÄMS".into())],
         })
+    }
+
+    #[test]
+    fn lag_images_round_trip_and_are_told_from_correlation_keys() {
+        let image = LagImage {
+            workflow: 1,
+            interval_start_ms: 1_700_000_000_000,
+            series: vec![LagSeriesImage {
+                from_stage: 0,
+                to_stage: 2,
+                segment: 2,
+                dimensions: vec![(0, "DHL".into())],
+                histogram: vec![1, 2, 3, 4],
+            }],
+        };
+        let key = encode_lag_key("shipment_status");
+        let mut value = Vec::new();
+        encode_lag_value(&image, &mut value);
+        let names = ["order_import", "shipment_status"];
+        assert_eq!(decode_lag(&key, &value, &names), Some(Ok(image)));
+        // A correlation's key is not a lag key.
+        assert_eq!(
+            decode_lag(&encode_key("shipment_status", b"S-1"), &value, &names),
+            None
+        );
+        // Every truncation is an error, never a panic.
+        for cut in 0..value.len() {
+            assert!(matches!(
+                decode_lag(&key, &value[..cut], &names),
+                Some(Err(_))
+            ));
+        }
+        assert_eq!(
+            decode_lag(&encode_lag_key("gone"), &value, &names),
+            Some(Err(ImageError::UnknownWorkflow("gone".into())))
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The engine's side of durable state: listing changed entries as images, and rebuilding
 //! entries and finished keys from images (see [`crate::correlate::durable`]).
 
-use super::super::durable::{FinishedImage, Image, ImageError, PendingImage, StageImage};
+use super::super::durable::{
+    FinishedImage, Image, ImageError, LagImage, LagSeriesImage, PendingImage, StageImage,
+};
+use super::super::lag::{Segment, SeriesKey};
 use super::super::recent::RecentRec;
 use super::{Engine, Entry, Rec, FIRED_CRITICAL, FIRED_WARN, FLAG_DIRTY, FLAG_T0, NONE};
 
@@ -259,5 +262,79 @@ impl Engine {
         }
         self.free.push(slot);
         self.len -= 1;
+    }
+
+    /// The open lag interval of every workflow, when a lag was recorded or an interval
+    /// closed since the last call (else nothing): written with the other images, so a
+    /// restart summarises what was counted before it.
+    pub fn lag_images(&mut self) -> Vec<LagImage> {
+        if !self.lag.take_changed() {
+            return Vec::new();
+        }
+        let mut images: Vec<LagImage> = (0..self.wfs.len())
+            .map(|workflow| LagImage {
+                workflow,
+                interval_start_ms: self.lag_interval_start,
+                series: Vec::new(),
+            })
+            .collect();
+        for (key, histogram) in self.lag.open_intervals() {
+            let Some(image) = images.get_mut(key.workflow) else {
+                continue;
+            };
+            image.series.push(LagSeriesImage {
+                from_stage: u8::try_from(key.from_stage).unwrap_or(u8::MAX),
+                to_stage: u8::try_from(key.to_stage).unwrap_or(u8::MAX),
+                segment: key.segment as u8,
+                dimensions: self.dims.values(key.workflow, key.combo),
+                histogram,
+            });
+        }
+        images
+    }
+
+    /// Adds a workflow's restored lag interval (see [`lag_images`](Self::lag_images));
+    /// returns the series restored. Like [`restore`](Self::restore), before processing.
+    pub fn restore_lag(&mut self, image: LagImage) -> Result<usize, ImageError> {
+        if self.now != i64::MIN {
+            return Err(ImageError::ClockMoved);
+        }
+        let w = image.workflow;
+        let n_stages = self
+            .wfs
+            .get(w)
+            .ok_or_else(|| ImageError::Invalid(format!("workflow index {w} out of range")))?
+            .n_stages;
+        let dims_len = self.dims_len(w);
+        let mut restored = 0;
+        for s in image.series {
+            let segment = Segment::ALL.get(usize::from(s.segment)).copied();
+            let (Some(segment), true, true) = (
+                segment,
+                usize::from(s.from_stage) < n_stages && usize::from(s.to_stage) < n_stages,
+                s.dimensions.iter().all(|(d, _)| *d < dims_len),
+            ) else {
+                return Err(ImageError::Invalid(format!(
+                    "lag series {}→{} segment {} does not fit the workflow",
+                    s.from_stage, s.to_stage, s.segment
+                )));
+            };
+            let (combo, _) = self.dims.merge(w, 0, &s.dimensions);
+            let key = SeriesKey {
+                workflow: w,
+                from_stage: usize::from(s.from_stage),
+                to_stage: usize::from(s.to_stage),
+                segment,
+                combo,
+            };
+            self.lag
+                .restore_interval(key, &s.histogram)
+                .map_err(ImageError::Invalid)?;
+            restored += 1;
+        }
+        if image.interval_start_ms > 0 && image.interval_start_ms < self.lag_interval_start {
+            self.lag_interval_start = image.interval_start_ms;
+        }
+        Ok(restored)
     }
 }

@@ -184,6 +184,8 @@ pub(crate) struct LagStore {
     series: HashMap<u64, Series>,
     /// Serialization buffer, reused by every snapshot.
     buf: Vec<u8>,
+    /// A lag was recorded or an interval closed since [`LagStore::take_changed`].
+    changed: bool,
 }
 
 /// A fresh histogram: `new` auto-resizes, so no upper bound has to be guessed per workflow;
@@ -205,7 +207,62 @@ impl LagStore {
         Self {
             series: HashMap::new(),
             buf: Vec::new(),
+            changed: false,
         }
+    }
+
+    /// Whether a lag was recorded or an interval closed since the last call.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Every series that recorded a lag in the current interval, with the interval's
+    /// histogram (HDR V2), sorted by series key: what a restart must not lose.
+    pub(crate) fn open_intervals(&self) -> Vec<(SeriesKey, Vec<u8>)> {
+        let mut out: Vec<(SeriesKey, Vec<u8>)> = self
+            .series
+            .iter()
+            .filter(|(_, s)| !s.interval.is_empty())
+            .filter_map(|(&k, s)| {
+                let mut buf = Vec::new();
+                V2Serializer::new()
+                    .serialize(&s.interval, &mut buf)
+                    .ok()
+                    .map(|_| (SeriesKey::unpack(k), buf))
+            })
+            .collect();
+        out.sort_unstable_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Adds a restored interval histogram (from [`LagStore::open_intervals`]) to a series,
+    /// in its interval and its cumulative view.
+    pub(crate) fn restore_interval(&mut self, key: SeriesKey, bytes: &[u8]) -> Result<(), String> {
+        use hdrhistogram::serialization::Deserializer;
+        let interval: Histogram<u32> = Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| format!("lag histogram: {e:?}"))?;
+        let cumulative: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .map_err(|e| format!("lag histogram: {e:?}"))?;
+        let s = match self.series.entry(key.pack()) {
+            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(v) => match (fresh(), fresh()) {
+                (Some(interval), Some(cumulative)) => v.insert(Series {
+                    interval,
+                    cumulative,
+                }),
+                _ => return Err("cannot create a histogram".into()),
+            },
+        };
+        s.interval
+            .add(&interval)
+            .map_err(|e| format!("lag histogram: {e:?}"))?;
+        s.cumulative
+            .add(&cumulative)
+            .map_err(|e| format!("lag histogram: {e:?}"))?;
+        self.changed = true;
+        Ok(())
     }
 
     /// Records `value_ms` (clamped at 0) in the current interval; returns whether it had
@@ -224,6 +281,7 @@ impl LagStore {
         let v = value_ms.max(0) as u64;
         record_into(&mut s.interval, v, 1);
         record_into(&mut s.cumulative, v, 1);
+        self.changed = true;
         value_ms < 0
     }
 
@@ -259,6 +317,7 @@ impl LagStore {
             Err(_) => String::new(),
         };
         interval.reset();
+        self.changed = true;
         Some(Closed {
             interval: stats,
             histogram_b64,

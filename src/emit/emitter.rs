@@ -135,7 +135,8 @@ pub struct Emitter {
 
 impl Emitter {
     /// Starts the emitter task writing through `outputs`; `transactional`: in Kafka
-    /// transactions ended by [`Output::Commit`] (the producer has a `transactional.id`).
+    /// transactions ended by [`Output::Commit`] (the producer has a `transactional.id`
+    /// and [`Outputs::txn_init`] has succeeded).
     pub fn start(
         outputs: Arc<Outputs>,
         topics: &crate::config::Outputs,
@@ -290,8 +291,6 @@ impl Acks {
 /// The transaction in progress (`store.exactly_once`).
 #[derive(Default)]
 struct Txn {
-    /// `init_transactions` succeeded.
-    ready: bool,
     /// A transaction is begun.
     open: bool,
     /// Outputs delivered in the open transaction, kept until it commits: an aborted
@@ -305,7 +304,7 @@ struct Txn {
 }
 
 /// How long one call to the transaction coordinator may take before it is retried.
-const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Txn {
     /// Calls `op` until it succeeds, retrying transient failures with backoff. `Err`:
@@ -336,13 +335,6 @@ impl Txn {
 
     /// Makes sure a transaction is open before anything is produced.
     async fn ensure_open(&mut self, outputs: &Outputs) -> Result<(), TxnFailure> {
-        if !self.ready {
-            self.call("registering the transactional id", || {
-                outputs.txn_init(TXN_CALL_TIMEOUT)
-            })
-            .await?;
-            self.ready = true;
-        }
         if !self.open {
             self.call("beginning a transaction", || outputs.txn_begin())
                 .await?;

@@ -179,7 +179,27 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         let mut state = state::DurableState::new(&topology);
         let _errors = crate::ingest::health::ErrorWatch::start(&topology, api.ready.inputs.clone());
         let mut backoff = Duration::from_secs(1);
+        // With transactions, the output producer registers first: that fences an earlier
+        // process of this instance (a zombie can no longer commit behind the restore) and
+        // aborts what it left open.
+        let mut registered = !topology.store.exactly_once;
         loop {
+            if !registered {
+                match tokio::task::block_in_place(|| {
+                    outputs.txn_init(crate::emit::emitter::TXN_CALL_TIMEOUT)
+                }) {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "the output producer's transactional id is not registered; input is not read until it is");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
             let attempt = match state.create_topic(&topology, &api.ready.inputs).await {
                 Ok(()) => tokio::task::block_in_place(|| {
                     state.restore(
@@ -363,6 +383,8 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     p.pause_all(&consumer);
     p.tick(&consumer);
     p.release(true);
+    // The open lag interval ends here: summarised now, not lost with the process.
+    p.emit_lag();
     p.publish();
     if p.state.is_some() {
         // The last cut goes out once everything before it is acknowledged (with

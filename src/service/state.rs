@@ -221,6 +221,7 @@ impl DurableState {
         let mut report = Restored::default();
         let mut expired: Vec<Vec<u8>> = Vec::new();
         let mut live_markers: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut lags: std::collections::BTreeMap<usize, durable::LagImage> = Default::default();
         if !left.is_empty() {
             consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
         }
@@ -254,6 +255,19 @@ impl DurableState {
                 // A deleted finished image: nothing to restore.
                 continue;
             };
+            // A workflow's open lag interval: its latest image stands.
+            match durable::decode_lag(key, value, &names) {
+                Some(Ok(image)) => {
+                    lags.insert(image.workflow, image);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    report.rejected += 1;
+                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog lag record not restored");
+                    continue;
+                }
+                None => {}
+            }
             let image = match durable::decode(key, value, &names) {
                 Ok(i) => i,
                 Err(e) => {
@@ -289,6 +303,12 @@ impl DurableState {
                     report.rejected += 1;
                     tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog record not restored");
                 }
+            }
+        }
+        for (_, image) in lags {
+            if let Err(e) = engine.restore_lag(image) {
+                report.rejected += 1;
+                tracing::warn!(error = %e, "changelog lag record not restored");
             }
         }
         // A key's later images replace its earlier ones: count what stands.
@@ -421,6 +441,14 @@ impl DurableState {
             }
         }
         metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "deleted").increment(deleted);
+        let lags = engine.lag_images();
+        metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "lag").increment(lags.len() as u64);
+        for image in lags {
+            let key = durable::encode_lag_key(self.name(image.workflow));
+            let mut value = Vec::new();
+            durable::encode_lag_value(&image, &mut value);
+            records.push((key, Some(value)));
+        }
         self.cuts.push_back(Cut {
             after_seq: submitted,
             records,

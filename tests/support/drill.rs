@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, Timestamp, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use synclag::config::Topology;
-use synclag::emit::events::{BreachEvent, IncidentEvent};
+use synclag::emit::events::{BreachEvent, IncidentEvent, LagSummary};
 use synclag::sim::{
     self, Clock, Expected, GroundTruth, RealClock, RunOptions, Scenario, SimOptions, Simulator,
 };
@@ -65,9 +65,10 @@ pub async fn create_drill_topics(topology: &Topology) {
         super::create_topic(&s.topic, 3).await;
     }
     let o = &topology.outputs;
-    for t in [&o.lag_topic, &o.backlog_topic, &o.dead_letter_topic] {
+    for t in [&o.backlog_topic, &o.dead_letter_topic] {
         super::create_topic(t, 1).await;
     }
+    create_log_append_topic(&o.lag_topic).await;
     create_log_append_topic(&o.breaches_topic).await;
     create_log_append_topic(&o.incidents_topic).await;
 }
@@ -129,6 +130,12 @@ pub trait Keyed {
 impl Keyed for BreachEvent {
     fn record_key(&self) -> String {
         self.key()
+    }
+}
+
+impl Keyed for LagSummary {
+    fn record_key(&self) -> String {
+        self.workflow.clone()
     }
 }
 
