@@ -57,7 +57,10 @@ fn topology_on(bootstrap: &str, names: &Names, registry: bool, extra: &[(&str, &
 kafka:
   bootstrap_servers: "{bootstrap}"
   properties:
-{properties}{registry}outputs:
+{properties}{registry}store:
+  # These tests write through the producer directly, outside the service's transactions.
+  exactly_once: false
+outputs:
   breaches_topic: {breaches}
   lag_topic: {breaches}-lag
   backlog_topic: {breaches}-backlog

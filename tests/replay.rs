@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+
 use synclag::config::Topology;
 use synclag::emit::events::BreachEvent;
 
@@ -289,32 +289,21 @@ async fn finish(rig: &Rig, mut svc: SynclagProcess, label: &str) -> Outcomes {
     Outcomes { api, topic, events }
 }
 
-/// Every record of the breach topic (JSON: no registry is configured).
+/// Every committed record of the breach topic (JSON: no registry is configured).
 async fn read_breaches(topic: &str) -> Vec<BreachEvent> {
-    let probe: BaseConsumer = support::client_config().create().expect("watermark probe");
-    let (_, high) = probe
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("breach topic watermarks");
-    let consumer: StreamConsumer = support::consumer(&support::random_name("breach-reader"));
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("partition 0");
-    consumer.assign(&tpl).expect("assign the breach topic");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (out.len() as i64) < high {
-        assert!(
-            Instant::now() < deadline,
-            "read {} of {high} breach records within 30 s",
-            out.len()
-        );
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
-            let ev: BreachEvent = serde_json::from_slice(m.payload().unwrap_or_default())
-                .unwrap_or_else(|e| panic!("breach record is a JSON breach event: {e}"));
-            out.push(ev);
-        }
-    }
-    out
+    let topic = topic.to_string();
+    let records = tokio::task::spawn_blocking(move || {
+        support::topics::read_all(support::client_config(), &topic)
+    })
+    .await
+    .expect("read the breach topic");
+    records
+        .iter()
+        .map(|m| {
+            serde_json::from_slice(m.payload().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("breach record is a JSON breach event: {e}"))
+        })
+        .collect()
 }
 
 /// The checks both runs must pass on their own.
