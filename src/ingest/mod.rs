@@ -50,12 +50,17 @@ pub struct Shared {
     /// Rebalance events for the pipeline: (partition, assigned?).
     pub changes: Mutex<Vec<(Tp, bool)>>,
     pub assigned: AtomicBool,
+    /// Offsets are committed only inside output transactions (`store.exactly_once`): the
+    /// consumer never commits on its own, not even for revoked partitions — a commit
+    /// outside the transaction could move past state that never committed.
+    pub offsets_in_transactions: bool,
     /// Kafka reachability and input topic presence (fed by the callbacks below and the
     /// metadata probe, read by `/readyz`).
     pub health: health::InputHealth,
 }
 
-/// Consumer context: commits on revoke, collects statistics and assignment changes.
+/// Consumer context: commits on revoke (at least once only), collects statistics and
+/// assignment changes.
 pub struct IngestContext {
     pub shared: Arc<Shared>,
 }
@@ -98,7 +103,11 @@ impl ClientContext for IngestContext {
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let committable = lock(&self.shared.committable);
+            let committable = if self.shared.offsets_in_transactions {
+                Default::default()
+            } else {
+                lock(&self.shared.committable).clone()
+            };
             let mut out = TopicPartitionList::new();
             for e in tpl.elements() {
                 if let Some(off) = committable.get(&(e.topic().to_string(), e.partition())) {
@@ -106,7 +115,6 @@ impl ConsumerContext for IngestContext {
                         out.add_partition_offset(e.topic(), e.partition(), Offset::Offset(*off));
                 }
             }
-            drop(committable);
             if out.count() > 0 {
                 match consumer.commit(&out, rdkafka::consumer::CommitMode::Sync) {
                     Ok(()) => tracing::info!(

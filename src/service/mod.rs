@@ -231,6 +231,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
 
     let shared = Arc::new(Shared {
         health: api.ready.inputs.clone(),
+        offsets_in_transactions: topology.store.exactly_once,
         ..Shared::default()
     });
     // synclag's defaults, then the user's kafka.properties, then what correctness needs
@@ -364,6 +365,13 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 // ingest::health; librdkafka repeats them on every retry.
                 Err(e) if crate::ingest::health::is_reported_by_health(&e) => {
                     tracing::debug!(error = %e, "consumer error");
+                }
+                // The consumer cannot go on (e.g. fenced: another process joined with
+                // this instance's group.instance.id). Reading nothing while looking alive
+                // would be silence: stop with an error instead.
+                Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                    failed = Some(format!("input consumer: {e} (another process may run with this service.instance_id)"));
+                    break;
                 }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             },

@@ -123,6 +123,11 @@ impl SynclagProcess {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The exit code once the process has ended on its own (`Some(None)`: by a signal).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
     /// SIGKILL: no chance to flush or commit.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
