@@ -136,18 +136,25 @@ pub struct Emitter {
 impl Emitter {
     /// Starts the emitter task writing through `outputs`; `transactional`: in Kafka
     /// transactions ended by [`Output::Commit`] (the producer has a `transactional.id`
-    /// and [`Outputs::txn_init`] has succeeded).
+    /// and [`Outputs::txn_init`] has succeeded), with what makes a new producer when one
+    /// is fenced.
     pub fn start(
         outputs: Arc<Outputs>,
         topics: &crate::config::Outputs,
-        transactional: bool,
+        transactional: Option<ProducerFactory>,
     ) -> Emitter {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let acked = Arc::new(AtomicU64::new(0));
         let fatal = Arc::new(std::sync::OnceLock::new());
-        let txn = transactional.then(|| Txn {
+        let txn = transactional.map(|factory| Txn {
+            open: false,
+            log: Vec::new(),
+            doomed: None,
+            commit: None,
+            fenced: false,
+            renewals: VecDeque::new(),
+            factory,
             fatal: fatal.clone(),
-            ..Txn::default()
         });
         let task = tokio::spawn(run(outputs, topics.clone(), rx, acked.clone(), txn));
         Emitter {
@@ -161,7 +168,7 @@ impl Emitter {
     }
 
     /// Why outputs can no longer be written, once that is so (the transactional producer
-    /// was fenced: another process runs with this instance's id).
+    /// was fenced again and again: another process runs with this instance's id).
     pub fn fatal(&self) -> Option<&str> {
         self.fatal.get().map(String::as_str)
     }
@@ -288,8 +295,10 @@ impl Acks {
     }
 }
 
+/// Makes a new output producer (a fenced one cannot be used again).
+pub type ProducerFactory = Arc<dyn Fn() -> Result<Outputs, EmitError> + Send + Sync>;
+
 /// The transaction in progress (`store.exactly_once`).
-#[derive(Default)]
 struct Txn {
     /// A transaction is begun.
     open: bool,
@@ -300,17 +309,29 @@ struct Txn {
     doomed: Option<String>,
     /// The commit asked for, waiting for the deliveries before it.
     commit: Option<(u64, Commit)>,
+    /// The producer was fenced and must be replaced before anything else.
+    fenced: bool,
+    /// When producers were replaced lately (bounded: see [`RENEWALS_MAX`]).
+    renewals: VecDeque<Instant>,
+    factory: ProducerFactory,
     fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 /// How long one call to the transaction coordinator may take before it is retried.
 pub const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A fenced producer is replaced after this pause: a process fenced because another one
+/// runs with its `service.instance_id` has its consumer fenced too by then and stops.
+const RENEW_AFTER: Duration = Duration::from_secs(5);
+/// Producers replaced within [`RENEWALS_WINDOW`] beyond which the service stops: two
+/// processes fencing each other.
+const RENEWALS_MAX: usize = 5;
+const RENEWALS_WINDOW: Duration = Duration::from_secs(600);
 
 impl Txn {
     /// Calls `op` until it succeeds, retrying transient failures with backoff. `Err`:
-    /// the transaction must be aborted (`Abort`) or the producer cannot go on (`Fatal`,
-    /// also recorded).
-    async fn call<F>(&self, what: &str, op: F) -> Result<(), TxnFailure>
+    /// the transaction must be aborted (`Abort`) or the producer is fenced (`Fatal`; it
+    /// is marked for replacement).
+    async fn call<F>(&mut self, what: &str, op: F) -> Result<(), TxnFailure>
     where
         F: Fn() -> Result<(), TxnFailure>,
     {
@@ -324,8 +345,7 @@ impl Txn {
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
                 Err(TxnFailure::Fatal(why)) => {
-                    tracing::error!(error = %why, "output transaction: {what} failed for good; no output is written from here on and the service stops (another process may run with this service.instance_id)");
-                    let _ = self.fatal.set(format!("output transaction: {what}: {why}"));
+                    self.fenced = true;
                     return Err(TxnFailure::Fatal(why));
                 }
                 Err(e) => return Err(e),
@@ -342,12 +362,72 @@ impl Txn {
         }
         Ok(())
     }
+
+    /// Replaces a fenced producer: a new one registers the same transactional id (which
+    /// aborts what the old one left open). `false`: the service must stop.
+    async fn renew(&mut self, outputs: &mut Arc<Outputs>) -> bool {
+        let now = Instant::now();
+        while self
+            .renewals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RENEWALS_WINDOW)
+        {
+            self.renewals.pop_front();
+        }
+        if self.renewals.len() >= RENEWALS_MAX {
+            let why = format!(
+                "the output producer was fenced {} times within {} s: another process runs with this service.instance_id",
+                self.renewals.len() + 1,
+                RENEWALS_WINDOW.as_secs()
+            );
+            tracing::error!("{why}; the service stops");
+            let _ = self.fatal.set(why);
+            return false;
+        }
+        self.renewals.push_back(now);
+        tracing::error!(
+            renew_in_s = RENEW_AFTER.as_secs(),
+            "the output producer was fenced: its transaction coordinator ended the transaction (a broker outage longer than transaction.timeout.ms) or another process registered this service.instance_id; a new producer takes over and writes the open transaction again"
+        );
+        metrics::counter!(names::OUTPUT_TRANSACTIONS_TOTAL, "result" => "fenced").increment(1);
+        tokio::time::sleep(RENEW_AFTER).await;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let fresh = match (self.factory)() {
+                Ok(o) => Arc::new(o),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create a new output producer; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+            };
+            self.fenced = false;
+            match self
+                .call("registering the transactional id", || {
+                    fresh.txn_init(TXN_CALL_TIMEOUT)
+                })
+                .await
+            {
+                Ok(()) => {
+                    *outputs = fresh;
+                    self.open = false;
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the new output producer could not register; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
 }
 
 type InFlight = FuturesUnordered<Delivery>;
 
 async fn run(
-    outputs: Arc<Outputs>,
+    mut outputs: Arc<Outputs>,
     topics: crate::config::Outputs,
     mut rx: mpsc::Receiver<(u64, Output)>,
     acked: Arc<AtomicU64>,
@@ -373,16 +453,17 @@ async fn run(
                 return;
             }
             if t.commit.is_some() && in_flight.is_empty() {
-                finish_transaction(t, &outputs, &topics, &mut acks).await;
+                finish_transaction(t, &mut outputs, &topics, &mut acks).await;
                 continue;
             }
             if !open && in_flight.is_empty() {
                 // Outputs after the last commit request have no state or offsets with
                 // them: aborted, they are raised again after the restart.
-                if t.open {
+                if t.open && !t.fenced {
+                    let o = outputs.clone();
                     let _ = t
-                        .call("aborting the last transaction", || {
-                            outputs.txn_abort(TXN_CALL_TIMEOUT)
+                        .call("aborting the last transaction", move || {
+                            o.txn_abort(TXN_CALL_TIMEOUT)
                         })
                         .await;
                 }
@@ -411,7 +492,8 @@ async fn run(
             }
             (Step::New(seq, output), Some(t)) => {
                 if t.doomed.is_none() {
-                    if let Err(e) = t.ensure_open(&outputs).await {
+                    let o = outputs.clone();
+                    if let Err(e) = t.ensure_open(&o).await {
                         t.doomed = Some(e.to_string());
                     }
                 }
@@ -474,11 +556,12 @@ fn count_failure(
 /// Commits the open transaction with the requested offsets once every output before the
 /// request is delivered. A transaction that cannot commit is aborted and its outputs are
 /// written again in a new one (in their order), until one commits: a `read_committed`
-/// reader sees each output once. Offsets of an aborted transaction are left to the next
-/// commit (the consumer group may have moved on meanwhile); they only ever move forward.
+/// reader sees each output once. A fenced producer is replaced first. Offsets of an
+/// aborted transaction are left to the next commit (the consumer group may have moved on
+/// meanwhile); they only ever move forward.
 async fn finish_transaction(
     t: &mut Txn,
-    outputs: &Arc<Outputs>,
+    outputs: &mut Arc<Outputs>,
     topics: &crate::config::Outputs,
     acks: &mut Acks,
 ) {
@@ -488,14 +571,22 @@ async fn finish_transaction(
     let mut failures = 0u64;
     let mut last_report = None;
     loop {
+        if t.fenced {
+            if !t.renew(outputs).await {
+                return;
+            }
+            t.doomed
+                .get_or_insert_with(|| "the producer was replaced".into());
+        }
         if t.doomed.is_none() {
             let began = Instant::now();
             let result = match t.ensure_open(outputs).await {
                 Ok(()) => {
                     let group = commit.group.as_deref();
                     let offsets = &commit.offsets;
-                    t.call("committing", || {
-                        outputs.txn_commit(offsets, group, TXN_CALL_TIMEOUT)
+                    let o = outputs.clone();
+                    t.call("committing", move || {
+                        o.txn_commit(offsets, group, TXN_CALL_TIMEOUT)
                     })
                     .await
                 }
@@ -512,26 +603,28 @@ async fn finish_transaction(
                     acks.published.fetch_max(seq, Ordering::AcqRel);
                     return;
                 }
-                Err(TxnFailure::Fatal(_)) => return,
                 Err(e) => {
                     t.doomed = Some(e.to_string());
+                    if t.fenced {
+                        continue;
+                    }
                 }
             }
         }
         // Abort, then write the same outputs again in a new transaction.
         let why = t.doomed.take().unwrap_or_default();
         if t.open {
+            let o = outputs.clone();
             match t
-                .call("aborting", || outputs.txn_abort(TXN_CALL_TIMEOUT))
+                .call("aborting", move || o.txn_abort(TXN_CALL_TIMEOUT))
                 .await
             {
                 Ok(()) => {}
-                Err(TxnFailure::Fatal(_)) => return,
                 Err(e) => {
-                    // Not abortable either: the producer state is broken.
-                    let _ = t.fatal.set(format!("output transaction: aborting: {e}"));
-                    tracing::error!(error = %e, "output transaction cannot be aborted; the service stops");
-                    return;
+                    // Not abortable either: a new producer aborts it when it registers.
+                    t.fenced = true;
+                    t.doomed = Some(format!("{why}; aborting: {e}"));
+                    continue;
                 }
             }
             t.open = false;
@@ -540,21 +633,18 @@ async fn finish_transaction(
         tracing::warn!(error = %why, outputs = t.log.len(), "output transaction aborted; writing its outputs again");
         commit.offsets.clear();
         if let Err(e) = t.ensure_open(outputs).await {
-            if matches!(e, TxnFailure::Fatal(_)) {
-                return;
-            }
             t.doomed = Some(e.to_string());
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !t.fenced {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             continue;
         }
         let mut again = std::mem::take(&mut t.log);
         again.sort_by_key(|(seq, _)| *seq);
         let mut in_flight: InFlight = FuturesUnordered::new();
         for (seq, output) in again {
-            {
-                let delivery = start(outputs, topics, seq, output).await;
-                in_flight.push(delivery);
-            }
+            let delivery = start(outputs, topics, seq, output).await;
+            in_flight.push(delivery);
         }
         while let Some((seq, result, output)) = in_flight.next().await {
             if let Err(e) = result {

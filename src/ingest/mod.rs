@@ -103,7 +103,10 @@ impl ClientContext for IngestContext {
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let committable = if self.shared.offsets_in_transactions {
+            // Partitions *lost* (the session timed out, e.g. in a broker outage) may already
+            // be someone else's: committing with the stale membership is refused, and a
+            // static member is then fenced for good. Only a clean revoke commits.
+            let committable = if self.shared.offsets_in_transactions || consumer.assignment_lost() {
                 Default::default()
             } else {
                 lock(&self.shared.committable).clone()
