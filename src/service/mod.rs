@@ -214,6 +214,12 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             match attempt {
                 Ok(_) => break,
                 Err(e) => {
+                    // The next attempt starts from nothing: what this one restored in
+                    // part would otherwise be restored twice.
+                    engine = Engine::new(&Rules::engine_config(&topology))
+                        .map_err(|e| RunError::Engine(e.to_string()))?;
+                    engine.open_lag_interval(wall_ms());
+                    state = state::DurableState::new(&topology);
                     tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "durable state not restored; input is not read until it is");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
