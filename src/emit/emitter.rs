@@ -131,6 +131,8 @@ pub struct Emitter {
     acked: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
     fatal: Arc<std::sync::OnceLock<String>>,
+    /// Breach and incident events submitted so far.
+    alerts: u64,
 }
 
 impl Emitter {
@@ -164,6 +166,7 @@ impl Emitter {
             acked,
             task: Some(task),
             fatal,
+            alerts: 0,
         }
     }
 
@@ -175,6 +178,9 @@ impl Emitter {
 
     /// Hands `output` over without waiting; returns its sequence number (from 1).
     pub fn submit(&mut self, output: Output) -> u64 {
+        if matches!(output, Output::Breach(_) | Output::Incident(_)) {
+            self.alerts += 1;
+        }
         self.next_seq += 1;
         let seq = self.next_seq;
         if self.overflow.is_empty() {
@@ -218,6 +224,11 @@ impl Emitter {
     /// Whether outputs wait beyond the channel: the pipeline should stop reading input.
     pub fn saturated(&self) -> bool {
         !self.overflow.is_empty()
+    }
+
+    /// Breach and incident events submitted so far.
+    pub fn alerts_submitted(&self) -> u64 {
+        self.alerts
     }
 
     /// Sequence number of the last output submitted (0 before any).

@@ -119,6 +119,8 @@ struct Pipeline {
     hot: Hot,
     /// With transactions: the output sequence number the open transaction began after.
     txn_started_at: u64,
+    /// With transactions: alerts submitted before the open transaction began.
+    txn_alerts: u64,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -324,6 +326,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         batches,
         hot: Hot::default(),
         txn_started_at: 0,
+        txn_alerts: 0,
         topology: topology.clone(),
     };
 
@@ -350,7 +353,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                     p.batch_publish();
                     p.checkpoint(&consumer);
                     p.commit(&consumer, CommitMode::Async);
-                } else if p.transaction_full() {
+                } else if p.transaction_due() {
                     p.checkpoint(&consumer);
                 }
                 if let Some(why) = p.emitter.fatal() {
@@ -784,14 +787,18 @@ impl Pipeline {
             group: consumer.group_metadata().map(Arc::new),
         })));
         self.txn_started_at = self.emitter.submitted();
+        self.txn_alerts = self.emitter.alerts_submitted();
         self.after_submit();
     }
 
-    /// With transactions, outputs since the last commit request are many enough to end
-    /// the transaction early (they are kept in memory until it commits).
-    fn transaction_full(&self) -> bool {
+    /// With transactions, whether to commit before the second is up: a breach or incident
+    /// event waits in the open transaction (alerts are visible to `read_committed` readers
+    /// only once it commits: within a tick, not a second), or the outputs since the last
+    /// commit request are many (they are kept in memory until it commits).
+    fn transaction_due(&self) -> bool {
         self.topology.store.exactly_once
-            && self.emitter.submitted() - self.txn_started_at >= TRANSACTION_MAX_OUTPUTS
+            && (self.emitter.alerts_submitted() > self.txn_alerts
+                || self.emitter.submitted() - self.txn_started_at >= TRANSACTION_MAX_OUTPUTS)
     }
 
     /// Offsets committed (or, with transactions, about to be): shown in the API and the
