@@ -101,21 +101,22 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let http = support::free_port();
-    let yaml = format!(
-        r#"
-service: {{ group_id: {run}-synclag, http_listen: "127.0.0.1:{http}", lag_interval: 1h }}
-kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
-outputs: {{ breaches_topic: {out}, dead_letter_topic: {run}-dlq, lag_topic: {run}-lag, backlog_topic: {run}-backlog }}
-streams:
-  - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
-  - {{ name: ends, topic: {ends}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
-workflows:
-  - name: latency
-    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
-    sla: {{ warn: 2s, critical: 30s }}
-    window: 60s
-"#
-    );
+    let group = format!("{run}-synclag");
+    let yaml = support::service::TwoStage {
+        group: &group,
+        http,
+        bootstrap: &bootstrap,
+        starts: &starts,
+        ends: &ends,
+        out: &out,
+        workflow: "latency",
+        warn: "2s",
+        critical: "30s",
+        window: "60s",
+        service: "",
+        properties: "",
+    }
+    .yaml();
     let topology = Topology::from_yaml_str("latency.yaml", &yaml, std::iter::empty())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();

@@ -17,22 +17,21 @@ use support::{free_port, SynclagProcess};
 use synclag::emit::events::BreachEvent;
 
 fn config(group: &str, http: u16, starts: &str, ends: &str, out: &str) -> String {
-    format!(
-        r#"
-service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h }}
-kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4 }} }}
-outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
-streams:
-  - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
-  - {{ name: ends, topic: {ends}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
-workflows:
-  - name: fenced
-    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
-    sla: {{ warn: 8s, critical: 10m }}
-    window: 30m
-"#,
-        bootstrap = support::bootstrap(),
-    )
+    support::service::TwoStage {
+        group,
+        http,
+        bootstrap: &support::bootstrap(),
+        starts,
+        ends,
+        out,
+        workflow: "fenced",
+        warn: "8s",
+        critical: "10m",
+        window: "30m",
+        service: "",
+        properties: "",
+    }
+    .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

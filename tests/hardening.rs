@@ -517,22 +517,22 @@ async fn broker_outage(extra: &str) {
         create_topic_on(&bootstrap, t, 1).await;
     }
     let http = support::free_port();
-    let config = format!(
-        r#"
-service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h, idle_partition: 5s }}
-kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4{extra} }} }}
-outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
-streams:
-  - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
-  - {{ name: ends, topic: {ends}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
-workflows:
-  - name: outage
-    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
-    sla: {{ warn: 4s, critical: 10m }}
-    window: 30m
-"#,
-        group = support::random_name("synclag-bo"),
-    );
+    let group = support::random_name("synclag-bo");
+    let config = support::service::TwoStage {
+        group: &group,
+        http,
+        bootstrap: &bootstrap,
+        starts: &starts,
+        ends: &ends,
+        out: &out,
+        workflow: "outage",
+        warn: "4s",
+        critical: "10m",
+        window: "30m",
+        service: ", idle_partition: 5s",
+        properties: extra,
+    }
+    .yaml();
     let mut svc = SynclagProcess::start(&config, http, "outage");
     svc.wait_ready().await;
     let producer: FutureProducer = broker

@@ -211,6 +211,18 @@ impl LagStore {
         }
     }
 
+    /// The series of `key`, created empty if new (`None` only if HDR refuses to create
+    /// a histogram).
+    fn series_mut(&mut self, key: SeriesKey) -> Option<&mut Series> {
+        Some(match self.series.entry(key.pack()) {
+            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(v) => v.insert(Series {
+                interval: fresh()?,
+                cumulative: fresh()?,
+            }),
+        })
+    }
+
     /// Whether a lag was recorded or an interval closed since the last call.
     pub(crate) fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)
@@ -245,16 +257,9 @@ impl LagStore {
         let cumulative: Histogram<u64> = Deserializer::new()
             .deserialize(&mut &bytes[..])
             .map_err(|e| format!("lag histogram: {e:?}"))?;
-        let s = match self.series.entry(key.pack()) {
-            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
-            hashbrown::hash_map::Entry::Vacant(v) => match (fresh(), fresh()) {
-                (Some(interval), Some(cumulative)) => v.insert(Series {
-                    interval,
-                    cumulative,
-                }),
-                _ => return Err("cannot create a histogram".into()),
-            },
-        };
+        let s = self
+            .series_mut(key)
+            .ok_or_else(|| "cannot create a histogram".to_string())?;
         s.interval
             .add(&interval)
             .map_err(|e| format!("lag histogram: {e:?}"))?;
@@ -268,15 +273,8 @@ impl LagStore {
     /// Records `value_ms` (clamped at 0) in the current interval; returns whether it had
     /// to be clamped.
     pub(crate) fn record(&mut self, key: SeriesKey, value_ms: i64) -> bool {
-        let s = match self.series.entry(key.pack()) {
-            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
-            hashbrown::hash_map::Entry::Vacant(v) => match (fresh(), fresh()) {
-                (Some(interval), Some(cumulative)) => v.insert(Series {
-                    interval,
-                    cumulative,
-                }),
-                _ => return value_ms < 0,
-            },
+        let Some(s) = self.series_mut(key) else {
+            return value_ms < 0;
         };
         let v = value_ms.max(0) as u64;
         record_into(&mut s.interval, v, 1);

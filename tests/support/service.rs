@@ -154,3 +154,57 @@ impl Drop for SynclagProcess {
         self.kill();
     }
 }
+
+/// A topology with one two-stage workflow — `started` read from `starts`, `done` from
+/// `ends`, both JSON `{"id": …, "at": epoch ms}` — as the fault tests and benches use it.
+pub struct TwoStage<'a> {
+    pub group: &'a str,
+    pub http: u16,
+    pub bootstrap: &'a str,
+    pub starts: &'a str,
+    pub ends: &'a str,
+    /// Output topic prefix: the breach topic itself, and `-dlq`, `-lag`, `-backlog`.
+    pub out: &'a str,
+    pub workflow: &'a str,
+    pub warn: &'a str,
+    pub critical: &'a str,
+    pub window: &'a str,
+    /// More `service:` entries, e.g. `", idle_partition: 5s"`.
+    pub service: &'a str,
+    /// More Kafka properties, e.g. `", transaction.timeout.ms: 10000"`.
+    pub properties: &'a str,
+}
+
+impl TwoStage<'_> {
+    pub fn yaml(&self) -> String {
+        let TwoStage {
+            group,
+            http,
+            bootstrap,
+            starts,
+            ends,
+            out,
+            workflow,
+            warn,
+            critical,
+            window,
+            service,
+            properties,
+        } = self;
+        format!(
+            r#"
+service: {{ group_id: {group}, http_listen: "127.0.0.1:{http}", lag_interval: 1h{service} }}
+kafka: {{ bootstrap_servers: "{bootstrap}", properties: {{ broker.address.family: v4{properties} }} }}
+outputs: {{ breaches_topic: {out}, dead_letter_topic: {out}-dlq, lag_topic: {out}-lag, backlog_topic: {out}-backlog }}
+streams:
+  - {{ name: starts, topic: {starts}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+  - {{ name: ends, topic: {ends}, format: json, fields: {{ correlation_id: $.id, event_time: $.at }} }}
+workflows:
+  - name: {workflow}
+    stages: [ {{ name: started, stream: starts }}, {{ name: done, stream: ends }} ]
+    sla: {{ warn: {warn}, critical: {critical} }}
+    window: {window}
+"#
+        )
+    }
+}
