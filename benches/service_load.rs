@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
-//!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT]
+//!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT] [--property KEY=VALUE]...
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
@@ -14,6 +14,10 @@
 //! the whole backlog from the start under a consumer group of its own, and prints events/s,
 //! events per CPU-second and peak RSS (min / median / max over the rounds). CPU and peak
 //! RSS come from `/proc` of the system's own process.
+//!
+//! `--property KEY=VALUE` (repeatable) gives synclag that librdkafka setting in
+//! `kafka.properties`, over its defaults: how the memory breakdown in the README was
+//! measured, one setting changed at a time.
 //!
 //! `--peer true` builds the Kafka Streams peer (`benches/streams-peer`, Maven, into the
 //! target dir) and runs it too; without it only synclag runs, so nothing needs Maven beyond
@@ -44,6 +48,8 @@ struct Args {
     rounds: usize,
     partitions: i32,
     peer: bool,
+    /// librdkafka settings for synclag (`kafka.properties`).
+    properties: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -53,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
         rounds: 3,
         partitions: 6,
         peer: false,
+        properties: Vec::new(),
     };
     if !support::bench::is_bench_run() {
         a.correlations = 2_000;
@@ -65,6 +72,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rounds" => a.rounds = value.parse()?,
             "--partitions" => a.partitions = value.parse()?,
             "--peer" => a.peer = value.parse()?,
+            "--property" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--property wants KEY=VALUE, got {value}"))?;
+                a.properties
+                    .push((k.trim().to_owned(), v.trim().to_owned()));
+            }
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -117,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let mut synclag_runs = Vec::new();
     let mut peer_runs = Vec::new();
     for round in 1..=args.rounds {
-        let m = run_synclag(&bootstrap, &backlog, round)?;
+        let m = run_synclag(&bootstrap, &backlog, &args.properties, round)?;
         report_run("synclag run", round, &backlog, &m);
         anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
         synclag_runs.push(m);
@@ -375,17 +389,23 @@ fn run_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn run_synclag(bootstrap: &str, backlog: &Backlog, round: usize) -> anyhow::Result<Measured> {
+fn run_synclag(
+    bootstrap: &str,
+    backlog: &Backlog,
+    properties: &[(String, String)],
+    round: usize,
+) -> anyhow::Result<Measured> {
     let dir = run_dir("load-synclag");
     let group = support::random_name("load-synclag");
     let outputs = support::random_name("load-out");
-    let yaml = workload::topology_yaml(
+    let yaml = workload::topology_yaml_with_properties(
         bootstrap,
         &group,
         support::free_port(),
         &backlog.created,
         &backlog.imported,
         &outputs,
+        properties,
     );
     let config = dir.join("topology.yaml");
     std::fs::write(&config, yaml)?;
@@ -400,13 +420,23 @@ fn run_synclag(bootstrap: &str, backlog: &Backlog, round: usize) -> anyhow::Resu
         &dir.join("synclag.log"),
         None,
     );
-    measure(
+    let m = measure(
         &service,
         bootstrap,
         &group,
         backlog,
         &format!("{outputs}.breaches"),
-    )
+    )?;
+    // What the service's log says about the run: how often input waited for outputs and
+    // whether a partition was judged stalled (which ends pending correlations early).
+    let log = std::fs::read_to_string(dir.join("synclag.log")).unwrap_or_default();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "round {round}: synclag run: input paused for outputs {} time(s), partitions judged stalled {} time(s)",
+        count("input paused, timers keep running"),
+        count("input partition stalled")
+    );
+    Ok(m)
 }
 
 /// The built peer: its classpath.
