@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
-//!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT]
+//!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT] [--property KEY=VALUE]...
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
@@ -14,6 +14,10 @@
 //! the whole backlog from the start under a consumer group of its own, and prints events/s,
 //! events per CPU-second and peak RSS (min / median / max over the rounds). CPU and peak
 //! RSS come from `/proc` of the system's own process.
+//!
+//! `--property KEY=VALUE` (repeatable) gives synclag that librdkafka setting in
+//! `kafka.properties`, over its defaults: how the memory breakdown in the README was
+//! measured, one setting changed at a time.
 //!
 //! `--peer true` builds the Kafka Streams peer (`benches/streams-peer`, Maven, into the
 //! target dir) and runs it too; without it only synclag runs, so nothing needs Maven beyond
@@ -44,6 +48,8 @@ struct Args {
     rounds: usize,
     partitions: i32,
     peer: bool,
+    /// librdkafka settings for synclag (`kafka.properties`).
+    properties: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -53,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
         rounds: 3,
         partitions: 6,
         peer: false,
+        properties: Vec::new(),
     };
     if !support::bench::is_bench_run() {
         a.correlations = 2_000;
@@ -65,6 +72,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rounds" => a.rounds = value.parse()?,
             "--partitions" => a.partitions = value.parse()?,
             "--peer" => a.peer = value.parse()?,
+            "--property" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--property wants KEY=VALUE, got {value}"))?;
+                a.properties
+                    .push((k.trim().to_owned(), v.trim().to_owned()));
+            }
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -117,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let mut synclag_runs = Vec::new();
     let mut peer_runs = Vec::new();
     for round in 1..=args.rounds {
-        let m = run_synclag(&bootstrap, &backlog, round)?;
+        let m = run_synclag(&bootstrap, &backlog, &args.properties, round)?;
         report_run("synclag run", round, &backlog, &m);
         anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
         synclag_runs.push(m);
@@ -279,19 +293,90 @@ impl Progress {
     }
 }
 
+/// synclag's gauges that say where its memory is, sampled with its RSS.
+const MEMORY_GAUGES: [&str; 7] = [
+    "synclag_pending_correlations",
+    "synclag_deferred_outcomes",
+    "synclag_output_queued_records",
+    "synclag_output_unacknowledged_records",
+    "synclag_state_cuts_waiting",
+    "synclag_recent_correlations",
+    "synclag_held_correlations",
+];
+
+/// The sum of each of `names` in a Prometheus text page.
+fn gauges(page: &str, names: &[&str]) -> Vec<f64> {
+    names
+        .iter()
+        .map(|name| {
+            page.lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .collect()
+}
+
+/// GET `/metrics` of the service on `port` (plain HTTP/1.0; `None` if it does not answer).
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).ok()?;
+    Some(page)
+}
+
+/// RSS of process `pid` now, MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Waits until `group` has committed the whole backlog, sampling the process's CPU and
-/// peak RSS before it is stopped.
+/// peak RSS before it is stopped. With `metrics_port` (synclag), the memory gauges are
+/// sampled once a second and printed as they were at the highest RSS seen.
 fn measure(
     service: &Service,
     bootstrap: &str,
     group: &str,
     backlog: &Backlog,
     breaches_topic: &str,
+    metrics_port: Option<u16>,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let progress = Progress::new(bootstrap, group, backlog)?;
     let mut last = (0u64, Instant::now());
+    let mut sampled = Instant::now();
+    let mut at_peak: Option<(f64, f64, Vec<f64>)> = None;
+    let mut highest = vec![0.0; MEMORY_GAUGES.len()];
     loop {
+        if let (Some(port), Some(pid)) = (metrics_port, service.pid()) {
+            if sampled.elapsed() >= Duration::from_secs(1) {
+                sampled = Instant::now();
+                if let (Some(rss), Some(page)) = (rss_mib(pid), scrape(port)) {
+                    let g = gauges(&page, &MEMORY_GAUGES);
+                    for (h, v) in highest.iter_mut().zip(&g) {
+                        *h = f64::max(*h, *v);
+                    }
+                    if at_peak.as_ref().is_none_or(|(r, _, _)| rss > *r) {
+                        at_peak = Some((rss, started.elapsed().as_secs_f64(), g));
+                    }
+                }
+            }
+        }
         if let Some(status) = service.exited() {
             anyhow::bail!(
                 "{} exited with {status}\n{}",
@@ -318,6 +403,22 @@ fn measure(
         std::thread::sleep(Duration::from_millis(100));
     }
     let wall_s = started.elapsed().as_secs_f64();
+    if let Some((rss, at_s, g)) = &at_peak {
+        let list = |v: &[f64]| {
+            MEMORY_GAUGES
+                .iter()
+                .zip(v)
+                .map(|(n, v)| format!("{}={v:.0}", n.trim_start_matches("synclag_")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        eprintln!(
+            "{}: highest sampled RSS {rss:.0} MiB at {at_s:.0}s: {}",
+            service.name(),
+            list(g)
+        );
+        eprintln!("{}: highest of each: {}", service.name(), list(&highest));
+    }
     let pid = service
         .pid()
         .ok_or_else(|| anyhow::anyhow!("{} has no PID", service.name()))?;
@@ -375,17 +476,24 @@ fn run_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn run_synclag(bootstrap: &str, backlog: &Backlog, round: usize) -> anyhow::Result<Measured> {
+fn run_synclag(
+    bootstrap: &str,
+    backlog: &Backlog,
+    properties: &[(String, String)],
+    round: usize,
+) -> anyhow::Result<Measured> {
     let dir = run_dir("load-synclag");
     let group = support::random_name("load-synclag");
     let outputs = support::random_name("load-out");
-    let yaml = workload::topology_yaml(
+    let port = support::free_port();
+    let yaml = workload::topology_yaml_with_properties(
         bootstrap,
         &group,
-        support::free_port(),
+        port,
         &backlog.created,
         &backlog.imported,
         &outputs,
+        properties,
     );
     let config = dir.join("topology.yaml");
     std::fs::write(&config, yaml)?;
@@ -400,13 +508,24 @@ fn run_synclag(bootstrap: &str, backlog: &Backlog, round: usize) -> anyhow::Resu
         &dir.join("synclag.log"),
         None,
     );
-    measure(
+    let m = measure(
         &service,
         bootstrap,
         &group,
         backlog,
         &format!("{outputs}.breaches"),
-    )
+        Some(port),
+    )?;
+    // What the service's log says about the run: how often input waited for outputs and
+    // whether a partition was judged stalled (which ends pending correlations early).
+    let log = std::fs::read_to_string(dir.join("synclag.log")).unwrap_or_default();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "round {round}: synclag run: input paused for outputs {} time(s), partitions judged stalled {} time(s)",
+        count("input paused, timers keep running"),
+        count("input partition stalled")
+    );
+    Ok(m)
 }
 
 /// The built peer: its classpath.
@@ -482,5 +601,5 @@ fn run_peer(
         &dir.join("peer.log"),
         Some(&dir.join("state")),
     );
-    measure(&service, bootstrap, &app, backlog, &breaches)
+    measure(&service, bootstrap, &app, backlog, &breaches, None)
 }

@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use synclag::config::Topology;
 
+/// mimalloc instead of the system allocator: glibc's per-thread arenas kept about 100 MiB
+/// of freed memory in the load run; with mimalloc its peak RSS fell from 345–364 to
+/// 282 MiB and it used fewer CPU-seconds (README, Performance → Memory).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "synclag",

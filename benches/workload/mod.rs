@@ -121,6 +121,37 @@ pub fn topology_yaml(
     imported_topic: &str,
     output_prefix: &str,
 ) -> String {
+    topology_yaml_with_properties(
+        bootstrap,
+        group,
+        http_port,
+        created_topic,
+        imported_topic,
+        output_prefix,
+        &[],
+    )
+}
+
+/// [`topology_yaml`] with `kafka.properties` (librdkafka settings over synclag's
+/// defaults), to measure what one setting changes.
+pub fn topology_yaml_with_properties(
+    bootstrap: &str,
+    group: &str,
+    http_port: u16,
+    created_topic: &str,
+    imported_topic: &str,
+    output_prefix: &str,
+    properties: &[(String, String)],
+) -> String {
+    let properties: String = properties
+        .iter()
+        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+        .collect();
+    let properties = if properties.is_empty() {
+        String::new()
+    } else {
+        format!("  properties:\n{properties}")
+    };
     format!(
         r#"
 service:
@@ -128,7 +159,7 @@ service:
   http_listen: 127.0.0.1:{http_port}
 kafka:
   bootstrap_servers: "{bootstrap}"
-outputs:
+{properties}outputs:
   breaches_topic: {output_prefix}.breaches
   lag_topic: {output_prefix}.lag
   backlog_topic: {output_prefix}.backlog

@@ -1,0 +1,296 @@
+//! Input paused for outputs is no stall, on the real broker.
+//!
+//! A backlog of one two-stage workflow is read while outputs cannot be written: they
+//! are Avro, and the schema registry cannot be reached (the service talks to it through
+//! a relay that accepts nothing yet), so the first breach event waits to be encoded and
+//! every later output waits behind it. Outputs pile up until the reader pauses its input,
+//! with the records of many on-time correlations still unread. The registry stays away
+//! for several stall budgets (`service.idle_partition`), then answers. Afterwards the
+//! breach topic must show:
+//!
+//! - no invented alert: no `breach` and no `never_arrived` on a correlation that closed
+//!   on time — had the paused partitions been judged stalled, the clock would have passed
+//!   them and ended those correlations while their stages waited unread;
+//! - no lost alert: every correlation that is never closed has its warn, critical and
+//!   `never_arrived` event.
+
+mod support;
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Message;
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use support::SynclagProcess;
+use synclag::emit::events::BreachEvent;
+
+/// Correlations that are never closed, started first (1 ms apart). Each raises three
+/// events (warn, critical, `never_arrived`): far more than the output path holds before it
+/// pauses the input (its channel).
+const NEVER_CLOSED: u64 = 8_000;
+/// Correlations that close on time, started after a gap of event time (1 ms apart). The
+/// first of them read moves the clock past the deadlines of all never-closed ones at
+/// once, so the pause comes while most of these wait unread.
+const ON_TIME: u64 = 8_000;
+/// Event time from the first never-closed start to the first on-time start.
+const GAP_MS: i64 = 30_000;
+/// When an on-time correlation closes after it started (warn is 2 s).
+const ON_TIME_MS: i64 = 500;
+/// The stall budget the service gets, and for how many of them outputs stay blocked.
+const IDLE_PARTITION_S: u64 = 3;
+const BLOCKED_BUDGETS: u64 = 3;
+
+fn order_ref(i: u64) -> String {
+    format!("SO-{i:09}")
+}
+
+/// Correlation `i`'s start, and its closing time if it closes.
+fn times(i: u64, base_ms: i64) -> (i64, Option<i64>) {
+    if i < NEVER_CLOSED {
+        (base_ms + i as i64, None)
+    } else {
+        let start = base_ms + GAP_MS + (i - NEVER_CLOSED) as i64;
+        (start, Some(start + ON_TIME_MS))
+    }
+}
+
+/// Forwards every connection on `port` to `target` (host:port) once started.
+async fn relay(port: u16, target: String) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind relay port");
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Writes the backlog: created records on `orders`, closing records on `outbox`, each
+/// topic in event-time order; everything ended long before the service reads it.
+fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
+    let producer: ThreadedProducer<DefaultProducerContext> = support::client_config()
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("create the backlog producer");
+    let send = |topic: &str, key: &str, value: String, ts: i64| {
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .key(key)
+                    .payload(value.as_bytes())
+                    .timestamp(ts),
+            )
+            .unwrap_or_else(|(e, _)| panic!("queue a record for {topic}: {e}"));
+    };
+    for i in 0..NEVER_CLOSED + ON_TIME {
+        let (created, _) = times(i, base_ms);
+        let id = order_ref(i);
+        send(
+            orders,
+            &id,
+            format!(
+                r#"{{"order_ref":"{id}","event":"order.created","created_at":{created},"channel":"webshop"}}"#
+            ),
+            created,
+        );
+    }
+    for i in NEVER_CLOSED..NEVER_CLOSED + ON_TIME {
+        let Some(imported) = times(i, base_ms).1 else {
+            continue;
+        };
+        let id = order_ref(i);
+        send(
+            outbox,
+            &id,
+            format!(
+                r#"{{"correlation_id":"{id}","event":"sale.order.imported","write_date":{imported}}}"#
+            ),
+            imported,
+        );
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("the backlog is written");
+}
+
+fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| label_filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(svc: &SynclagProcess) -> String {
+    svc.get_text("/metrics").await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_paused_for_outputs_is_not_a_stall() {
+    let orders = support::random_name("pause-orders");
+    let outbox = support::random_name("pause-outbox");
+    let out = support::random_name("pause-out");
+    let breaches = format!("{out}.breaches");
+    support::create_topic(&orders, 1).await;
+    support::create_topic(&outbox, 1).await;
+    // The registry, reached through a relay that accepts nothing until it is started.
+    let real = support::registry_url(); // http://127.0.0.1:PORT/apis/ccompat/v7
+    let (hostport, path) = real
+        .trim_start_matches("http://")
+        .split_once('/')
+        .expect("registry url has a path");
+    let relay_port = support::free_port();
+    let via_relay = format!("http://127.0.0.1:{relay_port}/{path}");
+
+    let now = chrono::Utc::now().timestamp_millis();
+    let base = now - 10 * 60_000;
+    produce_backlog(&orders, &outbox, base);
+
+    let port = support::free_port();
+    let yaml = format!(
+        r#"
+service:
+  group_id: {group}
+  http_listen: 127.0.0.1:{port}
+  lag_interval: 1h
+  idle_partition: {IDLE_PARTITION_S}s
+kafka:
+  bootstrap_servers: "{bootstrap}"
+  properties: {{ broker.address.family: v4 }}
+registry: {{ url: "{via_relay}", timeout: 2s }}
+outputs:
+  breaches_topic: {breaches}
+  lag_topic: {out}.lag
+  backlog_topic: {out}.backlog
+  dead_letter_topic: {out}.dlq
+  incidents_topic: {out}.incidents
+streams:
+  - name: orders
+    topic: {orders}
+    format: json
+    fields: {{ correlation_id: $.order_ref, event_time: $.created_at, event_type: $.event }}
+  - name: odoo_outbox
+    topic: {outbox}
+    format: json
+    fields: {{ correlation_id: $.correlation_id, event_time: $.write_date, event_type: $.event }}
+workflows:
+  - name: order_import
+    stages:
+      - {{ name: created, stream: orders, event_type: order.created }}
+      - {{ name: imported, stream: odoo_outbox, event_type: sale.order.imported }}
+    sla: {{ warn: 2s, critical: 5s }}
+    window: 10s
+"#,
+        group = support::random_name("pause-synclag"),
+        bootstrap = support::bootstrap(),
+    );
+    let mut svc = SynclagProcess::start(&yaml, port, "output-pause");
+
+    // Outputs pile up until the reader pauses its input, with closing records unread.
+    support::wait_until_async(
+        Duration::from_secs(120),
+        "input is paused for outputs",
+        || async {
+            metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]) == 1.0
+        },
+    )
+    .await;
+    let unread = metric_sum(&metrics(&svc).await, "synclag_input_lag_records", &[]);
+    assert!(
+        unread > 0.0,
+        "records of on-time correlations wait in the paused input (input lag {unread})\n{}",
+        svc.log_tail()
+    );
+    // Paused for several stall budgets: long enough for a partition standing still to be
+    // judged stalled, were the reader's own pause taken for one.
+    tokio::time::sleep(Duration::from_secs(IDLE_PARTITION_S * BLOCKED_BUDGETS)).await;
+    assert_eq!(
+        metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]),
+        1.0,
+        "input stayed paused while outputs were blocked\n{}",
+        svc.log_tail()
+    );
+
+    // The registry answers: outputs move, the backlog is read to its end and every output
+    // is delivered.
+    tokio::spawn(relay(relay_port, hostport.to_string()));
+    let never = NEVER_CLOSED as f64;
+    support::wait_until_async(
+        Duration::from_secs(180),
+        "every never-closed correlation ended and every output was acknowledged",
+        || async {
+            let text = metrics(&svc).await;
+            metric_sum(&text, "synclag_never_arrived_total", &[]) >= never
+                && metric_sum(&text, "synclag_input_paused_for_output", &[]) == 0.0
+                && metric_sum(&text, "synclag_output_unacknowledged_records", &[]) == 0.0
+                && metric_sum(&text, "synclag_output_queued_records", &[]) == 0.0
+        },
+    )
+    .await;
+    assert_eq!(
+        svc.terminate().await,
+        Some(0),
+        "clean exit\n{}",
+        svc.log_tail()
+    );
+
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let dec = AvroDecoder::new(SrSettings::new(real.clone()));
+    for m in support::topics::read_all(support::client_config(), &breaches) {
+        let v = dec
+            .decode(m.payload())
+            .await
+            .unwrap_or_else(|e| panic!("a breach record decodes with the registry: {e}"));
+        let ev: BreachEvent = apache_avro::from_value(&v.value)
+            .unwrap_or_else(|e| panic!("a breach record matches the schema: {e}"));
+        seen.entry(ev.correlation_id)
+            .or_default()
+            .insert(format!("{}/{}", ev.kind, ev.severity));
+    }
+    let mut invented = Vec::new();
+    let mut lost = Vec::new();
+    for i in 0..NEVER_CLOSED + ON_TIME {
+        let id = order_ref(i);
+        let got = seen.get(&id).cloned().unwrap_or_default();
+        if i < NEVER_CLOSED {
+            for want in [
+                "breach/warn",
+                "breach/critical",
+                "never_arrived/never_arrived",
+            ] {
+                if !got.contains(want) {
+                    lost.push(format!("{id}: {want}"));
+                }
+            }
+        } else if got
+            .iter()
+            .any(|k| k.starts_with("breach/") || k.starts_with("never_arrived/"))
+        {
+            invented.push(format!("{id}: {got:?}"));
+        }
+    }
+    assert!(
+        invented.is_empty(),
+        "{} on-time correlations were alerted while their stages waited in the paused input, e.g. {:?}",
+        invented.len(),
+        &invented[..invented.len().min(5)]
+    );
+    assert!(
+        lost.is_empty(),
+        "{} alerts lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
