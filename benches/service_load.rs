@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
 //!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT] [--property KEY=VALUE]...
+//!     [--delivery exactly_once|at_least_once|both]
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
@@ -18,6 +19,10 @@
 //! `--property KEY=VALUE` (repeatable) gives synclag that librdkafka setting in
 //! `kafka.properties`, over its defaults: how the memory breakdown in the README was
 //! measured, one setting changed at a time.
+//!
+//! `--delivery` picks synclag's delivery mode (`store.exactly_once`; default: exactly
+//! once, the service's default); `both` runs synclag in each mode every round, one after
+//! the other, for the cost of transactions measured side by side.
 //!
 //! `--peer true` builds the Kafka Streams peer (`benches/streams-peer`, Maven, into the
 //! target dir) and runs it too; without it only synclag runs, so nothing needs Maven beyond
@@ -50,6 +55,8 @@ struct Args {
     peer: bool,
     /// librdkafka settings for synclag (`kafka.properties`).
     properties: Vec<(String, String)>,
+    /// synclag's delivery modes to run, each round: `store.exactly_once` values.
+    modes: Vec<bool>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -60,6 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
         partitions: 6,
         peer: false,
         properties: Vec::new(),
+        modes: vec![true],
     };
     if !support::bench::is_bench_run() {
         a.correlations = 2_000;
@@ -72,6 +80,16 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rounds" => a.rounds = value.parse()?,
             "--partitions" => a.partitions = value.parse()?,
             "--peer" => a.peer = value.parse()?,
+            "--delivery" => {
+                a.modes = match value.as_str() {
+                    "exactly_once" => vec![true],
+                    "at_least_once" => vec![false],
+                    "both" => vec![true, false],
+                    other => anyhow::bail!(
+                        "--delivery wants exactly_once, at_least_once or both, got {other}"
+                    ),
+                }
+            }
             "--property" => {
                 let (k, v) = value
                     .split_once('=')
@@ -128,13 +146,15 @@ fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    let mut synclag_runs = Vec::new();
+    let mut synclag_runs: Vec<Vec<Measured>> = args.modes.iter().map(|_| Vec::new()).collect();
     let mut peer_runs = Vec::new();
     for round in 1..=args.rounds {
-        let m = run_synclag(&bootstrap, &backlog, &args.properties, round)?;
-        report_run("synclag run", round, &backlog, &m);
-        anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
-        synclag_runs.push(m);
+        for (mode, runs) in args.modes.iter().zip(&mut synclag_runs) {
+            let m = run_synclag(&bootstrap, &backlog, &args.properties, *mode, round)?;
+            report_run(synclag_label(*mode), round, &backlog, &m);
+            anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
+            runs.push(m);
+        }
         if let Some(peer) = &peer {
             let m = run_peer(peer, &bootstrap, &backlog, round)?;
             report_run("Kafka Streams peer", round, &backlog, &m);
@@ -154,7 +174,9 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| system | events/s (min / median / max) | events per CPU-second (min / median / max) | peak RSS MiB (min / median / max) |");
     println!("|---|---|---|---|");
-    print_row("synclag run", &backlog, &synclag_runs);
+    for (mode, runs) in args.modes.iter().zip(&synclag_runs) {
+        print_row(synclag_label(*mode), &backlog, runs);
+    }
     if peer.is_some() {
         print_row(
             "Kafka Streams 4.1 left join (1 stream thread, RocksDB changelogged)",
@@ -165,9 +187,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn synclag_label(exactly_once: bool) -> &'static str {
+    if exactly_once {
+        "synclag run (exactly once)"
+    } else {
+        "synclag run (at least once)"
+    }
+}
+
 fn report_run(system: &str, round: usize, backlog: &Backlog, m: &Measured) {
     eprintln!(
-        "round {round}: {system}: {:.1}s wall, {:.1} CPU-s, {:.0} events/s, {:.0} events/CPU-s, peak RSS {:.0} MiB, {} breach records",
+        "round {round}: {system}: {:.1}s wall, {:.1} CPU-s, {:.0} events/s, {:.0} events/CPU-s, peak RSS {:.0} MiB, {} breach-topic offsets (records and transaction markers)",
         m.wall_s,
         m.cpu_s,
         backlog.records as f64 / m.wall_s,
@@ -480,6 +510,7 @@ fn run_synclag(
     bootstrap: &str,
     backlog: &Backlog,
     properties: &[(String, String)],
+    exactly_once: bool,
     round: usize,
 ) -> anyhow::Result<Measured> {
     let dir = run_dir("load-synclag");
@@ -494,7 +525,7 @@ fn run_synclag(
         &backlog.imported,
         &outputs,
         properties,
-    );
+    ) + &format!("store:\n  exactly_once: {exactly_once}\n");
     let config = dir.join("topology.yaml");
     std::fs::write(&config, yaml)?;
     let service = Service::spawn(
