@@ -151,17 +151,29 @@ pub fn fetch_with_maven(
     }
 }
 
-/// Ports on 127.0.0.1 that were free a moment ago (all held open together while choosing,
-/// so they are distinct). A service may still lose one to a race; callers retry on bind
-/// errors.
+/// Ports on 127.0.0.1 that were free a moment ago, never one handed out before in this
+/// process: the kernel may give a port just released by a probe to the next probe, so a
+/// service's port and a broker's chosen one after it could otherwise be the same. All
+/// probes are held open together while choosing, so they are distinct. A service may still
+/// lose one to another process in a race; callers retry on bind errors.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr of probe socket").port())
-        .collect()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut probes: Vec<TcpListener> = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+        let port = probe
+            .local_addr()
+            .expect("local addr of probe socket")
+            .port();
+        if handed.insert(port) {
+            ports.push(port);
+        }
+        probes.push(probe);
+    }
+    ports
 }
 
 /// The `java` to run: `$JAVA_HOME/bin/java` when JAVA_HOME is set, else `java` from PATH.

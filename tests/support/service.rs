@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound once, then released for the service to take).
+/// A free loopback port, never one handed out before in this process (see
+/// [`free_ports`](super::process::free_ports)).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free loopback port")
+    super::process::free_ports(1)[0]
 }
 
 /// A running `synclag run`.
