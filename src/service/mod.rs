@@ -14,7 +14,6 @@
 //! input is paused — the clock and the timers keep running in every case.
 
 mod batches;
-mod held;
 pub mod outcomes;
 mod records;
 pub mod state;

@@ -2,15 +2,14 @@
 //! evidence for their cause), metrics and the per-workflow counts the API shows.
 //!
 //! Stage lags are recorded at once. Everything that becomes an event (breach, completion,
-//! never arrived, late, evicted) is held back until the engine clock has passed the time it
-//! is about (released in time order; see `held`): while a backlog is read, a completion can fire before the
+//! never arrived, late, evicted) is held back, in engine order, until the engine clock has
+//! passed the time it is about: while a backlog is read, a completion can fire before the
 //! signal records (errors, throttling) of the same moment have been read from another
 //! partition; waiting for the clock makes the evidence complete, and costs nothing live.
 //! Order is kept per correlation only, so one correlation waiting does not hold back others.
 //!
 //! Pure apart from metrics: no Kafka, no wall clock (times are passed in).
 
-use super::held::{Held, HeldQueue};
 use super::trend::Trend;
 use crate::config::{LagSegment, Topology};
 use crate::correlate::{
@@ -23,7 +22,7 @@ use crate::telemetry::handles::{LagHistograms, WorkflowCounters};
 use crate::telemetry::names;
 use crate::telemetry::series::{LabelCap, OTHER};
 use hdrhistogram::Histogram;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -102,6 +101,12 @@ impl<V> Bounded<V> {
     }
 }
 
+struct Held {
+    release_at: i64,
+    generation: u64,
+    outcome: Outcome,
+}
+
 /// Turns outcomes into events and statistics.
 pub struct Outcomes {
     topology: Arc<Topology>,
@@ -111,7 +116,7 @@ pub struct Outcomes {
     open_breaches: Bounded<()>,
     /// Notable partner delays (t1 − t0) of pending correlations' start records.
     partner_delay: Bounded<i64>,
-    held: HeldQueue<Outcome>,
+    held: VecDeque<Held>,
     /// Topics each workflow stage is read from (for stalled-input evidence).
     stage_topics: Vec<Vec<String>>,
     /// Events raised since the last log summary, by kind.
@@ -185,7 +190,7 @@ impl Outcomes {
             stats,
             open_breaches: Bounded::new(capacity),
             partner_delay: Bounded::new(capacity),
-            held: HeldQueue::default(),
+            held: VecDeque::new(),
             stage_topics,
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
@@ -216,15 +221,15 @@ impl Outcomes {
     /// must not claim them raised before their events are out.
     pub fn held_breach_tiers(&self) -> HashMap<Key, u8> {
         let mut out = HashMap::new();
-        for h in self.held.iter() {
-            if let OutcomeKind::Breach { tier, .. } = h.item.kind {
+        for h in &self.held {
+            if let OutcomeKind::Breach { tier, .. } = h.outcome.kind {
                 let bit = match tier {
                     Tier::Warn => 1,
                     Tier::Critical => 2,
                 };
                 *out.entry((
-                    h.item.info.workflow,
-                    h.item.info.correlation_id.as_bytes().into(),
+                    h.outcome.info.workflow,
+                    h.outcome.info.correlation_id.as_bytes().into(),
                 ))
                 .or_insert(0) |= bit;
             }
@@ -244,7 +249,7 @@ impl Outcomes {
 
     /// Generation of the oldest held-back outcome (see `ingest::commit`).
     pub fn oldest_held_generation(&self) -> Option<u64> {
-        self.held.oldest_generation()
+        self.held.iter().map(|h| h.generation).min()
     }
 
     /// Entries the evidence maps forgot because they were full.
@@ -298,17 +303,11 @@ impl Outcomes {
                 OutcomeKind::LateArrival { at_ms, .. } => *at_ms,
                 OutcomeKind::Evicted { at_ms, .. } => *at_ms,
             };
-            let key = self
-                .label_hasher
-                .hash_one((o.info.workflow, o.info.correlation_id.as_bytes()));
-            self.held.push(
-                key,
-                Held {
-                    release_at,
-                    generation,
-                    item: o,
-                },
-            );
+            self.held.push_back(Held {
+                release_at,
+                generation,
+                outcome: o,
+            });
         }
         self.counters.deferred_outcomes.set(self.held.len() as f64);
     }
@@ -319,34 +318,45 @@ impl Outcomes {
         if self.held.is_empty() {
             return;
         }
-        let due = match (all, now) {
-            (true, _) => None,
-            (false, i64::MIN) => return,
-            (false, now) => Some(now),
-        };
-        while let Some(h) = self.held.pop_due(due) {
-            if let Some(ended) = &mut self.ended {
-                let o = &h.item;
-                if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
-                    ended.push((o.info.workflow, o.info.correlation_id.clone()));
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut blocked: HashSet<u64> = HashSet::new();
+        let mut keep = VecDeque::new();
+        for h in std::mem::take(&mut self.held) {
+            let key = hasher.hash_one((
+                h.outcome.info.workflow,
+                h.outcome.info.correlation_id.as_bytes(),
+            ));
+            let due = all || (now != i64::MIN && h.release_at <= now);
+            if due && !blocked.contains(&key) {
+                if let Some(ended) = &mut self.ended {
+                    let o = &h.outcome;
+                    if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
+                        ended.push((o.info.workflow, o.info.correlation_id.clone()));
+                    }
                 }
-            }
-            if let Some(ev) = self.on_outcome(&h.item, ctx) {
-                *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
-                // Once per breached correlation, at its first tier.
-                if ev.kind == "breach" && ev.severity == "warn" {
-                    let signals = ctx.signals.signals(&h.item.info.correlation_id.to_string());
-                    self.slice_signals.record(
-                        h.item.info.workflow,
-                        &ev.dimensions,
-                        signals,
-                        h.release_at,
-                    );
+                if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
+                    *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
+                    // Once per breached correlation, at its first tier.
+                    if ev.kind == "breach" && ev.severity == "warn" {
+                        let signals = ctx
+                            .signals
+                            .signals(&h.outcome.info.correlation_id.to_string());
+                        self.slice_signals.record(
+                            h.outcome.info.workflow,
+                            &ev.dimensions,
+                            signals,
+                            h.release_at,
+                        );
+                    }
+                    self.incidents.observe(&ev, h.release_at);
+                    sink.push(ev);
                 }
-                self.incidents.observe(&ev, h.release_at);
-                sink.push(ev);
+            } else {
+                blocked.insert(key);
+                keep.push_back(h);
             }
         }
+        self.held = keep;
         self.counters.deferred_outcomes.set(self.held.len() as f64);
     }
 
