@@ -284,7 +284,12 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             tracing::error!(error = %e, topic = batches.state_topic(), "batch runs not restored; runs before this start are not followed");
         }
     }
-    let t_exactly_once = topology.store.exactly_once;
+    // With transactions, how the emitter replaces a fenced producer.
+    let transactions = topology.store.exactly_once.then(|| {
+        let t = topology.clone();
+        let factory: crate::emit::emitter::ProducerFactory = Arc::new(move || Outputs::new(&t));
+        factory
+    });
     let mut p = Pipeline {
         signal_kinds,
         health: api.ready.inputs.clone(),
@@ -298,11 +303,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         signals: SignalBook::new(topology.store.max_pending.clamp(1_000, 1_000_000)),
         outcomes,
         state: durable,
-        emitter: Emitter::start(outputs.clone(), &topology.outputs, {
-            let t = topology.clone();
-            let factory: crate::emit::emitter::ProducerFactory = Arc::new(move || Outputs::new(&t));
-            t_exactly_once.then_some(factory)
-        }),
+        emitter: Emitter::start(outputs.clone(), &topology.outputs, transactions),
         shared: shared.clone(),
         api,
         backlogged,
