@@ -140,10 +140,28 @@ fn set(items: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
         .collect()
 }
 
+const HOUR_MS: i64 = 3_600_000;
+
+/// Waits, when needed, so that the next `span` lies in one hour. The volume baseline is the
+/// median of earlier runs in the same local weekday and hour, so runs planned across an
+/// hour would be judged against a different (shorter) history than the scenario means.
+/// Europe/Brussels is a whole number of hours from UTC: its hours are UTC's.
+async fn keep_within_one_hour(span: Duration) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let end = now + i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+    if now.div_euclid(HOUR_MS) != end.div_euclid(HOUR_MS) {
+        let next_hour = (now.div_euclid(HOUR_MS) + 1) * HOUR_MS;
+        tokio::time::sleep(Duration::from_millis((next_hour - now) as u64 + 100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_batch_fault_is_reported_with_its_check_on_time_and_clean_runs_raise_nothing() {
     let t = Topics::create("batches").await;
     let port = free_port();
+    let scenario = BatchScenario::builtin("batch_faults").expect("built-in");
+    // Start-up, the runs 15 s apart and a margin, all in one hour.
+    keep_within_one_hour(Duration::from_secs(30 + 15 * scenario.runs.len() as u64)).await;
     let yaml = config(&t, port, 15, FAST_TIERS);
     let topology = Topology::from_yaml_str("batches.yaml", &yaml, Vec::new())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -152,11 +170,15 @@ async fn each_batch_fault_is_reported_with_its_check_on_time_and_clean_runs_rais
     let mut svc = SynclagProcess::start(&yaml, port, "batches");
     svc.wait_ready().await;
 
-    let scenario = BatchScenario::builtin("batch_faults").expect("built-in");
     // Runs from the next scheduled time at least a second away.
     let after = chrono::Utc::now().timestamp_millis() + 1_000;
     let runs = plan_runs(&topology, "carrier_manifest", &scenario, after)
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        runs[0].scheduled_ms.div_euclid(HOUR_MS),
+        runs[runs.len() - 1].scheduled_ms.div_euclid(HOUR_MS),
+        "the runs are planned within one hour"
+    );
     let mut sink = synclag::sim::kafka_sink_for(&topology, None).expect("sink");
     produce_runs(&runs, &mut sink)
         .await
