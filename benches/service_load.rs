@@ -57,6 +57,9 @@ struct Args {
     properties: Vec<(String, String)>,
     /// synclag's delivery modes to run, each round: `store.exactly_once` values.
     modes: Vec<bool>,
+    /// Another synclag binary (an earlier build) run after this one in each round and
+    /// mode, for a before/after comparison under the same conditions.
+    against: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -68,6 +71,7 @@ fn parse_args() -> anyhow::Result<Args> {
         peer: false,
         properties: Vec::new(),
         modes: vec![true],
+        against: None,
     };
     if !support::bench::is_bench_run() {
         a.correlations = 2_000;
@@ -80,6 +84,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rounds" => a.rounds = value.parse()?,
             "--partitions" => a.partitions = value.parse()?,
             "--peer" => a.peer = value.parse()?,
+            "--against" => {
+                let path = PathBuf::from(&value);
+                anyhow::ensure!(path.is_file(), "--against: no file {value}");
+                a.against = Some(path);
+            }
             "--delivery" => {
                 a.modes = match value.as_str() {
                     "exactly_once" => vec![true],
@@ -146,12 +155,21 @@ fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    let mut synclag_runs: Vec<Vec<Measured>> = args.modes.iter().map(|_| Vec::new()).collect();
+    // Each delivery mode with this build and, with `--against`, the other binary.
+    let this_build = PathBuf::from(env!("CARGO_BIN_EXE_synclag"));
+    let mut systems: Vec<(String, bool, &Path)> = Vec::new();
+    for mode in &args.modes {
+        systems.push((synclag_label(*mode, None), *mode, this_build.as_path()));
+        if let Some(other) = &args.against {
+            systems.push((synclag_label(*mode, Some(other)), *mode, other.as_path()));
+        }
+    }
+    let mut synclag_runs: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
     let mut peer_runs = Vec::new();
     for round in 1..=args.rounds {
-        for (mode, runs) in args.modes.iter().zip(&mut synclag_runs) {
-            let m = run_synclag(&bootstrap, &backlog, &args.properties, *mode, round)?;
-            report_run(synclag_label(*mode), round, &backlog, &m);
+        for ((label, mode, binary), runs) in systems.iter().zip(&mut synclag_runs) {
+            let m = run_synclag(binary, &bootstrap, &backlog, &args.properties, *mode, round)?;
+            report_run(label, round, &backlog, &m);
             anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
             runs.push(m);
         }
@@ -174,8 +192,8 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| system | events/s (min / median / max) | events per CPU-second (min / median / max) | peak RSS MiB (min / median / max) |");
     println!("|---|---|---|---|");
-    for (mode, runs) in args.modes.iter().zip(&synclag_runs) {
-        print_row(synclag_label(*mode), &backlog, runs);
+    for ((label, _, _), runs) in systems.iter().zip(&synclag_runs) {
+        print_row(label, &backlog, runs);
     }
     if peer.is_some() {
         print_row(
@@ -187,11 +205,15 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn synclag_label(exactly_once: bool) -> &'static str {
-    if exactly_once {
-        "synclag run (exactly once)"
+fn synclag_label(exactly_once: bool, binary: Option<&Path>) -> String {
+    let mode = if exactly_once {
+        "exactly once"
     } else {
-        "synclag run (at least once)"
+        "at least once"
+    };
+    match binary {
+        None => format!("synclag run ({mode})"),
+        Some(path) => format!("synclag run ({mode}, {})", path.display()),
     }
 }
 
@@ -507,6 +529,7 @@ fn run_dir(name: &str) -> PathBuf {
 }
 
 fn run_synclag(
+    binary: &Path,
     bootstrap: &str,
     backlog: &Backlog,
     properties: &[(String, String)],
@@ -530,7 +553,7 @@ fn run_synclag(
     std::fs::write(&config, yaml)?;
     let service = Service::spawn(
         &format!("synclag run (round {round})"),
-        Path::new(env!("CARGO_BIN_EXE_synclag")),
+        binary,
         &[
             "run".to_owned(),
             "--config".to_owned(),

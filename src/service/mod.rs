@@ -14,6 +14,7 @@
 //! input is paused — the clock and the timers keep running in every case.
 
 mod batches;
+mod held;
 pub mod outcomes;
 mod records;
 pub mod state;

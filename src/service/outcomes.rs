@@ -10,6 +10,7 @@
 //!
 //! Pure apart from metrics: no Kafka, no wall clock (times are passed in).
 
+use super::held::{Held, HeldQueue};
 use super::trend::Trend;
 use crate::config::{LagSegment, Topology};
 use crate::correlate::{
@@ -22,7 +23,7 @@ use crate::telemetry::handles::{LagHistograms, WorkflowCounters};
 use crate::telemetry::names;
 use crate::telemetry::series::{LabelCap, OTHER};
 use hdrhistogram::Histogram;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -101,12 +102,6 @@ impl<V> Bounded<V> {
     }
 }
 
-struct Held {
-    release_at: i64,
-    generation: u64,
-    outcome: Outcome,
-}
-
 /// Turns outcomes into events and statistics.
 pub struct Outcomes {
     topology: Arc<Topology>,
@@ -116,7 +111,7 @@ pub struct Outcomes {
     open_breaches: Bounded<()>,
     /// Notable partner delays (t1 − t0) of pending correlations' start records.
     partner_delay: Bounded<i64>,
-    held: VecDeque<Held>,
+    held: HeldQueue<Outcome>,
     /// Topics each workflow stage is read from (for stalled-input evidence).
     stage_topics: Vec<Vec<String>>,
     /// Events raised since the last log summary, by kind.
@@ -190,7 +185,7 @@ impl Outcomes {
             stats,
             open_breaches: Bounded::new(capacity),
             partner_delay: Bounded::new(capacity),
-            held: VecDeque::new(),
+            held: HeldQueue::default(),
             stage_topics,
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
@@ -221,15 +216,15 @@ impl Outcomes {
     /// must not claim them raised before their events are out.
     pub fn held_breach_tiers(&self) -> HashMap<Key, u8> {
         let mut out = HashMap::new();
-        for h in &self.held {
-            if let OutcomeKind::Breach { tier, .. } = h.outcome.kind {
+        for h in self.held.iter() {
+            if let OutcomeKind::Breach { tier, .. } = h.item.kind {
                 let bit = match tier {
                     Tier::Warn => 1,
                     Tier::Critical => 2,
                 };
                 *out.entry((
-                    h.outcome.info.workflow,
-                    h.outcome.info.correlation_id.as_bytes().into(),
+                    h.item.info.workflow,
+                    h.item.info.correlation_id.as_bytes().into(),
                 ))
                 .or_insert(0) |= bit;
             }
@@ -249,7 +244,7 @@ impl Outcomes {
 
     /// Generation of the oldest held-back outcome (see `ingest::commit`).
     pub fn oldest_held_generation(&self) -> Option<u64> {
-        self.held.iter().map(|h| h.generation).min()
+        self.held.oldest_generation()
     }
 
     /// Entries the evidence maps forgot because they were full.
@@ -303,11 +298,17 @@ impl Outcomes {
                 OutcomeKind::LateArrival { at_ms, .. } => *at_ms,
                 OutcomeKind::Evicted { at_ms, .. } => *at_ms,
             };
-            self.held.push_back(Held {
-                release_at,
-                generation,
-                outcome: o,
-            });
+            let key = self
+                .label_hasher
+                .hash_one((o.info.workflow, o.info.correlation_id.as_bytes()));
+            self.held.push(
+                key,
+                Held {
+                    release_at,
+                    generation,
+                    item: o,
+                },
+            );
         }
         self.counters.deferred_outcomes.set(self.held.len() as f64);
     }
@@ -318,45 +319,34 @@ impl Outcomes {
         if self.held.is_empty() {
             return;
         }
-        let hasher = std::collections::hash_map::RandomState::new();
-        let mut blocked: HashSet<u64> = HashSet::new();
-        let mut keep = VecDeque::new();
-        for h in std::mem::take(&mut self.held) {
-            let key = hasher.hash_one((
-                h.outcome.info.workflow,
-                h.outcome.info.correlation_id.as_bytes(),
-            ));
-            let due = all || (now != i64::MIN && h.release_at <= now);
-            if due && !blocked.contains(&key) {
-                if let Some(ended) = &mut self.ended {
-                    let o = &h.outcome;
-                    if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
-                        ended.push((o.info.workflow, o.info.correlation_id.clone()));
-                    }
+        let due = match (all, now) {
+            (true, _) => None,
+            (false, i64::MIN) => return,
+            (false, now) => Some(now),
+        };
+        for h in self.held.take_due(due) {
+            let o = &h.item;
+            if let Some(ended) = &mut self.ended {
+                if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
+                    ended.push((o.info.workflow, o.info.correlation_id.clone()));
                 }
-                if let Some(ev) = self.on_outcome(&h.outcome, ctx) {
-                    *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
-                    // Once per breached correlation, at its first tier.
-                    if ev.kind == "breach" && ev.severity == "warn" {
-                        let signals = ctx
-                            .signals
-                            .signals(&h.outcome.info.correlation_id.to_string());
-                        self.slice_signals.record(
-                            h.outcome.info.workflow,
-                            &ev.dimensions,
-                            signals,
-                            h.release_at,
-                        );
-                    }
-                    self.incidents.observe(&ev, h.release_at);
-                    sink.push(ev);
+            }
+            if let Some(ev) = self.on_outcome(o, ctx) {
+                *self.since_summary.entry(kind_name(&ev.kind)).or_default() += 1;
+                // Once per breached correlation, at its first tier.
+                if ev.kind == "breach" && ev.severity == "warn" {
+                    let signals = ctx.signals.signals(&o.info.correlation_id.to_string());
+                    self.slice_signals.record(
+                        o.info.workflow,
+                        &ev.dimensions,
+                        signals,
+                        h.release_at,
+                    );
                 }
-            } else {
-                blocked.insert(key);
-                keep.push_back(h);
+                self.incidents.observe(&ev, h.release_at);
+                sink.push(ev);
             }
         }
-        self.held = keep;
         self.counters.deferred_outcomes.set(self.held.len() as f64);
     }
 

@@ -552,6 +552,7 @@ impl Simulator {
             sla: planned.sla,
             expected: planned.expected,
             cut_off: false,
+            produced_late_ms: 0,
         };
         self.counters.correlations_started += 1;
         if remaining == 0 {

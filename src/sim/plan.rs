@@ -301,6 +301,11 @@ pub struct GroundTruth {
     pub expected: Expected,
     /// The run ended before every record of this correlation was produced.
     pub cut_off: bool,
+    /// How long after its planned time the latest of this correlation's records was
+    /// handed to the sink, on the wall clock (which a run falls behind when the machine
+    /// is busy; the stages' Kafka times above are the planned ones); 0 when simulated.
+    #[serde(default)]
+    pub produced_late_ms: i64,
 }
 
 /// A sample from a log-normal distribution with the given median and shape.

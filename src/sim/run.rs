@@ -87,12 +87,20 @@ pub async fn run_until<C: Clock, S: RecordSink>(
     let mut summary = RunSummary::default();
     let mut last_report = Instant::now();
     let mut last_records = 0u64;
+    let mut late = Lateness::default();
     loop {
         let now = clock.now();
         for record in sim.advance_to(now)? {
+            if clock.is_real() {
+                late.sent(&record, clock.now().timestamp_millis());
+            }
             sink.send(record).await?;
         }
-        write_truth(&mut ground_truth, sim.take_finished(), &mut summary)?;
+        write_truth(
+            &mut ground_truth,
+            late.stamp(sim.take_finished()),
+            &mut summary,
+        )?;
         if sim.is_done(now) || stop.is_cancelled() {
             break;
         }
@@ -109,7 +117,7 @@ pub async fn run_until<C: Clock, S: RecordSink>(
         }
     }
     sink.flush().await?;
-    write_truth(&mut ground_truth, sim.finish(), &mut summary)?;
+    write_truth(&mut ground_truth, late.stamp(sim.finish()), &mut summary)?;
     if let Some(w) = ground_truth.as_mut() {
         w.flush().map_err(RunError::GroundTruth)?;
     }
@@ -122,6 +130,37 @@ pub async fn run_until<C: Clock, S: RecordSink>(
         progress_line(sim, clock, summary.sink, 0.0);
     }
     Ok(summary)
+}
+
+/// How late each correlation's records were handed to the sink on the wall clock, until
+/// its ground truth is written (a simulated clock is never behind).
+#[derive(Default)]
+struct Lateness {
+    by_correlation: std::collections::HashMap<String, i64>,
+}
+
+impl Lateness {
+    fn sent(&mut self, record: &super::SimRecord, now_ms: i64) {
+        let behind = now_ms - record.timestamp_ms;
+        // Stage records only: the ground truth is written after the last of them.
+        let stage = matches!(record.origin.kind, super::OriginKind::Stage { .. });
+        if stage && behind > 0 {
+            let e = self
+                .by_correlation
+                .entry(record.origin.correlation_id.clone())
+                .or_default();
+            *e = (*e).max(behind);
+        }
+    }
+
+    fn stamp(&mut self, mut truths: Vec<GroundTruth>) -> Vec<GroundTruth> {
+        for t in &mut truths {
+            if let Some(ms) = self.by_correlation.remove(&t.correlation_id) {
+                t.produced_late_ms = ms;
+            }
+        }
+        truths
+    }
 }
 
 fn write_truth(
