@@ -101,6 +101,14 @@ pub struct StateBatch {
 }
 
 impl Output {
+    /// Records synclag's own state is restored from (changelog, batch runs).
+    fn is_changelog(&self) -> bool {
+        matches!(
+            self,
+            Output::State(_) | Output::Batch(crate::batch::glue::BatchOutput::State { .. })
+        )
+    }
+
     fn topic<'a>(&'a self, topics: &'a crate::config::Outputs) -> &'a str {
         match self {
             Output::Batch(crate::batch::glue::BatchOutput::Event(_)) => &topics.batches_topic,
@@ -339,6 +347,65 @@ const RENEWALS_MAX: usize = 5;
 const RENEWALS_WINDOW: Duration = Duration::from_secs(600);
 
 impl Txn {
+    /// Aborts the open transaction, if one is open. A producer that cannot abort is
+    /// treated as fenced: a new one aborts the transaction when it registers.
+    async fn abort(&mut self, outputs: &Arc<Outputs>) -> Result<(), TxnFailure> {
+        if !self.open {
+            return Ok(());
+        }
+        let o = outputs.clone();
+        match self
+            .call("aborting", move || o.txn_abort(TXN_CALL_TIMEOUT))
+            .await
+        {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.fenced = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// A failure doomed the transaction while outputs of it are still in flight: abort
+    /// now. librdkafka may hold those outputs until the transaction times out (after a
+    /// record refused for its size, the partition's sequence is broken and nothing more
+    /// is sent); aborting fails them at once, and they are written again with the rest.
+    async fn abort_early(&mut self, outputs: &Arc<Outputs>, still_in_flight: bool) {
+        if self.doomed.is_some() && self.open && still_in_flight {
+            if let Err(e) = self.abort(outputs).await {
+                tracing::warn!(error = %e, "output transaction: aborting early failed; the producer is replaced");
+            }
+        }
+    }
+
+    /// An output of the open transaction was delivered or failed: kept to be written
+    /// again if the transaction is aborted (a failure dooms it), in its smallest form or
+    /// not at all when its topic refused it for its size.
+    fn delivered(
+        &mut self,
+        seq: u64,
+        result: Result<(), EmitError>,
+        output: Output,
+        topics: &crate::config::Outputs,
+        failures: &mut u64,
+        last_report: &mut Option<Instant>,
+    ) {
+        let mut output = Some(output);
+        if let (Err(e), Some(o)) = (result, &output) {
+            count_failure(topics, o, &e, failures, last_report);
+            self.doomed.get_or_insert_with(|| e.to_string());
+            if matches!(e, EmitError::TooLarge { .. }) {
+                output = output.and_then(|o| refused_for_size(topics, o, &e));
+            }
+        }
+        if let Some(o) = output {
+            self.log.push((seq, o));
+        }
+    }
+
     /// Calls `op` until it succeeds, retrying transient failures with backoff. `Err`:
     /// the transaction must be aborted (`Abort`) or the producer is fenced (`Fatal`; it
     /// is marked for replacement).
@@ -526,13 +593,29 @@ async fn run(
                 }
             }
             (Step::Done(seq, result, output), Some(t)) => {
-                if let Err(e) = result {
-                    count_failure(&topics, &output, &e, &mut failures, &mut last_report);
-                    t.doomed.get_or_insert_with(|| e.to_string());
-                }
-                t.log.push((seq, output));
+                t.delivered(
+                    seq,
+                    result,
+                    output,
+                    &topics,
+                    &mut failures,
+                    &mut last_report,
+                );
+                t.abort_early(&outputs, !in_flight.is_empty()).await;
             }
             (Step::Done(seq, Ok(()), _), None) => acks.done(seq),
+            (Step::Done(seq, Err(e @ EmitError::TooLarge { .. }), output), None)
+                if !output.is_changelog() =>
+            {
+                count_failure(&topics, &output, &e, &mut failures, &mut last_report);
+                match refused_for_size(&topics, output, &e) {
+                    Some(smaller) => {
+                        let delivery = start(&outputs, &topics, seq, smaller).await;
+                        in_flight.push(delivery);
+                    }
+                    None => acks.done(seq),
+                }
+            }
             (Step::Done(seq, Err(e), output), None) => {
                 count_failure(&topics, &output, &e, &mut failures, &mut last_report);
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -541,6 +624,57 @@ async fn run(
                     in_flight.push(delivery);
                 }
             }
+        }
+    }
+}
+
+/// What becomes of an output its topic refused for its size (it would be refused again
+/// however often it was sent, and hold every output behind it): a breach or incident
+/// event is sent again in its smallest form; one without a smaller form, or refused in
+/// it, is dropped — counted on `synclag_output_dropped_total` and logged with its key — so
+/// the outputs behind it go on. Changelog records are not dropped (synclag creates their
+/// topics, whose limit its records stay far below): they are retried as before.
+fn refused_for_size(
+    topics: &crate::config::Outputs,
+    output: Output,
+    e: &EmitError,
+) -> Option<Output> {
+    let topic = output.topic(topics).to_string();
+    let (smaller, what) = match &output {
+        Output::Breach(ev) => {
+            let s = ev.smallest();
+            let what = format!("breach event {}", ev.breach_id);
+            ((s != **ev).then(|| Output::Breach(Box::new(s))), what)
+        }
+        Output::Incident(ev) => {
+            let s = ev.smallest();
+            let what = format!("incident event {} #{}", ev.incident_id, ev.sequence);
+            ((s != **ev).then(|| Output::Incident(Box::new(s))), what)
+        }
+        Output::State(_) | Output::Batch(crate::batch::glue::BatchOutput::State { .. }) => {
+            return Some(output)
+        }
+        Output::DeadLetter(dl) => (
+            None,
+            format!(
+                "dead letter of {}[{}]@{}",
+                dl.topic, dl.partition, dl.offset
+            ),
+        ),
+        Output::Lag(summaries) => (None, format!("{} lag summaries", summaries.len())),
+        Output::Batch(_) => (None, "batch event".to_string()),
+        Output::Commit(_) => (None, "offsets".to_string()),
+    };
+    match smaller {
+        Some(smaller) => {
+            metrics::counter!(names::OUTPUT_TRUNCATIONS_TOTAL, "topic" => topic.clone(), "field" => "smallest_form").increment(1);
+            tracing::warn!(error = %e, topic, "{what} refused for its size; sending its smallest form (evidence left out, texts cut)");
+            Some(smaller)
+        }
+        None => {
+            metrics::counter!(names::OUTPUT_DROPPED_TOTAL, "topic" => topic.clone(), "reason" => "too_large").increment(1);
+            tracing::error!(error = %e, topic, "{what} refused for its size even in its smallest form; dropped so the outputs behind it go on (raise the topic's max.message.bytes)");
+            None
         }
     }
 }
@@ -624,21 +758,9 @@ async fn finish_transaction(
         }
         // Abort, then write the same outputs again in a new transaction.
         let why = t.doomed.take().unwrap_or_default();
-        if t.open {
-            let o = outputs.clone();
-            match t
-                .call("aborting", move || o.txn_abort(TXN_CALL_TIMEOUT))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) => {
-                    // Not abortable either: a new producer aborts it when it registers.
-                    t.fenced = true;
-                    t.doomed = Some(format!("{why}; aborting: {e}"));
-                    continue;
-                }
-            }
-            t.open = false;
+        if let Err(e) = t.abort(outputs).await {
+            t.doomed = Some(format!("{why}; aborting: {e}"));
+            continue;
         }
         metrics::counter!(names::OUTPUT_TRANSACTIONS_TOTAL, "result" => "aborted").increment(1);
         tracing::warn!(error = %why, outputs = t.log.len(), "output transaction aborted; writing its outputs again");
@@ -658,11 +780,8 @@ async fn finish_transaction(
             in_flight.push(delivery);
         }
         while let Some((seq, result, output)) = in_flight.next().await {
-            if let Err(e) = result {
-                count_failure(topics, &output, &e, &mut failures, &mut last_report);
-                t.doomed.get_or_insert_with(|| e.to_string());
-            }
-            t.log.push((seq, output));
+            t.delivered(seq, result, output, topics, &mut failures, &mut last_report);
+            t.abort_early(outputs, !in_flight.is_empty()).await;
         }
         if t.doomed.is_some() {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -687,7 +806,7 @@ where
     loop {
         match queue().await {
             Ok(delivery) => return Ok(delivery),
-            Err(e @ EmitError::Delivery { .. }) => return Err(e),
+            Err(e @ (EmitError::Delivery { .. } | EmitError::TooLarge { .. })) => return Err(e),
             Err(e) => {
                 metrics::counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.to_string())
                     .increment(1);
@@ -699,10 +818,18 @@ where
     }
 }
 
-/// Awaits a queued record's acknowledgement, or passes on why it was not queued.
+/// Awaits a queued record's acknowledgement, or passes on why it was not queued. A record
+/// too large for its topic even in its smallest form was never sent (see
+/// `Outputs::learn_record_limits`): it is dropped — counted and logged — so the outputs
+/// behind it go on, and nothing of it is in a transaction.
 async fn acknowledged(queued: Result<Acknowledgement, EmitError>) -> Result<(), EmitError> {
     match queued {
         Ok(ack) => ack.await,
+        Err(EmitError::TooLarge { topic, why }) => {
+            metrics::counter!(names::OUTPUT_DROPPED_TOTAL, "topic" => topic.clone(), "reason" => "too_large").increment(1);
+            tracing::error!(topic, error = %why, "output too large for its topic even in its smallest form; dropped so the outputs behind it go on (raise the topic's max.message.bytes)");
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }

@@ -241,6 +241,47 @@ impl BreachEvent {
     }
 }
 
+/// Longest text a breach or incident event keeps in its smallest form (see
+/// [`BreachEvent::smallest`]).
+const SMALLEST_TEXT_BYTES: usize = 96;
+
+impl BreachEvent {
+    /// The smallest form of this event that still says what breached and how late: the
+    /// evidence lists left out and every input-made text cut to a few dozen bytes (with the
+    /// hash of the whole value), each cut named in `truncated`. For a topic whose
+    /// `max.message.bytes` refuses the event as it is. Applying it again changes nothing.
+    pub fn smallest(&self) -> BreachEvent {
+        let mut ev = self.bounded();
+        let mut cuts = Cuts(std::mem::take(&mut ev.truncated));
+        for (field, list) in [
+            ("signals", &mut ev.signals),
+            ("backlogged_groups", &mut ev.backlogged_groups),
+            ("stalled_inputs", &mut ev.stalled_inputs),
+            ("evidence", &mut ev.evidence),
+        ] {
+            if !list.is_empty() {
+                list.clear();
+                cuts.note(field);
+            }
+        }
+        let mut short = |field: &str, value: &mut String| {
+            if let std::borrow::Cow::Owned(cut) = bound_text(value, SMALLEST_TEXT_BYTES) {
+                *value = cut;
+                cuts.note(field);
+            }
+        };
+        short("correlation_id", &mut ev.correlation_id);
+        let dimensions = std::mem::take(&mut ev.dimensions);
+        for (mut key, mut value) in dimensions {
+            short(&format!("dimensions.{key}"), &mut value);
+            short("dimensions", &mut key);
+            ev.dimensions.insert(key, value);
+        }
+        ev.truncated = cuts.0;
+        ev
+    }
+}
+
 /// See `schemas/incident.avsc`: breaches grouped by workflow × cause × slice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IncidentEvent {
@@ -274,6 +315,25 @@ impl IncidentEvent {
     /// Record key: the incident id, so a compacted topic keeps each incident's last state.
     pub fn key(&self) -> &str {
         &self.incident_id
+    }
+
+    /// The smallest form of this event (see [`BreachEvent::smallest`]): no sample and no
+    /// evidence, slice keys and values cut to a few dozen bytes. Applying it again changes
+    /// nothing.
+    pub fn smallest(&self) -> IncidentEvent {
+        let mut ev = self.clone();
+        ev.sample.clear();
+        ev.evidence.clear();
+        ev.slice = std::mem::take(&mut ev.slice)
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    bound_text(&k, SMALLEST_TEXT_BYTES).into_owned(),
+                    bound_text(&v, SMALLEST_TEXT_BYTES).into_owned(),
+                )
+            })
+            .collect();
+        ev
     }
 }
 
@@ -446,6 +506,31 @@ mod tests {
             .unwrap()
             .write_value_to_vec(value)
             .unwrap()
+    }
+
+    #[test]
+    fn the_smallest_form_leaves_out_evidence_cuts_long_texts_and_stays_put() {
+        let mut event = sample();
+        event.signals = vec!["carrier_api_throttling".into()];
+        event.evidence = vec!["x".repeat(900); 20];
+        event
+            .dimensions
+            .insert("note".into(), "n".repeat(BREACH_FIELD_MAX_BYTES));
+        let small = event.smallest();
+        assert!(small.signals.is_empty() && small.evidence.is_empty());
+        assert!(small.dimensions["note"].len() <= SMALLEST_TEXT_BYTES);
+        assert!(small.dimensions["note"].contains("sha256:"));
+        for field in ["signals", "evidence", "dimensions.note"] {
+            assert!(small.truncated.iter().any(|f| f == field), "{field}");
+        }
+        // What identifies the breach stays whole.
+        assert_eq!(
+            (&small.breach_id, &small.correlation_id, small.lag_ms),
+            (&event.breach_id, &event.correlation_id, event.lag_ms)
+        );
+        let bytes = |e: &BreachEvent| serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
+        assert!(bytes(&small) * 10 < bytes(&event), "far smaller");
+        assert_eq!(small.smallest(), small, "a second pass changes nothing");
     }
 
     #[test]

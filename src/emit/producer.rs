@@ -19,7 +19,7 @@ use crate::decode::RecordView;
 use crate::telemetry::names;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -28,6 +28,7 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 use serde::Serialize;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -91,6 +92,10 @@ pub enum EmitError {
     Registry { topic: String, why: String },
     #[error("delivery to `{topic}` failed: {why}")]
     Delivery { topic: String, why: String },
+    /// The record is larger than the topic (`max.message.bytes`) or the producer
+    /// (`message.max.bytes`) accepts: it fails the same way however often it is sent.
+    #[error("`{topic}` refuses the record for its size: {why}")]
+    TooLarge { topic: String, why: String },
 }
 
 impl EmitError {
@@ -122,14 +127,14 @@ impl Future for Acknowledgement {
         };
         let result = match outcome {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err("the producer was dropped before the record was delivered".into()),
+            Ok(Err((e, _))) => Err(delivery_error(&self.topic, &e)),
+            Err(_) => Err(EmitError::Delivery {
+                topic: self.topic.clone(),
+                why: "the producer was dropped before the record was delivered".into(),
+            }),
         };
         count_delivery(&self.topic, result.is_ok());
-        Poll::Ready(result.map_err(|why| EmitError::Delivery {
-            topic: self.topic.clone(),
-            why,
-        }))
+        Poll::Ready(result)
     }
 }
 
@@ -143,7 +148,17 @@ pub struct Outputs {
     incidents_topic: String,
     batches_topic: String,
     dead_letter_max_bytes: usize,
+    /// The largest record each output topic takes (its `max.message.bytes`), once read
+    /// (see [`Outputs::learn_record_limits`]); records over it are never sent.
+    record_limits: std::sync::OnceLock<HashMap<String, usize>>,
 }
+
+/// Bytes a record batch adds around one record (batch header 61 bytes, record framing):
+/// a record whose key, value and headers come within this of the topic's limit is refused.
+const RECORD_BATCH_OVERHEAD_BYTES: usize = 128;
+
+/// librdkafka's default `batch.size`.
+const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
 
 impl Outputs {
     pub fn new(topology: &Topology) -> Result<Outputs, EmitError> {
@@ -181,12 +196,62 @@ impl Outputs {
             incidents_topic: topology.outputs.incidents_topic.clone(),
             batches_topic: topology.outputs.batches_topic.clone(),
             dead_letter_max_bytes: dead_letter_max_bytes(topology),
+            record_limits: std::sync::OnceLock::new(),
         })
     }
 
-    /// The size a dead letter is cut to (key, value and headers together).
+    /// Reads the `max.message.bytes` of the output topics that exist, so records they
+    /// would refuse are made smaller (breach and incident events) or dropped and counted
+    /// before they are sent: a record the broker refuses breaks the idempotent producer's
+    /// sequence, and inside a transaction it dooms everything written with it. When the
+    /// configs cannot be read (no `DescribeConfigs` permission), refusals are handled as
+    /// they come back from the broker instead.
+    pub async fn learn_record_limits(&self, topology: &Topology) {
+        let o = &topology.outputs;
+        let topics = [
+            &o.breaches_topic,
+            &o.incidents_topic,
+            &o.lag_topic,
+            &o.dead_letter_topic,
+            &o.batches_topic,
+        ];
+        let limits = match read_record_limits(topology, &topics).await {
+            Ok(limits) => limits,
+            Err(why) => {
+                tracing::warn!(error = %why, "cannot read the output topics' max.message.bytes; a record they refuse is handled when the broker refuses it");
+                HashMap::new()
+            }
+        };
+        let batch = crate::config::kafka::output_producer_config(topology)
+            .get("batch.size")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(LIBRDKAFKA_BATCH_SIZE);
+        for (topic, limit) in &limits {
+            tracing::debug!(
+                topic,
+                max_message_bytes = limit,
+                "output topic record limit"
+            );
+            if *limit < batch {
+                tracing::warn!(topic, max_message_bytes = limit, batch_size = batch, "output topic takes smaller record batches than the producer builds: set kafka.properties batch.size to at most its max.message.bytes, or the broker refuses whole batches of small records");
+            }
+        }
+        let _ = self.record_limits.set(limits);
+    }
+
+    fn record_limit(&self, topic: &str) -> Option<usize> {
+        self.record_limits.get()?.get(topic).copied()
+    }
+
+    /// The size a dead letter is cut to (key, value and headers together): below the
+    /// producer's `message.max.bytes` and the dead-letter topic's own limit.
     pub fn dead_letter_max_bytes(&self) -> usize {
-        self.dead_letter_max_bytes
+        match self.record_limit(&self.dead_letter_topic) {
+            Some(limit) => self
+                .dead_letter_max_bytes
+                .min(limit.saturating_sub(RECORD_BATCH_OVERHEAD_BYTES + MARKERS_RESERVE_BYTES)),
+            None => self.dead_letter_max_bytes,
+        }
     }
 
     async fn encode<T: Serialize>(
@@ -230,6 +295,23 @@ impl Outputs {
         mut record: FutureRecord<'_, [u8], [u8]>,
     ) -> Result<Acknowledgement, EmitError> {
         let topic = record.topic;
+        if let Some(limit) = self.record_limit(topic) {
+            let headers = record.headers.as_ref().map_or(0, |h| {
+                h.iter()
+                    .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + 8)
+                    .sum::<usize>()
+            });
+            let size = record.key.map_or(0, <[u8]>::len)
+                + record.payload.map_or(0, <[u8]>::len)
+                + headers
+                + RECORD_BATCH_OVERHEAD_BYTES;
+            if size > limit {
+                return Err(EmitError::TooLarge {
+                    topic: topic.to_string(),
+                    why: format!("{size} bytes with framing; the topic takes at most {limit} (max.message.bytes)"),
+                });
+            }
+        }
         let mut waiting: Option<QueueWait> = None;
         let mut pause = QUEUE_FULL_FIRST_PAUSE;
         let delivery = loop {
@@ -245,10 +327,7 @@ impl Outputs {
                 }
                 Err((e, _)) => {
                     count_delivery(topic, false);
-                    return Err(EmitError::Delivery {
-                        topic: topic.to_string(),
-                        why: e.to_string(),
-                    });
+                    return Err(delivery_error(topic, &e));
                 }
             }
         };
@@ -262,6 +341,20 @@ impl Outputs {
     /// Bounds a breach event ([`BreachEvent::bounded`], so no path can skip it), encodes it
     /// and hands it to the producer keyed `workflow/correlation_id`.
     pub async fn enqueue_breach(&self, event: &BreachEvent) -> Result<Acknowledgement, EmitError> {
+        match self.enqueue_breach_as_is(event).await {
+            Err(EmitError::TooLarge { .. }) => {
+                count_truncation(&self.breaches_topic, "smallest_form");
+                tracing::warn!(breach_id = %event.breach_id, topic = %self.breaches_topic, "breach event too large for its topic; sending its smallest form (evidence left out, texts cut)");
+                self.enqueue_breach_as_is(&event.smallest()).await
+            }
+            other => other,
+        }
+    }
+
+    async fn enqueue_breach_as_is(
+        &self,
+        event: &BreachEvent,
+    ) -> Result<Acknowledgement, EmitError> {
         let event = event.bounded_cow();
         for field in &event.truncated {
             // `dimensions.<key>` counts as `dimensions`: labels stay a fixed set.
@@ -283,6 +376,20 @@ impl Outputs {
     /// Encodes one incident event (its texts are bounded where it is built) and hands it
     /// to the producer keyed by `incident_id`.
     pub async fn enqueue_incident(
+        &self,
+        event: &IncidentEvent,
+    ) -> Result<Acknowledgement, EmitError> {
+        match self.enqueue_incident_as_is(event).await {
+            Err(EmitError::TooLarge { .. }) => {
+                count_truncation(&self.incidents_topic, "smallest_form");
+                tracing::warn!(incident_id = %event.incident_id, topic = %self.incidents_topic, "incident event too large for its topic; sending its smallest form (sample and evidence left out)");
+                self.enqueue_incident_as_is(&event.smallest()).await
+            }
+            other => other,
+        }
+    }
+
+    async fn enqueue_incident_as_is(
         &self,
         event: &IncidentEvent,
     ) -> Result<Acknowledgement, EmitError> {
@@ -637,6 +744,47 @@ fn count_delivery(topic: &str, ok: bool) {
 }
 
 /// Counts one field cut to fit on `synclag_output_truncations_total`.
+/// `max.message.bytes` of each of `topics` that exists.
+async fn read_record_limits(
+    topology: &Topology,
+    topics: &[&String],
+) -> Result<HashMap<String, usize>, String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        crate::config::kafka::admin_config(topology)
+            .create()
+            .map_err(|e| e.to_string())?;
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .describe_configs(&specs, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (result, topic) in results.into_iter().zip(topics) {
+        let Ok(resource) = result else { continue };
+        if let Some(limit) = resource
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            out.insert(topic.to_string(), limit);
+        }
+    }
+    Ok(out)
+}
+
+/// A record librdkafka or the broker did not take: refused for its size, or failed.
+fn delivery_error(topic: &str, e: &KafkaError) -> EmitError {
+    let (topic, why) = (topic.to_string(), e.to_string());
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+        EmitError::TooLarge { topic, why }
+    } else {
+        EmitError::Delivery { topic, why }
+    }
+}
+
 fn count_truncation(topic: &str, field: &str) {
     metrics::counter!(names::OUTPUT_TRUNCATIONS_TOTAL, "topic" => topic.to_string(), "field" => field.to_string())
         .increment(1);

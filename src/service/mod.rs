@@ -141,6 +141,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         .map_err(|e| RunError::Engine(e.to_string()))?;
     engine.open_lag_interval(wall_ms());
     let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
+    outputs.learn_record_limits(&topology).await;
 
     let mut api = ApiState::new(Some(metrics), topology.registry.is_some());
     let mut backlogged: Arc<dyn Fn() -> Vec<Backlogged> + Send + Sync> = Arc::new(Vec::new);

@@ -253,7 +253,12 @@ pub fn describe_all() {
     describe_counter!(
         OUTPUT_TRUNCATIONS_TOTAL,
         Unit::Count,
-        "Output fields cut to fit the topic (breach event fields; dead-letter key, value, headers, error), by topic and field."
+        "Output fields cut to fit the topic (breach event fields; dead-letter key, value, headers, error; smallest_form: a breach or incident event sent again without its evidence because the topic refused it for its size), by topic and field."
+    );
+    describe_counter!(
+        OUTPUT_DROPPED_TOTAL,
+        Unit::Count,
+        "Outputs dropped because their topic refused them for their size even in their smallest form (max.message.bytes), so the outputs behind them go on, by topic and reason."
     );
 
     // ---- correlation engine bounds (src/correlate): published from Engine::counters(),
@@ -500,6 +505,7 @@ pub const EVENT_TIME_VIOLATIONS_TOTAL: &str = "synclag_event_time_violations_tot
 pub const OUTPUT_QUEUE_FULL_WAIT_SECONDS: &str = "synclag_output_queue_full_wait_seconds";
 pub const OUTPUT_QUEUE_FULL_WAITING: &str = "synclag_output_queue_full_waiting_records";
 pub const OUTPUT_TRUNCATIONS_TOTAL: &str = "synclag_output_truncations_total";
+pub const OUTPUT_DROPPED_TOTAL: &str = "synclag_output_dropped_total";
 
 // ---- correlation engine bounds (src/correlate)
 /// `Counters::held_early`.

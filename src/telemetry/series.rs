@@ -89,6 +89,8 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
                 .absolute(0);
         }
         counter!(names::OUTPUT_ERRORS_TOTAL, "topic" => topic.clone()).absolute(0);
+        counter!(names::OUTPUT_DROPPED_TOTAL, "topic" => topic.clone(), "reason" => "too_large")
+            .absolute(0);
         gauge!(names::OUTPUT_QUEUE_FULL_WAITING, "topic" => topic.clone()).set(0.0);
     }
     // The fields most often cut: an oversized id in a breach, an oversized value in a

@@ -113,12 +113,30 @@ pub async fn create_topic(name: &str, partitions: i32) {
 
 /// [`create_topic`] on the broker at `bootstrap` (e.g. a [`DedicatedBroker`]).
 pub async fn create_topic_on(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_configured(bootstrap, name, partitions, &[]).await;
+}
+
+/// [`create_topic`] with topic configs, e.g. `("max.message.bytes", "4096")`.
+#[allow(dead_code)] // not every test binary creates configured topics
+pub async fn create_topic_with(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    create_topic_configured(&bootstrap(), name, partitions, config).await;
+}
+
+async fn create_topic_configured(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
         .create()
         .expect("create AdminClient for the test broker");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics([&topic], &options)
