@@ -341,14 +341,12 @@ impl Outputs {
     /// Bounds a breach event ([`BreachEvent::bounded`], so no path can skip it), encodes it
     /// and hands it to the producer keyed `workflow/correlation_id`.
     pub async fn enqueue_breach(&self, event: &BreachEvent) -> Result<Acknowledgement, EmitError> {
-        match self.enqueue_breach_as_is(event).await {
-            Err(EmitError::TooLarge { .. }) => {
-                count_truncation(&self.breaches_topic, "smallest_form");
-                tracing::warn!(breach_id = %event.breach_id, topic = %self.breaches_topic, "breach event too large for its topic; sending its smallest form (evidence left out, texts cut)");
-                self.enqueue_breach_as_is(&event.smallest()).await
-            }
-            other => other,
-        }
+        let what = || format!("breach event {}", event.breach_id);
+        let first = self.enqueue_breach_as_is(event);
+        or_smallest(&self.breaches_topic, what, first, || async {
+            self.enqueue_breach_as_is(&event.smallest()).await
+        })
+        .await
     }
 
     async fn enqueue_breach_as_is(
@@ -379,14 +377,12 @@ impl Outputs {
         &self,
         event: &IncidentEvent,
     ) -> Result<Acknowledgement, EmitError> {
-        match self.enqueue_incident_as_is(event).await {
-            Err(EmitError::TooLarge { .. }) => {
-                count_truncation(&self.incidents_topic, "smallest_form");
-                tracing::warn!(incident_id = %event.incident_id, topic = %self.incidents_topic, "incident event too large for its topic; sending its smallest form (sample and evidence left out)");
-                self.enqueue_incident_as_is(&event.smallest()).await
-            }
-            other => other,
-        }
+        let what = || format!("incident event {} #{}", event.incident_id, event.sequence);
+        let first = self.enqueue_incident_as_is(event);
+        or_smallest(&self.incidents_topic, what, first, || async {
+            self.enqueue_incident_as_is(&event.smallest()).await
+        })
+        .await
     }
 
     async fn enqueue_incident_as_is(
@@ -744,6 +740,29 @@ fn count_delivery(topic: &str, ok: bool) {
 }
 
 /// Counts one field cut to fit on `synclag_output_truncations_total`.
+/// `first`, or — when `topic` refuses it for its size — what `smallest` queues instead
+/// (the event's smallest form), counted and logged.
+async fn or_smallest<First, Smallest, Fut>(
+    topic: &str,
+    what: impl FnOnce() -> String,
+    first: First,
+    smallest: Smallest,
+) -> Result<Acknowledgement, EmitError>
+where
+    First: Future<Output = Result<Acknowledgement, EmitError>>,
+    Smallest: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Acknowledgement, EmitError>>,
+{
+    match first.await {
+        Err(EmitError::TooLarge { why, .. }) => {
+            count_truncation(topic, "smallest_form");
+            tracing::warn!(topic, error = %why, "{} too large for its topic; sending its smallest form (evidence left out, texts cut)", what());
+            smallest().await
+        }
+        other => other,
+    }
+}
+
 /// `max.message.bytes` of each of `topics` that exists.
 async fn read_record_limits(
     topology: &Topology,
