@@ -122,17 +122,6 @@ fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
         .expect("the backlog is written");
 }
 
-fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter(|l| label_filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn metrics(svc: &SynclagProcess) -> String {
     svc.get_text("/metrics").await.unwrap_or_default()
 }
@@ -203,11 +192,11 @@ workflows:
         Duration::from_secs(120),
         "input is paused for outputs",
         || async {
-            metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]) == 1.0
+            support::metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]) == 1.0
         },
     )
     .await;
-    let unread = metric_sum(&metrics(&svc).await, "synclag_input_lag_records", &[]);
+    let unread = support::metric_sum(&metrics(&svc).await, "synclag_input_lag_records", &[]);
     assert!(
         unread > 0.0,
         "records of on-time correlations wait in the paused input (input lag {unread})\n{}",
@@ -217,7 +206,7 @@ workflows:
     // judged stalled, were the reader's own pause taken for one.
     tokio::time::sleep(Duration::from_secs(IDLE_PARTITION_S * BLOCKED_BUDGETS)).await;
     assert_eq!(
-        metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]),
+        support::metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]),
         1.0,
         "input stayed paused while outputs were blocked\n{}",
         svc.log_tail()
@@ -232,10 +221,10 @@ workflows:
         "every never-closed correlation ended and every output was acknowledged",
         || async {
             let text = metrics(&svc).await;
-            metric_sum(&text, "synclag_never_arrived_total", &[]) >= never
-                && metric_sum(&text, "synclag_input_paused_for_output", &[]) == 0.0
-                && metric_sum(&text, "synclag_output_unacknowledged_records", &[]) == 0.0
-                && metric_sum(&text, "synclag_output_queued_records", &[]) == 0.0
+            support::metric_sum(&text, "synclag_never_arrived_total", &[]) >= never
+                && support::metric_sum(&text, "synclag_input_paused_for_output", &[]) == 0.0
+                && support::metric_sum(&text, "synclag_output_unacknowledged_records", &[]) == 0.0
+                && support::metric_sum(&text, "synclag_output_queued_records", &[]) == 0.0
         },
     )
     .await;

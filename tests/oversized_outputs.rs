@@ -113,13 +113,6 @@ async fn produce_starts(topic: &str) {
     }
 }
 
-fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn breaches(topic: &str) -> Vec<BreachEvent> {
     support::topics::read_all(support::client_config(), topic)
         .iter()
@@ -159,12 +152,12 @@ async fn refused_outputs_take_their_smallest_form_or_are_dropped(exactly_once: b
     )
     .await;
     let metrics = svc.get_text("/metrics").await.unwrap_or_default();
-    let incidents_dropped = metric_sum(
+    let incidents_dropped = support::metric_sum(
         &metrics,
         "synclag_output_dropped_total",
         &[&format!("topic=\"{}\"", t.incidents)],
     );
-    let smallest = metric_sum(
+    let smallest = support::metric_sum(
         &metrics,
         "synclag_output_truncations_total",
         &[&format!("topic=\"{}\"", t.out), "field=\"smallest_form\""],

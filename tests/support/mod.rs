@@ -86,3 +86,17 @@ where
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// The sum of every sample of metric `name` in a Prometheus text exposition whose line
+/// contains each of `label_filters` (e.g. `topic="x"`).
+#[allow(dead_code)] // not every test binary reads metrics this way
+pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| label_filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
