@@ -472,7 +472,10 @@ impl Txn {
         let mut backoff = Duration::from_secs(1);
         loop {
             let fresh = match (self.factory)() {
-                Ok(o) => Arc::new(o),
+                Ok(o) => {
+                    o.adopt_record_limits(outputs);
+                    Arc::new(o)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create a new output producer; retrying");
                     tokio::time::sleep(backoff).await;

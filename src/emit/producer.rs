@@ -239,6 +239,13 @@ impl Outputs {
         let _ = self.record_limits.set(limits);
     }
 
+    /// Takes the topic limits `other` has read (a producer replacing a fenced one).
+    pub fn adopt_record_limits(&self, other: &Outputs) {
+        if let Some(limits) = other.record_limits.get() {
+            let _ = self.record_limits.set(limits.clone());
+        }
+    }
+
     fn record_limit(&self, topic: &str) -> Option<usize> {
         self.record_limits.get()?.get(topic).copied()
     }
