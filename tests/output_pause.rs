@@ -55,24 +55,6 @@ fn times(i: u64, base_ms: i64) -> (i64, Option<i64>) {
     }
 }
 
-/// Forwards every connection on `port` to `target` (host:port) once started.
-async fn relay(port: u16, target: String) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind relay port");
-    loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            return;
-        };
-        let target = target.clone();
-        tokio::spawn(async move {
-            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            }
-        });
-    }
-}
-
 /// Writes the backlog: created records on `orders`, closing records on `outbox`, each
 /// topic in event-time order; everything ended long before the service reads it.
 fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
@@ -214,7 +196,7 @@ workflows:
 
     // The registry answers: outputs move, the backlog is read to its end and every output
     // is delivered.
-    tokio::spawn(relay(relay_port, hostport.to_string()));
+    tokio::spawn(support::relay(relay_port, hostport.to_string()));
     let never = NEVER_CLOSED as f64;
     support::wait_until_async(
         Duration::from_secs(180),

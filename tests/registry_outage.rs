@@ -17,24 +17,6 @@ use std::time::Duration;
 const SCHEMA: &str = r#"{"type":"record","name":"Move","namespace":"test.outage","fields":[
   {"name":"move_id","type":"string"},{"name":"moved_at","type":"long"}]}"#;
 
-/// Forwards every connection on `port` to `target` (host:port) once started.
-async fn relay(port: u16, target: String) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind relay port");
-    loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            return;
-        };
-        let target = target.clone();
-        tokio::spawn(async move {
-            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            }
-        });
-    }
-}
-
 async fn metric(port: u16, name: &str) -> f64 {
     let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
         return -1.0;
@@ -150,7 +132,7 @@ workflows:
     assert_eq!(metric(http, "synclag_completed_total").await, 0.0);
 
     // The registry comes back: every correlation completes, still no dead letter.
-    tokio::spawn(relay(relay_port, hostport.to_string()));
+    tokio::spawn(support::relay(relay_port, hostport.to_string()));
     support::wait_until_async(
         Duration::from_secs(60),
         "all correlations complete",

@@ -592,17 +592,6 @@ fn quantile(sorted: &[i64], q: f64) -> i64 {
     sorted[rank - 1]
 }
 
-fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
-        .filter(|l| label_filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_scenario_matches_ground_truth() {
     let t = Topics::new();
@@ -860,7 +849,7 @@ async fn scripted_scenario_matches_ground_truth() {
             .count() as f64;
         let filter = format!("workflow=\"{wf}\"");
         assert_eq!(
-            metric_sum(&metrics, "synclag_completed_total", &[&filter]),
+            support::metric_sum(&metrics, "synclag_completed_total", &[&filter]),
             completed,
             "{wf}"
         );
@@ -869,7 +858,7 @@ async fn scripted_scenario_matches_ground_truth() {
             .filter(|x| x.workflow == wf && x.fate == Fate::Never)
             .count() as f64;
         assert_eq!(
-            metric_sum(&metrics, "synclag_never_arrived_total", &[&filter]),
+            support::metric_sum(&metrics, "synclag_never_arrived_total", &[&filter]),
             never,
             "{wf}"
         );
@@ -878,7 +867,7 @@ async fn scripted_scenario_matches_ground_truth() {
             .filter(|x| x.workflow == wf && matches!(x.fate, Fate::Critical | Fate::Never))
             .count() as f64;
         assert_eq!(
-            metric_sum(
+            support::metric_sum(
                 &metrics,
                 "synclag_breaches_total",
                 &[&filter, "severity=\"critical\""]
@@ -886,7 +875,7 @@ async fn scripted_scenario_matches_ground_truth() {
             crit,
             "{wf}"
         );
-        let e2e_count = metric_sum(
+        let e2e_count = support::metric_sum(
             &metrics,
             "synclag_lag_seconds_count",
             &[&filter, "segment=\"end_to_end\""],
@@ -894,7 +883,7 @@ async fn scripted_scenario_matches_ground_truth() {
         assert_eq!(e2e_count, completed, "{wf}: end-to-end histogram count");
     }
     assert_eq!(
-        metric_sum(&metrics, "synclag_dead_letters_total", &[]),
+        support::metric_sum(&metrics, "synclag_dead_letters_total", &[]),
         expected_dlq.len() as f64
     );
     assert!(
@@ -1193,7 +1182,7 @@ async fn sigkill_and_restart(durable: bool) {
             second.log_tail()
         );
         let metrics = second.get_text("/metrics").await.unwrap_or_default();
-        let restored = metric_sum(
+        let restored = support::metric_sum(
             &metrics,
             "synclag_state_restored_correlations",
             &["kind=\"pending\""],
@@ -1254,7 +1243,7 @@ async fn a_second_group_member_is_reported() {
                 return false;
             };
             let text = r.text().await.unwrap_or_default();
-            metric_sum(&text, "synclag_group_members", &[]) >= 2.0
+            support::metric_sum(&text, "synclag_group_members", &[]) >= 2.0
         },
     )
     .await;

@@ -100,3 +100,23 @@ pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Forwards every connection on `port` to `target` (host:port) once started: a service
+/// pointed at the port reaches `target` only once the relay runs.
+#[allow(dead_code)] // not every test binary relays
+pub async fn relay(port: u16, target: String) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind relay port");
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
