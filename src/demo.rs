@@ -159,7 +159,12 @@ pub struct BreachAccounting {
     /// Events on correlations no fault touched whose records were not all produced
     /// because the run ended first (the user quit): a consequence of stopping, not a finding.
     pub cut_off: usize,
-    /// Events neither a fault nor the end of the run explains: false alarms.
+    /// Events on correlations no fault touched whose last record was handed to Kafka at
+    /// its deadline or later, because the simulator fell behind its plan on a busy
+    /// machine ([`GroundTruth::produced_at_deadline`]): right, since synclag cannot read
+    /// a record before it is written, though the planned lag is within the SLA.
+    pub produced_at_deadline: usize,
+    /// Events nothing above explains: false alarms.
     pub unexplained: usize,
     /// Up to ten unexplained events, as `workflow correlation_id severity`.
     pub unexplained_examples: Vec<String>,
@@ -298,6 +303,7 @@ pub struct TruthNote {
     pub faults: Vec<String>,
     pub expected: Expected,
     pub cut_off: bool,
+    pub produced_at_deadline: bool,
 }
 
 /// Correlations by (workflow, correlation id as the breach topic shows it).
@@ -318,6 +324,7 @@ impl TruthLog {
         let Ok(t) = serde_json::from_slice::<GroundTruth>(line) else {
             return;
         };
+        let produced_at_deadline = t.produced_at_deadline();
         let id = match &self.masker {
             Some(m) => m.mask(&t.correlation_id),
             None => t.correlation_id,
@@ -329,6 +336,7 @@ impl TruthLog {
                 faults: t.faults,
                 expected: t.expected,
                 cut_off: t.cut_off,
+                produced_at_deadline,
             },
         );
     }
@@ -386,6 +394,7 @@ pub fn account(
                 *a.by_phase.entry(phase).or_insert(0) += 1;
             }
             Some(n) if n.cut_off => a.cut_off += 1,
+            Some(n) if n.produced_at_deadline => a.produced_at_deadline += 1,
             _ => {
                 a.unexplained += 1;
                 let phase = note.map_or("unknown correlation", |n| n.phase.as_str());
@@ -1282,6 +1291,12 @@ fn print_summary(report: &DemoReport, phases: &[String]) {
         b.cut_off,
         b.unexplained
     );
+    if b.produced_at_deadline > 0 {
+        println!(
+            "  and {} on correlations whose last record was written at its deadline or later: the machine was too busy for the simulator to keep its plan (right, not false alarms)",
+            b.produced_at_deadline
+        );
+    }
     if !b.unexplained_examples.is_empty() {
         println!("  unexplained, e.g.: {}", b.unexplained_examples.join("; "));
     }
@@ -1464,6 +1479,7 @@ mod tests {
             faults: faults.iter().map(|f| f.to_string()).collect(),
             expected,
             cut_off,
+            produced_at_deadline: false,
         }
     }
 
@@ -1488,6 +1504,14 @@ mod tests {
             (w.into(), "fine".into()),
             note("steady", &[], Expected::None, false),
         );
+        // Untouched, but its closing record was written at the deadline.
+        truth.insert(
+            (w.into(), "written-late".into()),
+            TruthNote {
+                produced_at_deadline: true,
+                ..note("steady", &[], Expected::None, false)
+            },
+        );
         let events = vec![
             breach(w, "slow", "breach"),
             breach(w, "slow", "breach"),
@@ -1496,6 +1520,7 @@ mod tests {
             breach(w, "cut-faulted", "never_arrived"),
             breach(w, "fine", "breach"),
             breach(w, "nobody", "breach"),
+            breach(w, "written-late", "breach"),
         ];
         let phases: Vec<(String, Vec<String>)> = [
             ("steady", vec![]),
@@ -1507,12 +1532,13 @@ mod tests {
         .map(|(p, f)| (p.to_string(), f))
         .collect();
         let a = account(&events, &truth, &phases);
-        assert_eq!(a.breaches, 6, "resolved events are not breaches");
+        assert_eq!(a.breaches, 7, "resolved events are not breaches");
         assert_eq!(
             a.explained_by_fault,
             BTreeMap::from([("carrier_slowdown".to_string(), 2)])
         );
         assert_eq!(a.cut_off, 2);
+        assert_eq!(a.produced_at_deadline, 1);
         assert_eq!(a.unexplained, 2);
         assert_eq!(
             a.unexplained_examples,

@@ -137,17 +137,6 @@ fn incidents(seen: &[Seen<IncidentEvent>]) -> BTreeMap<String, &IncidentEvent> {
     out
 }
 
-/// A correlation no fault touched whose last record, planned before its warn deadline,
-/// was handed to Kafka no earlier than shortly before it (the simulator fell behind the
-/// wall clock; the margin covers the producer's own queueing).
-fn produced_at_deadline(t: &GroundTruth) -> bool {
-    const PRODUCER_MARGIN_MS: i64 = 250;
-    t.faults.is_empty()
-        && t.stages.last().is_some_and(|s| {
-            s.kafka_time_ms + t.produced_late_ms + PRODUCER_MARGIN_MS >= t.start_ms + t.sla.warn_ms
-        })
-}
-
 async fn run_drill(d: Drill) {
     let port = free_port();
     let group = d
@@ -326,7 +315,7 @@ async fn run_drill(d: Drill) {
             // A correlation no fault touched, whose closing record the simulator could
             // only hand over around its deadline because the machine was busy, is rightly
             // breached: synclag cannot know a record before it is written.
-            if !samples.is_empty() && samples.iter().all(|t| produced_at_deadline(t)) {
+            if !samples.is_empty() && samples.iter().all(GroundTruth::produced_at_deadline) {
                 eprintln!(
                     "{}: incident {} {} comes from records produced late: {samples:?}",
                     d.label, i.incident_id, i.probable_cause
