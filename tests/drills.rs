@@ -315,7 +315,7 @@ async fn run_drill(d: Drill) {
             // A correlation no fault touched, whose closing record the simulator could
             // only hand over around its deadline because the machine was busy, is rightly
             // breached: synclag cannot know a record before it is written.
-            if !samples.is_empty() && samples.iter().all(GroundTruth::produced_at_deadline) {
+            if !samples.is_empty() && samples.iter().all(|t| t.produced_at_deadline()) {
                 eprintln!(
                     "{}: incident {} {} comes from records produced late: {samples:?}",
                     d.label, i.incident_id, i.probable_cause
