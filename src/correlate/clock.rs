@@ -21,6 +21,14 @@
 //! nothing, a broker that does not answer — is *stalled*: it stops holding the clock
 //! back, and the caller flags what may wait behind it. Without any contributing
 //! partition the clock is the wall clock.
+//!
+//! **Reading in step.** While a backlog is read, a partition whose record time runs far
+//! ahead of the clock only fills memory: every outcome it leads to waits for the slowest
+//! partition. The clock names such partitions ([`InputClock::running_ahead`]) so the
+//! reader can pause them until the clock has caught up ([`InputClock::caught_up`]); a
+//! partition paused that way is not stalled. Record times count only up to wall time,
+//! so a producer with a clock ahead, or a record from the far future, never holds a
+//! partition paused.
 
 use std::collections::VecDeque;
 
@@ -81,6 +89,9 @@ struct Part {
     fetched: Option<i64>,
     /// A record of this partition waits; the partition is paused behind it.
     waiting_since: Option<i64>,
+    /// The reader paused it because it ran ahead of the clock (see
+    /// [`InputClock::running_ahead`]).
+    paced: bool,
 }
 
 /// Outstanding end-offset observations kept per partition: enough for several seconds of
@@ -223,6 +234,63 @@ impl InputClock {
         }
     }
 
+    /// Assigned partitions, not paused for any reason, whose record time (at most
+    /// `wall_ms`) is more than `ahead_ms` past the clock's last reading.
+    pub fn running_ahead(&self, ahead_ms: i64, wall_ms: i64) -> Vec<u32> {
+        let Some(now) = self.last else {
+            return Vec::new();
+        };
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.assigned && !p.paced && p.waiting_since.is_none())
+            .filter(|(_, p)| {
+                p.max_record_ms
+                    .is_some_and(|r| r.min(wall_ms).saturating_sub(now) > ahead_ms)
+            })
+            .map(|(id, _)| id as u32)
+            .collect()
+    }
+
+    /// Paced partitions whose record time (at most `wall_ms`) is no more than `ahead_ms`
+    /// past the clock's last reading: they may be read again.
+    pub fn caught_up(&self, ahead_ms: i64, wall_ms: i64) -> Vec<u32> {
+        let now = self.last.unwrap_or(i64::MAX);
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.assigned && p.paced)
+            .filter(|(_, p)| {
+                p.max_record_ms
+                    .is_none_or(|r| r.min(wall_ms).saturating_sub(now) <= ahead_ms)
+            })
+            .map(|(id, _)| id as u32)
+            .collect()
+    }
+
+    /// The reader paused (`true`) or resumed (`false`) `partition` for running ahead, at
+    /// `wall_ms`. While paused that way it is not stalled; resumed, it gets a fresh stall
+    /// budget.
+    pub fn pace(&mut self, partition: u32, paced: bool, wall_ms: i64) {
+        let p = self.part(partition);
+        if p.assigned {
+            p.paced = paced;
+            p.progress_ms = p.progress_ms.max(wall_ms);
+        }
+    }
+
+    /// Whether `partition` is paused for running ahead.
+    pub fn is_paced(&self, partition: u32) -> bool {
+        self.parts
+            .get(partition as usize)
+            .is_some_and(|p| p.assigned && p.paced)
+    }
+
+    /// Partitions paused for running ahead now.
+    pub fn paced(&self) -> usize {
+        self.parts.iter().filter(|p| p.assigned && p.paced).count()
+    }
+
     /// Resolves answered probes and judges every partition at `wall_ms`.
     pub fn read(&mut self, wall_ms: i64) -> Reading {
         let budget = self.stall_budget_ms;
@@ -236,6 +304,10 @@ impl InputClock {
                 continue;
             }
             assigned += 1;
+            if p.paced {
+                // Paused by the reader for running ahead: standing still is no stall.
+                p.progress_ms = p.progress_ms.max(wall_ms);
+            }
             if p.waiting_since.is_none() {
                 if let Some(pos) = p.position {
                     while let Some(&(at, end)) = p.probes.front() {
@@ -523,5 +595,91 @@ mod tests {
         c.end_offset(1, 5, 25);
         assert_eq!(c.read(40).now_ms, Some(20), "never backwards");
         assert!(!c.is_assigned(0));
+    }
+
+    #[test]
+    fn a_partition_far_ahead_is_named_and_not_stalled_while_paced() {
+        let mut c = InputClock::new(BUDGET);
+        let wall = 1_000_000;
+        c.assign(0, wall);
+        c.assign(1, wall);
+        c.end_offset(0, 1_000, wall);
+        c.end_offset(1, 1_000, wall);
+        c.record(0, 0, Some(10_000), wall);
+        c.record(1, 0, Some(10_000), wall);
+        assert_eq!(c.read(wall).now_ms, Some(10_000));
+        assert!(c.running_ahead(3_000, wall).is_empty(), "in step");
+        // Partition 1 runs 5 s of event time ahead.
+        c.record(1, 1, Some(15_000), wall + 10);
+        assert_eq!(c.read(wall + 10).now_ms, Some(10_000));
+        assert_eq!(c.running_ahead(3_000, wall + 10), [1]);
+        c.pace(1, true, wall + 10);
+        assert!(c.running_ahead(3_000, wall + 10).is_empty(), "named once");
+        assert_eq!(c.paced(), 1);
+        // Partition 0 keeps moving; partition 1 stands still past the stall budget
+        // without being judged stalled.
+        let later = wall + 2 * BUDGET;
+        c.record(0, 1, Some(11_000), later);
+        let r = c.read(later);
+        assert!(r.stalled.is_empty(), "{r:?}");
+        assert_eq!(r.now_ms, Some(11_000));
+        assert!(c.caught_up(1_500, later).is_empty(), "still 4 s ahead");
+        c.record(0, 2, Some(13_600), later + 1);
+        assert_eq!(c.read(later + 1).now_ms, Some(13_600));
+        assert_eq!(c.caught_up(1_500, later + 1), [1]);
+        c.pace(1, false, later + 1);
+        assert_eq!(c.paced(), 0);
+        // Resumed, it gets a fresh budget, then stalls like any other partition.
+        assert!(c.read(later + 2).stalled.is_empty());
+        c.record(0, 3, Some(13_700), later + BUDGET);
+        let r = c.read(later + 1 + BUDGET);
+        assert_eq!(r.stalled.len(), 1, "{r:?}");
+        assert_eq!(r.stalled[0].partition, 1);
+    }
+
+    #[test]
+    fn record_times_past_wall_time_never_hold_a_partition_paused() {
+        let mut c = InputClock::new(BUDGET);
+        let wall = 1_000_000;
+        c.assign(0, wall);
+        c.assign(1, wall);
+        c.end_offset(0, 1_000, wall);
+        c.end_offset(1, 1_000, wall);
+        c.record(0, 0, Some(wall - 60_000), wall);
+        // A producer whose clock is a day ahead.
+        c.record(1, 0, Some(wall + 86_400_000), wall);
+        assert_eq!(c.read(wall).now_ms, Some(wall - 60_000));
+        assert_eq!(
+            c.running_ahead(3_000, wall),
+            [1],
+            "a minute ahead of the clock"
+        );
+        c.pace(1, true, wall);
+        assert!(c.caught_up(1_500, wall).is_empty());
+        // The clock catches up with wall time: the partition is read again although
+        // its record time stays a day ahead.
+        c.record(0, 1, Some(wall + 9_000), wall + 10_000);
+        assert_eq!(c.read(wall + 10_000).now_ms, Some(wall + 9_000));
+        assert_eq!(c.caught_up(1_500, wall + 10_000), [1]);
+    }
+
+    #[test]
+    fn waiting_and_unassigned_partitions_are_never_paced() {
+        let mut c = InputClock::new(BUDGET);
+        c.assign(0, 19_000);
+        c.assign(1, 19_000);
+        c.record(0, 0, Some(1_000), 19_000);
+        c.record(1, 0, Some(9_000), 19_000);
+        c.end_offset(0, 5, 0);
+        c.end_offset(1, 5, 0);
+        assert_eq!(c.read(20_000).now_ms, Some(1_000));
+        c.wait(1, 20_000);
+        assert!(c.running_ahead(3_000, 20_000).is_empty());
+        c.resume(1, 20_000);
+        assert_eq!(c.running_ahead(3_000, 20_000), [1]);
+        c.revoke(1);
+        assert!(c.running_ahead(3_000, 20_000).is_empty());
+        c.pace(1, true, 20_000);
+        assert_eq!(c.paced(), 0, "an unassigned partition cannot be paced");
     }
 }

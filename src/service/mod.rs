@@ -70,6 +70,11 @@ const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// With transactions: outputs after which a transaction is committed before its second
 /// is up, bounding the outputs kept in memory to write an aborted transaction again.
 const TRANSACTION_MAX_OUTPUTS: u64 = 10_000;
+/// Event time an input partition may run ahead of the clock while a backlog is read
+/// before it is paused (see `Pipeline::pace_inputs`). Small enough that outcomes waiting
+/// for the slowest partition stay a few seconds' worth, large enough that a partition is
+/// not paused for the normal spread of one fetch.
+const READ_AHEAD_MS: i64 = 3_000;
 
 pub(crate) use crate::decode::time::wall_ms;
 
@@ -553,6 +558,10 @@ impl Pipeline {
                     }
                     if self.paused_for_output {
                         pause(consumer, std::slice::from_ref(&tp));
+                    } else {
+                        // A pause from an earlier assignment (for running ahead, say)
+                        // must not outlive it.
+                        resume(consumer, std::slice::from_ref(&tp));
                     }
                 } else {
                     self.clock.revoke(id);
@@ -648,6 +657,7 @@ impl Pipeline {
         }
         let reading = self.clock.read(wall);
         self.note_stalls(&reading, wall);
+        self.pace_inputs(consumer, wall);
         if reading.live != self.live {
             self.live = reading.live;
             if self.live {
@@ -701,6 +711,35 @@ impl Pipeline {
         self.stalled_ids = ids;
     }
 
+    /// While a backlog is read, pauses partitions whose record time runs more than
+    /// [`READ_AHEAD_MS`] ahead of the clock, and reads them again once they are within
+    /// half of it (see `InputClock::running_ahead`). Without it the reader follows
+    /// librdkafka's fetch queue, where a partition could run tens of seconds of event
+    /// time ahead of the slowest one, and every outcome it led to waited in memory for
+    /// the clock.
+    fn pace_inputs(&mut self, consumer: &StreamConsumer<IngestContext>, wall: i64) {
+        for id in self.clock.running_ahead(READ_AHEAD_MS, wall) {
+            let Some(tp) = self.offsets.tp(id).cloned() else {
+                continue;
+            };
+            self.clock.pace(id, true, wall);
+            metrics::counter!(names::INPUT_PACED_TOTAL).increment(1);
+            tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), "input partition runs ahead of the clock: paused until the others catch up");
+            pause(consumer, &[tp]);
+        }
+        for id in self.clock.caught_up(READ_AHEAD_MS / 2, wall) {
+            self.clock.pace(id, false, wall);
+            let Some(tp) = self.offsets.tp(id).cloned() else {
+                continue;
+            };
+            // Paused for outputs or behind a waiting record, it stays paused for that.
+            if !self.paused_for_output && !self.held.contains_key(&id) {
+                resume(consumer, &[tp]);
+            }
+        }
+        metrics::gauge!(names::INPUT_PACED).set(self.clock.paced() as f64);
+    }
+
     /// Outputs pile up beyond the emitter's channel: stop reading input (the clock and
     /// the timers go on); resume once they have moved on.
     fn apply_backpressure(&mut self, consumer: &StreamConsumer<IngestContext>) {
@@ -725,13 +764,14 @@ impl Pipeline {
                     .record(since.elapsed().as_secs_f64());
             }
             tracing::info!("outputs moving again: input resumed");
-            // Partitions with a waiting record stay paused behind it.
+            // Partitions with a waiting record stay paused behind it, and those running
+            // ahead of the clock until it catches up.
             let resumable: Vec<Tp> = tps
                 .into_iter()
                 .filter(|tp| {
                     self.offsets
                         .lookup(tp)
-                        .is_none_or(|id| !self.held.contains_key(&id))
+                        .is_none_or(|id| !self.held.contains_key(&id) && !self.clock.is_paced(id))
                 })
                 .collect();
             resume(consumer, &resumable);

@@ -190,6 +190,16 @@ pub fn describe_all() {
         "1 while input is paused because outputs wait for Kafka."
     );
     describe_gauge!(
+        INPUT_PACED,
+        Unit::Count,
+        "Input partitions paused now because, while a backlog is read, their record time ran more than 3 s ahead of the clock (they are read again within 1.5 s of it)."
+    );
+    describe_counter!(
+        INPUT_PACED_TOTAL,
+        Unit::Count,
+        "Times an input partition was paused for running ahead of the clock while a backlog was read."
+    );
+    describe_gauge!(
         CLOCK_LIVE,
         Unit::Count,
         "1 while every input partition is read to its latest end offset (the clock follows confirmed wall time); 0 while a backlog is read (event time)."
@@ -424,6 +434,8 @@ pub const INPUT_STALLED: &str = "synclag_input_stalled_partitions";
 pub const INPUT_HELD_RECORDS: &str = "synclag_input_held_records";
 pub const OUTPUT_QUEUED: &str = "synclag_output_queued_records";
 pub const INPUTS_PAUSED_FOR_OUTPUT: &str = "synclag_input_paused_for_output";
+pub const INPUT_PACED: &str = "synclag_input_paced_partitions";
+pub const INPUT_PACED_TOTAL: &str = "synclag_input_paced_total";
 pub const CLOCK_LIVE: &str = "synclag_clock_live";
 pub const OUTPUT_UNACKED: &str = "synclag_output_unacknowledged_records";
 pub const EVIDENCE_ENTRIES: &str = "synclag_evidence_entries";

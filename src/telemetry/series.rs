@@ -33,6 +33,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::RECENT_FORGOTTEN_TOTAL,
         names::TIERS_AFTER_WINDOW_TOTAL,
         names::STATE_REJECTED_TOTAL,
+        names::INPUT_PACED_TOTAL,
     ] {
         counter!(c).absolute(0);
     }
@@ -43,6 +44,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::INPUT_HELD_RECORDS,
         names::OUTPUT_QUEUED,
         names::INPUTS_PAUSED_FOR_OUTPUT,
+        names::INPUT_PACED,
         names::CLOCK_LIVE,
         names::OUTPUT_UNACKED,
         names::EVIDENCE_ENTRIES,
