@@ -130,43 +130,14 @@ async fn input_paused_for_outputs_is_not_a_stall() {
     produce_backlog(&orders, &outbox, base);
 
     let port = support::free_port();
-    let yaml = format!(
-        r#"
-service:
-  group_id: {group}
-  http_listen: 127.0.0.1:{port}
-  lag_interval: 1h
-  idle_partition: {IDLE_PARTITION_S}s
-kafka:
-  bootstrap_servers: "{bootstrap}"
-  properties: {{ broker.address.family: v4 }}
-registry: {{ url: "{via_relay}", timeout: 2s }}
-outputs:
-  breaches_topic: {breaches}
-  lag_topic: {out}.lag
-  backlog_topic: {out}.backlog
-  dead_letter_topic: {out}.dlq
-  incidents_topic: {out}.incidents
-streams:
-  - name: orders
-    topic: {orders}
-    format: json
-    fields: {{ correlation_id: $.order_ref, event_time: $.created_at, event_type: $.event }}
-  - name: odoo_outbox
-    topic: {outbox}
-    format: json
-    fields: {{ correlation_id: $.correlation_id, event_time: $.write_date, event_type: $.event }}
-workflows:
-  - name: order_import
-    stages:
-      - {{ name: created, stream: orders, event_type: order.created }}
-      - {{ name: imported, stream: odoo_outbox, event_type: sale.order.imported }}
-    sla: {{ warn: 2s, critical: 5s }}
-    window: 10s
-"#,
-        group = support::random_name("pause-synclag"),
-        bootstrap = support::bootstrap(),
-    );
+    let yaml = support::OrderImport {
+        orders: &orders,
+        outbox: &outbox,
+        out: &out,
+        idle_partition_s: IDLE_PARTITION_S,
+        registry_url: Some(&via_relay),
+    }
+    .yaml(port);
     let mut svc = SynclagProcess::start(&yaml, port, "output-pause");
 
     // Outputs pile up until the reader pauses its input, with closing records unread.

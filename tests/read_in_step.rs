@@ -141,42 +141,14 @@ async fn a_partition_running_ahead_is_paused_without_losing_or_inventing_an_aler
     produce_backlog(&orders, &outbox, base);
 
     let port = support::free_port();
-    let yaml = format!(
-        r#"
-service:
-  group_id: {group}
-  http_listen: 127.0.0.1:{port}
-  lag_interval: 1h
-  idle_partition: 5s
-kafka:
-  bootstrap_servers: "{bootstrap}"
-  properties: {{ broker.address.family: v4 }}
-outputs:
-  breaches_topic: {breaches}
-  lag_topic: {out}.lag
-  backlog_topic: {out}.backlog
-  dead_letter_topic: {out}.dlq
-  incidents_topic: {out}.incidents
-streams:
-  - name: orders
-    topic: {orders}
-    format: json
-    fields: {{ correlation_id: $.order_ref, event_time: $.created_at, event_type: $.event }}
-  - name: odoo_outbox
-    topic: {outbox}
-    format: json
-    fields: {{ correlation_id: $.correlation_id, event_time: $.write_date, event_type: $.event }}
-workflows:
-  - name: order_import
-    stages:
-      - {{ name: created, stream: orders, event_type: order.created }}
-      - {{ name: imported, stream: odoo_outbox, event_type: sale.order.imported }}
-    sla: {{ warn: 2s, critical: 5s }}
-    window: 10s
-"#,
-        group = support::random_name("step-synclag"),
-        bootstrap = support::bootstrap(),
-    );
+    let yaml = support::OrderImport {
+        orders: &orders,
+        outbox: &outbox,
+        out: &out,
+        idle_partition_s: 5,
+        registry_url: None,
+    }
+    .yaml(port);
     let mut svc = SynclagProcess::start(&yaml, port, "read-in-step");
     let never = (0..CORRELATIONS)
         .filter(|i| matches!(close(*i), Close::Never))

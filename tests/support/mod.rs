@@ -101,6 +101,74 @@ pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
         .sum()
 }
 
+/// The topics of a two-stage order-import workflow and where its outputs go.
+pub struct OrderImport<'a> {
+    /// `order.created` records: `$.order_ref`, `$.created_at`, `$.event`.
+    pub orders: &'a str,
+    /// `sale.order.imported` records: `$.correlation_id`, `$.write_date`, `$.event`.
+    pub outbox: &'a str,
+    /// Output topics are `<out>.breaches`, `<out>.lag` and so on.
+    pub out: &'a str,
+    /// `service.idle_partition`, seconds.
+    pub idle_partition_s: u64,
+    /// A `registry:` section when outputs go through a schema registry.
+    pub registry_url: Option<&'a str>,
+}
+
+impl OrderImport<'_> {
+    /// The service's topology: JSON inputs, warn 2 s, critical 5 s, window 10 s, a fresh
+    /// group, the HTTP API on `port`.
+    pub fn yaml(&self, port: u16) -> String {
+        let OrderImport {
+            orders,
+            outbox,
+            out,
+            idle_partition_s,
+            registry_url,
+        } = self;
+        let registry = registry_url
+            .map(|url| format!("registry: {{ url: \"{url}\", timeout: 2s }}"))
+            .unwrap_or_default();
+        format!(
+            r#"
+service:
+  group_id: {group}
+  http_listen: 127.0.0.1:{port}
+  lag_interval: 1h
+  idle_partition: {idle_partition_s}s
+kafka:
+  bootstrap_servers: "{bootstrap}"
+  properties: {{ broker.address.family: v4 }}
+{registry}
+outputs:
+  breaches_topic: {out}.breaches
+  lag_topic: {out}.lag
+  backlog_topic: {out}.backlog
+  dead_letter_topic: {out}.dlq
+  incidents_topic: {out}.incidents
+streams:
+  - name: orders
+    topic: {orders}
+    format: json
+    fields: {{ correlation_id: $.order_ref, event_time: $.created_at, event_type: $.event }}
+  - name: odoo_outbox
+    topic: {outbox}
+    format: json
+    fields: {{ correlation_id: $.correlation_id, event_time: $.write_date, event_type: $.event }}
+workflows:
+  - name: order_import
+    stages:
+      - {{ name: created, stream: orders, event_type: order.created }}
+      - {{ name: imported, stream: odoo_outbox, event_type: sale.order.imported }}
+    sla: {{ warn: 2s, critical: 5s }}
+    window: 10s
+"#,
+            group = random_name("synclag"),
+            bootstrap = bootstrap(),
+        )
+    }
+}
+
 /// Forwards every connection on `port` to `target` (host:port) once started: a service
 /// pointed at the port reaches `target` only once the relay runs.
 #[allow(dead_code)] // not every test binary relays
