@@ -16,7 +16,6 @@
 
 mod support;
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -58,21 +57,8 @@ fn times(i: u64, base_ms: i64) -> (i64, Option<i64>) {
 /// Writes the backlog: created records on `orders`, closing records on `outbox`, each
 /// topic in event-time order; everything ended long before the service reads it.
 fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
-    let producer: ThreadedProducer<DefaultProducerContext> = support::client_config()
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .expect("create the backlog producer");
-    let send = |topic: &str, key: &str, value: String, ts: i64| {
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .key(key)
-                    .payload(value.as_bytes())
-                    .timestamp(ts),
-            )
-            .unwrap_or_else(|(e, _)| panic!("queue a record for {topic}: {e}"));
-    };
+    let writer = support::BacklogWriter::new();
+    let send = |topic: &str, key: &str, value: String, ts: i64| writer.send(topic, key, &value, ts);
     for i in 0..NEVER_CLOSED + ON_TIME {
         let (created, _) = times(i, base_ms);
         let id = order_ref(i);
@@ -99,9 +85,7 @@ fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
             imported,
         );
     }
-    producer
-        .flush(Duration::from_secs(60))
-        .expect("the backlog is written");
+    writer.flush();
 }
 
 async fn metrics(svc: &SynclagProcess) -> String {

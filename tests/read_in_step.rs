@@ -17,7 +17,6 @@
 mod support;
 
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use support::SynclagProcess;
@@ -49,21 +48,8 @@ fn close(i: u64) -> Close {
 }
 
 fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
-    let producer: ThreadedProducer<DefaultProducerContext> = support::client_config()
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .expect("create the backlog producer");
-    let send = |topic: &str, key: &str, value: String, ts: i64| {
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .key(key)
-                    .payload(value.as_bytes())
-                    .timestamp(ts),
-            )
-            .unwrap_or_else(|(e, _)| panic!("queue a record for {topic}: {e}"));
-    };
+    let writer = support::BacklogWriter::new();
+    let send = |topic: &str, key: &str, value: String, ts: i64| writer.send(topic, key, &value, ts);
     let padding = "x".repeat(START_PADDING);
     let mut closing = Vec::new();
     for i in 0..CORRELATIONS {
@@ -102,9 +88,7 @@ fn produce_backlog(orders: &str, outbox: &str, base_ms: i64) {
         r#"{"correlation_id":"clock-ahead","event":"sale.order.noted","write_date":0}"#.into(),
         future,
     );
-    producer
-        .flush(Duration::from_secs(60))
-        .expect("the backlog is written");
+    writer.flush();
     // Delivery failures are not reported to this producer: count what the topics hold.
     let reader: rdkafka::consumer::BaseConsumer =
         support::client_config().create().expect("create a reader");

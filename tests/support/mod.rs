@@ -101,6 +101,44 @@ pub fn metric_sum(text: &str, name: &str, label_filters: &[&str]) -> f64 {
         .sum()
 }
 
+/// A producer for a test's backlog: records with their own timestamps, queued
+/// without waiting, written when [`BacklogWriter::flush`] returns.
+pub struct BacklogWriter {
+    producer: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+}
+
+impl BacklogWriter {
+    pub fn new() -> BacklogWriter {
+        BacklogWriter {
+            producer: client_config()
+                .set("linger.ms", "20")
+                .set("queue.buffering.max.messages", "200000")
+                .create()
+                .expect("create the backlog producer"),
+        }
+    }
+
+    /// Queues `value` for `topic` under `key`, with record time `ts`.
+    pub fn send(&self, topic: &str, key: &str, value: &str, ts: i64) {
+        self.producer
+            .send(
+                rdkafka::producer::BaseRecord::to(topic)
+                    .key(key)
+                    .payload(value.as_bytes())
+                    .timestamp(ts),
+            )
+            .unwrap_or_else(|(e, _)| panic!("queue a record for {topic}: {e}"));
+    }
+
+    /// Waits until every queued record is handed to the broker.
+    pub fn flush(self) {
+        use rdkafka::producer::Producer;
+        self.producer
+            .flush(std::time::Duration::from_secs(60))
+            .expect("the backlog is written");
+    }
+}
+
 /// The topics of a two-stage order-import workflow and where its outputs go.
 pub struct OrderImport<'a> {
     /// `order.created` records: `$.order_ref`, `$.created_at`, `$.event`.
