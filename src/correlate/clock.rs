@@ -94,6 +94,15 @@ struct Part {
     paced: bool,
 }
 
+impl Part {
+    /// How far its record time runs ahead of the clock reading `now`, counting record
+    /// times only up to `wall_ms` (a producer clock ahead must not make it look ahead).
+    fn lead_ms(&self, now: i64, wall_ms: i64) -> Option<i64> {
+        self.max_record_ms
+            .map(|r| r.min(wall_ms).saturating_sub(now))
+    }
+}
+
 /// Outstanding end-offset observations kept per partition: enough for several seconds of
 /// probes; older ones are dropped (the newest is the one that matters).
 const MAX_PROBES: usize = 64;
@@ -244,10 +253,7 @@ impl InputClock {
             .iter()
             .enumerate()
             .filter(|(_, p)| p.assigned && !p.paced && p.waiting_since.is_none())
-            .filter(|(_, p)| {
-                p.max_record_ms
-                    .is_some_and(|r| r.min(wall_ms).saturating_sub(now) > ahead_ms)
-            })
+            .filter(|(_, p)| p.lead_ms(now, wall_ms).is_some_and(|l| l > ahead_ms))
             .map(|(id, _)| id as u32)
             .collect()
     }
@@ -260,10 +266,7 @@ impl InputClock {
             .iter()
             .enumerate()
             .filter(|(_, p)| p.assigned && p.paced)
-            .filter(|(_, p)| {
-                p.max_record_ms
-                    .is_none_or(|r| r.min(wall_ms).saturating_sub(now) <= ahead_ms)
-            })
+            .filter(|(_, p)| p.lead_ms(now, wall_ms).is_none_or(|l| l <= ahead_ms))
             .map(|(id, _)| id as u32)
             .collect()
     }
