@@ -6,6 +6,7 @@
 //! - [`ingest`]    — Kafka consumer group, per-partition offset tracking, rebalance handling.
 //! - [`decode`]    — JSON, Avro (Confluent wire format + registry), Debezium envelopes, field paths.
 //! - [`correlate`] — the pure engine: windowed state by correlation id, SLA timers, watermarks, HDR lag.
+//! - [`route`]     — repartitioning by correlation id: the stages topic's records and partitioner.
 //! - [`rules`]     — stage matching, cause attribution and routes, stable breach ids, masking.
 //! - [`batch`]     — batch workflows: schedules, runs, completeness, volume, reconciliation (pure).
 //! - [`backlog`]   — offset and time lag of the integration's own consumer groups, with status.
@@ -34,6 +35,7 @@ pub mod emit;
 pub mod incidents;
 pub mod ingest;
 pub mod retention;
+pub mod route;
 pub mod rules;
 pub mod service;
 pub mod sim;

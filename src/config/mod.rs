@@ -345,6 +345,13 @@ impl Topology {
             .clone()
             .unwrap_or_else(|| format!("{}.state", self.service.group_id))
     }
+
+    /// The internal topic stage events are repartitioned through by correlation id (see
+    /// `route`); it has the changelog's partition count, so a key's stages and state share
+    /// a partition number.
+    pub fn stages_topic(&self) -> String {
+        format!("{}.stages", self.service.group_id)
+    }
 }
 
 /// How a stream's records are encoded.

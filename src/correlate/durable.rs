@@ -434,13 +434,31 @@ fn decode_dims(r: &mut Reader<'_>) -> Result<Vec<(usize, String)>, ImageError> {
     Ok(dims)
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// Reads the big-endian encodings of this module (and of `route::codec`); running past
+/// the end is [`ImageError::Truncated`], never a panic.
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
+    pub(crate) fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
+    /// Whether every byte was read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    /// The bytes not read yet.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let out = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        out
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
         let end = self
             .pos
             .checked_add(n)
@@ -451,19 +469,32 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8, ImageError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, ImageError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, ImageError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, ImageError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn i64(&mut self) -> Result<i64, ImageError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, ImageError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(i64::from_be_bytes(a))
+    }
+
+    pub(crate) fn i32(&mut self) -> Result<i32, ImageError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(i32::from_be_bytes(a))
+    }
+
+    /// A `u16`-length-prefixed UTF-8 string; `what` names it in the error.
+    pub(crate) fn str16(&mut self, what: &str) -> Result<&'a str, ImageError> {
+        let len = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|_| ImageError::Invalid(format!("{what} is not UTF-8")))
     }
 }
 
