@@ -97,6 +97,10 @@ impl std::fmt::Debug for Commit {
 #[derive(Debug, Clone)]
 pub struct StateBatch {
     pub topic: Arc<str>,
+    /// The topic's partition count: each record goes to `route::partition_of(key)`, so a
+    /// key stays on one partition whatever partitioner the producer is configured with
+    /// (0: not known, the producer places it).
+    pub partitions: i32,
     pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
@@ -905,8 +909,10 @@ async fn start(
             let mut acks = Vec::with_capacity(batch.records.len());
             let mut queued = Ok(());
             for (key, value) in &batch.records {
+                let partition = (batch.partitions > 0)
+                    .then(|| crate::route::partition_of(key, batch.partitions));
                 match outputs
-                    .enqueue_raw(&batch.topic, key, value.as_deref())
+                    .enqueue_raw(&batch.topic, partition, key, value.as_deref())
                     .await
                 {
                     Ok(ack) => acks.push(ack),

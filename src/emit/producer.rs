@@ -411,10 +411,14 @@ impl Outputs {
     pub async fn enqueue_raw(
         &self,
         topic: &str,
+        partition: Option<i32>,
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<Acknowledgement, EmitError> {
         let mut record = FutureRecord::to(topic).key(key);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(value) = value {
             record = record.payload(value);
         }

@@ -89,6 +89,9 @@ pub struct DurableState {
     marker_cap: usize,
     ended: Vec<(usize, CorrelationId)>,
     images: Vec<PendingImage>,
+    /// The changelog's partition count, once read (records are placed by
+    /// `route::partition_of`, see [`StateBatch::partitions`]).
+    partition_count: i32,
 }
 
 impl DurableState {
@@ -106,6 +109,7 @@ impl DurableState {
             marker_cap: topology.store.recent_finished.max(1),
             ended: Vec::new(),
             images: Vec::new(),
+            partition_count: 0,
         }
     }
 
@@ -188,6 +192,22 @@ impl DurableState {
         breached: &mut dyn FnMut(usize, &[u8]),
         wall_ms: i64,
     ) -> Result<Restored, StateError> {
+        self.restore_partitions(topology, engine, breached, wall_ms, None)
+    }
+
+    /// [`restore`](Self::restore) limited to the changelog partitions in `only` (`None`:
+    /// all of them): the keys an owner of those partition numbers is responsible for (a
+    /// key's changelog records are all on `route::partition_of(key)`). A partition number
+    /// the topic does not have is an error: restoring less than was asked for would run
+    /// on part of the state.
+    pub fn restore_partitions(
+        &mut self,
+        topology: &Topology,
+        engine: &mut Engine,
+        breached: &mut dyn FnMut(usize, &[u8]),
+        wall_ms: i64,
+        only: Option<&[i32]>,
+    ) -> Result<Restored, StateError> {
         let started = Instant::now();
         let err = |why: String| StateError::Restore {
             topic: self.topic.to_string(),
@@ -206,7 +226,20 @@ impl DurableState {
         let consumer: BaseConsumer<QuietContext> = cfg
             .create_with_context(QuietContext)
             .map_err(|e| err(e.to_string()))?;
-        let partitions = self.partitions(&consumer).map_err(err)?;
+        let all = self.partitions(&consumer).map_err(err)?;
+        self.partition_count = i32::try_from(all.len()).unwrap_or(i32::MAX);
+        let partitions = match only {
+            None => all,
+            Some(wanted) => {
+                if let Some(p) = wanted.iter().find(|p| !all.contains(p)) {
+                    return Err(err(format!(
+                        "partition {p} asked for, the topic has {}",
+                        all.len()
+                    )));
+                }
+                wanted.to_vec()
+            }
+        };
         let mut tpl = TopicPartitionList::new();
         let mut left: HashSet<i32> = HashSet::new();
         for p in partitions {
@@ -482,6 +515,7 @@ impl DurableState {
             if !cut.records.is_empty() {
                 emitter.submit(Output::State(StateBatch {
                     topic: self.topic.clone(),
+                    partitions: self.partition_count,
                     records: cut.records,
                 }));
             }

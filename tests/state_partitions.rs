@@ -1,0 +1,201 @@
+//! The changelog by partition, on the harness broker: synclag places each record on
+//! `route::partition_of(key)` whatever partitioner the producer is configured with, and
+//! an owner of some partition numbers restores exactly the keys placed there.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use synclag::config::Topology;
+use synclag::correlate::{CorrelationId, Engine, Origin, StageEvent, Timestamps};
+use synclag::emit::emitter::Emitter;
+use synclag::emit::producer::Outputs;
+use synclag::ingest::commit::CommitGate;
+use synclag::rules::{Masker, Rules};
+use synclag::service::outcomes::Outcomes;
+use synclag::service::state::DurableState;
+
+const PARTITIONS: i32 = 6;
+
+fn topology(topic: &str) -> Topology {
+    let yaml = format!(
+        r#"
+service:
+  group_id: {topic}-group
+kafka:
+  bootstrap_servers: "{bootstrap}"
+  properties:
+    broker.address.family: v4
+    # Not the partitioner keys were placed with so far: placement must not depend on it.
+    partitioner: murmur2_random
+store:
+  changelog_topic: {topic}
+  changelog_partitions: {PARTITIONS}
+  changelog_replication: 1
+  exactly_once: false
+outputs:
+  breaches_topic: {topic}-breaches
+  lag_topic: {topic}-lag
+  incidents_topic: {topic}-incidents
+  dead_letter_topic: {topic}-dlq
+streams:
+  - name: orders
+    topic: {topic}-orders
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+  - name: odoo
+    topic: {topic}-odoo
+    format: json
+    fields: {{ correlation_id: $.id, event_time: $.at }}
+workflows:
+  - name: order_import
+    stages:
+      - {{ name: created, stream: orders }}
+      - {{ name: imported, stream: odoo }}
+    sla: {{ warn: 5m, critical: 15m }}
+    window: 2h
+"#,
+        bootstrap = support::bootstrap()
+    );
+    Topology::from_yaml_str("state_partitions.yaml", &yaml, Vec::new()).expect("topology")
+}
+
+fn start(id: &str, at: i64) -> StageEvent {
+    StageEvent {
+        workflow: 0,
+        stage: 0,
+        correlation_id: CorrelationId::from(id),
+        ts: Timestamps {
+            source_event_ms: Some(at),
+            ..Timestamps::default()
+        },
+        dimensions: Vec::new(),
+        origin: Origin {
+            partition_id: 0,
+            offset: 0,
+        },
+    }
+}
+
+fn pending_ids(engine: &Engine) -> BTreeSet<String> {
+    engine
+        .export_pending()
+        .into_iter()
+        .map(|p| String::from_utf8_lossy(&p.correlation_id).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_placed_by_key_and_an_owner_restores_its_partitions_only() {
+    let topic = support::random_name("state-parts");
+    let topology = Arc::new(topology(&topic));
+    let config = Rules::engine_config(&topology);
+
+    // Write pending correlations through the service's own changelog path.
+    let mut state = DurableState::new(&topology);
+    state
+        .create_topic(&topology, &Default::default())
+        .await
+        .expect("changelog topic");
+    let mut engine = Engine::new(&config).expect("engine");
+    tokio::task::block_in_place(|| state.restore(&topology, &mut engine, &mut |_, _| {}, 0))
+        .expect("restore of the empty changelog");
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut out = Vec::new();
+    let ids: Vec<String> = (0..120).map(|i| format!("SO-{i:04}")).collect();
+    for id in &ids {
+        engine.process(start(id, now), &mut out).expect("start");
+    }
+    let outputs = Arc::new(Outputs::new(&topology).expect("producer"));
+    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
+    let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
+    let mut gate = CommitGate::default();
+    state.cut(
+        &mut engine,
+        &mut outcomes,
+        HashMap::new(),
+        emitter.submitted(),
+        now,
+    );
+    state.flush(u64::MAX, &mut emitter, &mut gate);
+    assert!(
+        emitter
+            .drain(Instant::now() + Duration::from_secs(30))
+            .await,
+        "changelog records acknowledged"
+    );
+
+    // Every record is on the partition its key hashes to.
+    let records = support::topics::read_all(support::client_config(), &topic);
+    assert_eq!(
+        records.len(),
+        ids.len(),
+        "one record per pending correlation"
+    );
+    let mut by_partition: HashMap<i32, BTreeSet<String>> = HashMap::new();
+    for m in &records {
+        use rdkafka::Message;
+        let key = m.key().expect("keyed");
+        assert_eq!(
+            m.partition(),
+            synclag::route::partition_of(key, PARTITIONS),
+            "record placed by its key"
+        );
+        let (_, id) = synclag::correlate::durable::decode_key(key).expect("changelog key");
+        by_partition
+            .entry(m.partition())
+            .or_default()
+            .insert(String::from_utf8_lossy(id).into_owned());
+    }
+    assert!(
+        by_partition.len() >= 4,
+        "keys spread over partitions: {by_partition:?}"
+    );
+
+    // An owner of partitions 1 and 4 restores exactly their keys.
+    let mut owner = Engine::new(&config).expect("engine");
+    let report = tokio::task::block_in_place(|| {
+        DurableState::new(&topology).restore_partitions(
+            &topology,
+            &mut owner,
+            &mut |_, _| {},
+            now,
+            Some(&[1, 4]),
+        )
+    })
+    .expect("restore of two partitions");
+    let expected: BTreeSet<String> = [1, 4]
+        .iter()
+        .flat_map(|p| by_partition.get(p).cloned().unwrap_or_default())
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(pending_ids(&owner), expected);
+    assert_eq!(report.pending as usize, expected.len());
+
+    // All partitions: every key.
+    let mut all = Engine::new(&config).expect("engine");
+    tokio::task::block_in_place(|| {
+        DurableState::new(&topology).restore(&topology, &mut all, &mut |_, _| {}, now)
+    })
+    .expect("full restore");
+    assert_eq!(pending_ids(&all), ids.iter().cloned().collect());
+
+    // A partition the topic does not have is refused, not skipped.
+    let err = tokio::task::block_in_place(|| {
+        DurableState::new(&topology).restore_partitions(
+            &topology,
+            &mut Engine::new(&config).expect("engine"),
+            &mut |_, _| {},
+            now,
+            Some(&[2, PARTITIONS]),
+        )
+    })
+    .expect_err("unknown partition");
+    assert!(
+        err.to_string()
+            .contains("partition 6 asked for, the topic has 6"),
+        "{err}"
+    );
+}
