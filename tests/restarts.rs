@@ -82,9 +82,18 @@ async fn restart_repeatedly(
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ExactlyOnce,
+    AtLeastOnce,
+    /// Exactly once, with stage events routed through the stages topic
+    /// (`store.repartition`).
+    Repartitioned,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
-    let redelivered = restarts_under_load(true).await;
+    let redelivered = restarts_under_load(Mode::ExactlyOnce).await;
     assert_eq!(
         redelivered, 0,
         "a read_committed reader sees each breach event once across crashes"
@@ -95,19 +104,38 @@ async fn kills_and_restarts_under_load_neither_lose_nor_invent_alerts() {
 /// an output acknowledged just before a crash may be raised again (counted, printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_restarts_neither_lose_nor_invent_alerts() {
-    restarts_under_load(false).await;
+    restarts_under_load(Mode::AtLeastOnce).await;
+}
+
+/// Exactly once through the stages topic: the reader's stage records, the engine's
+/// state, the outputs and the offsets of both sides commit together, so the same
+/// promises hold across kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartitioned_restarts_neither_lose_nor_invent_alerts() {
+    let redelivered = restarts_under_load(Mode::Repartitioned).await;
+    assert_eq!(
+        redelivered, 0,
+        "a read_committed reader sees each breach event once across crashes"
+    );
 }
 
 /// Runs the traffic with kills and restarts; checks what both delivery modes promise and
 /// returns how many breach events were read more than once.
-async fn restarts_under_load(exactly_once: bool) -> u32 {
+async fn restarts_under_load(mode: Mode) -> u32 {
+    let exactly_once = mode != Mode::AtLeastOnce;
     // One traffic run at a time: both share the machine with the broker.
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _serial = SERIAL.lock().await;
     let port = free_port();
     let mut yaml = demo_yaml("restarts", port);
-    if !exactly_once {
-        yaml = yaml.replacen("store:\n", "store:\n  exactly_once: false\n", 1);
+    match mode {
+        Mode::ExactlyOnce => {}
+        Mode::AtLeastOnce => {
+            yaml = yaml.replacen("store:\n", "store:\n  exactly_once: false\n", 1);
+        }
+        Mode::Repartitioned => {
+            yaml = yaml.replacen("store:\n", "store:\n  repartition: true\n", 1);
+        }
     }
     let topology = Topology::from_yaml_str("restarts/topology.yaml", &yaml, Vec::new())
         .unwrap_or_else(|e| panic!("the demo topology is valid: {e:?}"));
@@ -201,7 +229,7 @@ async fn restarts_under_load(exactly_once: bool) -> u32 {
     }
     let redelivered: u32 = deliveries.values().map(|n| n - 1).sum();
     eprintln!(
-        "restarts (exactly_once: {exactly_once}): {kills} SIGKILL + {terms} SIGTERM; {} correlations, {} to alert; {} events, {} delivered again (same breach_id); {} invented",
+        "restarts ({mode:?}): {kills} SIGKILL + {terms} SIGTERM; {} correlations, {} to alert; {} events, {} delivered again (same breach_id); {} invented",
         truth.len(),
         must.len(),
         seen.len(),
@@ -226,9 +254,7 @@ async fn restarts_under_load(exactly_once: bool) -> u32 {
             *completed.entry(t.workflow.clone()).or_default() += 1;
         }
     }
-    eprintln!(
-        "restarts (exactly_once: {exactly_once}): completions counted {counted:?}, true {completed:?}"
-    );
+    eprintln!("restarts ({mode:?}): completions counted {counted:?}, true {completed:?}");
     if exactly_once {
         // At least once, a lag summary acknowledged just before a crash may count its
         // interval again after the restart.

@@ -335,6 +335,9 @@ pub struct Store {
     /// Outputs, changelog records and input offsets are written in Kafka transactions
     /// (see `emit::emitter`): a `read_committed` reader sees each output once.
     pub exactly_once: bool,
+    /// Stage events go through the internal stages topic, keyed by correlation id (see
+    /// `route`), instead of straight from the reader to the engine.
+    pub repartition: bool,
 }
 
 impl Topology {

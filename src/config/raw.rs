@@ -217,6 +217,8 @@ pub struct RawStore {
     /// Outputs, state and input offsets committed together in Kafka transactions
     /// (default: whenever the state is durable).
     pub exactly_once: Option<bool>,
+    /// Route stage events through `<group_id>.stages` by correlation id.
+    pub repartition: Option<bool>,
 }
 pub const STORE_KEYS: &[&str] = &[
     "max_pending",
@@ -228,6 +230,7 @@ pub const STORE_KEYS: &[&str] = &[
     "changelog_partitions",
     "changelog_replication",
     "exactly_once",
+    "repartition",
 ];
 
 /// One entry of `streams:`.

@@ -904,7 +904,15 @@ fn store_section(ctx: &mut Ctx, store: RawStore) -> Store {
             "is true while `store.durable` is false: exactly-once outputs commit the durable state in the same transaction; set `store.durable: true` or `store.exactly_once: false`",
         );
     }
+    let repartition = store.repartition.unwrap_or(false);
+    if repartition && !exactly_once {
+        ctx.push(
+            "store.repartition",
+            "is true without exactly-once outputs: the stages topic is written and read in the same transactions as the state and the input offsets; set `store.durable: true` and `store.exactly_once: true`",
+        );
+    }
     Store {
+        repartition,
         max_pending: positive(ctx, "store.max_pending", store.max_pending, 1_000_000),
         dimension_value_cap: positive(
             ctx,

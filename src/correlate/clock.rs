@@ -103,6 +103,22 @@ impl Part {
     }
 }
 
+/// What a reader knows of one of its partitions, to hand on to a clock elsewhere (the
+/// engine side of a repartitioned pipeline, see `route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartView {
+    /// Next offset to read.
+    pub position: Option<i64>,
+    /// Largest record time read.
+    pub max_record_ms: Option<i64>,
+    /// Latest wall time the partition was confirmed read to its end.
+    pub confirmed_ms: Option<i64>,
+    /// Wall time of its last movement.
+    pub progress_ms: i64,
+    /// Since when a record of it waits.
+    pub waiting_since: Option<i64>,
+}
+
 /// Outstanding end-offset observations kept per partition: enough for several seconds of
 /// probes; older ones are dropped (the newest is the one that matters).
 const MAX_PROBES: usize = 64;
@@ -148,6 +164,29 @@ impl InputClock {
     pub fn revoke(&mut self, partition: u32) {
         if let Some(p) = self.parts.get_mut(partition as usize) {
             *p = Part::default();
+        }
+    }
+
+    /// What is known of an assigned `partition` (see [`PartView`]).
+    pub fn view(&self, partition: u32) -> Option<PartView> {
+        self.parts
+            .get(partition as usize)
+            .filter(|p| p.assigned)
+            .map(|p| PartView {
+                position: p.position,
+                max_record_ms: p.max_record_ms,
+                confirmed_ms: p.confirmed_ms,
+                progress_ms: p.progress_ms,
+                waiting_since: p.waiting_since,
+            })
+    }
+
+    /// The partition's reader, elsewhere, saw it move at `wall_ms` (records fetched and
+    /// queued, paced, confirmed): it is not stalled as of then.
+    pub fn progressed(&mut self, partition: u32, wall_ms: i64) {
+        let p = self.part(partition);
+        if p.assigned {
+            p.progress_ms = p.progress_ms.max(wall_ms);
         }
     }
 

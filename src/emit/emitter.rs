@@ -69,6 +69,8 @@ pub enum Output {
     Incident(Box<IncidentEvent>),
     /// Changelog records of the durable state: `(key, value)`, `None` deletes the key.
     State(StateBatch),
+    /// Records of the stages topic (see `route`), each on its own partition.
+    Routed(RoutedBatch),
     /// A batch run event or batch state record (see `batch::glue`).
     Batch(crate::batch::glue::BatchOutput),
     /// With transactions (`store.exactly_once`): commit every output submitted before
@@ -104,12 +106,22 @@ pub struct StateBatch {
     pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+/// Records for the stages topic, written in order: `(partition, key, value)`.
+#[derive(Debug, Clone)]
+pub struct RoutedBatch {
+    pub topic: Arc<str>,
+    pub records: Vec<(i32, Vec<u8>, Vec<u8>)>,
+}
+
 impl Output {
-    /// Records synclag's own state is restored from (changelog, batch runs).
+    /// Records synclag's own state is built from (changelog, batch runs, stages): never
+    /// dropped or shortened.
     fn is_changelog(&self) -> bool {
         matches!(
             self,
-            Output::State(_) | Output::Batch(crate::batch::glue::BatchOutput::State { .. })
+            Output::State(_)
+                | Output::Routed(_)
+                | Output::Batch(crate::batch::glue::BatchOutput::State { .. })
         )
     }
 
@@ -122,6 +134,7 @@ impl Output {
             Output::Lag(_) => &topics.lag_topic,
             Output::Incident(_) => &topics.incidents_topic,
             Output::State(b) => &b.topic,
+            Output::Routed(b) => &b.topic,
             Output::Commit(_) => "",
         }
     }
@@ -658,9 +671,9 @@ fn refused_for_size(
             let what = format!("incident event {} #{}", ev.incident_id, ev.sequence);
             ((s != **ev).then(|| Output::Incident(Box::new(s))), what)
         }
-        Output::State(_) | Output::Batch(crate::batch::glue::BatchOutput::State { .. }) => {
-            return Some(output)
-        }
+        Output::State(_)
+        | Output::Routed(_)
+        | Output::Batch(crate::batch::glue::BatchOutput::State { .. }) => return Some(output),
         Output::DeadLetter(dl) => (
             None,
             format!(
@@ -923,6 +936,23 @@ async fn start(
                 }
             }
             batch_delivery(seq, queued, acks, Output::State(batch))
+        }
+        Output::Routed(batch) => {
+            let mut acks = Vec::with_capacity(batch.records.len());
+            let mut queued = Ok(());
+            for (partition, key, value) in &batch.records {
+                match outputs
+                    .enqueue_raw(&batch.topic, Some(*partition), key, Some(value))
+                    .await
+                {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        queued = Err(e);
+                        break;
+                    }
+                }
+            }
+            batch_delivery(seq, queued, acks, Output::Routed(batch))
         }
         // Handled by the run loop; nothing to write.
         out @ Output::Commit(_) => Box::pin(async move { (seq, Ok(()), out) }),

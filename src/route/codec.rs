@@ -10,15 +10,15 @@
 //! stage value    = 0x01 | 0x01 | str8 stage | u8 present | i64 × present | u8 n × (str8 dimension | str16 value)
 //!                  | input
 //! progress key   = 0x10 | str16 topic | i32 partition
-//! progress value = 0x01 | 0x02 | i64 next offset | i64 last record time | i64 end offset
-//!                  | i64 end asked at | i64 observed at | u8 flags
+//! progress value = 0x01 | 0x02 | i64 position | i64 record time | i64 confirmed at
+//!                  | i64 progress at | i64 waiting since
 //! signal key     = 0x11 | str16 stream | signal id bytes
 //! signal value   = 0x01 | 0x03 | str16 kind | input
 //! input          = str16 topic | i32 partition | i64 offset | i64 record time
 //! ```
 //!
 //! `present` has a bit per timestamp (source event, Kafka, ERP write, outbox Kafka); a
-//! record time or end that is not known is `i64::MIN` / `-1`.
+//! time that is not known is `i64::MIN`.
 
 use crate::config::Topology;
 use crate::correlate::durable::{self, ImageError, Reader};
@@ -30,8 +30,6 @@ const KIND_PROGRESS: u8 = 2;
 const KIND_SIGNAL: u8 = 3;
 const KEY_PROGRESS: u8 = 0x10;
 const KEY_SIGNAL: u8 = 0x11;
-/// Progress flag: the reader holds a record of this input back (waiting for the registry).
-pub const WAITING: u8 = 1;
 
 /// Why a stages-topic record could not be read. None is retryable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,23 +92,24 @@ pub struct InputRef {
     pub timestamp_ms: i64,
 }
 
-/// How far a reader has read one input partition, as it saw it at `observed_at_ms`.
+/// How far a reader has read one input partition (what its own clock knows of it, see
+/// `correlate::clock::PartView`); `i64::MIN`: not known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     pub topic: String,
     pub partition: i32,
-    /// The next offset the reader will process: every record before it is routed.
-    pub next_offset: i64,
-    /// Kafka time of the last record processed (`i64::MIN`: none yet).
+    /// The next offset the reader processes: every record before it is routed (`-1`:
+    /// none read yet).
+    pub position: i64,
+    /// Largest Kafka time of a record processed.
     pub record_ms: i64,
-    /// The partition's end offset as last asked (`-1`: not known).
-    pub end_offset: i64,
-    /// When that end offset was asked for.
-    pub end_asked_at_ms: i64,
-    /// The reader's wall time when it wrote this.
-    pub observed_at_ms: i64,
-    /// [`WAITING`].
-    pub flags: u8,
+    /// Latest wall time the reader had read the partition to its end offset as asked
+    /// for then.
+    pub confirmed_ms: i64,
+    /// Wall time of the partition's last movement at the reader.
+    pub progress_ms: i64,
+    /// Since when a record of it waits (for the registry) at the reader.
+    pub waiting_since_ms: i64,
 }
 
 /// A cause-evidence record.
@@ -230,15 +229,14 @@ pub fn encode_progress(p: &Progress, key: &mut Vec<u8>, value: &mut Vec<u8>) {
     value.push(VERSION);
     value.push(KIND_PROGRESS);
     for v in [
-        p.next_offset,
+        p.position,
         p.record_ms,
-        p.end_offset,
-        p.end_asked_at_ms,
-        p.observed_at_ms,
+        p.confirmed_ms,
+        p.progress_ms,
+        p.waiting_since_ms,
     ] {
         value.extend_from_slice(&v.to_be_bytes());
     }
-    value.push(p.flags);
 }
 
 /// Encodes a signal record.
@@ -276,12 +274,11 @@ pub fn decode(names: &Names, key: &[u8], value: &[u8]) -> Result<Routed, RouteEr
             Routed::Progress(Progress {
                 topic,
                 partition,
-                next_offset: r.i64()?,
+                position: r.i64()?,
                 record_ms: r.i64()?,
-                end_offset: r.i64()?,
-                end_asked_at_ms: r.i64()?,
-                observed_at_ms: r.i64()?,
-                flags: r.u8()?,
+                confirmed_ms: r.i64()?,
+                progress_ms: r.i64()?,
+                waiting_since_ms: r.i64()?,
             })
         }
         KIND_SIGNAL => {
@@ -456,12 +453,11 @@ mod tests {
         let p = Progress {
             topic: "orders".into(),
             partition: 3,
-            next_offset: 99,
+            position: 99,
             record_ms: i64::MIN,
-            end_offset: -1,
-            end_asked_at_ms: 1_700_000_000_000,
-            observed_at_ms: 1_700_000_000_050,
-            flags: WAITING,
+            confirmed_ms: 1_700_000_000_000,
+            progress_ms: 1_700_000_000_050,
+            waiting_since_ms: -7,
         };
         let (mut k, mut v) = (Vec::new(), Vec::new());
         encode_progress(&p, &mut k, &mut v);

@@ -17,6 +17,7 @@ mod batches;
 mod held;
 pub mod outcomes;
 mod records;
+mod routed;
 pub mod state;
 mod status;
 mod trend;
@@ -75,6 +76,10 @@ const TRANSACTION_MAX_OUTPUTS: u64 = 10_000;
 /// for the slowest partition stay a few seconds' worth, large enough that a partition is
 /// not paused for the normal spread of one fetch.
 const READ_AHEAD_MS: i64 = 3_000;
+/// With `store.repartition`: how often a transaction commits while stages are routed.
+/// Routed stages and input progress reach the engine only once committed, so this adds
+/// to the detection time.
+const ROUTED_COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) use crate::decode::time::wall_ms;
 
@@ -127,6 +132,10 @@ struct Pipeline {
     txn_started_at: u64,
     /// With transactions: alerts submitted before the open transaction began.
     txn_alerts: u64,
+    /// `store.repartition`: stage events go through the stages topic (see `routed`).
+    route: Option<routed::Route>,
+    /// When the last transaction was asked to commit.
+    last_checkpoint: Instant,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -184,6 +193,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     // State first, input after: nothing may be processed on a partial state. A cluster
     // that cannot be reached (or refuses the credentials) is retried, never given up:
     // /readyz says why meanwhile.
+    let mut stages_partitions = 0;
     let durable = if topology.store.durable {
         let mut state = state::DurableState::new(&topology);
         let _errors = crate::ingest::health::ErrorWatch::start(&topology, api.ready.inputs.clone());
@@ -220,8 +230,16 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                 }),
                 Err(e) => Err(e),
             };
+            let attempt = match attempt {
+                Ok(_) if topology.store.repartition => state
+                    .create_stages_topic(&topology, &api.ready.inputs)
+                    .await
+                    .map(|n| stages_partitions = n),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
             match attempt {
-                Ok(_) => break,
+                Ok(()) => break,
                 Err(e) => {
                     // The next attempt starts from nothing: what this one restored in
                     // part would otherwise be restored twice.
@@ -260,7 +278,11 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             shared: shared.clone(),
         })
         .map_err(|e| RunError::Kafka(e.to_string()))?;
-    let topics: Vec<&str> = topology.streams.iter().map(|s| s.topic.as_str()).collect();
+    let stages_topic = topology.stages_topic();
+    let mut topics: Vec<&str> = topology.streams.iter().map(|s| s.topic.as_str()).collect();
+    if topology.store.repartition {
+        topics.push(&stages_topic);
+    }
     consumer
         .subscribe(&topics)
         .map_err(|e| RunError::Kafka(e.to_string()))?;
@@ -335,8 +357,17 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         hot: Hot::default(),
         txn_started_at: 0,
         txn_alerts: 0,
+        route: topology.store.repartition.then(|| {
+            routed::Route::new(
+                &topology,
+                stages_partitions,
+                millis(topology.service.idle_partition),
+            )
+        }),
+        last_checkpoint: Instant::now(),
         topology: topology.clone(),
     };
+    p.route_inputs(&consumer);
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -551,6 +582,26 @@ impl Pipeline {
             for ((topic, partition), assigned) in changes {
                 let id = self.offsets.id(&topic, partition);
                 let tp = (topic, partition);
+                if let Some(route) = self.route.as_mut().filter(|r| r.is_stages(&tp.0)) {
+                    // A stages partition: the engine's, not the reader's clock.
+                    if assigned {
+                        route.assign(tp.1, wall);
+                        if self.paused_for_output {
+                            pause(consumer, std::slice::from_ref(&tp));
+                        } else {
+                            resume(consumer, std::slice::from_ref(&tp));
+                        }
+                    } else {
+                        route.revoke(tp.1);
+                        self.offsets.revoke(id);
+                        self.gate.revoke(&tp);
+                        if let Some(state) = &mut self.state {
+                            state.revoke(&tp);
+                        }
+                        self.last_committed.remove(&tp);
+                    }
+                    continue;
+                }
                 if assigned {
                     self.clock.assign(id, wall);
                     for reason in ["record_waiting", "no_progress"] {
@@ -594,6 +645,7 @@ impl Pipeline {
         );
         self.observe_positions(consumer, wall);
         self.advance_clock(consumer);
+        self.route_progress(wall);
         self.flush_state();
         metrics::gauge!(names::OUTPUT_UNACKED)
             .set((self.emitter.submitted() - self.emitter.acked_through()) as f64);
@@ -654,8 +706,22 @@ impl Pipeline {
         if self.paused_for_output {
             // Our own pause is no stall (see `InputClock::paused_by_reader`).
             self.clock.paused_by_reader(wall);
+            if let Some(route) = &mut self.route {
+                route.clock.paused_by_reader(wall);
+            }
         }
-        let reading = self.clock.read(wall);
+        let mut reading = self.clock.read(wall);
+        if let Some(engine_side) = self.read_route_clock(wall) {
+            // The reader's clock paces and watches the inputs; the engine follows what it
+            // has read back from the stages topic. Both kinds of stall are evidence.
+            for s in engine_side.stalled {
+                if !reading.stalled.iter().any(|x| x.partition == s.partition) {
+                    reading.stalled.push(s);
+                }
+            }
+            reading.live &= engine_side.live;
+            reading.now_ms = engine_side.now_ms;
+        }
         self.note_stalls(&reading, wall);
         self.pace_inputs(consumer, wall);
         if reading.live != self.live {
@@ -831,6 +897,7 @@ impl Pipeline {
         })));
         self.txn_started_at = self.emitter.submitted();
         self.txn_alerts = self.emitter.alerts_submitted();
+        self.last_checkpoint = Instant::now();
         self.after_submit();
     }
 
@@ -841,7 +908,10 @@ impl Pipeline {
     fn transaction_due(&self) -> bool {
         self.topology.store.exactly_once
             && (self.emitter.alerts_submitted() > self.txn_alerts
-                || self.emitter.submitted() - self.txn_started_at >= TRANSACTION_MAX_OUTPUTS)
+                || self.emitter.submitted() - self.txn_started_at >= TRANSACTION_MAX_OUTPUTS
+                || self.route.is_some()
+                    && self.emitter.submitted() > self.txn_started_at
+                    && self.last_checkpoint.elapsed() >= ROUTED_COMMIT_EVERY)
     }
 
     /// Offsets committed (or, with transactions, about to be): shown in the API and the

@@ -97,6 +97,10 @@ impl Pipeline {
     ) {
         let pid = self.offsets.id(m.topic(), m.partition());
         self.hot.consumed(pid, m.topic()).increment(1);
+        if self.route.as_ref().is_some_and(|r| r.is_stages(m.topic())) {
+            self.on_routed(m);
+            return;
+        }
         if let Some(held) = self.held.get_mut(&pid) {
             // Fetched before the pause took effect: it waits behind the held one.
             held.records.push_back(m.detach());
@@ -230,7 +234,11 @@ impl Pipeline {
                 let kind = d.event_type.clone().unwrap_or_else(|| "signal".into());
                 let label = self.signal_kinds.label(&stream.name, &kind);
                 metrics::counter!(names::SIGNALS_TOTAL, "stream" => stream.name.clone(), "kind" => label).increment(1);
-                self.signals.record(d.stream, &d.correlation_id, &kind);
+                if self.route.is_some() {
+                    self.route_signal(record, d.stream, &d.correlation_id, &kind);
+                } else {
+                    self.signals.record(d.stream, &d.correlation_id, &kind);
+                }
             }
             Ok(d) => {
                 let batched = self.batch_observe(&d, record);
@@ -247,22 +255,11 @@ impl Pipeline {
                     metrics::counter!(names::UNMATCHED_RECORDS_TOTAL, "topic" => record.topic.to_string())
                         .increment(1);
                 }
-                for ev in events.drain(..) {
-                    self.outcomes.note_stage(&ev);
-                    let (workflow, stage) = (ev.workflow, ev.stage);
-                    let at_ms = ev.ts.occurrence_ms();
-                    match self.engine.process(ev, &mut self.out) {
-                        Ok(()) if stage == 0 => {
-                            if let Some(at) = at_ms {
-                                self.outcomes.note_started(workflow, at);
-                            }
-                            self.outcomes.count_stage(workflow, 0);
-                        }
-                        Ok(()) => {}
-                        Err(e) => {
-                            metrics::counter!(names::REJECTED_EVENTS_TOTAL).increment(1);
-                            self.dead_letter(record, "rejected", e.to_string());
-                        }
+                if self.route.is_some() {
+                    self.route_stages(record, &mut events);
+                } else {
+                    for ev in events.drain(..) {
+                        self.feed(ev, record);
                     }
                 }
                 self.hot.stage_events = events;
@@ -275,9 +272,35 @@ impl Pipeline {
             .record(pid, record.offset, record.timestamp_ms, wall);
     }
 
+    /// One stage event into the engine; one it rejects dead-letters `record` (the input
+    /// record, or with `store.repartition` the stages record it was read from).
+    pub(super) fn feed(&mut self, ev: StageEvent, record: &RecordView<'_>) {
+        self.outcomes.note_stage(&ev);
+        let (workflow, stage) = (ev.workflow, ev.stage);
+        let at_ms = ev.ts.occurrence_ms();
+        match self.engine.process(ev, &mut self.out) {
+            Ok(()) if stage == 0 => {
+                if let Some(at) = at_ms {
+                    self.outcomes.note_started(workflow, at);
+                }
+                self.outcomes.count_stage(workflow, 0);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                metrics::counter!(names::REJECTED_EVENTS_TOTAL).increment(1);
+                self.dead_letter(record, "rejected", e.to_string());
+            }
+        }
+    }
+
     /// Hands a copy of `record` to the dead-letter topic (acknowledged before its offset
     /// is committed, see `ingest::commit`).
-    fn dead_letter(&mut self, record: &RecordView<'_>, reason: &'static str, error: String) {
+    pub(super) fn dead_letter(
+        &mut self,
+        record: &RecordView<'_>,
+        reason: &'static str,
+        error: String,
+    ) {
         let mut letter = DeadLetter::new(record, reason, error);
         crate::dlq::mask::apply(&self.topology, self.outcomes.masker(), &mut letter);
         tracing::debug!(

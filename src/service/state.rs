@@ -54,6 +54,9 @@ pub enum StateError {
     Restore { topic: String, why: String },
 }
 
+/// How long the stages topic keeps records (`retention.ms` when synclag creates it): an
+/// engine partition stopped for longer than this would miss the stages routed to it.
+const STAGES_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a start may take to read the changelog before giving up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long metadata of a just-created changelog topic may take to show up.
@@ -125,61 +128,57 @@ impl DurableState {
         topology: &Topology,
         health: &InputHealth,
     ) -> Result<(), StateError> {
-        let err = |why: String| StateError::Topic {
-            topic: self.topic.to_string(),
-            why,
-        };
-        let admin: AdminClient<HealthContext> = crate::config::kafka::admin_config(topology)
-            .create_with_context(HealthContext(health.clone()))
-            .map_err(|e| err(e.to_string()))?;
-        // An existing topic is used as it is (creating it may need rights the service
-        // does not have); a missing one is created. Asked with a consumer that may not
-        // create topics: a producer-side metadata request would have a broker with
-        // `auto.create.topics.enable` create it, uncompacted, with its default partitions.
-        let exists = {
-            let mut probe_cfg = crate::config::kafka::admin_config(topology);
-            probe_cfg.set("allow.auto.create.topics", "false");
-            let probe: BaseConsumer<QuietContext> = probe_cfg
-                .create_with_context(QuietContext)
-                .map_err(|e| err(e.to_string()))?;
-            tokio::task::block_in_place(|| {
-                probe
-                    .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-                    .map(|md| {
-                        md.topics().iter().any(|t| {
-                            t.name() == &*self.topic
-                                && t.error().is_none()
-                                && !t.partitions().is_empty()
-                        })
-                    })
-                    .unwrap_or(false)
-            })
-        };
-        if exists {
-            return Ok(());
-        }
-        let replication = topology.store.changelog_replication.unwrap_or(-1);
-        let topic = NewTopic::new(
+        ensure_topic(
+            topology,
+            health,
             &self.topic,
             topology.store.changelog_partitions,
-            TopicReplication::Fixed(replication),
+            &[("cleanup.policy", "compact")],
+            "the changelog topic of the durable state",
         )
-        .set("cleanup.policy", "compact");
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin
-            .create_topics([&topic], &opts)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        for r in results {
-            match r {
-                Ok(_) => {
-                    tracing::info!(topic = %self.topic, partitions = topology.store.changelog_partitions, "created the changelog topic of the durable state")
-                }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(err(code.to_string())),
-            }
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates the stages topic (`store.repartition`, see `route`) with the changelog's
+    /// partition count unless it exists; one that exists must have that count, or a key's
+    /// stages and its state would be on different partition numbers. Returns the count.
+    pub async fn create_stages_topic(
+        &self,
+        topology: &Topology,
+        health: &InputHealth,
+    ) -> Result<i32, StateError> {
+        let topic = topology.stages_topic();
+        let changelog = if self.partition_count > 0 {
+            self.partition_count
+        } else {
+            topology.store.changelog_partitions
+        };
+        let retention = STAGES_RETENTION.as_millis().to_string();
+        let found = ensure_topic(
+            topology,
+            health,
+            &topic,
+            changelog,
+            &[("cleanup.policy", "delete"), ("retention.ms", &retention)],
+            "the stages topic (stage events by correlation id)",
+        )
+        .await?;
+        if found != changelog {
+            return Err(StateError::Topic {
+                topic,
+                why: format!(
+                    "has {found} partitions and the changelog `{}` {changelog}: both must have the same count, so that a key's stages and its state share a partition number",
+                    self.topic
+                ),
+            });
         }
-        Ok(())
+        Ok(found)
+    }
+
+    /// The changelog's partition count, once read (0 before).
+    pub fn partition_count(&self) -> i32 {
+        self.partition_count
     }
 
     /// Reads the whole changelog into `engine` (before it processes anything), calls
@@ -536,5 +535,77 @@ impl DurableState {
     /// Cuts still waiting for earlier outputs.
     pub fn waiting(&self) -> usize {
         self.cuts.len()
+    }
+}
+
+/// Creates `topic` with `partitions` and `configs` unless it exists, and returns its
+/// partition count. An existing topic is used as it is (creating it may need rights the
+/// service does not have). Asked with a consumer that may not create topics: a
+/// producer-side metadata request would have a broker with `auto.create.topics.enable`
+/// create it with the broker's defaults.
+async fn ensure_topic(
+    topology: &Topology,
+    health: &InputHealth,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+    what: &str,
+) -> Result<i32, StateError> {
+    let err = |why: String| StateError::Topic {
+        topic: topic.to_string(),
+        why,
+    };
+    let admin: AdminClient<HealthContext> = crate::config::kafka::admin_config(topology)
+        .create_with_context(HealthContext(health.clone()))
+        .map_err(|e| err(e.to_string()))?;
+    let mut probe_cfg = crate::config::kafka::admin_config(topology);
+    probe_cfg.set("allow.auto.create.topics", "false");
+    let probe: BaseConsumer<QuietContext> = probe_cfg
+        .create_with_context(QuietContext)
+        .map_err(|e| err(e.to_string()))?;
+    let existing = |probe: &BaseConsumer<QuietContext>| {
+        probe
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
+            })
+            .filter(|n| *n > 0)
+    };
+    if let Some(n) = tokio::task::block_in_place(|| existing(&probe)) {
+        return Ok(n);
+    }
+    let replication = topology.store.changelog_replication.unwrap_or(-1);
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    for r in results {
+        match r {
+            Ok(_) => tracing::info!(topic, partitions, "created {what}"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(err(code.to_string())),
+        }
+    }
+    // Metadata of a topic just created may take a moment to show its partitions.
+    let deadline = Instant::now() + METADATA_TIMEOUT;
+    loop {
+        if let Some(n) = tokio::task::block_in_place(|| existing(&probe)) {
+            return Ok(n);
+        }
+        if Instant::now() > deadline {
+            return Err(err(
+                "created, but its partitions do not show in the metadata".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
