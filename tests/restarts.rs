@@ -258,9 +258,24 @@ async fn restarts_under_load(mode: Mode) -> u32 {
     if exactly_once {
         // At least once, a lag summary acknowledged just before a crash may count its
         // interval again after the restart.
+        let intervals: Vec<String> = summaries
+            .iter()
+            .filter(|s| s.event.segment == "end_to_end")
+            .map(|s| {
+                format!(
+                    "{} [{}, {}) {}",
+                    s.event.workflow,
+                    s.event.interval_start_ms,
+                    s.event.interval_end_ms,
+                    s.event.count
+                )
+            })
+            .collect();
         assert_eq!(
-            counted, completed,
-            "each completion is counted once across restarts"
+            counted,
+            completed,
+            "each completion is counted once across restarts; summaries read:\n{}",
+            intervals.join("\n")
         );
     }
     for ((key, what), set) in &ids {

@@ -147,6 +147,19 @@ pub fn encode_lag_key(workflow_name: &str) -> Vec<u8> {
     encode_key(workflow_name, &[])
 }
 
+/// First byte of the key of a [`LagImage`] kept per changelog partition (with
+/// `store.repartition` each partition's owner counts its own correlations' lags):
+/// `0x02 | u16 workflow length | workflow | i32 partition`, written to that partition.
+const KEY_PARTITION_LAG: u8 = 2;
+
+/// The changelog key of a workflow's [`LagImage`] of one changelog partition.
+pub fn encode_partition_lag_key(workflow_name: &str, partition: i32) -> Vec<u8> {
+    let mut key = encode_key(workflow_name, &[]);
+    key[0] = KEY_PARTITION_LAG;
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
 /// Encodes a [`LagImage`]:
 /// `version | 0x03 | i64 interval start | u16 n × (u8 from | u8 to | u8 segment | dims |
 /// u32 length | histogram)`.
@@ -176,12 +189,17 @@ pub fn decode_lag(
 ) -> Option<Result<LagImage, ImageError>> {
     let mut r = Reader { buf: key, pos: 0 };
     let name = (|| {
-        if r.u8()? != VERSION {
-            return Ok(None);
-        }
+        let partitioned = match r.u8()? {
+            VERSION => false,
+            KEY_PARTITION_LAG => true,
+            _ => return Ok(None),
+        };
         let len = usize::from(r.u16()?);
         let name = std::str::from_utf8(r.take(len)?)
             .map_err(|_| ImageError::Invalid("workflow name is not UTF-8".into()))?;
+        if partitioned {
+            r.i32()?;
+        }
         Ok(if r.pos == key.len() { Some(name) } else { None })
     })();
     let name = match name {
@@ -539,7 +557,16 @@ mod tests {
         let mut value = Vec::new();
         encode_lag_value(&image, &mut value);
         let names = ["order_import", "shipment_status"];
-        assert_eq!(decode_lag(&key, &value, &names), Some(Ok(image)));
+        assert_eq!(decode_lag(&key, &value, &names), Some(Ok(image.clone())));
+        // Kept per partition: the same image under the partition's key.
+        assert_eq!(
+            decode_lag(
+                &encode_partition_lag_key("shipment_status", 4),
+                &value,
+                &names
+            ),
+            Some(Ok(image.clone()))
+        );
         // A correlation's key is not a lag key.
         assert_eq!(
             decode_lag(&encode_key("shipment_status", b"S-1"), &value, &names),

@@ -114,6 +114,50 @@ pub struct Counters {
     pub tiers_after_window: u64,
 }
 
+impl std::ops::AddAssign for Counters {
+    /// Sums the counters of several engines (one per owned partition).
+    fn add_assign(&mut self, o: Counters) {
+        let Counters {
+            processed,
+            rejected,
+            duplicates,
+            held_early,
+            stage_reached,
+            completed,
+            never_arrived,
+            evicted,
+            late_arrivals,
+            breaches_warn,
+            breaches_critical,
+            dimension_overflow,
+            negative_lags,
+            recent_forgotten,
+            after_completion,
+            held_expired,
+            beyond_window,
+            tiers_after_window,
+        } = o;
+        self.processed += processed;
+        self.rejected += rejected;
+        self.duplicates += duplicates;
+        self.held_early += held_early;
+        self.stage_reached += stage_reached;
+        self.completed += completed;
+        self.never_arrived += never_arrived;
+        self.evicted += evicted;
+        self.late_arrivals += late_arrivals;
+        self.breaches_warn += breaches_warn;
+        self.breaches_critical += breaches_critical;
+        self.dimension_overflow += dimension_overflow;
+        self.negative_lags += negative_lags;
+        self.recent_forgotten += recent_forgotten;
+        self.after_completion += after_completion;
+        self.held_expired += held_expired;
+        self.beyond_window += beyond_window;
+        self.tiers_after_window += tiers_after_window;
+    }
+}
+
 /// One pending correlation in the status listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingInfo {

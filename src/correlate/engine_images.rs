@@ -34,6 +34,19 @@ impl Engine {
         }
     }
 
+    /// Marks pending correlation `(workflow, id)` as changed, so the next
+    /// [`drain_dirty`](Self::drain_dirty) lists it again (an image written without a
+    /// tier whose breach was held back, once that breach is out).
+    pub fn touch_key(&mut self, workflow: usize, id: &[u8]) {
+        let Ok(w) = u16::try_from(workflow) else {
+            return;
+        };
+        let hash = self.hash_key(w, id);
+        if let Some(slot) = self.find_slot(hash, w, id) {
+            self.touch(slot);
+        }
+    }
+
     /// Appends an image of every pending entry that changed since the last call (new
     /// entries, stages received, tiers raised, dimensions learnt) to `out`. Entries that
     /// ended meanwhile are not listed: their end is what [`finished_image`] describes.

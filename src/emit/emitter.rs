@@ -104,6 +104,8 @@ pub struct StateBatch {
     /// (0: not known, the producer places it).
     pub partitions: i32,
     pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Records written to a given partition, after `records`: `(partition, key, value)`.
+    pub pinned: Vec<(i32, Vec<u8>, Vec<u8>)>,
 }
 
 /// Records for the stages topic, written in order: `(partition, key, value)`.
@@ -921,11 +923,18 @@ async fn start(
         Output::State(batch) => {
             let mut acks = Vec::with_capacity(batch.records.len());
             let mut queued = Ok(());
-            for (key, value) in &batch.records {
+            let placed = batch.records.iter().map(|(key, value)| {
                 let partition = (batch.partitions > 0)
                     .then(|| crate::route::partition_of(key, batch.partitions));
+                (partition, key, value.as_deref())
+            });
+            let pinned = batch
+                .pinned
+                .iter()
+                .map(|(p, key, value)| (Some(*p), key, Some(value.as_slice())));
+            for (partition, key, value) in placed.chain(pinned) {
                 match outputs
-                    .enqueue_raw(&batch.topic, partition, key, value.as_deref())
+                    .enqueue_raw(&batch.topic, partition, key, value)
                     .await
                 {
                     Ok(ack) => acks.push(ack),

@@ -8,7 +8,7 @@ use crate::emit::emitter::Output;
 
 impl Pipeline {
     fn batch_now(&self) -> i64 {
-        match self.engine.now() {
+        match self.engine_now() {
             i64::MIN => wall_ms(),
             t => t,
         }

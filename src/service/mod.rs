@@ -221,11 +221,15 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             }
             let attempt = match state.create_topic(&topology, &api.ready.inputs).await {
                 Ok(()) => tokio::task::block_in_place(|| {
-                    state.restore(
+                    // With `store.repartition` each stages partition's owner restores its
+                    // own changelog partition when it is assigned (see `routed`).
+                    let only: Option<&[i32]> = topology.store.repartition.then_some(&[]);
+                    state.restore_partitions(
                         &topology,
                         &mut engine,
                         &mut |w, id| outcomes.restore_open_breach(w, id),
                         wall_ms(),
+                        only,
                     )
                 }),
                 Err(e) => Err(e),
@@ -501,6 +505,14 @@ fn spawn_registry_probe(topology: &Topology, api: ApiState, shutdown: Cancellati
 }
 
 impl Pipeline {
+    /// The engine clock (with `store.repartition`, the earliest of the tasks').
+    fn engine_now(&self) -> i64 {
+        match &self.route {
+            Some(route) => route.now(),
+            None => self.engine.now(),
+        }
+    }
+
     /// Context for turning outcomes into events, as of now.
     fn release(&mut self, all: bool) {
         let backlogged = (self.backlogged)();
@@ -526,8 +538,15 @@ impl Pipeline {
             wall_ms: wall,
         };
         let mut events = Vec::new();
-        self.outcomes
-            .release(self.engine.now(), all, &ctx, &mut events);
+        let clocks: Vec<(i32, i64)> = match &self.route {
+            Some(route) => route
+                .tasks
+                .iter()
+                .map(|(k, t)| (*k, t.engine.now()))
+                .collect(),
+            None => vec![(outcomes::DIRECT, self.engine.now())],
+        };
+        self.outcomes.release_lanes(&clocks, all, &ctx, &mut events);
         if !events.is_empty() {
             let mut recent = self.api.breaches.lock().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
@@ -540,7 +559,7 @@ impl Pipeline {
         }
         let mut incidents = Vec::new();
         self.outcomes
-            .tick_incidents(self.engine.now(), wall, &mut incidents);
+            .tick_incidents(self.engine_now(), wall, &mut incidents);
         for ev in incidents {
             tracing::info!(kind = %ev.kind, incident_id = %ev.incident_id, workflow = %ev.workflow, cause = %ev.probable_cause, slice = ?ev.slice, severity = %ev.severity, breached = ev.breached, route = ?ev.route, "incident");
             self.emitter.submit(Output::Incident(Box::new(ev)));
@@ -579,20 +598,24 @@ impl Pipeline {
                 .unwrap_or_else(|p| p.into_inner()),
         );
         if !changes.is_empty() {
+            let mut new_tasks = Vec::new();
             for ((topic, partition), assigned) in changes {
                 let id = self.offsets.id(&topic, partition);
                 let tp = (topic, partition);
-                if let Some(route) = self.route.as_mut().filter(|r| r.is_stages(&tp.0)) {
-                    // A stages partition: the engine's, not the reader's clock.
+                if self.route.as_ref().is_some_and(|r| r.is_stages(&tp.0)) {
+                    // A stages partition: a task of its own, restored before its first
+                    // stage is processed (see `routed`).
                     if assigned {
-                        route.assign(tp.1, wall);
-                        if self.paused_for_output {
-                            pause(consumer, std::slice::from_ref(&tp));
-                        } else {
-                            resume(consumer, std::slice::from_ref(&tp));
-                        }
+                        // Restored together below.
+                        new_tasks.push(tp.1);
                     } else {
-                        route.revoke(tp.1);
+                        if let Some(route) = &mut self.route {
+                            route.revoke(tp.1);
+                        }
+                        self.outcomes.drop_lane(tp.1);
+                        if let Some(state) = &mut self.state {
+                            state.revoke_partition(tp.1);
+                        }
                         self.offsets.revoke(id);
                         self.gate.revoke(&tp);
                         if let Some(state) = &mut self.state {
@@ -628,6 +651,16 @@ impl Pipeline {
                     }
                 }
             }
+            if !new_tasks.is_empty() {
+                self.ensure_tasks(&new_tasks, consumer);
+                if self.paused_for_output {
+                    let tps: Vec<Tp> = new_tasks
+                        .iter()
+                        .filter_map(|k| self.route.as_ref().map(|r| (r.topic.to_string(), *k)))
+                        .collect();
+                    pause(consumer, &tps);
+                }
+            }
             let list: Vec<Tp> = consumer
                 .assignment()
                 .map(|tpl| {
@@ -643,6 +676,14 @@ impl Pipeline {
             self.shared.assigned.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        let unrestored: Vec<i32> = self
+            .route
+            .as_ref()
+            .map(|r| r.unrestored.iter().copied().collect())
+            .unwrap_or_default();
+        if !unrestored.is_empty() {
+            self.ensure_tasks(&unrestored, consumer);
+        }
         self.observe_positions(consumer, wall);
         self.advance_clock(consumer);
         self.route_progress(wall);
@@ -707,13 +748,15 @@ impl Pipeline {
             // Our own pause is no stall (see `InputClock::paused_by_reader`).
             self.clock.paused_by_reader(wall);
             if let Some(route) = &mut self.route {
-                route.clock.paused_by_reader(wall);
+                route.paused_by_reader(wall);
             }
         }
         let mut reading = self.clock.read(wall);
-        if let Some(engine_side) = self.read_route_clock(wall) {
-            // The reader's clock paces and watches the inputs; the engine follows what it
-            // has read back from the stages topic. Both kinds of stall are evidence.
+        let routed = self.advance_tasks(wall);
+        let tasks_advanced = routed.is_some();
+        if let Some(engine_side) = routed {
+            // The reader's clock paces and watches the inputs; the tasks follow what they
+            // have read back from the stages topic. Both kinds of stall are evidence.
             for s in engine_side.stalled {
                 if !reading.stalled.iter().any(|x| x.partition == s.partition) {
                     reading.stalled.push(s);
@@ -734,7 +777,9 @@ impl Pipeline {
             metrics::gauge!(names::CLOCK_LIVE).set(if self.live { 1.0 } else { 0.0 });
         }
         if let Some(now) = reading.now_ms {
-            self.engine.advance(now, &mut self.out);
+            if !tasks_advanced {
+                self.engine.advance(now, &mut self.out);
+            }
             self.batch_advance(now);
             metrics::gauge!(names::ENGINE_CLOCK_SECONDS).set(now as f64 / 1000.0);
         }
@@ -864,13 +909,21 @@ impl Pipeline {
             self.batch_persist();
         }
         let processed = self.offsets.committable(|_| None, i64::MAX);
-        let clock = self.engine.now();
+        let clock = self.engine_now();
         let submitted = self.emitter.submitted();
         let Some(state) = &mut self.state else {
             return;
         };
-        state.cut(
-            &mut self.engine,
+        let mut engines: Vec<(Option<i32>, &mut Engine)> = match &mut self.route {
+            Some(route) => route
+                .tasks
+                .iter_mut()
+                .map(|(k, t)| (Some(*k), &mut t.engine))
+                .collect(),
+            None => vec![(None, &mut self.engine)],
+        };
+        state.cut_engines(
+            &mut engines,
             &mut self.outcomes,
             processed,
             submitted,
@@ -996,9 +1049,17 @@ impl Pipeline {
 
     fn emit_lag(&mut self) {
         let now = wall_ms();
-        let summaries: Vec<LagSummary> = self
-            .engine
-            .lag_snapshot(now)
+        let snapshots = match &mut self.route {
+            // One summary per owned stages partition and series: each counts the
+            // completions of its own keys (consumers add them up, see the README).
+            Some(route) => route
+                .tasks
+                .values_mut()
+                .flat_map(|t| t.engine.lag_snapshot(now))
+                .collect(),
+            None => self.engine.lag_snapshot(now),
+        };
+        let summaries: Vec<LagSummary> = snapshots
             .into_iter()
             .map(|s| self.outcomes.shown_lag(LagSummary::from_snapshot(s, now)))
             .collect();
@@ -1010,7 +1071,16 @@ impl Pipeline {
     }
 
     fn publish(&self) {
-        let c = self.engine.counters();
+        let c = match &self.route {
+            Some(route) => {
+                let mut c = route.retired;
+                for t in route.tasks.values() {
+                    c += t.engine.counters();
+                }
+                c
+            }
+            None => self.engine.counters(),
+        };
         metrics::counter!(names::DUPLICATES_TOTAL).absolute(c.duplicates);
         metrics::counter!(names::STAGES_AFTER_COMPLETION_TOTAL).absolute(c.after_completion);
         metrics::counter!(names::DIMENSION_OVERFLOW_TOTAL).absolute(c.dimension_overflow);
@@ -1020,21 +1090,29 @@ impl Pipeline {
         metrics::counter!(names::NEGATIVE_LAGS_TOTAL).absolute(c.negative_lags);
         metrics::counter!(names::RECENT_FORGOTTEN_TOTAL).absolute(c.recent_forgotten);
         metrics::counter!(names::TIERS_AFTER_WINDOW_TOTAL).absolute(c.tiers_after_window);
-        metrics::gauge!(names::RECENT_CORRELATIONS).set(self.engine.recent_len() as f64);
+        let recent = match &self.route {
+            Some(route) => route.tasks.values().map(|t| t.engine.recent_len()).sum(),
+            None => self.engine.recent_len(),
+        };
+        metrics::gauge!(names::RECENT_CORRELATIONS).set(recent as f64);
         metrics::counter!(names::SIGNALS_FORGOTTEN_TOTAL).absolute(self.signals.forgotten());
         metrics::counter!(names::EVIDENCE_FORGOTTEN_TOTAL)
             .absolute(self.outcomes.evidence_forgotten());
         metrics::gauge!(names::EVIDENCE_ENTRIES).set(self.outcomes.evidence_entries() as f64);
         self.outcomes.publish_incidents(&self.incident_series);
-        let clock = match self.engine.now() {
+        let clock = match self.engine_now() {
             i64::MIN => wall_ms(),
             t => t,
         };
         let mut stalled: Vec<String> = self.stalled.values().flatten().cloned().collect();
         stalled.sort();
+        let pending = match &self.route {
+            Some(route) => route.pending_status(self.topology.store.oldest_n),
+            None => self.engine.pending_status(),
+        };
         let mut snapshot = status::snapshot(
             &self.topology,
-            &self.engine,
+            pending,
             &self.outcomes,
             clock,
             self.live,

@@ -55,6 +55,9 @@ pub struct Context<'a> {
 
 type Key = (usize, Box<[u8]>);
 
+/// The lane of outcomes of the only engine (without `store.repartition`).
+pub const DIRECT: i32 = -1;
+
 /// A map that forgets its oldest entries beyond a capacity, counting what it forgets.
 #[derive(Debug)]
 struct Bounded<V> {
@@ -111,7 +114,9 @@ pub struct Outcomes {
     open_breaches: Bounded<()>,
     /// Notable partner delays (t1 − t0) of pending correlations' start records.
     partner_delay: Bounded<i64>,
-    held: HeldQueue<Outcome>,
+    /// Held outcomes per lane: one per engine, each released by its own clock
+    /// ([`DIRECT`], or with `store.repartition` one per owned stages partition).
+    held: BTreeMap<i32, HeldQueue<Outcome>>,
     /// Topics each workflow stage is read from (for stalled-input evidence).
     stage_topics: Vec<Vec<String>>,
     /// Events raised since the last log summary, by kind.
@@ -185,7 +190,7 @@ impl Outcomes {
             stats,
             open_breaches: Bounded::new(capacity),
             partner_delay: Bounded::new(capacity),
-            held: HeldQueue::default(),
+            held: BTreeMap::new(),
             stage_topics,
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
@@ -216,7 +221,7 @@ impl Outcomes {
     /// must not claim them raised before their events are out.
     pub fn held_breach_tiers(&self) -> HashMap<Key, u8> {
         let mut out = HashMap::new();
-        for h in self.held.iter() {
+        for h in self.held.values().flat_map(HeldQueue::iter) {
             if let OutcomeKind::Breach { tier, .. } = h.item.kind {
                 let bit = match tier {
                     Tier::Warn => 1,
@@ -244,7 +249,10 @@ impl Outcomes {
 
     /// Generation of the oldest held-back outcome (see `ingest::commit`).
     pub fn oldest_held_generation(&self) -> Option<u64> {
-        self.held.oldest_generation()
+        self.held
+            .values()
+            .filter_map(HeldQueue::oldest_generation)
+            .min()
     }
 
     /// Entries the evidence maps forgot because they were full.
@@ -286,6 +294,12 @@ impl Outcomes {
     /// Takes the engine's outcomes: stage lags are recorded now, the rest is held back
     /// (stamped with `generation`) until [`release`](Self::release).
     pub fn take(&mut self, outcomes: &mut Vec<Outcome>, generation: u64) {
+        self.take_lane(DIRECT, outcomes, generation);
+    }
+
+    /// [`take`](Self::take) for the engine of `lane`, released by that engine's clock
+    /// (see [`release_lanes`](Self::release_lanes)).
+    pub fn take_lane(&mut self, lane: i32, outcomes: &mut Vec<Outcome>, generation: u64) {
         for o in outcomes.drain(..) {
             let release_at = match &o.kind {
                 OutcomeKind::StageReached { .. } => {
@@ -301,7 +315,7 @@ impl Outcomes {
             let key = self
                 .label_hasher
                 .hash_one((o.info.workflow, o.info.correlation_id.as_bytes()));
-            self.held.push(
+            self.held.entry(lane).or_default().push(
                 key,
                 Held {
                     release_at,
@@ -310,21 +324,51 @@ impl Outcomes {
                 },
             );
         }
-        self.counters.deferred_outcomes.set(self.held.len() as f64);
+        self.counters.deferred_outcomes.set(self.held_len() as f64);
+    }
+
+    fn held_len(&self) -> usize {
+        self.held.values().map(HeldQueue::len).sum()
+    }
+
+    /// Drops what `lane` holds: its engine moved to another owner, which raises its
+    /// outcomes from the state committed with them.
+    pub fn drop_lane(&mut self, lane: i32) {
+        self.held.remove(&lane);
+        self.counters.deferred_outcomes.set(self.held_len() as f64);
     }
 
     /// Turns held outcomes whose time the engine clock `now` has passed (all of them when
     /// `all`, at shutdown) into events appended to `sink`.
     pub fn release(&mut self, now: i64, all: bool, ctx: &Context<'_>, sink: &mut Vec<BreachEvent>) {
-        if self.held.is_empty() {
-            return;
+        self.release_lanes(&[(DIRECT, now)], all, ctx, sink);
+    }
+
+    /// [`release`](Self::release) of each lane by its own engine clock.
+    pub fn release_lanes(
+        &mut self,
+        clocks: &[(i32, i64)],
+        all: bool,
+        ctx: &Context<'_>,
+        sink: &mut Vec<BreachEvent>,
+    ) {
+        let mut due_items = Vec::new();
+        for (lane, queue) in self.held.iter_mut() {
+            if queue.is_empty() {
+                continue;
+            }
+            let now = clocks
+                .iter()
+                .find(|(l, _)| l == lane)
+                .map_or(i64::MIN, |(_, n)| *n);
+            let due = match (all, now) {
+                (true, _) => None,
+                (false, i64::MIN) => continue,
+                (false, now) => Some(now),
+            };
+            due_items.extend(queue.take_due(due));
         }
-        let due = match (all, now) {
-            (true, _) => None,
-            (false, i64::MIN) => return,
-            (false, now) => Some(now),
-        };
-        for h in self.held.take_due(due) {
+        for h in due_items {
             let o = &h.item;
             if let Some(ended) = &mut self.ended {
                 if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
@@ -347,7 +391,7 @@ impl Outcomes {
                 sink.push(ev);
             }
         }
-        self.counters.deferred_outcomes.set(self.held.len() as f64);
+        self.counters.deferred_outcomes.set(self.held_len() as f64);
     }
 
     /// Incident events due at engine clock `now` and wall time `wall_ms`.
@@ -373,7 +417,7 @@ impl Outcomes {
             return;
         }
         let counts = std::mem::take(&mut self.since_summary);
-        tracing::info!(events = ?counts, held = self.held.len(), "breach events raised since the last summary");
+        tracing::info!(events = ?counts, held = self.held_len(), "breach events raised since the last summary");
     }
 
     fn stage_reached(&mut self, o: &Outcome) {

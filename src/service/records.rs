@@ -98,7 +98,7 @@ impl Pipeline {
         let pid = self.offsets.id(m.topic(), m.partition());
         self.hot.consumed(pid, m.topic()).increment(1);
         if self.route.as_ref().is_some_and(|r| r.is_stages(m.topic())) {
-            self.on_routed(m);
+            self.on_routed(m, consumer);
             return;
         }
         if let Some(held) = self.held.get_mut(&pid) {
@@ -259,7 +259,7 @@ impl Pipeline {
                     self.route_stages(record, &mut events);
                 } else {
                     for ev in events.drain(..) {
-                        self.feed(ev, record);
+                        self.feed(ev, record, None);
                     }
                 }
                 self.hot.stage_events = events;
@@ -272,13 +272,21 @@ impl Pipeline {
             .record(pid, record.offset, record.timestamp_ms, wall);
     }
 
-    /// One stage event into the engine; one it rejects dead-letters `record` (the input
-    /// record, or with `store.repartition` the stages record it was read from).
-    pub(super) fn feed(&mut self, ev: StageEvent, record: &RecordView<'_>) {
+    /// One stage event into the engine (with `store.repartition`, the engine of stages
+    /// partition `task`); one it rejects dead-letters `record` (the input record, or the
+    /// stages record it was read from).
+    pub(super) fn feed(&mut self, ev: StageEvent, record: &RecordView<'_>, task: Option<i32>) {
         self.outcomes.note_stage(&ev);
         let (workflow, stage) = (ev.workflow, ev.stage);
         let at_ms = ev.ts.occurrence_ms();
-        match self.engine.process(ev, &mut self.out) {
+        let engine = match task {
+            None => &mut self.engine,
+            Some(k) => match self.route.as_mut().and_then(|r| r.tasks.get_mut(&k)) {
+                Some(t) => &mut t.engine,
+                None => return,
+            },
+        };
+        match engine.process(ev, &mut self.out) {
             Ok(()) if stage == 0 => {
                 if let Some(at) = at_ms {
                     self.outcomes.note_started(workflow, at);

@@ -6,17 +6,21 @@
 //! progress (what the reader's clock knows of it) is copied to every partition.
 //!
 //! Engine side: the consumer reads the stages partitions it is assigned with the inputs,
-//! in the same transactions. The engine's clock has a part per (stages partition, input
-//! partition), fed by the stage records and the progress records read from that stages
-//! partition: the clock moves only as far as every input has been read *into every owned
-//! stages partition*, so no deadline is judged before the stages that could settle it
-//! have been read back. An input partition whose progress stops (its reader died) stalls
-//! after the stall budget, like a stalled input: it stops holding the clock back and the
-//! breaches that may wait behind it say so.
+//! in the same transactions. Each owned stages partition `k` is a *task*: an engine of
+//! its own, restored from changelog partition `k` when the partition is assigned (before
+//! any of its stages is processed), and a clock of its own with a part per input
+//! partition, fed by the stage and progress records read from `k`. A task's clock moves
+//! only as far as every input has been read *into `k`*, so no deadline is judged before
+//! the stages that could settle it have been read back, and a task restored while others
+//! run catches up on its own time: its timers fire as its stages are read, not by the
+//! clock of a partition read further. An input partition whose progress stops (its
+//! reader died) stalls after the stall budget, like a stalled input: it stops holding the
+//! clock back and the breaches that may wait behind it say so.
 
 use super::{wall_ms, Pipeline};
 use crate::correlate::clock::{InputClock, Reading, Stall};
-use crate::correlate::{Origin, StageEvent};
+use crate::correlate::engine::{Counters, PendingStatus};
+use crate::correlate::{Engine, EngineConfig, Origin, StageEvent};
 use crate::decode::RecordView;
 use crate::emit::emitter::{Output, RoutedBatch};
 use crate::ingest::{IngestContext, Tp};
@@ -24,7 +28,8 @@ use crate::route::codec::{self, InputRef, Names, Progress, Routed, RoutedSignal}
 use crate::telemetry::names;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use rdkafka::topic_partition_list::Offset;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,105 +41,53 @@ const MAX_ROUTED_BYTES: usize = 900 * 1024;
 /// engine side judges a silent input as stalled.
 const PROGRESS_EVERY_MS: i64 = 1_000;
 
-/// Both sides of the routed path.
-pub struct Route {
-    pub topic: Arc<str>,
-    pub partitions: i32,
-    names: Names,
-    /// The engine side's clock (see the module docs).
-    pub clock: InputClock,
-    /// Engine clock part ids by (stages partition, input partition).
-    parts: HashMap<(i32, Tp), u32>,
-    /// Input partition of each engine clock part.
-    part_input: HashMap<u32, Tp>,
-    /// Stages partitions owned.
-    owned: BTreeSet<i32>,
-    /// Every input partition, from metadata.
+/// One owned stages partition: its engine and its clock.
+pub struct Task {
+    pub engine: Engine,
+    clock: InputClock,
+    /// Clock part ids by input partition.
+    parts: HashMap<Tp, u32>,
+    /// Input partition of each part id.
     inputs: Vec<Tp>,
-    /// Engine clock parts whose input waits at its reader.
+    /// Parts whose input waits at its reader.
     waiting: HashSet<u32>,
-    /// Progress last sent per input partition, with when.
-    sent: HashMap<Tp, (Progress, i64)>,
-    key: Vec<u8>,
-    value: Vec<u8>,
 }
 
-impl Route {
-    pub fn new(topology: &crate::config::Topology, partitions: i32, stall_budget_ms: i64) -> Route {
-        Route {
-            topic: Arc::from(topology.stages_topic().as_str()),
-            partitions,
-            names: Names::new(topology),
+impl Task {
+    fn new(engine: Engine, stall_budget_ms: i64, inputs: &[Tp], wall: i64) -> Task {
+        let mut t = Task {
+            engine,
             clock: InputClock::new(stall_budget_ms),
             parts: HashMap::new(),
-            part_input: HashMap::new(),
-            owned: BTreeSet::new(),
             inputs: Vec::new(),
             waiting: HashSet::new(),
-            sent: HashMap::new(),
-            key: Vec::new(),
-            value: Vec::new(),
+        };
+        for tp in inputs {
+            t.part(tp.clone(), wall);
         }
+        t
     }
 
-    pub fn is_stages(&self, topic: &str) -> bool {
-        *self.topic == *topic
-    }
-
-    /// The engine clock part of `input` in stages partition `k`, assigned at first sight
-    /// (an input partition added after the metadata was read).
-    fn part(&mut self, k: i32, input: Tp, wall: i64) -> u32 {
-        if let Some(id) = self.parts.get(&(k, input.clone())) {
+    /// The clock part of `input`, assigned at first sight (an input partition added
+    /// after the metadata was read).
+    fn part(&mut self, input: Tp, wall: i64) -> u32 {
+        if let Some(id) = self.parts.get(&input) {
             return *id;
         }
-        let id = u32::try_from(self.part_input.len()).unwrap_or(u32::MAX);
+        let id = u32::try_from(self.inputs.len()).unwrap_or(u32::MAX);
         self.clock.assign(id, wall);
-        self.part_input.insert(id, input.clone());
-        self.parts.insert((k, input), id);
+        self.inputs.push(input.clone());
+        self.parts.insert(input, id);
         id
     }
 
-    /// Stages partition `k` was assigned: every input partition holds its clock back
-    /// until its progress has been read from `k`.
-    pub fn assign(&mut self, k: i32, wall: i64) {
-        self.owned.insert(k);
-        for tp in self.inputs.clone() {
-            self.part(k, tp, wall);
-        }
-    }
-
-    pub fn revoke(&mut self, k: i32) {
-        self.owned.remove(&k);
-        let gone: Vec<((i32, Tp), u32)> = self
-            .parts
-            .iter()
-            .filter(|((p, _), _)| *p == k)
-            .map(|(key, id)| (key.clone(), *id))
-            .collect();
-        for (key, id) in gone {
-            self.parts.remove(&key);
-            self.clock.revoke(id);
-            self.waiting.remove(&id);
-        }
-    }
-
-    /// The input partitions (from metadata); parts of owned stages partitions are added
-    /// for new ones.
-    pub fn set_inputs(&mut self, inputs: Vec<Tp>, wall: i64) {
-        self.inputs = inputs;
-        for k in self.owned.clone() {
-            self.assign(k, wall);
-        }
-    }
-
-    /// Applies a progress record read from stages partition `k`.
-    fn progress(&mut self, k: i32, p: Progress, wall: i64) {
-        let id = self.part(k, (p.topic.clone(), p.partition), wall);
+    /// Applies a progress record.
+    fn progress(&mut self, p: Progress, wall: i64) {
+        let id = self.part((p.topic.clone(), p.partition), wall);
         let at = p.progress_ms;
         if p.position >= 0 {
-            let record_ms = (p.record_ms != i64::MIN).then_some(p.record_ms);
-            if let Some(r) = record_ms {
-                self.clock.record(id, p.position - 1, Some(r), at);
+            if p.record_ms != i64::MIN {
+                self.clock.record(id, p.position - 1, Some(p.record_ms), at);
             }
             self.clock.position(id, p.position, at);
             if p.confirmed_ms != i64::MIN {
@@ -149,6 +102,109 @@ impl Route {
             self.clock.resume(id, at);
         }
         self.clock.progressed(id, at);
+    }
+}
+
+/// Both sides of the routed path.
+pub struct Route {
+    pub topic: Arc<str>,
+    pub partitions: i32,
+    names: Names,
+    config: EngineConfig,
+    stall_budget_ms: i64,
+    /// Owned stages partitions, restored.
+    pub tasks: BTreeMap<i32, Task>,
+    /// Owned stages partitions whose changelog partition is not restored yet (paused).
+    pub unrestored: BTreeSet<i32>,
+    /// Every input partition, from metadata.
+    inputs: Vec<Tp>,
+    /// Progress last sent per input partition, with when.
+    sent: HashMap<Tp, (Progress, i64)>,
+    /// Counters of tasks handed to other owners (the metrics count on).
+    pub retired: Counters,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Route {
+    pub fn new(topology: &crate::config::Topology, partitions: i32, stall_budget_ms: i64) -> Route {
+        Route {
+            topic: Arc::from(topology.stages_topic().as_str()),
+            partitions,
+            names: Names::new(topology),
+            config: crate::rules::Rules::engine_config(topology),
+            stall_budget_ms,
+            tasks: BTreeMap::new(),
+            unrestored: BTreeSet::new(),
+            inputs: Vec::new(),
+            sent: HashMap::new(),
+            retired: Counters::default(),
+            key: Vec::new(),
+            value: Vec::new(),
+        }
+    }
+
+    pub fn is_stages(&self, topic: &str) -> bool {
+        *self.topic == *topic
+    }
+
+    /// Input is paused by this instance (for its outputs): no task's input is stalled.
+    pub fn paused_by_reader(&mut self, wall: i64) {
+        for t in self.tasks.values_mut() {
+            t.clock.paused_by_reader(wall);
+        }
+    }
+
+    /// Stages partition `k` was revoked: its task goes (its state is in the changelog).
+    pub fn revoke(&mut self, k: i32) {
+        self.unrestored.remove(&k);
+        if let Some(t) = self.tasks.remove(&k) {
+            self.retired += t.engine.counters();
+        }
+    }
+
+    /// The input partitions (from metadata); every task gets a part for new ones.
+    pub fn set_inputs(&mut self, inputs: Vec<Tp>, wall: i64) {
+        for t in self.tasks.values_mut() {
+            for tp in &inputs {
+                t.part(tp.clone(), wall);
+            }
+        }
+        self.inputs = inputs;
+    }
+
+    /// The engine clock: the earliest of the tasks' (`i64::MIN` while one has not moved
+    /// or none is owned). Held outcomes and batch checks follow it.
+    pub fn now(&self) -> i64 {
+        self.tasks
+            .values()
+            .map(|t| t.engine.now())
+            .min()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Pending correlations of every task, per workflow (oldest first, merged).
+    pub fn pending_status(&self, oldest_n: usize) -> Vec<PendingStatus> {
+        let mut merged: Vec<PendingStatus> = Vec::new();
+        for t in self.tasks.values() {
+            for ps in t.engine.pending_status() {
+                match merged.iter_mut().find(|m| m.workflow == ps.workflow) {
+                    None => merged.push(ps),
+                    Some(m) => {
+                        m.pending += ps.pending;
+                        m.held += ps.held;
+                        for (a, b) in m.by_age.iter_mut().zip(ps.by_age) {
+                            *a += b;
+                        }
+                        m.oldest.extend(ps.oldest);
+                        m.oldest.sort_by_key(|p| p.start_ms);
+                        m.oldest.truncate(oldest_n);
+                    }
+                }
+            }
+        }
+        merged.sort_by_key(|m| m.workflow);
+        merged
     }
 }
 
@@ -273,13 +329,30 @@ impl Pipeline {
         }
     }
 
-    /// A record of the stages topic: a stage for the engine, a signal, or an input's
-    /// progress for the engine's clock. One this topology cannot read is dead-lettered
-    /// with the reason.
-    pub(super) fn on_routed(&mut self, m: &BorrowedMessage<'_>) {
+    /// A record of the stages topic: a stage for its task's engine, a signal, or an
+    /// input's progress for its task's clock. One this topology cannot read is
+    /// dead-lettered with the reason. A record of a partition whose state is not restored
+    /// yet is fetched again once it is (returns `false`: not processed).
+    pub(super) fn on_routed(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        consumer: &StreamConsumer<IngestContext>,
+    ) {
         let pid = self.offsets.id(m.topic(), m.partition());
         let wall = wall_ms();
         let k = m.partition();
+        if !self.ensure_task(k, consumer) {
+            // Read again from here once its state is restored.
+            if let Err(e) = consumer.seek(
+                m.topic(),
+                k,
+                Offset::Offset(m.offset()),
+                Duration::from_secs(1),
+            ) {
+                tracing::warn!(partition = k, error = %e, "cannot rewind a stages partition whose state is not restored");
+            }
+            return;
+        }
         let decoded = match &self.route {
             Some(route) => codec::decode(
                 &route.names,
@@ -308,26 +381,103 @@ impl Pipeline {
                     partition_id: pid,
                     offset: m.offset(),
                 };
-                if let Some(route) = &mut self.route {
-                    let id = route.part(k, (from.topic, from.partition), wall);
+                if let Some(task) = self.route.as_mut().and_then(|r| r.tasks.get_mut(&k)) {
+                    let id = task.part((from.topic, from.partition), wall);
                     let at = (from.timestamp_ms != i64::MIN).then_some(from.timestamp_ms);
-                    route.clock.record(id, from.offset, at, wall);
+                    task.clock.record(id, from.offset, at, wall);
                 }
-                self.feed(ev, &record);
-                self.take_outcomes();
+                self.feed(ev, &record, Some(k));
+                let generation = self.gate.generation();
+                self.outcomes.take_lane(k, &mut self.out, generation);
             }
             Ok(Routed::Signal(s)) => {
                 self.signals
                     .record(s.stream, &String::from_utf8_lossy(s.id.as_bytes()), &s.kind);
             }
             Ok(Routed::Progress(p)) => {
-                if let Some(route) = &mut self.route {
-                    route.progress(k, p, wall);
+                if let Some(task) = self.route.as_mut().and_then(|r| r.tasks.get_mut(&k)) {
+                    task.progress(p, wall);
                 }
             }
         }
         self.offsets
             .processed(pid, m.offset(), m.timestamp().to_millis());
+    }
+
+    /// Makes sure stages partition `k` has its task (see [`ensure_tasks`]).
+    pub(super) fn ensure_task(&mut self, k: i32, consumer: &StreamConsumer<IngestContext>) -> bool {
+        self.ensure_tasks(&[k], consumer);
+        self.route
+            .as_ref()
+            .is_some_and(|r| r.tasks.contains_key(&k))
+    }
+
+    /// Makes sure each stages partition in `ks` has its task, restoring the changelog
+    /// partitions of those without one first, in one pass (blocking). When the restore
+    /// fails they stay paused and are tried again on the next tick.
+    pub(super) fn ensure_tasks(&mut self, ks: &[i32], consumer: &StreamConsumer<IngestContext>) {
+        let Some(route) = &mut self.route else {
+            return;
+        };
+        let missing: Vec<i32> = ks
+            .iter()
+            .copied()
+            .filter(|k| !route.tasks.contains_key(k))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let topic = route.topic.to_string();
+        let tps: Vec<Tp> = missing.iter().map(|k| (topic.clone(), *k)).collect();
+        let wall = wall_ms();
+        let mut engines = Vec::with_capacity(missing.len());
+        for k in &missing {
+            match Engine::new(&route.config) {
+                Ok(mut e) => {
+                    e.open_lag_interval(wall);
+                    engines.push((*k, e));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "engine of a stages partition not created");
+                    return;
+                }
+            }
+        }
+        let Some(state) = &mut self.state else {
+            return;
+        };
+        let outcomes = &mut self.outcomes;
+        let restored = {
+            let mut into: Vec<(Option<i32>, &mut Engine)> =
+                engines.iter_mut().map(|(k, e)| (Some(*k), e)).collect();
+            tokio::task::block_in_place(|| {
+                state.restore_into(
+                    &self.topology,
+                    &mut into,
+                    &mut |w, id| outcomes.restore_open_breach(w, id),
+                    wall,
+                    Some(&missing),
+                )
+            })
+        };
+        match restored {
+            Ok(r) => {
+                tracing::info!(partitions = ?missing, pending = r.pending, finished = r.finished, "stages partitions taken over: their state is restored");
+                for (k, engine) in engines {
+                    let task = Task::new(engine, route.stall_budget_ms, &route.inputs, wall);
+                    route.tasks.insert(k, task);
+                    route.unrestored.remove(&k);
+                }
+                if !self.paused_for_output {
+                    super::resume(consumer, &tps);
+                }
+            }
+            Err(e) => {
+                tracing::error!(partitions = ?missing, error = %e, "the state of stages partitions is not restored; they stay paused and are tried again");
+                route.unrestored.extend(missing);
+                super::pause(consumer, &tps);
+            }
+        }
     }
 
     /// Reads the partitions of every input topic (the engine clock waits for each).
@@ -360,22 +510,38 @@ impl Pipeline {
         route.set_inputs(inputs, wall_ms());
     }
 
-    /// The engine clock's reading, with its stalls named by input partition (the reader's
-    /// partition ids) so that breach evidence reads the same as without routing.
-    pub(super) fn read_route_clock(&mut self, wall: i64) -> Option<Reading> {
+    /// Reads every task's clock and advances its engine; returns the combined reading
+    /// (live when all are, stalls named by input partition with the reader's ids so that
+    /// breach evidence reads as without routing), or `None` without routing.
+    pub(super) fn advance_tasks(&mut self, wall: i64) -> Option<Reading> {
         let route = self.route.as_mut()?;
-        let mut reading = route.clock.read(wall);
-        let mut stalled: Vec<Stall> = Vec::new();
-        for s in reading.stalled.drain(..) {
-            let Some(tp) = route.part_input.get(&s.partition) else {
-                continue;
-            };
-            let id = self.offsets.id(&tp.0, tp.1);
-            if !stalled.iter().any(|x| x.partition == id) {
-                stalled.push(Stall { partition: id, ..s });
+        let mut combined = Reading {
+            now_ms: None,
+            live: !route.tasks.is_empty(),
+            stalled: Vec::new(),
+        };
+        let generation = self.gate.generation();
+        for (k, task) in route.tasks.iter_mut() {
+            let reading = task.clock.read(wall);
+            if let Some(now) = reading.now_ms {
+                task.engine.advance(now, &mut self.out);
+                self.outcomes.take_lane(*k, &mut self.out, generation);
+            }
+            combined.live &= reading.live;
+            for s in reading.stalled {
+                let Some(tp) = task.inputs.get(s.partition as usize) else {
+                    continue;
+                };
+                let id = self.offsets.id(&tp.0, tp.1);
+                if !combined.stalled.iter().any(|x| x.partition == id) {
+                    combined.stalled.push(Stall { partition: id, ..s });
+                }
             }
         }
-        reading.stalled = stalled;
-        Some(reading)
+        combined.now_ms = match route.now() {
+            i64::MIN => None,
+            t => Some(t),
+        };
+        Some(combined)
     }
 }

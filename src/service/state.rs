@@ -78,6 +78,7 @@ pub struct Restored {
 struct Cut {
     after_seq: u64,
     records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pinned: Vec<(i32, Vec<u8>, Vec<u8>)>,
     offsets: HashMap<Tp, i64>,
 }
 
@@ -92,6 +93,9 @@ pub struct DurableState {
     marker_cap: usize,
     ended: Vec<(usize, CorrelationId)>,
     images: Vec<PendingImage>,
+    /// Keys whose last image left out a tier whose breach was still held back: written
+    /// again once it is out, or a restart would raise it a second time.
+    stripped: HashSet<(usize, Box<[u8]>)>,
     /// The changelog's partition count, once read (records are placed by
     /// `route::partition_of`, see [`StateBatch::partitions`]).
     partition_count: i32,
@@ -112,6 +116,7 @@ impl DurableState {
             marker_cap: topology.store.recent_finished.max(1),
             ended: Vec::new(),
             images: Vec::new(),
+            stripped: HashSet::new(),
             partition_count: 0,
         }
     }
@@ -207,6 +212,20 @@ impl DurableState {
         wall_ms: i64,
         only: Option<&[i32]>,
     ) -> Result<Restored, StateError> {
+        self.restore_into(topology, &mut [(None, engine)], breached, wall_ms, only)
+    }
+
+    /// [`restore_partitions`](Self::restore_partitions) into one engine per changelog
+    /// partition (`(Some(k), engine)`; a single `(None, engine)` takes every partition):
+    /// with `store.repartition`, the partitions assigned at once are read in one pass.
+    pub fn restore_into(
+        &mut self,
+        topology: &Topology,
+        engines: &mut [(Option<i32>, &mut Engine)],
+        breached: &mut dyn FnMut(usize, &[u8]),
+        wall_ms: i64,
+        only: Option<&[i32]>,
+    ) -> Result<Restored, StateError> {
         let started = Instant::now();
         let err = |why: String| StateError::Restore {
             topic: self.topic.to_string(),
@@ -253,7 +272,8 @@ impl DurableState {
         let mut report = Restored::default();
         let mut expired: Vec<Vec<u8>> = Vec::new();
         let mut live_markers: Vec<(i64, Vec<u8>)> = Vec::new();
-        let mut lags: std::collections::BTreeMap<usize, durable::LagImage> = Default::default();
+        let mut lags: std::collections::BTreeMap<(i32, usize), durable::LagImage> =
+            Default::default();
         if !left.is_empty() {
             consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
         }
@@ -287,10 +307,13 @@ impl DurableState {
                 // A deleted finished image: nothing to restore.
                 continue;
             };
+            let Some(engine) = engine_of(engines, msg.partition()) else {
+                continue; // not asked for
+            };
             // A workflow's open lag interval: its latest image stands.
             match durable::decode_lag(key, value, &names) {
                 Some(Ok(image)) => {
-                    lags.insert(image.workflow, image);
+                    lags.insert((msg.partition(), image.workflow), image);
                     continue;
                 }
                 Some(Err(e)) => {
@@ -337,25 +360,33 @@ impl DurableState {
                 }
             }
         }
-        for (_, image) in lags {
+        for ((partition, _), image) in lags {
+            let Some(engine) = engine_of(engines, partition) else {
+                continue;
+            };
             if let Err(e) = engine.restore_lag(image) {
                 report.rejected += 1;
                 tracing::warn!(error = %e, "changelog lag record not restored");
             }
         }
         // A key's later images replace its earlier ones: count what stands.
-        report.pending = engine.pending() as u64;
-        report.finished = engine.recent_len() as u64;
+        for (_, engine) in engines.iter_mut() {
+            report.pending += engine.pending() as u64;
+            report.finished += engine.recent_len() as u64;
+            engine.track_changes(true);
+        }
+        // Merged with those of partitions restored earlier (a restore of some partitions).
+        live_markers.extend(self.markers.drain(..));
         live_markers.sort_unstable();
         self.markers = live_markers.into();
         if !expired.is_empty() {
             self.cuts.push_back(Cut {
                 after_seq: 0,
                 records: expired.into_iter().map(|k| (k, None)).collect(),
+                pinned: Vec::new(),
                 offsets: HashMap::new(),
             });
         }
-        engine.track_changes(true);
         let took = started.elapsed();
         metrics::gauge!(names::STATE_RESTORE_SECONDS).set(took.as_secs_f64());
         metrics::gauge!(names::STATE_RESTORED, "kind" => "pending").set(report.pending as f64);
@@ -429,15 +460,55 @@ impl DurableState {
         submitted: u64,
         clock_ms: i64,
     ) {
+        self.cut_engines(
+            &mut [(None, engine)],
+            outcomes,
+            offsets,
+            submitted,
+            clock_ms,
+        );
+    }
+
+    /// [`cut`](Self::cut) over one engine per owned changelog partition (`Some(k)`: the
+    /// engine of partition `k`, with `store.repartition`; `None`: the only engine).
+    pub fn cut_engines(
+        &mut self,
+        engines: &mut [(Option<i32>, &mut Engine)],
+        outcomes: &mut Outcomes,
+        offsets: HashMap<Tp, i64>,
+        submitted: u64,
+        clock_ms: i64,
+    ) {
         let mut records = Vec::new();
-        engine.drain_dirty(&mut self.images);
+        let mut pinned = Vec::new();
+        let held = outcomes.held_breach_tiers();
+        // Written without a tier that was held back, and that breach is out now: written
+        // again, with it.
+        let released: Vec<(usize, Box<[u8]>)> = self
+            .stripped
+            .iter()
+            .filter(|k| !held.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in released {
+            self.stripped.remove(&key);
+            let name = self.name(key.0).to_string();
+            if let Some(engine) = engine_for_key(engines, &name, &key.1, self.partition_count) {
+                engine.touch_key(key.0, &key.1);
+            }
+        }
+        for (_, engine) in engines.iter_mut() {
+            engine.drain_dirty(&mut self.images);
+        }
         if !self.images.is_empty() {
-            let held = outcomes.held_breach_tiers();
             for mut p in std::mem::take(&mut self.images) {
                 if !held.is_empty() {
                     let key = (p.workflow, p.correlation_id.clone());
                     if let Some(bits) = held.get(&key) {
-                        p.fired &= !bits;
+                        if p.fired & bits != 0 {
+                            p.fired &= !bits;
+                            self.stripped.insert(key);
+                        }
                     }
                 }
                 let key = durable::encode_key(self.name(p.workflow), &p.correlation_id);
@@ -451,7 +522,10 @@ impl DurableState {
         outcomes.take_ended(&mut self.ended);
         let mut finished = 0u64;
         for (workflow, id) in std::mem::take(&mut self.ended) {
-            let Some(f) = engine.finished_image(workflow, id.as_bytes()) else {
+            let name = self.name(workflow).to_string();
+            let engine = engine_for_key(engines, &name, id.as_bytes(), self.partition_count);
+            // None: its partition was revoked; its new owner has its state.
+            let Some(f) = engine.and_then(|e| e.finished_image(workflow, id.as_bytes())) else {
                 continue;
             };
             let delete_at = self.delete_at(workflow, f.start_ms);
@@ -473,20 +547,45 @@ impl DurableState {
             }
         }
         metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "deleted").increment(deleted);
-        let lags = engine.lag_images();
-        metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "lag").increment(lags.len() as u64);
-        for image in lags {
-            let key = durable::encode_lag_key(self.name(image.workflow));
-            let mut value = Vec::new();
-            durable::encode_lag_value(&image, &mut value);
-            records.push((key, Some(value)));
+        let mut lag_records = 0u64;
+        for (partition, engine) in engines.iter_mut() {
+            for image in engine.lag_images() {
+                lag_records += 1;
+                let mut value = Vec::new();
+                durable::encode_lag_value(&image, &mut value);
+                match partition {
+                    None => records.push((
+                        durable::encode_lag_key(self.name(image.workflow)),
+                        Some(value),
+                    )),
+                    Some(k) => pinned.push((
+                        *k,
+                        durable::encode_partition_lag_key(self.name(image.workflow), *k),
+                        value,
+                    )),
+                }
+            }
         }
+        metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "lag").increment(lag_records);
         self.cuts.push_back(Cut {
             after_seq: submitted,
             records,
+            pinned,
             offsets,
         });
         metrics::gauge!(names::STATE_CUTS_WAITING).set(self.cuts.len() as f64);
+    }
+
+    /// Changelog partition `k` moved to another owner: its keys' deletions are its.
+    pub fn revoke_partition(&mut self, k: i32) {
+        let n = self.partition_count;
+        self.markers
+            .retain(|(_, key)| crate::route::partition_of(key, n) != k);
+        let names = &self.workflows;
+        self.stripped.retain(|(w, id)| {
+            let name = names.get(*w).map_or("", String::as_str);
+            crate::route::partition_of(&durable::encode_key(name, id), n) != k
+        });
     }
 
     fn name(&self, workflow: usize) -> &str {
@@ -511,11 +610,12 @@ impl DurableState {
             let Some(cut) = self.cuts.pop_front() else {
                 break;
             };
-            if !cut.records.is_empty() {
+            if !cut.records.is_empty() || !cut.pinned.is_empty() {
                 emitter.submit(Output::State(StateBatch {
                     topic: self.topic.clone(),
                     partitions: self.partition_count,
                     records: cut.records,
+                    pinned: cut.pinned,
                 }));
             }
             if !cut.offsets.is_empty() {
@@ -608,4 +708,34 @@ async fn ensure_topic(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The engine restoring changelog partition `partition`: the only one, or that
+/// partition's.
+fn engine_of<'a>(
+    engines: &'a mut [(Option<i32>, &mut Engine)],
+    partition: i32,
+) -> Option<&'a mut Engine> {
+    match engines {
+        [(None, engine)] => Some(&mut **engine),
+        _ => engines
+            .iter_mut()
+            .find(|(p, _)| *p == Some(partition))
+            .map(|(_, e)| &mut **e),
+    }
+}
+
+/// The engine holding key `(workflow, id)`: the only one, or that of its partition
+/// (`None`: the partition is not owned).
+fn engine_for_key<'a>(
+    engines: &'a mut [(Option<i32>, &mut Engine)],
+    workflow: &str,
+    id: &[u8],
+    partitions: i32,
+) -> Option<&'a mut Engine> {
+    if let [(None, engine)] = engines {
+        return Some(&mut **engine);
+    }
+    let key = durable::encode_key(workflow, id);
+    engine_of(engines, crate::route::partition_of(&key, partitions))
 }

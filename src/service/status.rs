@@ -4,7 +4,7 @@
 use super::outcomes::Outcomes;
 use super::trend::TREND_BUCKET_MS;
 use crate::config::Topology;
-use crate::correlate::{Engine, AGE_BUCKET_LABELS};
+use crate::correlate::{PendingStatus, AGE_BUCKET_LABELS};
 use crate::emit::http::{PendingItem, Quantiles, StatusSnapshot, WorkflowStatus};
 use crate::telemetry::names;
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 /// Builds the API snapshot and sets the gauges that go with it.
 pub fn snapshot(
     topology: &Topology,
-    engine: &Engine,
+    pending: Vec<PendingStatus>,
     outcomes: &Outcomes,
     clock_ms: i64,
     caught_up: bool,
@@ -27,7 +27,7 @@ pub fn snapshot(
     };
     (snapshot.incidents, snapshot.resolved_incidents) =
         outcomes.incidents(crate::decode::time::wall_ms());
-    for ps in engine.pending_status() {
+    for ps in pending {
         let wf = &topology.workflows[ps.workflow];
         let st = &outcomes.stats()[ps.workflow];
         metrics::gauge!(names::HELD_CORRELATIONS, "workflow" => wf.name.clone())
