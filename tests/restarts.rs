@@ -89,6 +89,10 @@ enum Mode {
     /// Exactly once, with stage events routed through the stages topic
     /// (`store.repartition`).
     Repartitioned,
+    /// Repartitioned, three instances in one group: one runs from the start, two join
+    /// during the traffic (partitions move to them while deadlines fall), then one of
+    /// the three at a time is killed and started again.
+    ThreeInstances,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,6 +123,82 @@ async fn repartitioned_restarts_neither_lose_nor_invent_alerts() {
     );
 }
 
+/// Three instances share the group's partitions through the stages topic: two join while
+/// the traffic runs (partitions move while correlations on them are pending and their
+/// deadlines fall), then instances are killed and started again one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_the_work_through_partition_moves_and_kills() {
+    let redelivered = restarts_under_load(Mode::ThreeInstances).await;
+    assert_eq!(
+        redelivered, 0,
+        "a read_committed reader sees each breach event once across moves and crashes"
+    );
+}
+
+/// The configuration of instance `i` of a group: its own API port and instance id.
+fn instance_yaml(yaml: &str, port: u16, i: usize, ports: &[u16]) -> String {
+    yaml.replacen(
+        &format!("http_listen: 127.0.0.1:{port}"),
+        &format!(
+            "http_listen: 127.0.0.1:{}\n  instance_id: synclag-restarts-{i}",
+            ports[i]
+        ),
+        1,
+    )
+}
+
+/// Instance 0 runs from the start; instances 1 and 2 join after a few seconds each (the
+/// group moves partitions to them); then one instance at a time is killed (SIGKILL, every
+/// third time SIGTERM) and started again, at seeded moments.
+async fn share_and_restart(
+    yamls: Vec<String>,
+    ports: Vec<u16>,
+    first: SynclagProcess,
+    until: tokio::sync::oneshot::Receiver<()>,
+) -> (Vec<SynclagProcess>, u32, u32) {
+    let mut rng: u64 = 0x5eed_1234_abcd_0003;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    tokio::pin!(until);
+    let mut running = vec![first];
+    for i in 1..yamls.len() {
+        tokio::select! {
+            _ = &mut until => return (running, 0, 0),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let svc = SynclagProcess::start(&yamls[i], ports[i], "restarts");
+        svc.wait_ready().await;
+        running.push(svc);
+    }
+    let (mut kills, mut terms) = (0u32, 0u32);
+    loop {
+        let wait = Duration::from_millis(3_000 + next() % 4_000);
+        tokio::select! {
+            _ = &mut until => return (running, kills, terms),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let i = (next() % running.len() as u64) as usize;
+        if (kills + terms) % 3 == 2 {
+            assert_eq!(
+                running[i].terminate().await,
+                Some(0),
+                "clean exit on SIGTERM\n{}",
+                running[i].log_tail()
+            );
+            terms += 1;
+        } else {
+            running[i].kill();
+            kills += 1;
+        }
+        running[i] = SynclagProcess::start(&yamls[i], ports[i], "restarts");
+        running[i].wait_ready().await;
+    }
+}
+
 /// Runs the traffic with kills and restarts; checks what both delivery modes promise and
 /// returns how many breach events were read more than once.
 async fn restarts_under_load(mode: Mode) -> u32 {
@@ -133,7 +213,7 @@ async fn restarts_under_load(mode: Mode) -> u32 {
         Mode::AtLeastOnce => {
             yaml = yaml.replacen("store:\n", "store:\n  exactly_once: false\n", 1);
         }
-        Mode::Repartitioned => {
+        Mode::Repartitioned | Mode::ThreeInstances => {
             yaml = yaml.replacen("store:\n", "store:\n  repartition: true\n", 1);
         }
     }
@@ -143,20 +223,38 @@ async fn restarts_under_load(mode: Mode) -> u32 {
     let o = &topology.outputs;
     let breaches: Watcher<BreachEvent> = Watcher::start(&o.breaches_topic);
     let lags: Watcher<LagSummary> = Watcher::start(&o.lag_topic);
-    let svc = SynclagProcess::start(&yaml, port, "restarts");
-    svc.wait_ready().await;
-
     let (stop, until) = tokio::sync::oneshot::channel();
-    let restarts = {
+    let restarts = if mode == Mode::ThreeInstances {
+        let ports = vec![port, free_port(), free_port()];
+        let yamls: Vec<String> = (0..3)
+            .map(|i| instance_yaml(&yaml, port, i, &ports))
+            .collect();
+        let first = SynclagProcess::start(&yamls[0], ports[0], "restarts");
+        first.wait_ready().await;
+        tokio::spawn(async move { share_and_restart(yamls, ports, first, until).await })
+    } else {
+        let svc = SynclagProcess::start(&yaml, port, "restarts");
+        svc.wait_ready().await;
         let yaml = yaml.clone();
-        tokio::spawn(async move { restart_repeatedly(&yaml, port, svc, until).await })
+        tokio::spawn(async move {
+            let (svc, kills, terms) = restart_repeatedly(&yaml, port, svc, until).await;
+            (vec![svc], kills, terms)
+        })
     };
     let scenario =
         Scenario::from_yaml_str("restarts.yaml", SCENARIO).unwrap_or_else(|e| panic!("{e}"));
     let (_, truth) = run_real_time(&topology, &scenario, 11).await;
     let _ = stop.send(());
-    let (mut svc, kills, terms) = restarts.await.expect("the restart task");
-    assert!(kills >= 5, "killed {kills} times during the traffic");
+    let (mut running, kills, terms) = restarts.await.expect("the restart task");
+    let least = if mode == Mode::ThreeInstances { 3 } else { 5 };
+    assert!(kills >= least, "killed {kills} times during the traffic");
+    let tails = |running: &[SynclagProcess]| -> String {
+        running
+            .iter()
+            .map(SynclagProcess::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
 
     let must: BTreeMap<Key, &GroundTruth> = truth
         .iter()
@@ -185,18 +283,47 @@ async fn restarts_under_load(mode: Mode) -> u32 {
             "{} correlations never alerted, e.g. {:?}\n{}",
             missing.len(),
             &missing[..missing.len().min(5)],
-            svc.log_tail()
+            tails(&running)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Let late outcomes of the last correlations come out, then stop cleanly.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        svc.terminate().await,
-        Some(0),
-        "clean exit\n{}",
-        svc.log_tail()
-    );
+    if mode == Mode::ThreeInstances {
+        // Each instance names the stages partitions it owns: together all of them, each
+        // once (the group may still be settling after the last restart: asked again).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut owned: Vec<i64> = Vec::new();
+            for svc in &running {
+                let status = svc.get_json("/api/v1/workflows").await.unwrap_or_default();
+                owned.extend(
+                    status["owned_partitions"]["stages"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(serde_json::Value::as_i64),
+                );
+            }
+            owned.sort_unstable();
+            if owned == (0..6).collect::<Vec<i64>>() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stages partitions owned across the instances: {owned:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for svc in &mut running {
+        assert_eq!(
+            svc.terminate().await,
+            Some(0),
+            "clean exit\n{}",
+            svc.log_tail()
+        );
+    }
     let seen = breaches.finish().await;
     let summaries = lags.finish().await;
 
@@ -222,8 +349,16 @@ async fn restarts_under_load(mode: Mode) -> u32 {
         let false_breach = e.kind == "breach" && !breached(t);
         if false_never || false_breach {
             invented.push(format!(
-                "{} {} {}: {:?}",
-                e.kind, e.severity, e.correlation_id, t.expected
+                "{} {} {}: {:?}; deadline {:?}, observed {}, lag {} ms, cause {:?}, stalled {:?}",
+                e.kind,
+                e.severity,
+                e.correlation_id,
+                t.expected,
+                e.deadline_ms,
+                e.observed_at_ms,
+                e.lag_ms,
+                e.probable_cause,
+                e.stalled_inputs
             ));
         }
     }

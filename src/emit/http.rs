@@ -90,6 +90,13 @@ pub struct PendingItem {
     pub dimensions: BTreeMap<String, String>,
 }
 
+/// What one instance owns of its group's partitions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnedPartitions {
+    pub inputs: Vec<String>,
+    pub stages: Vec<i32>,
+}
+
 /// What the pipeline publishes for the API.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusSnapshot {
@@ -107,6 +114,10 @@ pub struct StatusSnapshot {
     /// Input partitions that stopped holding the clock back (`topic[p]: reason`).
     #[serde(default)]
     pub stalled_inputs: Vec<String>,
+    /// The partitions this instance owns (`topic[p]`): inputs it reads and, with
+    /// `store.repartition`, the stages partitions whose correlations it owns.
+    #[serde(default)]
+    pub owned_partitions: OwnedPartitions,
     pub workflows: Vec<WorkflowStatus>,
     /// Oldest pending first, per workflow.
     pub pending: BTreeMap<String, Vec<PendingItem>>,
@@ -272,6 +283,7 @@ async fn workflows(State(s): State<ApiState>) -> Response {
         "caught_up": snap.caught_up,
         "input_lag_records": snap.input_lag_records,
         "stalled_inputs": snap.stalled_inputs,
+        "owned_partitions": snap.owned_partitions,
         "trend_bucket_ms": snap.trend_bucket_ms,
         "workflows": snap.workflows,
     }))

@@ -6,8 +6,11 @@
 //! of waiting for the dead member's session timeout (45 s by default). Two instances
 //! must never share an id: the coordinator fences the older one (a fatal consumer error).
 //!
-//! **One instance per group.** Correlation state is per instance, so a second instance
-//! in the group splits stages and produces false `never_arrived`s; the watch reports it.
+//! **One instance per group, unless repartitioned.** Without `store.repartition`
+//! correlation state is per instance, so a second instance in the group splits stages and
+//! produces false `never_arrived`s; the watch reports it. With it, instances share the
+//! stages topic's partitions (each correlation has one owner) and the watch only logs
+//! how many there are.
 //! A member counts as *this* instance when its client id is ours: after an outage or a
 //! crash the previous session of this same instance can linger in the group until its
 //! session times out, and that is not another instance. The consumer's client id is
@@ -67,13 +70,15 @@ pub fn count_instances<'a>(
     (usize::from(own) + others, others)
 }
 
-/// Until scale-out exists, one instance owns the group: every [`WATCH_EVERY`], list the
-/// group's members, export the number of instances, and log an ERROR when another
-/// instance is in the group.
+/// Every [`WATCH_EVERY`], lists the group's members and exports the number of instances;
+/// without `store.repartition` another instance in the group is an ERROR.
 pub fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
     let cfg = crate::config::kafka::admin_config(topology);
     let group = topology.service.group_id.clone();
     let own = own_client_id(topology);
+    // With the stages topic, instances share the work: more of them is the point.
+    let shared = topology.store.repartition;
+    let mut last_instances = 0usize;
     tokio::spawn(async move {
         let client: BaseConsumer<super::health::QuietContext> =
             match cfg.create_with_context(super::health::QuietContext) {
@@ -124,7 +129,12 @@ pub fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
             };
             let (instances, others) = count_instances(members.iter().map(String::as_str), &own);
             metrics::gauge!(names::GROUP_MEMBERS).set(instances as f64);
-            if others > 0 {
+            if shared {
+                if instances != last_instances {
+                    tracing::info!(instances, group = %group, "instances sharing the group's partitions");
+                    last_instances = instances;
+                }
+            } else if others > 0 {
                 tracing::error!(
                     members = instances,
                     group = %group,

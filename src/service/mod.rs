@@ -136,6 +136,8 @@ struct Pipeline {
     route: Option<routed::Route>,
     /// When the last transaction was asked to commit.
     last_checkpoint: Instant,
+    /// With `store.repartition`: partitions were revoked (see `Ended::Rebalanced`).
+    revoked: bool,
 }
 
 /// Runs the service until `shutdown` is cancelled.
@@ -151,11 +153,8 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         }
         _ => Masker::off(),
     };
-    let mut engine = Engine::new(&Rules::engine_config(&topology))
-        .map_err(|e| RunError::Engine(e.to_string()))?;
-    engine.open_lag_interval(wall_ms());
-    let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
-    outputs.learn_record_limits(&topology).await;
+    // Checked before anything is served: a topology the engine refuses stops the start.
+    Engine::new(&Rules::engine_config(&topology)).map_err(|e| RunError::Engine(e.to_string()))?;
 
     let mut api = ApiState::new(Some(metrics), topology.registry.is_some());
     let mut backlogged: Arc<dyn Fn() -> Vec<Backlogged> + Send + Sync> = Arc::new(Vec::new);
@@ -185,11 +184,64 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz and /api/v1");
     spawn_registry_probe(&topology, api.clone(), shutdown.clone());
 
-    let signal_kinds = SignalKinds::new(&topology);
-    series::preregister(&topology, &signal_kinds);
-    let mut outcomes = Outcomes::new(topology.clone(), masker);
+    series::preregister(&topology, &SignalKinds::new(&topology));
     // Kafka's reachability (and refused credentials) shows in /readyz from here on.
     crate::ingest::health::spawn_probe(&topology, api.ready.inputs.clone(), shutdown.clone());
+    crate::ingest::membership::spawn_member_watch(&topology, shutdown.clone());
+
+    let ended = loop {
+        match run_pipeline(
+            topology.clone(),
+            masker.clone(),
+            api.clone(),
+            backlogged.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(Ended::Stopped) => break Ok(()),
+            // Partitions moved to another instance while outputs of this one were not
+            // committed: what was not committed is dropped (its producer is fenced by the
+            // next one) and the pipeline starts again from the committed state, as a
+            // restarted process would, without leaving the group (static membership).
+            Ok(Ended::Rebalanced) => {
+                tracing::info!("partitions moved to another instance: the pipeline goes on from the committed state of those it keeps");
+                metrics::counter!(names::PIPELINE_RESTARTS_TOTAL).increment(1);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(task) = backlog_task {
+        let _ = tokio::time::timeout(topology.service.shutdown_timeout, task).await;
+    }
+    tracing::info!("stopped");
+    ended
+}
+
+/// How one run of the pipeline ended.
+enum Ended {
+    /// Stopped on request, after the last commit.
+    Stopped,
+    /// Partitions were revoked (see `routed`): nothing more was committed; start again.
+    Rebalanced,
+}
+
+/// One run of the pipeline: restore, read, process, emit, until it is stopped or (with
+/// `store.repartition`) partitions are revoked.
+async fn run_pipeline(
+    topology: Arc<Topology>,
+    masker: Masker,
+    api: ApiState,
+    backlogged: Arc<dyn Fn() -> Vec<Backlogged> + Send + Sync>,
+    shutdown: CancellationToken,
+) -> Result<Ended, RunError> {
+    let mut engine = Engine::new(&Rules::engine_config(&topology))
+        .map_err(|e| RunError::Engine(e.to_string()))?;
+    engine.open_lag_interval(wall_ms());
+    let outputs = Arc::new(Outputs::new(&topology).map_err(|e| RunError::Kafka(e.to_string()))?);
+    outputs.learn_record_limits(&topology).await;
+    let signal_kinds = SignalKinds::new(&topology);
+    let mut outcomes = Outcomes::new(topology.clone(), masker);
     // State first, input after: nothing may be processed on a partial state. A cluster
     // that cannot be reached (or refuses the credentials) is retried, never given up:
     // /readyz says why meanwhile.
@@ -211,7 +263,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                     Err(e) => {
                         tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "the output producer's transactional id is not registered; input is not read until it is");
                         tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = shutdown.cancelled() => return Ok(Ended::Stopped),
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -253,7 +305,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
                     state = state::DurableState::new(&topology);
                     tracing::error!(error = %e, retry_in_s = backoff.as_secs(), "durable state not restored; input is not read until it is");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(Ended::Stopped),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -290,7 +342,6 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     consumer
         .subscribe(&topics)
         .map_err(|e| RunError::Kafka(e.to_string()))?;
-    crate::ingest::membership::spawn_member_watch(&topology, shutdown.clone());
 
     // The end-offset prober stops with the pipeline, not with the first signal: it is
     // needed until the last commit.
@@ -369,6 +420,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             )
         }),
         last_checkpoint: Instant::now(),
+        revoked: false,
         topology: topology.clone(),
     };
     p.route_inputs(&consumer);
@@ -390,6 +442,12 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
             Some(retry) = retry_rx.recv() => p.on_retry(retry, &consumer).await,
             _ = tick.tick() => {
                 p.tick(&consumer);
+                if p.revoked {
+                    // Nothing is committed: the next run fences this producer, which
+                    // aborts the open transaction (see `Ended::Rebalanced`).
+                    stop_prober.cancel();
+                    return Ok(Ended::Rebalanced);
+                }
                 if last_publish.elapsed() >= PUBLISH_EVERY {
                     last_publish = Instant::now();
                     p.publish();
@@ -464,12 +522,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
     p.commit(&consumer, CommitMode::Sync);
     stop_prober.cancel();
     consumer.unsubscribe();
-    if let Some(task) = backlog_task {
-        let _ =
-            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), task).await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Ended::Stopped)
 }
 
 /// Keeps `/readyz` honest about the registry: probes it every few seconds.
@@ -581,6 +634,15 @@ impl Pipeline {
     /// End offsets arrived from the prober.
     fn on_ends(&mut self, ends: &Ends) {
         for (tp, end) in &ends.offsets {
+            if let Some(task) = self
+                .route
+                .as_mut()
+                .filter(|r| r.is_stages(&tp.0))
+                .and_then(|r| r.tasks.get_mut(&tp.1))
+            {
+                task.stages_end = Some(*end);
+                continue;
+            }
             if let Some(id) = self.offsets.lookup(tp) {
                 self.clock.end_offset(id, *end, ends.asked_at_ms);
             }
@@ -602,6 +664,13 @@ impl Pipeline {
             for ((topic, partition), assigned) in changes {
                 let id = self.offsets.id(&topic, partition);
                 let tp = (topic, partition);
+                if !assigned && self.route.is_some() {
+                    // What this instance processed of a revoked partition since the last
+                    // commit must not be committed (its new owner processes it again):
+                    // the run ends without committing (see `Ended::Rebalanced`).
+                    tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "partition revoked");
+                    self.revoked = true;
+                }
                 if self.route.as_ref().is_some_and(|r| r.is_stages(&tp.0)) {
                     // A stages partition: a task of its own, restored before its first
                     // stage is processed (see `routed`).
@@ -1095,6 +1164,9 @@ impl Pipeline {
             None => self.engine.recent_len(),
         };
         metrics::gauge!(names::RECENT_CORRELATIONS).set(recent as f64);
+        if let Some(route) = &self.route {
+            metrics::gauge!(names::OWNED_STAGES_PARTITIONS).set(route.tasks.len() as f64);
+        }
         metrics::counter!(names::SIGNALS_FORGOTTEN_TOTAL).absolute(self.signals.forgotten());
         metrics::counter!(names::EVIDENCE_FORGOTTEN_TOTAL)
             .absolute(self.outcomes.evidence_forgotten());
@@ -1120,6 +1192,23 @@ impl Pipeline {
         );
         snapshot.observed_at_ms = wall_ms();
         snapshot.input_lag_records = self.input_lag.values().sum();
+        let mut inputs: Vec<String> = self
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|tp| !self.route.as_ref().is_some_and(|r| r.is_stages(&tp.0)))
+            .map(|(t, p)| format!("{t}[{p}]"))
+            .collect();
+        inputs.sort();
+        snapshot.owned_partitions = crate::emit::http::OwnedPartitions {
+            inputs,
+            stages: self
+                .route
+                .as_ref()
+                .map(|r| r.tasks.keys().copied().collect())
+                .unwrap_or_default(),
+        };
         match self.api.status.write() {
             Ok(mut g) => *g = snapshot,
             Err(p) => *p.into_inner() = snapshot,

@@ -40,6 +40,26 @@ const MAX_ROUTED_BYTES: usize = 900 * 1024;
 /// An input partition's progress is sent again at least this often, changed or not: the
 /// engine side judges a silent input as stalled.
 const PROGRESS_EVERY_MS: i64 = 1_000;
+/// How long a task keeps waiting for an input whose reader has gone silent after
+/// reporting it healthy: the reader's instance restarts, or its partitions move to
+/// another instance (a dead member's partitions move after the group's session timeout,
+/// 45 s by default). An input whose reader reports it not moving is stalled after the
+/// ordinary stall budget instead; a silent one after this.
+const READER_HANDOVER_MS: i64 = 90_000;
+
+/// What a task last heard of one input from its reader.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// When (wall time) the last progress record was read.
+    at: i64,
+    /// The reader saw the input moving then.
+    moving: bool,
+    /// The reader had read nothing of it yet (it is taking the partition over: waiting
+    /// for the previous owner's transaction to end, say).
+    fresh: bool,
+    /// Since when the input is in a handover (silent, or fresh), if it is.
+    since: Option<i64>,
+}
 
 /// One owned stages partition: its engine and its clock.
 pub struct Task {
@@ -51,6 +71,11 @@ pub struct Task {
     inputs: Vec<Tp>,
     /// Parts whose input waits at its reader.
     waiting: HashSet<u32>,
+    /// Per part: what its reader last said (see [`READER_HANDOVER_MS`]).
+    heard: HashMap<u32, Heard>,
+    /// The stages partition's end offset as last asked for.
+    pub stages_end: Option<i64>,
+    stall_budget_ms: i64,
 }
 
 impl Task {
@@ -61,6 +86,9 @@ impl Task {
             parts: HashMap::new(),
             inputs: Vec::new(),
             waiting: HashSet::new(),
+            heard: HashMap::new(),
+            stages_end: None,
+            stall_budget_ms,
         };
         for tp in inputs {
             t.part(tp.clone(), wall);
@@ -76,9 +104,38 @@ impl Task {
         }
         let id = u32::try_from(self.inputs.len()).unwrap_or(u32::MAX);
         self.clock.assign(id, wall);
+        // Its reader may be starting or taking the partition over.
+        self.heard.insert(
+            id,
+            Heard {
+                at: wall,
+                moving: true,
+                fresh: true,
+                since: None,
+            },
+        );
         self.inputs.push(input.clone());
         self.parts.insert(input, id);
         id
+    }
+
+    /// Inputs whose reader went silent after reporting them moving, or that a reader is
+    /// taking over and has read nothing of yet, are not stalled until
+    /// [`READER_HANDOVER_MS`] into that handover: their reader restarts or their partition
+    /// moves to another instance. Raising on them at the ordinary stall budget would end
+    /// correlations whose stages the next reader is about to route.
+    fn hold_for_handover(&mut self, wall: i64) {
+        for (id, h) in &mut self.heard {
+            let silent = wall.saturating_sub(h.at) > PROGRESS_EVERY_MS;
+            if h.fresh || (h.moving && silent) {
+                let since = *h.since.get_or_insert(wall);
+                if wall.saturating_sub(since) < READER_HANDOVER_MS {
+                    self.clock.progressed(*id, wall);
+                }
+            } else {
+                h.since = None;
+            }
+        }
     }
 
     /// Applies a progress record.
@@ -102,6 +159,21 @@ impl Task {
             self.clock.resume(id, at);
         }
         self.clock.progressed(id, at);
+        // Moving as the reader saw it: its last movement within the stall budget.
+        let moving = p.waiting_since_ms == i64::MIN
+            && p.confirmed_ms.max(at) >= wall.saturating_sub(self.stall_budget_ms);
+        let fresh =
+            p.waiting_since_ms == i64::MIN && p.record_ms == i64::MIN && p.confirmed_ms == i64::MIN;
+        let since = self.heard.get(&id).and_then(|h| h.since);
+        self.heard.insert(
+            id,
+            Heard {
+                at: wall,
+                moving,
+                fresh,
+                since,
+            },
+        );
     }
 }
 
@@ -522,6 +594,23 @@ impl Pipeline {
         };
         let generation = self.gate.generation();
         for (k, task) in route.tasks.iter_mut() {
+            // Reading a backlog of its stages partition, a task has not read what its
+            // inputs' readers said lately: it cannot judge them stalled until it has.
+            let read_to = self
+                .offsets
+                .lookup(&(route.topic.to_string(), *k))
+                .and_then(|id| self.offsets.next_offset(id));
+            let behind = match (task.stages_end, read_to) {
+                (Some(end), Some(next)) => end > next,
+                (Some(end), None) => end > 0,
+                (None, _) => false,
+            };
+            if behind {
+                for id in 0..task.inputs.len() {
+                    task.clock.progressed(id as u32, wall);
+                }
+            }
+            task.hold_for_handover(wall);
             let reading = task.clock.read(wall);
             if let Some(now) = reading.now_ms {
                 task.engine.advance(now, &mut self.out);
@@ -543,5 +632,132 @@ impl Pipeline {
             t => Some(t),
         };
         Some(combined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: i64 = 5_000;
+
+    fn task(inputs: &[Tp], wall: i64) -> Task {
+        let topology =
+            crate::config::Topology::from_yaml_str("demo", crate::demo::DEMO_TOPOLOGY, Vec::new())
+                .expect("the demo topology is valid");
+        let engine = Engine::new(&crate::rules::Rules::engine_config(&topology)).expect("engine");
+        Task::new(engine, BUDGET, inputs, wall)
+    }
+
+    fn inputs() -> Vec<Tp> {
+        vec![("orders".into(), 0), ("outbox".into(), 0)]
+    }
+
+    /// What a healthy live reader says of an input at `wall`: read to its end then.
+    fn live(tp: &Tp, position: i64, wall: i64) -> Progress {
+        Progress {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            position,
+            record_ms: wall - 50,
+            confirmed_ms: wall,
+            progress_ms: wall,
+            waiting_since_ms: i64::MIN,
+        }
+    }
+
+    fn read(t: &mut Task, wall: i64) -> Reading {
+        t.hold_for_handover(wall);
+        t.clock.read(wall)
+    }
+
+    #[test]
+    fn the_clock_waits_for_every_input_to_be_read_into_the_partition() {
+        let ins = inputs();
+        let mut t = task(&ins, 1_000);
+        // One input reported: the other holds the clock.
+        t.progress(live(&ins[0], 10, 2_000), 2_000);
+        assert_eq!(read(&mut t, 2_010).now_ms, None);
+        t.progress(live(&ins[1], 4, 1_900), 2_020);
+        let r = read(&mut t, 2_030);
+        assert_eq!(r.now_ms, Some(1_900));
+        assert!(r.live);
+        // An input this task had not heard of is counted from its first report.
+        t.progress(live(&("returns".into(), 2), 1, 1_500), 2_040);
+        assert_eq!(read(&mut t, 2_050).now_ms, Some(1_900), "never back");
+        assert_eq!(t.inputs.len(), 3);
+    }
+
+    #[test]
+    fn a_silent_reader_is_waited_for_up_to_the_handover_not_the_stall_budget() {
+        let ins = inputs();
+        let mut t = task(&ins, 0);
+        for tp in &ins {
+            t.progress(live(tp, 10, 1_000), 1_000);
+        }
+        // The reader of `orders` goes silent (its instance restarts, or the partition
+        // moves); `outbox` keeps reporting.
+        let mut wall = 1_000;
+        while wall < 1_000 + 4 * BUDGET {
+            wall += 1_000;
+            t.progress(live(&ins[1], 10, wall), wall);
+            let r = read(&mut t, wall);
+            assert!(r.stalled.is_empty(), "at {wall}: {:?}", r.stalled);
+            assert_eq!(r.now_ms, Some(1_000), "held by the silent input");
+        }
+        // Past the handover it is stalled: the clock goes on and breaches say why.
+        wall = 1_000 + READER_HANDOVER_MS + 2_000;
+        t.progress(live(&ins[1], 10, wall), wall);
+        let r = read(&mut t, wall);
+        assert_eq!(r.stalled.len(), 1);
+        assert_eq!(r.stalled[0].partition, 0);
+    }
+
+    #[test]
+    fn a_reader_that_reports_an_input_not_moving_stalls_it_at_the_budget() {
+        let ins = inputs();
+        let mut t = task(&ins, 0);
+        t.progress(live(&ins[0], 10, 1_000), 1_000);
+        t.progress(live(&ins[1], 10, 1_000), 1_000);
+        // Its reader keeps reporting `orders`, but it has not moved since 1_000.
+        let stuck = Progress {
+            confirmed_ms: 1_000,
+            progress_ms: 1_000,
+            ..live(&ins[0], 10, 1_000)
+        };
+        let mut stalled = Vec::new();
+        for wall in (2_000..=1_000 + 2 * BUDGET).step_by(1_000) {
+            t.progress(stuck.clone(), wall);
+            t.progress(live(&ins[1], 10, wall), wall);
+            stalled = read(&mut t, wall).stalled;
+        }
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert_eq!(
+            stalled[0].reason,
+            crate::correlate::clock::StallReason::NoProgress
+        );
+    }
+
+    #[test]
+    fn a_reader_taking_an_input_over_is_not_a_stall() {
+        let ins = inputs();
+        let mut t = task(&ins, 0);
+        t.progress(live(&ins[1], 10, 500), 500);
+        // The new reader of `orders` has read nothing yet (the old owner's transaction
+        // is still open): it reports the partition without record or confirmation.
+        let fresh = Progress {
+            topic: ins[0].0.clone(),
+            partition: 0,
+            position: 7,
+            record_ms: i64::MIN,
+            confirmed_ms: i64::MIN,
+            progress_ms: 0,
+            waiting_since_ms: i64::MIN,
+        };
+        for wall in (1_000..=30_000).step_by(1_000) {
+            t.progress(fresh.clone(), wall);
+            t.progress(live(&ins[1], 10, wall), wall);
+            assert!(read(&mut t, wall).stalled.is_empty(), "at {wall}");
+        }
     }
 }

@@ -195,6 +195,16 @@ pub fn describe_all() {
         "Input partitions paused now because, while a backlog is read, their record time ran more than 3 s ahead of the clock (they are read again within 1.5 s of it)."
     );
     describe_counter!(
+        PIPELINE_RESTARTS_TOTAL,
+        Unit::Count,
+        "Times the pipeline started again from the committed state because partitions moved to another instance (store.repartition)."
+    );
+    describe_gauge!(
+        OWNED_STAGES_PARTITIONS,
+        Unit::Count,
+        "Stages partitions this instance owns and has restored (store.repartition); summed over instances it is the stages topic's partition count."
+    );
+    describe_counter!(
         INPUT_PACED_TOTAL,
         Unit::Count,
         "Times an input partition was paused for running ahead of the clock while a backlog was read."
@@ -436,6 +446,8 @@ pub const OUTPUT_QUEUED: &str = "synclag_output_queued_records";
 pub const INPUTS_PAUSED_FOR_OUTPUT: &str = "synclag_input_paused_for_output";
 pub const INPUT_PACED: &str = "synclag_input_paced_partitions";
 pub const INPUT_PACED_TOTAL: &str = "synclag_input_paced_total";
+pub const PIPELINE_RESTARTS_TOTAL: &str = "synclag_pipeline_restarts_total";
+pub const OWNED_STAGES_PARTITIONS: &str = "synclag_owned_stages_partitions";
 pub const CLOCK_LIVE: &str = "synclag_clock_live";
 pub const OUTPUT_UNACKED: &str = "synclag_output_unacknowledged_records";
 pub const EVIDENCE_ENTRIES: &str = "synclag_evidence_entries";

@@ -34,6 +34,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::TIERS_AFTER_WINDOW_TOTAL,
         names::STATE_REJECTED_TOTAL,
         names::INPUT_PACED_TOTAL,
+        names::PIPELINE_RESTARTS_TOTAL,
     ] {
         counter!(c).absolute(0);
     }
@@ -45,6 +46,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::OUTPUT_QUEUED,
         names::INPUTS_PAUSED_FOR_OUTPUT,
         names::INPUT_PACED,
+        names::OWNED_STAGES_PARTITIONS,
         names::CLOCK_LIVE,
         names::OUTPUT_UNACKED,
         names::EVIDENCE_ENTRIES,
