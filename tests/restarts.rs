@@ -363,6 +363,21 @@ async fn restarts_under_load(mode: Mode) -> u32 {
         }
     }
     let redelivered: u32 = deliveries.values().map(|n| n - 1).sum();
+    // How late breaches were raised after their deadline (wall time; the traffic runs in
+    // real time), restarts and partition moves included: printed, not asserted.
+    let mut late: Vec<i64> = seen
+        .iter()
+        .filter(|s| s.event.kind == "breach")
+        .filter_map(|s| s.event.deadline_ms.map(|d| s.event.observed_at_ms - d))
+        .collect();
+    late.sort_unstable();
+    if let (Some(max), false) = (late.last(), late.is_empty()) {
+        eprintln!(
+            "restarts ({mode:?}): breaches raised after their deadline by p50 {} ms, p99 {} ms, max {max} ms",
+            late[late.len() / 2],
+            late[(late.len() * 99 / 100).min(late.len() - 1)],
+        );
+    }
     eprintln!(
         "restarts ({mode:?}): {kills} SIGKILL + {terms} SIGTERM; {} correlations, {} to alert; {} events, {} delivered again (same breach_id); {} invented",
         truth.len(),
