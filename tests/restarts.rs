@@ -91,7 +91,7 @@ enum Mode {
     Repartitioned,
     /// Repartitioned, three instances in one group: one runs from the start, two join
     /// during the traffic (partitions move to them while deadlines fall), then one of
-    /// the three at a time is killed and started again.
+    /// the three at a time is killed and started again, and once all three at once.
     ThreeInstances,
 }
 
@@ -149,7 +149,8 @@ fn instance_yaml(yaml: &str, port: u16, i: usize, ports: &[u16]) -> String {
 
 /// Instance 0 runs from the start; instances 1 and 2 join after a few seconds each (the
 /// group moves partitions to them); then one instance at a time is killed (SIGKILL, every
-/// third time SIGTERM) and started again, at seeded moments.
+/// third time SIGTERM) and started again, at seeded moments; once, all three are killed
+/// at the same moment and started again.
 async fn share_and_restart(
     yamls: Vec<String>,
     ports: Vec<u16>,
@@ -175,11 +176,27 @@ async fn share_and_restart(
         running.push(svc);
     }
     let (mut kills, mut terms) = (0u32, 0u32);
+    let mut round = 0u32;
     loop {
-        let wait = Duration::from_millis(3_000 + next() % 4_000);
+        let wait = Duration::from_millis(1_500 + next() % 2_000);
         tokio::select! {
             _ = &mut until => return (running, kills, terms),
             _ = tokio::time::sleep(wait) => {}
+        }
+        round += 1;
+        if round == 4 {
+            // Every instance at once: nothing runs until they are back.
+            for svc in &mut running {
+                svc.kill();
+                kills += 1;
+            }
+            for (i, svc) in running.iter_mut().enumerate() {
+                *svc = SynclagProcess::start(&yamls[i], ports[i], "restarts");
+            }
+            for svc in &running {
+                svc.wait_ready().await;
+            }
+            continue;
         }
         let i = (next() % running.len() as u64) as usize;
         if (kills + terms) % 3 == 2 {
@@ -241,12 +258,18 @@ async fn restarts_under_load(mode: Mode) -> u32 {
             (vec![svc], kills, terms)
         })
     };
+    let text = if mode == Mode::ThreeInstances {
+        // Longer before the faults: two instances join first, then ten kills follow.
+        SCENARIO.replacen("duration: 8s }", "duration: 20s }", 1)
+    } else {
+        SCENARIO.to_string()
+    };
     let scenario =
-        Scenario::from_yaml_str("restarts.yaml", SCENARIO).unwrap_or_else(|e| panic!("{e}"));
+        Scenario::from_yaml_str("restarts.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
     let (_, truth) = run_real_time(&topology, &scenario, 11).await;
     let _ = stop.send(());
     let (mut running, kills, terms) = restarts.await.expect("the restart task");
-    let least = if mode == Mode::ThreeInstances { 3 } else { 5 };
+    let least = if mode == Mode::ThreeInstances { 10 } else { 5 };
     assert!(kills >= least, "killed {kills} times during the traffic");
     let tails = |running: &[SynclagProcess]| -> String {
         running

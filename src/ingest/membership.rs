@@ -78,6 +78,7 @@ pub fn spawn_member_watch(topology: &Topology, shutdown: CancellationToken) {
     let own = own_client_id(topology);
     // With the stages topic, instances share the work: more of them is the point.
     let shared = topology.store.repartition;
+    metrics::gauge!(names::REPARTITIONED).set(if shared { 1.0 } else { 0.0 });
     let mut last_instances = 0usize;
     tokio::spawn(async move {
         let client: BaseConsumer<super::health::QuietContext> =

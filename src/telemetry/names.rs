@@ -200,6 +200,11 @@ pub fn describe_all() {
         "Times the pipeline started again from the committed state because partitions moved to another instance (store.repartition)."
     );
     describe_gauge!(
+        REPARTITIONED,
+        Unit::Count,
+        "1 when stage events go through the stages topic (store.repartition): several instances in the group are then expected."
+    );
+    describe_gauge!(
         OWNED_STAGES_PARTITIONS,
         Unit::Count,
         "Stages partitions this instance owns and has restored (store.repartition); summed over instances it is the stages topic's partition count."
@@ -448,6 +453,7 @@ pub const INPUT_PACED: &str = "synclag_input_paced_partitions";
 pub const INPUT_PACED_TOTAL: &str = "synclag_input_paced_total";
 pub const PIPELINE_RESTARTS_TOTAL: &str = "synclag_pipeline_restarts_total";
 pub const OWNED_STAGES_PARTITIONS: &str = "synclag_owned_stages_partitions";
+pub const REPARTITIONED: &str = "synclag_repartitioned";
 pub const CLOCK_LIVE: &str = "synclag_clock_live";
 pub const OUTPUT_UNACKED: &str = "synclag_output_unacknowledged_records";
 pub const EVIDENCE_ENTRIES: &str = "synclag_evidence_entries";

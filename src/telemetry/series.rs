@@ -47,6 +47,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::INPUTS_PAUSED_FOR_OUTPUT,
         names::INPUT_PACED,
         names::OWNED_STAGES_PARTITIONS,
+        names::REPARTITIONED,
         names::CLOCK_LIVE,
         names::OUTPUT_UNACKED,
         names::EVIDENCE_ENTRIES,
