@@ -237,6 +237,32 @@ impl Outcomes {
         out
     }
 
+    /// Keys whose end (completion, never arrived, eviction) is still held back for the
+    /// clock, that have no breach held back and none raised (no event waits on the end):
+    /// the engine has counted their end (its lag included), so a durable image of that
+    /// moment must say they ended.
+    pub fn held_ends_without_breach(&self) -> Vec<Key> {
+        let breaches = self.held_breach_tiers();
+        let mut out: Vec<Key> = self
+            .held
+            .values()
+            .flat_map(HeldQueue::iter)
+            .filter(|h| h.item.is_terminal())
+            .map(|h| {
+                (
+                    h.item.info.workflow,
+                    h.item.info.correlation_id.as_bytes().into(),
+                )
+            })
+            // A breached correlation's end is announced (`resolved`): its image waits for
+            // that event.
+            .filter(|k| !breaches.contains_key(k) && self.open_breaches.get(k).is_none())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// A restored correlation had a breach raised before the restart: its completion is
     /// announced as `resolved`.
     pub fn restore_open_breach(&mut self, workflow: usize, id: &[u8]) {

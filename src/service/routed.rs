@@ -552,29 +552,38 @@ impl Pipeline {
         }
     }
 
-    /// Reads the partitions of every input topic (the engine clock waits for each).
+    /// Reads the partitions of every input topic (the engine clock waits for each), in
+    /// one metadata request.
     pub(super) fn route_inputs(&mut self, consumer: &StreamConsumer<IngestContext>) {
         let Some(route) = &mut self.route else {
             return;
         };
+        let wanted: HashSet<&str> = self
+            .topology
+            .streams
+            .iter()
+            .map(|s| s.topic.as_str())
+            .collect();
+        let md = tokio::task::block_in_place(|| {
+            consumer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(5))
+        });
         let mut inputs = Vec::new();
-        for stream in &self.topology.streams {
-            let md = tokio::task::block_in_place(|| {
-                consumer
-                    .client()
-                    .fetch_metadata(Some(&stream.topic), Duration::from_secs(5))
-            });
-            match md {
-                Ok(md) => {
-                    for t in md.topics().iter().filter(|t| t.error().is_none()) {
-                        for p in t.partitions() {
-                            inputs.push((t.name().to_string(), p.id()));
-                        }
+        match md {
+            Ok(md) => {
+                for t in md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && wanted.contains(t.name()))
+                {
+                    for p in t.partitions() {
+                        inputs.push((t.name().to_string(), p.id()));
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(topic = %stream.topic, error = %e, "input partitions not known; the engine clock counts them as their progress arrives");
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "input partitions not known; the engine clock counts them as their progress arrives");
             }
         }
         inputs.sort();

@@ -520,6 +520,12 @@ impl DurableState {
                 .increment(records.len() as u64);
         }
         outcomes.take_ended(&mut self.ended);
+        // Ends the engine has counted (lags included) while their outcome waits for the
+        // clock: the image says they ended, or a restart on offsets held back behind them
+        // would count them a second time. (Their release lists them again: the same image.)
+        for (workflow, id) in outcomes.held_ends_without_breach() {
+            self.ended.push((workflow, CorrelationId::from(id)));
+        }
         let mut finished = 0u64;
         for (workflow, id) in std::mem::take(&mut self.ended) {
             let name = self.name(workflow).to_string();
