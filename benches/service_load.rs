@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
 //!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT] [--property KEY=VALUE]...
-//!     [--delivery exactly_once|at_least_once|both]
+//!     [--delivery exactly_once|at_least_once|both] [--instances 1,2,3]
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
@@ -24,10 +24,17 @@
 //! once, the service's default); `both` runs synclag in each mode every round, one after
 //! the other, for the cost of transactions measured side by side.
 //!
+//! `--instances 1,2,3` also runs synclag with `store.repartition: true` (exactly once), as
+//! that many instances sharing one consumer group, every round: each count is one more
+//! system in the table. The run ends when the input and the group's stages topic are
+//! both committed to their ends; CPU is the instances' sum, peak RSS the sum of their
+//! peaks.
+//!
 //! `--peer true` builds the Kafka Streams peer (`benches/streams-peer`, Maven, into the
 //! target dir) and runs it too; without it only synclag runs, so nothing needs Maven beyond
 //! the test broker. Run by `cargo test --all-targets` (no `--bench`) it is a smoke run of
-//! 2,000 correlations, one round, that checks every record was consumed and breaches came out.
+//! 2,000 correlations, one round, that checks every record was consumed and breaches came out,
+//! for one instance and for two repartitioned instances.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -60,6 +67,8 @@ struct Args {
     /// Another synclag binary (an earlier build) run after this one in each round and
     /// mode, for a before/after comparison under the same conditions.
     against: Option<PathBuf>,
+    /// Instance counts to run repartitioned (`store.repartition`), each round.
+    instances: Vec<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -72,10 +81,12 @@ fn parse_args() -> anyhow::Result<Args> {
         properties: Vec::new(),
         modes: vec![true],
         against: None,
+        instances: Vec::new(),
     };
     if !support::bench::is_bench_run() {
         a.correlations = 2_000;
         a.rounds = 1;
+        a.instances = vec![2];
     }
     for (flag, value) in support::bench::flag_pairs().map_err(anyhow::Error::msg)? {
         match flag.as_str() {
@@ -98,6 +109,17 @@ fn parse_args() -> anyhow::Result<Args> {
                         "--delivery wants exactly_once, at_least_once or both, got {other}"
                     ),
                 }
+            }
+            "--instances" => {
+                a.instances = value
+                    .split(',')
+                    .map(|n| match n.trim().parse::<usize>() {
+                        Ok(n) if n >= 1 => Ok(n),
+                        _ => Err(anyhow::anyhow!(
+                            "--instances wants counts ≥ 1 separated by commas, got {value}"
+                        )),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
             }
             "--property" => {
                 let (k, v) = value
@@ -157,18 +179,25 @@ fn main() -> anyhow::Result<()> {
 
     // Each delivery mode with this build and, with `--against`, the other binary.
     let this_build = PathBuf::from(env!("CARGO_BIN_EXE_synclag"));
-    let mut systems: Vec<(String, bool, &Path)> = Vec::new();
+    let mut systems: Vec<System> = Vec::new();
     for mode in &args.modes {
-        systems.push((synclag_label(*mode, None), *mode, this_build.as_path()));
+        systems.push(System::new(*mode, None, this_build.as_path()));
         if let Some(other) = &args.against {
-            systems.push((synclag_label(*mode, Some(other)), *mode, other.as_path()));
+            systems.push(System::new(*mode, None, other.as_path()));
+        }
+    }
+    for n in &args.instances {
+        systems.push(System::new(true, Some(*n), this_build.as_path()));
+        if let Some(other) = &args.against {
+            systems.push(System::new(true, Some(*n), other.as_path()));
         }
     }
     let mut synclag_runs: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
     let mut peer_runs = Vec::new();
     for round in 1..=args.rounds {
-        for ((label, mode, binary), runs) in systems.iter().zip(&mut synclag_runs) {
-            let m = run_synclag(binary, &bootstrap, &backlog, &args.properties, *mode, round)?;
+        for (system, runs) in systems.iter().zip(&mut synclag_runs) {
+            let label = &system.label;
+            let m = run_synclag(system, &bootstrap, &backlog, &args.properties, round)?;
             report_run(label, round, &backlog, &m);
             anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
             runs.push(m);
@@ -192,8 +221,8 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| system | events/s (min / median / max) | events per CPU-second (min / median / max) | peak RSS MiB (min / median / max) |");
     println!("|---|---|---|---|");
-    for ((label, _, _), runs) in systems.iter().zip(&synclag_runs) {
-        print_row(label, &backlog, runs);
+    for (system, runs) in systems.iter().zip(&synclag_runs) {
+        print_row(&system.label, &backlog, runs);
     }
     if peer.is_some() {
         print_row(
@@ -205,15 +234,38 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn synclag_label(exactly_once: bool, binary: Option<&Path>) -> String {
-    let mode = if exactly_once {
-        "exactly once"
-    } else {
-        "at least once"
-    };
-    match binary {
-        None => format!("synclag run ({mode})"),
-        Some(path) => format!("synclag run ({mode}, {})", path.display()),
+/// One way of running synclag, measured every round.
+struct System<'a> {
+    label: String,
+    /// `store.exactly_once`.
+    exactly_once: bool,
+    /// `Some(n)`: `store.repartition` with `n` instances in the group.
+    instances: Option<usize>,
+    binary: &'a Path,
+}
+
+impl<'a> System<'a> {
+    fn new(exactly_once: bool, instances: Option<usize>, binary: &'a Path) -> System<'a> {
+        let mut what = vec![if exactly_once {
+            "exactly once".to_owned()
+        } else {
+            "at least once".to_owned()
+        }];
+        if let Some(n) = instances {
+            what.push(format!(
+                "repartitioned, {n} instance{}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        if binary != Path::new(env!("CARGO_BIN_EXE_synclag")) {
+            what.push(binary.display().to_string());
+        }
+        System {
+            label: format!("synclag run ({})", what.join(", ")),
+            exactly_once,
+            instances,
+            binary,
+        }
     }
 }
 
@@ -308,10 +360,17 @@ fn produce(bootstrap: &str, backlog: &Backlog, correlations: u64) -> anyhow::Res
 struct Progress {
     consumer: BaseConsumer,
     tpl: TopicPartitionList,
+    /// The group's stages topic (repartitioned runs), also committed to its end at the end.
+    stages: Option<String>,
 }
 
 impl Progress {
-    fn new(bootstrap: &str, group: &str, backlog: &Backlog) -> anyhow::Result<Progress> {
+    fn new(
+        bootstrap: &str,
+        group: &str,
+        backlog: &Backlog,
+        stages: Option<String>,
+    ) -> anyhow::Result<Progress> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("broker.address.family", "v4")
@@ -324,7 +383,54 @@ impl Progress {
                 tpl.add_partition(topic, p);
             }
         }
-        Ok(Progress { consumer, tpl })
+        Ok(Progress {
+            consumer,
+            tpl,
+            stages,
+        })
+    }
+
+    /// Records of the stages topic the group has not committed past yet (0 without one;
+    /// `None` while it cannot be read). Every stage record is written in a transaction,
+    /// so each partition ends with a commit marker that no consumer reads: a partition is
+    /// done when its committed offset is that marker's.
+    fn stages_behind(&self) -> Option<u64> {
+        let Some(topic) = &self.stages else {
+            return Some(0);
+        };
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return None;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(topic, *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()?;
+        let mut behind = 0u64;
+        for e in committed.elements() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
+                .ok()?;
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            behind += u64::try_from((high - 1).saturating_sub(at)).unwrap_or(0);
+        }
+        Some(behind)
     }
 
     /// Records of the backlog the group has committed past.
@@ -397,47 +503,65 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Waits until `group` has committed the whole backlog, sampling the process's CPU and
-/// peak RSS before it is stopped. With `metrics_port` (synclag), the memory gauges are
-/// sampled once a second and printed as they were at the highest RSS seen.
+/// Waits until `group` has committed the whole backlog (and, repartitioned, its stages
+/// topic), sampling the processes' CPU and peak RSS before they are stopped. The memory
+/// gauges on `metrics_ports` (synclag) are sampled once a second, summed over the
+/// instances, and printed as they were at the highest RSS seen.
 fn measure(
-    service: &Service,
+    services: &[Service],
     bootstrap: &str,
     group: &str,
     backlog: &Backlog,
     breaches_topic: &str,
-    metrics_port: Option<u16>,
+    metrics_ports: &[u16],
+    stages: Option<String>,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
-    let progress = Progress::new(bootstrap, group, backlog)?;
+    let progress = Progress::new(bootstrap, group, backlog, stages)?;
     let mut last = (0u64, Instant::now());
     let mut sampled = Instant::now();
     let mut at_peak: Option<(f64, f64, Vec<f64>)> = None;
     let mut highest = vec![0.0; MEMORY_GAUGES.len()];
+    let tails = || {
+        services
+            .iter()
+            .map(|s| format!("{}:\n{}", s.name(), s.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     loop {
-        if let (Some(port), Some(pid)) = (metrics_port, service.pid()) {
-            if sampled.elapsed() >= Duration::from_secs(1) {
-                sampled = Instant::now();
-                if let (Some(rss), Some(page)) = (rss_mib(pid), scrape(port)) {
-                    let g = gauges(&page, &MEMORY_GAUGES);
-                    for (h, v) in highest.iter_mut().zip(&g) {
-                        *h = f64::max(*h, *v);
+        if !metrics_ports.is_empty() && sampled.elapsed() >= Duration::from_secs(1) {
+            sampled = Instant::now();
+            let mut rss = 0.0;
+            let mut g = vec![0.0; MEMORY_GAUGES.len()];
+            let mut complete = true;
+            for (service, port) in services.iter().zip(metrics_ports) {
+                match (service.pid().and_then(rss_mib), scrape(*port)) {
+                    (Some(r), Some(page)) => {
+                        rss += r;
+                        for (sum, v) in g.iter_mut().zip(gauges(&page, &MEMORY_GAUGES)) {
+                            *sum += v;
+                        }
                     }
-                    if at_peak.as_ref().is_none_or(|(r, _, _)| rss > *r) {
-                        at_peak = Some((rss, started.elapsed().as_secs_f64(), g));
-                    }
+                    _ => complete = false,
+                }
+            }
+            if complete {
+                for (h, v) in highest.iter_mut().zip(&g) {
+                    *h = f64::max(*h, *v);
+                }
+                if at_peak.as_ref().is_none_or(|(r, _, _)| rss > *r) {
+                    at_peak = Some((rss, started.elapsed().as_secs_f64(), g));
                 }
             }
         }
-        if let Some(status) = service.exited() {
-            anyhow::bail!(
-                "{} exited with {status}\n{}",
-                service.name(),
-                service.log_tail(40)
-            );
+        for service in services {
+            if let Some(status) = service.exited() {
+                anyhow::bail!("{} exited with {status}\n{}", service.name(), tails());
+            }
         }
         let done = progress.committed();
-        if done >= backlog.records {
+        if done >= backlog.records && progress.stages_behind() == Some(0) {
             break;
         }
         if done > last.0 {
@@ -447,10 +571,10 @@ fn measure(
         // minutes while the backlog is read; only the total run time is bounded.
         anyhow::ensure!(
             started.elapsed() < RUN_TIMEOUT && last.1.elapsed() < RUN_TIMEOUT / 2,
-            "{} committed {done} of {} records and stopped moving\n{}",
-            service.name(),
+            "committed {done} of {} input records (stages topic: {:?} behind) and stopped moving\n{}",
             backlog.records,
-            service.log_tail(40)
+            progress.stages_behind(),
+            tails()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -464,18 +588,25 @@ fn measure(
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let name = services.first().map_or("", |s| s.name());
         eprintln!(
-            "{}: highest sampled RSS {rss:.0} MiB at {at_s:.0}s: {}",
-            service.name(),
+            "{name}: highest sampled RSS {rss:.0} MiB at {at_s:.0}s: {}",
             list(g)
         );
-        eprintln!("{}: highest of each: {}", service.name(), list(&highest));
+        eprintln!("{name}: highest of each: {}", list(&highest));
     }
-    let pid = service
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("{} has no PID", service.name()))?;
-    let (cpu_s, peak_rss_mib) = usage(pid)?;
-    service.stop();
+    let (mut cpu_s, mut peak_rss_mib) = (0.0, 0.0);
+    for service in services {
+        let pid = service
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("{} has no PID", service.name()))?;
+        let (cpu, peak) = usage(pid)?;
+        cpu_s += cpu;
+        peak_rss_mib += peak;
+    }
+    for service in services {
+        service.stop();
+    }
     let breaches = topic_records(bootstrap, breaches_topic)?;
     Ok(Measured {
         wall_s,
@@ -529,55 +660,74 @@ fn run_dir(name: &str) -> PathBuf {
 }
 
 fn run_synclag(
-    binary: &Path,
+    system: &System,
     bootstrap: &str,
     backlog: &Backlog,
     properties: &[(String, String)],
-    exactly_once: bool,
     round: usize,
 ) -> anyhow::Result<Measured> {
-    let dir = run_dir("load-synclag");
     let group = support::random_name("load-synclag");
     let outputs = support::random_name("load-out");
-    let port = support::free_port();
-    let yaml = workload::topology_yaml_with_properties(
-        bootstrap,
-        &group,
-        port,
-        &backlog.created,
-        &backlog.imported,
-        &outputs,
-        properties,
-    ) + &format!("store:\n  exactly_once: {exactly_once}\n");
-    let config = dir.join("topology.yaml");
-    std::fs::write(&config, yaml)?;
-    let service = Service::spawn(
-        &format!("synclag run (round {round})"),
-        binary,
-        &[
-            "run".to_owned(),
-            "--config".to_owned(),
-            config.display().to_string(),
-        ],
-        &dir.join("synclag.log"),
-        None,
-    );
+    let n = system.instances.unwrap_or(1);
+    let ports = process::free_ports(n);
+    let mut store = format!("store:\n  exactly_once: {}\n", system.exactly_once);
+    if system.instances.is_some() {
+        store.push_str("  repartition: true\n");
+    }
+    let mut services = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let dir = run_dir("load-synclag");
+        let mut yaml = workload::topology_yaml_with_properties(
+            bootstrap,
+            &group,
+            *port,
+            &backlog.created,
+            &backlog.imported,
+            &outputs,
+            properties,
+        ) + &store;
+        if system.instances.is_some() {
+            let listen = format!("http_listen: 127.0.0.1:{port}");
+            yaml = yaml.replacen(&listen, &format!("{listen}\n  instance_id: {group}-{i}"), 1);
+        }
+        let config = dir.join("topology.yaml");
+        std::fs::write(&config, yaml)?;
+        services.push(Service::spawn(
+            &format!("synclag run (round {round}, instance {i})"),
+            system.binary,
+            &[
+                "run".to_owned(),
+                "--config".to_owned(),
+                config.display().to_string(),
+            ],
+            &dir.join("synclag.log"),
+            None,
+        ));
+        dirs.push(dir);
+    }
     let m = measure(
-        &service,
+        &services,
         bootstrap,
         &group,
         backlog,
         &format!("{outputs}.breaches"),
-        Some(port),
+        &ports,
+        system.instances.map(|_| format!("{group}.stages")),
     )?;
     // What the service's log says about the run: how often input waited for outputs and
     // whether a partition was judged stalled (which ends pending correlations early).
-    let log = std::fs::read_to_string(dir.join("synclag.log")).unwrap_or_default();
+    let log: String = dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("synclag.log")).unwrap_or_default())
+        .collect();
     let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
     eprintln!(
-        "round {round}: synclag run: input paused for outputs {} time(s), partitions judged stalled {} time(s)",
+        "round {round}: {}: input paused for outputs {} time(s), partitions judged stalled {} time(s), pipeline restarts {}",
+        system.label,
         count("input paused, timers keep running"),
-        count("input partition stalled")
+        count("input partition stalled"),
+        count("partitions moved to another instance"),
     );
     Ok(m)
 }
@@ -655,5 +805,13 @@ fn run_peer(
         &dir.join("peer.log"),
         Some(&dir.join("state")),
     );
-    measure(&service, bootstrap, &app, backlog, &breaches, None)
+    measure(
+        std::slice::from_ref(&service),
+        bootstrap,
+        &app,
+        backlog,
+        &breaches,
+        &[],
+        None,
+    )
 }

@@ -300,3 +300,89 @@ fn images_that_do_not_fit_the_topology_are_refused_with_the_reason() {
     e.restore(pending(1, 0, vec![])).unwrap();
     assert_eq!(e.pending(), 1);
 }
+
+#[test]
+fn a_breached_completion_counted_before_a_restart_is_announced_once_and_counted_once() {
+    use synclag::correlate::{Segment, SeriesKey};
+    let c = two_stages();
+    let mut original = engine(&c);
+    original.track_changes(true);
+    let mut clock = 0;
+    let start = Step::Event(0, 0, 0, false);
+    let close = Step::Event(0, 1, 20, false);
+    // Starts at 0, passes both tiers (warn 5, critical 10), closes at 20.
+    let _ = run_with_outcomes(&c, &mut original, &start, &mut clock, 0);
+    let breaches = run_with_outcomes(&c, &mut original, &Step::Advance(15), &mut clock, 1);
+    assert_eq!(breaches.len(), 2, "{breaches:?}");
+    let closing = run_with_outcomes(&c, &mut original, &close, &mut clock, 2);
+    assert!(
+        matches!(
+            closing.as_slice(),
+            [Outcome {
+                kind: OutcomeKind::Completed { .. },
+                ..
+            }]
+        ),
+        "{closing:?}"
+    );
+    let end_to_end = SeriesKey {
+        workflow: 0,
+        from_stage: 0,
+        to_stage: 1,
+        segment: Segment::EndToEnd,
+        combo: 0,
+    };
+    assert_eq!(original.series_count(end_to_end), 1);
+
+    // The image of that moment: pending as before the closing stage, marked as counted;
+    // and the open lag interval, with the completion in it.
+    let mut closed = Vec::new();
+    original.take_closed_images(&mut closed);
+    assert_eq!(closed.len(), 1, "a breached completion keeps its image");
+    let image = closed.remove(0);
+    assert_eq!(image.seen, 1, "the closing stage is not in it");
+    assert_eq!(image.fired, 3, "both tiers are out");
+    let mut value = Vec::new();
+    durable::encode_value(&Image::Pending(image.clone()), &mut value);
+    let key = durable::encode_key(NAMES[0], &image.correlation_id);
+    let names: Vec<&str> = NAMES.to_vec();
+    let decoded = durable::decode(&key, &value, &names).expect("decodes");
+    assert_eq!(
+        decoded,
+        Image::Pending(image.clone()),
+        "the mark survives encoding"
+    );
+    let lags = original.lag_images();
+    assert!(!lags.is_empty());
+
+    // A restart reads the closing stage again: the completion is announced (it was owed),
+    // no tier is raised again, and the lag interval counts it once.
+    let restart = |image: Image| {
+        let mut e = engine(&c);
+        e.restore(image).unwrap();
+        for l in lags.clone() {
+            e.restore_lag(l).unwrap();
+        }
+        assert_eq!(e.series_count(end_to_end), 1);
+        let mut clock = 15;
+        let out = run_with_outcomes(&c, &mut e, &close, &mut clock, 2);
+        (e, out)
+    };
+    let (restored, again) = restart(decoded);
+    assert_eq!(
+        sorted(&again),
+        sorted(&closing),
+        "the same outcomes as the original"
+    );
+    assert_eq!(
+        restored.series_count(end_to_end),
+        1,
+        "counted once across the restart"
+    );
+    assert_eq!(restored.pending(), 0);
+
+    // Without the mark the same restart counts it twice (what the mark is for).
+    let unmarked = durable::PendingImage { flags: 0, ..image };
+    let (twice, _) = restart(Image::Pending(unmarked));
+    assert_eq!(twice.series_count(end_to_end), 2);
+}

@@ -57,7 +57,9 @@ pub struct PendingImage {
     pub start_ms: i64,
     /// Kafka time of the start record (`i64::MIN`: none).
     pub start_kafka_ms: i64,
-    /// Engine flags (whether the start carried a source event time).
+    /// Engine flags: bit 0, the start carried a source event time; bit 2, the closing
+    /// stage was counted (lags included) before this image was written, and its
+    /// completion is still to be announced (see `Engine::take_closed_images`).
     pub flags: u8,
     /// Stages seen (bit per stage).
     pub seen: u16,
@@ -430,13 +432,24 @@ fn encode_dims(dims: &[(usize, String)], out: &mut Vec<u8>) {
     for (d, value) in &dims[..n] {
         out.push(u8::try_from(*d).unwrap_or(u8::MAX));
         // Dimension values are short labels; a longer one is cut at a character boundary.
-        let mut end = value.len().min(usize::from(u16::MAX));
-        while !value.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.extend_from_slice(&(end as u16).to_be_bytes());
-        out.extend_from_slice(&value.as_bytes()[..end]);
+        put_str16(value, out);
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+pub(crate) fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends `s` after its `u16` length, cut to 65,535 bytes at a character boundary.
+pub(crate) fn put_str16(s: &str, out: &mut Vec<u8>) {
+    let s = prefix_within(s, usize::from(u16::MAX));
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn decode_dims(r: &mut Reader<'_>) -> Result<Vec<(usize, String)>, ImageError> {

@@ -59,6 +59,11 @@ const FIRED_CRITICAL: u8 = 2;
 const FLAG_T0: u8 = 1;
 /// The entry changed since its last durable image (see [`Engine::track_changes`]).
 const FLAG_DIRTY: u8 = 2;
+/// Restored from an image written after its closing stage was counted (lags included)
+/// while the completion waited to be announced: read again, the closing stage completes
+/// the correlation without counting its lags a second time (see
+/// [`Engine::take_closed_images`]).
+const FLAG_END_COUNTED: u8 = 4;
 /// Most business-hours overrides per workflow (lane indexes are stored in a `u8`).
 const MAX_OVERRIDES: usize = 200;
 
@@ -319,6 +324,9 @@ pub struct Engine {
     tracking: bool,
     /// Slots whose entry changed since the last [`drain_dirty`](Self::drain_dirty).
     dirty: Vec<u32>,
+    /// Images of breached correlations as they stood when their closing stage was
+    /// counted, while tracking (see [`take_closed_images`](Self::take_closed_images)).
+    closed: Vec<super::durable::PendingImage>,
 }
 
 fn bit(stage: usize) -> u16 {
@@ -394,6 +402,7 @@ impl Engine {
             lag_interval_start: 0,
             tracking: false,
             dirty: Vec::new(),
+            closed: Vec::new(),
         })
     }
 
@@ -828,27 +837,34 @@ impl Engine {
         let end_to_end_ms = decomposition.business_ms.unwrap_or(lag_from_first_ms);
         let combo = e.combo;
         let stages_seen = StageSet(e.seen | bit(last));
-        self.record(
-            w,
-            previous_stage,
-            last,
-            Segment::StageToStage,
-            combo,
-            lag_from_previous_ms,
-        );
-        self.record(w, 0, last, Segment::FromFirst, combo, lag_from_first_ms);
-        self.record(w, 0, last, Segment::EndToEnd, combo, end_to_end_ms);
-        let segments = [
-            (
-                Segment::PartnerIngestion,
-                decomposition.partner_ingestion_ms,
-            ),
-            (Segment::MiddlewareErp, decomposition.middleware_erp_ms),
-            (Segment::OutboxCdc, decomposition.outbox_cdc_ms),
-        ];
-        for (segment, v) in segments {
-            if let Some(v) = v {
-                self.record(w, 0, last, segment, combo, v);
+        let counted_before = e.flags & FLAG_END_COUNTED != 0;
+        if self.tracking && e.fired != 0 {
+            self.keep_closed_image(slot);
+        }
+        // Counted before a restart (see `FLAG_END_COUNTED`): announced now, counted once.
+        if !counted_before {
+            self.record(
+                w,
+                previous_stage,
+                last,
+                Segment::StageToStage,
+                combo,
+                lag_from_previous_ms,
+            );
+            self.record(w, 0, last, Segment::FromFirst, combo, lag_from_first_ms);
+            self.record(w, 0, last, Segment::EndToEnd, combo, end_to_end_ms);
+            let segments = [
+                (
+                    Segment::PartnerIngestion,
+                    decomposition.partner_ingestion_ms,
+                ),
+                (Segment::MiddlewareErp, decomposition.middleware_erp_ms),
+                (Segment::OutboxCdc, decomposition.outbox_cdc_ms),
+            ];
+            for (segment, v) in segments {
+                if let Some(v) = v {
+                    self.record(w, 0, last, segment, combo, v);
+                }
             }
         }
         self.counters.completed += 1;

@@ -6,10 +6,12 @@ use super::super::durable::{
 };
 use super::super::lag::{Segment, SeriesKey};
 use super::super::recent::RecentRec;
-use super::{Engine, Entry, Rec, FIRED_CRITICAL, FIRED_WARN, FLAG_DIRTY, FLAG_T0, NONE};
+use super::{
+    Engine, Entry, Rec, FIRED_CRITICAL, FIRED_WARN, FLAG_DIRTY, FLAG_END_COUNTED, FLAG_T0, NONE,
+};
 
 /// Flags an image may carry (the dirty mark is the engine's own business).
-const IMAGE_FLAGS: u8 = FLAG_T0;
+const IMAGE_FLAGS: u8 = FLAG_T0 | FLAG_END_COUNTED;
 
 impl Engine {
     /// Starts (or stops) listing changed entries for [`drain_dirty`](Self::drain_dirty).
@@ -18,6 +20,7 @@ impl Engine {
         self.tracking = on;
         if !on {
             self.dirty.clear();
+            self.closed.clear();
         }
     }
 
@@ -70,6 +73,25 @@ impl Engine {
         }
         self.dirty = dirty;
         self.dirty.clear();
+    }
+
+    /// Keeps the image of breached entry `slot` as it stands before its closing stage,
+    /// marked as counted (see [`take_closed_images`](Self::take_closed_images)).
+    pub(super) fn keep_closed_image(&mut self, slot: u32) {
+        if let Some(mut img) = self.image_of(slot) {
+            img.flags |= FLAG_END_COUNTED;
+            self.closed.push(img);
+        }
+    }
+
+    /// Breached correlations completed since the last call, each as it stood before its
+    /// closing stage, marked as counted. Their completion is announced as `resolved`,
+    /// and that event may wait for the clock while their lags are already in the open
+    /// lag interval: a durable image of that moment must keep the correlation pending
+    /// (the announcement is still owed) yet say its end was counted, or a restart that
+    /// reads the closing stage again would count it twice.
+    pub fn take_closed_images(&mut self, into: &mut Vec<PendingImage>) {
+        into.append(&mut self.closed);
     }
 
     /// Images of every pending entry (a full snapshot).

@@ -21,7 +21,7 @@
 //! time that is not known is `i64::MIN`.
 
 use crate::config::Topology;
-use crate::correlate::durable::{self, ImageError, Reader};
+use crate::correlate::durable::{self, put_str16, ImageError, Reader};
 use crate::correlate::{CorrelationId, Origin, StageEvent, Timestamps};
 
 const VERSION: u8 = 1;
@@ -131,22 +131,10 @@ pub enum Routed {
     Signal(RoutedSignal),
 }
 
-fn put_str16(s: &str, out: &mut Vec<u8>) {
-    let mut end = s.len().min(usize::from(u16::MAX));
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend_from_slice(&(end as u16).to_be_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
-}
-
 fn put_str8(s: &str, out: &mut Vec<u8>) {
-    let mut end = s.len().min(usize::from(u8::MAX));
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.push(end as u8);
-    out.extend_from_slice(&s.as_bytes()[..end]);
+    let s = durable::prefix_within(s, usize::from(u8::MAX));
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn str8<'a>(r: &mut Reader<'a>, what: &str) -> Result<&'a str, ImageError> {

@@ -238,25 +238,26 @@ impl Outcomes {
     }
 
     /// Keys whose end (completion, never arrived, eviction) is still held back for the
-    /// clock, that have no breach held back and none raised (no event waits on the end):
+    /// clock, each with whether the correlation breached (a breach held back or raised):
     /// the engine has counted their end (its lag included), so a durable image of that
-    /// moment must say they ended.
-    pub fn held_ends_without_breach(&self) -> Vec<Key> {
+    /// moment must say so. A breached correlation's end is announced (`resolved`), so
+    /// its image must also keep that announcement owed.
+    pub fn held_ends(&self) -> Vec<(Key, bool)> {
         let breaches = self.held_breach_tiers();
-        let mut out: Vec<Key> = self
+        let mut out: Vec<(Key, bool)> = self
             .held
             .values()
             .flat_map(HeldQueue::iter)
             .filter(|h| h.item.is_terminal())
             .map(|h| {
-                (
+                let key: Key = (
                     h.item.info.workflow,
                     h.item.info.correlation_id.as_bytes().into(),
-                )
+                );
+                let breached =
+                    breaches.contains_key(&key) || self.open_breaches.get(&key).is_some();
+                (key, breached)
             })
-            // A breached correlation's end is announced (`resolved`): its image waits for
-            // that event.
-            .filter(|k| !breaches.contains_key(k) && self.open_breaches.get(k).is_none())
             .collect();
         out.sort();
         out.dedup();

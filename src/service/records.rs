@@ -76,7 +76,10 @@ fn header_list<M: Message>(m: &M) -> Vec<(String, Option<&[u8]>)> {
         .unwrap_or_default()
 }
 
-fn view<'a, M: Message>(m: &'a M, headers: &'a [(String, Option<&'a [u8]>)]) -> RecordView<'a> {
+pub(super) fn view<'a, M: Message>(
+    m: &'a M,
+    headers: &'a [(String, Option<&'a [u8]>)],
+) -> RecordView<'a> {
     RecordView {
         topic: m.topic(),
         partition: m.partition(),

@@ -433,16 +433,7 @@ impl Pipeline {
             ),
             None => return,
         };
-        let headers = Vec::new();
-        let record = RecordView {
-            topic: m.topic(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key(),
-            payload: m.payload(),
-            headers: &headers,
-            timestamp_ms: m.timestamp().to_millis(),
-        };
+        let record = super::records::view(m, &[]);
         match decoded {
             Err(e) => {
                 metrics::counter!(names::REJECTED_EVENTS_TOTAL).increment(1);

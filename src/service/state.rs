@@ -82,6 +82,9 @@ struct Cut {
     offsets: HashMap<Tp, i64>,
 }
 
+/// A correlation: (workflow index, correlation id bytes).
+type Key = (usize, Box<[u8]>);
+
 /// The durable side of the pipeline (see the module docs).
 pub struct DurableState {
     topic: Arc<str>,
@@ -95,7 +98,11 @@ pub struct DurableState {
     images: Vec<PendingImage>,
     /// Keys whose last image left out a tier whose breach was still held back: written
     /// again once it is out, or a restart would raise it a second time.
-    stripped: HashSet<(usize, Box<[u8]>)>,
+    stripped: HashSet<Key>,
+    /// Breached correlations whose closing stage the engine counted, as they stood before
+    /// it (marked as counted), with the tiers last written for them: kept while their
+    /// `resolved` announcement waits for the clock (see `Engine::take_closed_images`).
+    closed: HashMap<Key, (PendingImage, Option<u8>)>,
     /// The changelog's partition count, once read (records are placed by
     /// `route::partition_of`, see [`StateBatch::partitions`]).
     partition_count: i32,
@@ -117,6 +124,7 @@ impl DurableState {
             ended: Vec::new(),
             images: Vec::new(),
             stripped: HashSet::new(),
+            closed: HashMap::new(),
             partition_count: 0,
         }
     }
@@ -484,7 +492,7 @@ impl DurableState {
         let held = outcomes.held_breach_tiers();
         // Written without a tier that was held back, and that breach is out now: written
         // again, with it.
-        let released: Vec<(usize, Box<[u8]>)> = self
+        let released: Vec<Key> = self
             .stripped
             .iter()
             .filter(|k| !held.contains_key(*k))
@@ -497,8 +505,16 @@ impl DurableState {
                 engine.touch_key(key.0, &key.1);
             }
         }
+        let mut closed = Vec::new();
         for (_, engine) in engines.iter_mut() {
             engine.drain_dirty(&mut self.images);
+            engine.take_closed_images(&mut closed);
+        }
+        for image in closed {
+            self.closed.insert(
+                (image.workflow, image.correlation_id.clone()),
+                (image, None),
+            );
         }
         if !self.images.is_empty() {
             for mut p in std::mem::take(&mut self.images) {
@@ -521,11 +537,32 @@ impl DurableState {
         }
         outcomes.take_ended(&mut self.ended);
         // Ends the engine has counted (lags included) while their outcome waits for the
-        // clock: the image says they ended, or a restart on offsets held back behind them
-        // would count them a second time. (Their release lists them again: the same image.)
-        for (workflow, id) in outcomes.held_ends_without_breach() {
-            self.ended.push((workflow, CorrelationId::from(id)));
+        // clock: the image says so, or a restart on offsets held back behind them would
+        // count them a second time. Without a breach, the image says they ended (their
+        // release lists them again: the same image). With one, their `resolved` event is
+        // still owed: they stay pending, marked as counted, with the tiers already out.
+        let mut owed = HashSet::new();
+        for (key, breached) in outcomes.held_ends() {
+            if !breached {
+                self.ended.push((key.0, CorrelationId::from(key.1)));
+                continue;
+            }
+            if let Some((image, written)) = self.closed.get_mut(&key) {
+                let fired = image.fired & !held.get(&key).copied().unwrap_or(0);
+                if *written != Some(fired) {
+                    *written = Some(fired);
+                    let mut image = image.clone();
+                    image.fired = fired;
+                    let record_key = durable::encode_key(self.name(key.0), &key.1);
+                    let mut value = Vec::new();
+                    durable::encode_value(&Image::Pending(image), &mut value);
+                    records.push((record_key, Some(value)));
+                    metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending").increment(1);
+                }
+            }
+            owed.insert(key);
         }
+        self.closed.retain(|key, _| owed.contains(key));
         let mut finished = 0u64;
         for (workflow, id) in std::mem::take(&mut self.ended) {
             let name = self.name(workflow).to_string();
@@ -588,10 +625,12 @@ impl DurableState {
         self.markers
             .retain(|(_, key)| crate::route::partition_of(key, n) != k);
         let names = &self.workflows;
-        self.stripped.retain(|(w, id)| {
+        let kept = |(w, id): &Key| {
             let name = names.get(*w).map_or("", String::as_str);
             crate::route::partition_of(&durable::encode_key(name, id), n) != k
-        });
+        };
+        self.stripped.retain(kept);
+        self.closed.retain(|key, _| kept(key));
     }
 
     fn name(&self, workflow: usize) -> &str {
