@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
 //!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT] [--property KEY=VALUE]...
-//!     [--delivery exactly_once|at_least_once|both] [--instances 1,2,3]
+//!     [--delivery exactly_once|at_least_once|both|none] [--instances 1,2,3]
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
@@ -22,7 +22,8 @@
 //!
 //! `--delivery` picks synclag's delivery mode (`store.exactly_once`; default: exactly
 //! once, the service's default); `both` runs synclag in each mode every round, one after
-//! the other, for the cost of transactions measured side by side.
+//! the other, for the cost of transactions measured side by side; `none` runs only the
+//! repartitioned systems of `--instances`.
 //!
 //! `--instances 1,2,3` also runs synclag with `store.repartition: true` (exactly once), as
 //! that many instances sharing one consumer group, every round: each count is one more
@@ -44,6 +45,7 @@ mod workload;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::path::{Path, PathBuf};
@@ -105,8 +107,10 @@ fn parse_args() -> anyhow::Result<Args> {
                     "exactly_once" => vec![true],
                     "at_least_once" => vec![false],
                     "both" => vec![true, false],
+                    // Only the repartitioned runs of `--instances`.
+                    "none" => vec![],
                     other => anyhow::bail!(
-                        "--delivery wants exactly_once, at_least_once or both, got {other}"
+                        "--delivery wants exactly_once, at_least_once, both or none, got {other}"
                     ),
                 }
             }
@@ -134,12 +138,25 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// Breach records a `read_committed` reader got.
+#[derive(Default)]
+struct Breaches {
+    total: i64,
+    /// Records whose `breach_id` and kind came before (the same alert again).
+    repeated: i64,
+    /// Records per kind and severity.
+    kinds: std::collections::BTreeMap<String, i64>,
+    /// Alerts the workload's correlation did not deserve: how many, and the first few.
+    undeserved_total: i64,
+    undeserved: Vec<String>,
+}
+
 /// One system's run over the whole backlog.
 struct Measured {
     wall_s: f64,
     cpu_s: f64,
     peak_rss_mib: f64,
-    breaches: i64,
+    breaches: Breaches,
 }
 
 /// Input topics and how many records they hold.
@@ -199,13 +216,21 @@ fn main() -> anyhow::Result<()> {
             let label = &system.label;
             let m = run_synclag(system, &bootstrap, &backlog, &args.properties, round)?;
             report_run(label, round, &backlog, &m);
-            anyhow::ensure!(m.breaches > 0, "synclag run raised no breach events");
+            anyhow::ensure!(m.breaches.total > 0, "synclag run raised no breach events");
+            anyhow::ensure!(
+                !system.exactly_once || m.breaches.repeated == 0,
+                "{label}: {} breach events read twice (same breach_id and kind)",
+                m.breaches.repeated
+            );
             runs.push(m);
         }
         if let Some(peer) = &peer {
             let m = run_peer(peer, &bootstrap, &backlog, round)?;
             report_run("Kafka Streams peer", round, &backlog, &m);
-            anyhow::ensure!(m.breaches > 0, "the Streams peer raised no breach events");
+            anyhow::ensure!(
+                m.breaches.total > 0,
+                "the Streams peer raised no breach events"
+            );
             peer_runs.push(m);
         }
     }
@@ -271,13 +296,18 @@ impl<'a> System<'a> {
 
 fn report_run(system: &str, round: usize, backlog: &Backlog, m: &Measured) {
     eprintln!(
-        "round {round}: {system}: {:.1}s wall, {:.1} CPU-s, {:.0} events/s, {:.0} events/CPU-s, peak RSS {:.0} MiB, {} breach-topic offsets (records and transaction markers)",
+        "round {round}: {system}: {:.1}s wall, {:.1} CPU-s, {:.0} events/s, {:.0} events/CPU-s, peak RSS {:.0} MiB, {} breach records (read_committed), {} of them an alert read before",
         m.wall_s,
         m.cpu_s,
         backlog.records as f64 / m.wall_s,
         backlog.records as f64 / m.cpu_s,
         m.peak_rss_mib,
-        m.breaches
+        m.breaches.total,
+        m.breaches.repeated
+    );
+    eprintln!(
+        "round {round}: {system}: breach records by kind: {:?}; {} alerts the workload does not explain (first: {:?})",
+        m.breaches.kinds, m.breaches.undeserved_total, m.breaches.undeserved
     );
 }
 
@@ -362,6 +392,8 @@ struct Progress {
     tpl: TopicPartitionList,
     /// The group's stages topic (repartitioned runs), also committed to its end at the end.
     stages: Option<String>,
+    /// Its partitions' ends once the input was committed (see `stages_behind`).
+    stages_target: Option<Vec<(i32, i64)>>,
 }
 
 impl Progress {
@@ -387,50 +419,8 @@ impl Progress {
             consumer,
             tpl,
             stages,
+            stages_target: None,
         })
-    }
-
-    /// Records of the stages topic the group has not committed past yet (0 without one;
-    /// `None` while it cannot be read). Every stage record is written in a transaction,
-    /// so each partition ends with a commit marker that no consumer reads: a partition is
-    /// done when its committed offset is that marker's.
-    fn stages_behind(&self) -> Option<u64> {
-        let Some(topic) = &self.stages else {
-            return Some(0);
-        };
-        let md = self
-            .consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return None;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(topic, *p);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(5))
-            .ok()?;
-        let mut behind = 0u64;
-        for e in committed.elements() {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
-                .ok()?;
-            let at = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            };
-            behind += u64::try_from((high - 1).saturating_sub(at)).unwrap_or(0);
-        }
-        Some(behind)
     }
 
     /// Records of the backlog the group has committed past.
@@ -448,6 +438,55 @@ impl Progress {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Stage records routed from the backlog that the group has not committed past yet
+    /// (0 without a stages topic; `None` while it cannot be read). Called once the input
+    /// is committed: every stage record routed from it was written by then (in the same
+    /// transactions), so the stages topic's ends at the first call are the target. The
+    /// topic keeps growing afterwards (each reader writes its progress every tick), and a
+    /// partition is done when its committed offset reaches its target less the
+    /// transaction marker no consumer reads.
+    fn stages_behind(&mut self) -> Option<u64> {
+        let Some(topic) = self.stages.clone() else {
+            return Some(0);
+        };
+        if self.stages_target.is_none() {
+            let md = self
+                .consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            let mut target = Vec::new();
+            for p in md.topics().iter().flat_map(|t| t.partitions()) {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
+                    .ok()?;
+                target.push((p.id(), high));
+            }
+            if target.is_empty() {
+                return None;
+            }
+            self.stages_target = Some(target);
+        }
+        let target = self.stages_target.as_ref()?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in target {
+            tpl.add_partition(&topic, *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .ok()?;
+        let mut behind = 0u64;
+        for (e, (_, high)) in committed.elements().iter().zip(target) {
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            behind += u64::try_from((high - 1).saturating_sub(at)).unwrap_or(0);
+        }
+        Some(behind)
     }
 }
 
@@ -517,7 +556,7 @@ fn measure(
     stages: Option<String>,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
-    let progress = Progress::new(bootstrap, group, backlog, stages)?;
+    let mut progress = Progress::new(bootstrap, group, backlog, stages)?;
     let mut last = (0u64, Instant::now());
     let mut sampled = Instant::now();
     let mut at_peak: Option<(f64, f64, Vec<f64>)> = None;
@@ -569,11 +608,16 @@ fn measure(
         }
         // Offsets follow the window and acknowledged outputs, so commits may pause for
         // minutes while the backlog is read; only the total run time is bounded.
+        let stalled = started.elapsed() >= RUN_TIMEOUT || last.1.elapsed() >= RUN_TIMEOUT / 2;
+        let behind = match &progress.stages_target {
+            Some(_) if stalled => progress.stages_behind(),
+            _ => None,
+        };
         anyhow::ensure!(
-            started.elapsed() < RUN_TIMEOUT && last.1.elapsed() < RUN_TIMEOUT / 2,
+            !stalled,
             "committed {done} of {} input records (stages topic: {:?} behind) and stopped moving\n{}",
             backlog.records,
-            progress.stages_behind(),
+            behind,
             tails()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -636,21 +680,98 @@ fn usage(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((cpu, hwm_kib / 1024.0))
 }
 
-/// Records in `topic` (sum of its partitions' high watermarks); 0 if it does not exist.
-fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+/// Records in `topic` as a `read_committed` reader sees them (what alerting receives:
+/// records of aborted transactions and transaction markers are not counted); 0 if it
+/// does not exist.
+fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<Breaches> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
+        .set("group.id", support::random_name("load-count"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut total = 0;
+    let mut tpl = TopicPartitionList::new();
+    let mut left = std::collections::HashSet::new();
     for t in md.topics() {
         for p in t.partitions() {
             let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            total += high - low;
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+                left.insert(p.id());
+            }
         }
     }
-    Ok(total)
+    if left.is_empty() {
+        return Ok(Breaches::default());
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut total = 0;
+    let mut ids = std::collections::HashSet::new();
+    let mut repeated = 0;
+    let mut kinds = std::collections::BTreeMap::new();
+    let mut undeserved = Vec::new();
+    let mut undeserved_total = 0;
+    while !left.is_empty() {
+        anyhow::ensure!(
+            started.elapsed() < RUN_TIMEOUT,
+            "{topic}: partitions {left:?} not read to their end"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Ok(m)) => {
+                total += 1;
+                // synclag's breach events carry a `breach_id`; the same id twice is the
+                // same alert delivered again.
+                let value = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok());
+                let text = |v: &serde_json::Value, field: &str| {
+                    v.get(field)
+                        .and_then(|k| k.as_str())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                if let Some(v) = &value {
+                    let kind = format!("{} {}", text(v, "kind"), text(v, "severity"));
+                    let id = text(v, "correlation_id");
+                    if workload::deserved(&id, &kind) == Some(false) {
+                        if undeserved.len() < 5 {
+                            undeserved.push(format!("{kind} {id}"));
+                        }
+                        undeserved_total += 1;
+                    }
+                    *kinds.entry(kind).or_insert(0) += 1;
+                }
+                let id = value.and_then(|v| {
+                    Some(format!(
+                        "{}/{}",
+                        v.get("breach_id")?.as_str()?,
+                        text(&v, "kind")
+                    ))
+                });
+                if let Some(id) = id {
+                    if !ids.insert(id) {
+                        repeated += 1;
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                left.remove(&p);
+            }
+            Some(Err(e)) => anyhow::bail!("{topic}: {e}"),
+        }
+    }
+    Ok(Breaches {
+        total,
+        repeated,
+        kinds,
+        undeserved,
+        undeserved_total,
+    })
 }
 
 fn run_dir(name: &str) -> PathBuf {

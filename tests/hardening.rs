@@ -490,7 +490,16 @@ workflows:
 /// given up after a delivery timeout, none is written twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaches_due_during_a_broker_outage_are_delivered_after_it() {
-    broker_outage("").await;
+    broker_outage("", Outage::Direct).await;
+}
+
+/// The same with `store.repartition`: the engine's clock is fed by the progress its
+/// reader routes through Kafka, so while the broker is down it cannot tell a stalled input
+/// from a reader that cannot write; it holds timers (up to the 90 s reader handover) and
+/// raises the breaches once progress flows again — each once, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartitioned_breaches_due_during_a_broker_outage_are_raised_once_after_it() {
+    broker_outage("", Outage::Repartitioned).await;
 }
 
 /// The same with an output transaction that outlives its timeout (10 s) in the outage:
@@ -498,11 +507,19 @@ async fn breaches_due_during_a_broker_outage_are_delivered_after_it() {
 /// outputs are written again in a new one — each breach is read once, none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_aborted_by_an_outage_is_written_again_once() {
-    broker_outage(", transaction.timeout.ms: 10000").await;
+    broker_outage(", transaction.timeout.ms: 10000", Outage::Direct).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outage {
+    /// The default pipeline: input read and judged in one process.
+    Direct,
+    /// `store.repartition: true`: stages and progress travel through the stages topic.
+    Repartitioned,
 }
 
 /// A 40 s broker outage while 100 warn deadlines fall; `extra` adds Kafka properties.
-async fn broker_outage(extra: &str) {
+async fn broker_outage(extra: &str, mode: Outage) {
     use support::kafka::{create_topic_on, DedicatedBroker};
     let broker = std::sync::Arc::new(
         tokio::task::spawn_blocking(DedicatedBroker::start)
@@ -532,7 +549,12 @@ async fn broker_outage(extra: &str) {
         service: ", idle_partition: 5s",
         properties: extra,
     }
-    .yaml();
+    .yaml()
+        + if mode == Outage::Repartitioned {
+            "store: { repartition: true }\n"
+        } else {
+            ""
+        };
     let mut svc = SynclagProcess::start(&config, http, "outage");
     svc.wait_ready().await;
     let producer: FutureProducer = broker
@@ -616,6 +638,35 @@ async fn broker_outage(extra: &str) {
     );
     let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "written more than once: {twice:?}");
+    if mode == Outage::Repartitioned {
+        // Raised once progress flows again: after the 40 s outage, well before the 90 s
+        // after which a silent reader's inputs would be judged stalled.
+        for b in &raised {
+            let late = b.observed_at_ms - b.deadline_ms.unwrap_or(i64::MAX);
+            assert!(
+                (0..75_000).contains(&late),
+                "{}: raised {late} ms after its deadline",
+                b.correlation_id
+            );
+        }
+        let mut late: Vec<i64> = raised
+            .iter()
+            .map(|b| b.observed_at_ms - b.deadline_ms.unwrap_or(0))
+            .collect();
+        late.sort_unstable();
+        eprintln!(
+            "repartitioned outage: {} breaches raised {} to {} ms after their deadline; causes {:?}",
+            raised.len(),
+            late.first().copied().unwrap_or(0),
+            late.last().copied().unwrap_or(0),
+            raised
+                .iter()
+                .map(|b| b.probable_cause.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        assert_eq!(svc.terminate().await, Some(0));
+        return;
+    }
     // Raised while Kafka was down — once the inputs were found stalled (budget 5 s), not
     // only after the broker came back 40 s later — and saying why.
     for b in &raised {

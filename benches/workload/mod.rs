@@ -56,6 +56,20 @@ pub fn import_lag_ms(i: u64) -> Option<i64> {
     }
 }
 
+/// Whether an alert of `kind` (a breach event's `kind` and `severity`: `breach warn`,
+/// `breach critical`, `never_arrived`) is deserved by the correlation `order_ref`
+/// names; `None` when the id is not the workload's.
+pub fn deserved(order_ref: &str, kind: &str) -> Option<bool> {
+    let i: u64 = order_ref.strip_prefix("SO-")?.parse().ok()?;
+    let lag = import_lag_ms(i);
+    Some(match kind {
+        "breach warn" => lag.is_none_or(|l| l >= WARN_MS),
+        "breach critical" => lag.is_none_or(|l| l >= CRITICAL_MS),
+        k if k.starts_with("never_arrived") => lag.is_none(),
+        _ => true,
+    })
+}
+
 pub fn order_ref(i: u64) -> String {
     format!("SO-{i:09}")
 }
