@@ -241,9 +241,9 @@ impl Outcomes {
     /// clock, each with whether the correlation breached (a breach held back or raised):
     /// the engine has counted their end (its lag included), so a durable image of that
     /// moment must say so. A breached correlation's end is announced (`resolved`), so
-    /// its image must also keep that announcement owed.
-    pub fn held_ends(&self) -> Vec<(Key, bool)> {
-        let breaches = self.held_breach_tiers();
+    /// its image must also keep that announcement owed. `held_breaches`: what
+    /// [`held_breach_tiers`](Self::held_breach_tiers) says now.
+    pub fn held_ends(&self, held_breaches: &HashMap<Key, u8>) -> Vec<(Key, bool)> {
         let mut out: Vec<(Key, bool)> = self
             .held
             .values()
@@ -255,7 +255,7 @@ impl Outcomes {
                     h.item.info.correlation_id.as_bytes().into(),
                 );
                 let breached =
-                    breaches.contains_key(&key) || self.open_breaches.get(&key).is_some();
+                    held_breaches.contains_key(&key) || self.open_breaches.get(&key).is_some();
                 (key, breached)
             })
             .collect();

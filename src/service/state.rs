@@ -542,7 +542,7 @@ impl DurableState {
         // release lists them again: the same image). With one, their `resolved` event is
         // still owed: they stay pending, marked as counted, with the tiers already out.
         let mut owed = HashSet::new();
-        for (key, breached) in outcomes.held_ends() {
+        for (key, breached) in outcomes.held_ends(&held) {
             if !breached {
                 self.ended.push((key.0, CorrelationId::from(key.1)));
                 continue;
