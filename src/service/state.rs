@@ -26,7 +26,7 @@
 
 use crate::config::duration::millis;
 use crate::config::Topology;
-use crate::correlate::durable::{self, FinishedImage, Image, PendingImage};
+use crate::correlate::durable::{self, Image, PendingImage};
 use crate::correlate::{CorrelationId, Engine};
 use crate::emit::emitter::{Emitter, Output, StateBatch};
 use crate::ingest::commit::CommitGate;
@@ -527,9 +527,7 @@ impl DurableState {
                         }
                     }
                 }
-                let key = durable::encode_key(self.name(p.workflow), &p.correlation_id);
-                let mut value = Vec::new();
-                durable::encode_value(&Image::Pending(p), &mut value);
+                let (key, value) = self.image_record(Image::Pending(p));
                 records.push((key, Some(value)));
             }
             metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending")
@@ -547,18 +545,20 @@ impl DurableState {
                 self.ended.push((key.0, CorrelationId::from(key.1)));
                 continue;
             }
-            if let Some((image, written)) = self.closed.get_mut(&key) {
+            let due = self.closed.get_mut(&key).and_then(|(image, written)| {
                 let fired = image.fired & !held.get(&key).copied().unwrap_or(0);
-                if *written != Some(fired) {
+                (*written != Some(fired)).then(|| {
                     *written = Some(fired);
-                    let mut image = image.clone();
-                    image.fired = fired;
-                    let record_key = durable::encode_key(self.name(key.0), &key.1);
-                    let mut value = Vec::new();
-                    durable::encode_value(&Image::Pending(image), &mut value);
-                    records.push((record_key, Some(value)));
-                    metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending").increment(1);
-                }
+                    PendingImage {
+                        fired,
+                        ..image.clone()
+                    }
+                })
+            });
+            if let Some(image) = due {
+                let (record_key, value) = self.image_record(Image::Pending(image));
+                records.push((record_key, Some(value)));
+                metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending").increment(1);
             }
             owed.insert(key);
         }
@@ -572,7 +572,7 @@ impl DurableState {
                 continue;
             };
             let delete_at = self.delete_at(workflow, f.start_ms);
-            let (key, value) = self.finished_record(f);
+            let (key, value) = self.image_record(Image::Finished(f));
             self.markers.push_back((delete_at, key.clone()));
             records.push((key, Some(value)));
             finished += 1;
@@ -637,10 +637,11 @@ impl DurableState {
         self.workflows.get(workflow).map_or("", String::as_str)
     }
 
-    fn finished_record(&self, f: FinishedImage) -> (Vec<u8>, Vec<u8>) {
-        let key = durable::encode_key(self.name(f.workflow), &f.correlation_id);
+    /// The changelog record of `image`: (key, value).
+    fn image_record(&self, image: Image) -> (Vec<u8>, Vec<u8>) {
+        let key = durable::encode_key(self.name(image.workflow()), image.correlation_id());
         let mut value = Vec::new();
-        durable::encode_value(&Image::Finished(f), &mut value);
+        durable::encode_value(&image, &mut value);
         (key, value)
     }
 
