@@ -739,6 +739,10 @@ fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<Breaches> {
                     let kind = format!("{} {}", text(v, "kind"), text(v, "severity"));
                     let id = text(v, "correlation_id");
                     if workload::deserved(&id, &kind) == Some(false) {
+                        if undeserved.len() < 2 {
+                            // In full: what the service knew when it raised it.
+                            eprintln!("{topic}: an alert the workload does not explain: {v}");
+                        }
                         if undeserved.len() < 5 {
                             undeserved.push(format!("{kind} {id}"));
                         }

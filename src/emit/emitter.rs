@@ -20,7 +20,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -158,8 +158,30 @@ pub struct Emitter {
     acked: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
     fatal: Arc<std::sync::OnceLock<String>>,
+    /// Why the outputs since the last commit were dropped (see [`Transactional`]).
+    rolled_back: Arc<std::sync::OnceLock<String>>,
+    /// Set once the pipeline has given this emitter up (see [`Emitter::retire`]).
+    retired: Arc<AtomicBool>,
     /// Breach and incident events submitted so far.
     alerts: u64,
+}
+
+/// How the emitter writes in Kafka transactions (`store.exactly_once`).
+#[derive(Clone)]
+pub struct Transactional {
+    /// Makes a new producer when one is fenced.
+    pub factory: ProducerFactory,
+    /// Outputs may be committed only together with the input offsets they came from
+    /// (`store.repartition`: partitions move between instances). A transaction that
+    /// fails is then written again with its offsets and the group generation it was asked
+    /// for; when the group has moved on (the commit is refused for its generation), its
+    /// outputs are dropped instead — committed without their offsets they would be
+    /// written a second time by the partitions' new owner, from a state that already
+    /// holds them — and the pipeline starts again from the committed state
+    /// ([`Emitter::rolled_back`]). Without it (one instance owns every partition) an
+    /// aborted transaction's outputs are written again without offsets, which the next
+    /// commit carries.
+    pub bound_to_offsets: bool,
 }
 
 impl Emitter {
@@ -170,20 +192,25 @@ impl Emitter {
     pub fn start(
         outputs: Arc<Outputs>,
         topics: &crate::config::Outputs,
-        transactional: Option<ProducerFactory>,
+        transactional: Option<Transactional>,
     ) -> Emitter {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let acked = Arc::new(AtomicU64::new(0));
         let fatal = Arc::new(std::sync::OnceLock::new());
-        let txn = transactional.map(|factory| Txn {
+        let rolled_back = Arc::new(std::sync::OnceLock::new());
+        let retired = Arc::new(AtomicBool::new(false));
+        let txn = transactional.map(|t| Txn {
             open: false,
             log: Vec::new(),
             doomed: None,
             commit: None,
             fenced: false,
             renewals: VecDeque::new(),
-            factory,
+            factory: t.factory,
             fatal: fatal.clone(),
+            bound_to_offsets: t.bound_to_offsets,
+            rolled_back: rolled_back.clone(),
+            retired: retired.clone(),
         });
         let task = tokio::spawn(run(outputs, topics.clone(), rx, acked.clone(), txn));
         Emitter {
@@ -193,7 +220,32 @@ impl Emitter {
             acked,
             task: Some(task),
             fatal,
+            rolled_back,
+            retired,
             alerts: 0,
+        }
+    }
+
+    /// Why the outputs since the last commit were dropped, once they were: the group
+    /// moved on before they could be committed with their offsets (see
+    /// [`Transactional::bound_to_offsets`]). The pipeline must start again from the
+    /// committed state; this emitter writes nothing more.
+    pub fn rolled_back(&self) -> Option<&str> {
+        self.rolled_back.get().map(String::as_str)
+    }
+
+    /// Gives the emitter up without committing anything more: the pipeline starts again
+    /// from the committed state (partitions moved). Its task stops at once — a commit
+    /// asked for earlier is not retried, a failed one is not written again, a fenced
+    /// producer is not replaced (a replacement would fence the next pipeline's producer)
+    /// — and is awaited, up to one transaction call, so that nothing of it runs beside
+    /// the next pipeline. What it left open is aborted when the next producer registers.
+    pub async fn retire(&mut self) {
+        self.retired.store(true, Ordering::Release);
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = tokio::time::timeout(TXN_CALL_TIMEOUT + Duration::from_secs(5), task).await;
         }
     }
 
@@ -353,6 +405,12 @@ struct Txn {
     renewals: VecDeque<Instant>,
     factory: ProducerFactory,
     fatal: Arc<std::sync::OnceLock<String>>,
+    /// See [`Transactional::bound_to_offsets`].
+    bound_to_offsets: bool,
+    /// Set when the outputs since the last commit were dropped (see [`Emitter::rolled_back`]).
+    rolled_back: Arc<std::sync::OnceLock<String>>,
+    /// The pipeline gave this emitter up (see [`Emitter::retire`]).
+    retired: Arc<AtomicBool>,
 }
 
 /// How long one call to the transaction coordinator may take before it is retried.
@@ -450,6 +508,25 @@ impl Txn {
         }
     }
 
+    /// The pipeline gave this emitter up: nothing more is committed, retried or replaced.
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Drops the outputs since the last commit: the group moved on before they could be
+    /// committed with their offsets (see [`Transactional::bound_to_offsets`]). The
+    /// transaction is aborted (or, if that fails, left to the next producer to abort) and
+    /// the pipeline is told to start again from the committed state.
+    async fn roll_back(&mut self, outputs: &Arc<Outputs>, why: String) {
+        if let Err(e) = self.abort(outputs).await {
+            tracing::warn!(error = %e, "output transaction: aborting failed; the next producer aborts it when it registers");
+        }
+        metrics::counter!(names::OUTPUT_TRANSACTIONS_TOTAL, "result" => "rolled_back").increment(1);
+        tracing::warn!(error = %why, outputs = self.log.len(), "output transaction dropped: the consumer group moved on before it committed with its input offsets; the pipeline starts again from the committed state");
+        self.log.clear();
+        let _ = self.rolled_back.set(why);
+    }
+
     /// Makes sure a transaction is open before anything is produced.
     async fn ensure_open(&mut self, outputs: &Outputs) -> Result<(), TxnFailure> {
         if !self.open {
@@ -461,7 +538,8 @@ impl Txn {
     }
 
     /// Replaces a fenced producer: a new one registers the same transactional id (which
-    /// aborts what the old one left open). `false`: the service must stop.
+    /// aborts what the old one left open). `false`: the service must stop, or the emitter
+    /// was retired.
     async fn renew(&mut self, outputs: &mut Arc<Outputs>) -> bool {
         let now = Instant::now();
         while self
@@ -490,6 +568,10 @@ impl Txn {
         tokio::time::sleep(RENEW_AFTER).await;
         let mut backoff = Duration::from_secs(1);
         loop {
+            if self.retired() {
+                // A new producer now would fence the next pipeline's.
+                return false;
+            }
             let fresh = match (self.factory)() {
                 Ok(o) => {
                     o.adopt_record_limits(outputs);
@@ -549,7 +631,7 @@ async fn run(
     let mut last_report: Option<Instant> = None;
     loop {
         if let Some(t) = &mut txn {
-            if t.fatal.get().is_some() {
+            if t.fatal.get().is_some() || t.rolled_back.get().is_some() || t.retired() {
                 return;
             }
             if t.commit.is_some() && in_flight.is_empty() {
@@ -738,6 +820,9 @@ async fn finish_transaction(
     let mut failures = 0u64;
     let mut last_report = None;
     loop {
+        if t.retired() {
+            return;
+        }
         if t.fenced {
             if !t.renew(outputs).await {
                 return;
@@ -770,6 +855,10 @@ async fn finish_transaction(
                     acks.published.fetch_max(seq, Ordering::AcqRel);
                     return;
                 }
+                Err(e @ TxnFailure::GroupMoved(_)) if t.bound_to_offsets => {
+                    t.roll_back(outputs, e.to_string()).await;
+                    return;
+                }
                 Err(e) => {
                     t.doomed = Some(e.to_string());
                     if t.fenced {
@@ -777,6 +866,9 @@ async fn finish_transaction(
                     }
                 }
             }
+        }
+        if t.retired() {
+            return;
         }
         // Abort, then write the same outputs again in a new transaction.
         let why = t.doomed.take().unwrap_or_default();
@@ -786,7 +878,9 @@ async fn finish_transaction(
         }
         metrics::counter!(names::OUTPUT_TRANSACTIONS_TOTAL, "result" => "aborted").increment(1);
         tracing::warn!(error = %why, outputs = t.log.len(), "output transaction aborted; writing its outputs again");
-        commit.offsets.clear();
+        if !t.bound_to_offsets {
+            commit.offsets.clear();
+        }
         if let Err(e) = t.ensure_open(outputs).await {
             t.doomed = Some(e.to_string());
             if !t.fenced {

@@ -509,6 +509,10 @@ pub enum TxnFailure {
     Abort(String),
     /// The producer cannot go on (another process took over this `transactional.id`).
     Fatal(String),
+    /// The input offsets were refused: the consumer group moved on from the generation
+    /// they were sent with (partitions may have moved to another member). The
+    /// transaction must be aborted.
+    GroupMoved(String),
 }
 
 impl std::fmt::Display for TxnFailure {
@@ -517,12 +521,24 @@ impl std::fmt::Display for TxnFailure {
             TxnFailure::Retry(why) => write!(f, "transient: {why}"),
             TxnFailure::Abort(why) => write!(f, "transaction must be aborted: {why}"),
             TxnFailure::Fatal(why) => write!(f, "fatal: {why}"),
+            TxnFailure::GroupMoved(why) => write!(f, "the consumer group moved on: {why}"),
         }
     }
 }
 
 fn txn_failure(e: KafkaError) -> TxnFailure {
     match &e {
+        KafkaError::Transaction(rd)
+            if matches!(
+                rd.code(),
+                RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::FencedInstanceId
+                    | RDKafkaErrorCode::RebalanceInProgress
+            ) =>
+        {
+            TxnFailure::GroupMoved(e.to_string())
+        }
         KafkaError::Transaction(rd) if rd.is_fatal() => TxnFailure::Fatal(e.to_string()),
         KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxnFailure::Abort(e.to_string()),
         KafkaError::Transaction(rd) if rd.is_retriable() => TxnFailure::Retry(e.to_string()),

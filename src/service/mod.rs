@@ -222,7 +222,9 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
 enum Ended {
     /// Stopped on request, after the last commit.
     Stopped,
-    /// Partitions were revoked (see `routed`): nothing more was committed; start again.
+    /// Partitions were revoked (see `routed`), or the outputs since the last commit were
+    /// dropped because the group moved on before they committed (see
+    /// `emit::emitter::Transactional`): nothing more was committed; start again.
     Rebalanced,
 }
 
@@ -371,8 +373,10 @@ async fn run_pipeline(
     // With transactions, how the emitter replaces a fenced producer.
     let transactions = topology.store.exactly_once.then(|| {
         let t = topology.clone();
-        let factory: crate::emit::emitter::ProducerFactory = Arc::new(move || Outputs::new(&t));
-        factory
+        crate::emit::emitter::Transactional {
+            factory: Arc::new(move || Outputs::new(&t)),
+            bound_to_offsets: topology.store.repartition,
+        }
     });
     let mut p = Pipeline {
         signal_kinds,
@@ -442,10 +446,16 @@ async fn run_pipeline(
             Some(retry) = retry_rx.recv() => p.on_retry(retry, &consumer).await,
             _ = tick.tick() => {
                 p.tick(&consumer);
+                if let Some(why) = p.emitter.rolled_back() {
+                    tracing::warn!(error = %why, "outputs since the last commit were dropped; the pipeline starts again from the committed state");
+                    p.revoked = true;
+                }
                 if p.revoked {
-                    // Nothing is committed: the next run fences this producer, which
+                    // Nothing more is committed, not even a commit asked for before: the
+                    // emitter stops first, then the next run fences this producer, which
                     // aborts the open transaction (see `Ended::Rebalanced`).
                     stop_prober.cancel();
+                    p.emitter.retire().await;
                     return Ok(Ended::Rebalanced);
                 }
                 if last_publish.elapsed() >= PUBLISH_EVERY {
@@ -495,6 +505,16 @@ async fn run_pipeline(
         stop_prober.cancel();
         tracing::error!(error = %why, "stopping: outputs cannot be written");
         return Err(RunError::Kafka(why));
+    }
+    if p.emitter.rolled_back().is_some() {
+        // Outputs since the last commit were dropped: nothing more may be committed; the
+        // next start goes on from the committed state.
+        stop_prober.cancel();
+        p.emitter.retire().await;
+        tracing::info!(
+            "stopped without a last commit: the outputs since the previous one were dropped"
+        );
+        return Ok(Ended::Stopped);
     }
     // Stop fetching, emit what is still held, wait for every output, then commit.
     tracing::info!("shutting down: draining outputs, then committing offsets");

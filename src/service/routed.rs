@@ -46,6 +46,9 @@ const PROGRESS_EVERY_MS: i64 = 1_000;
 /// 45 s by default). An input whose reader reports it not moving is stalled after the
 /// ordinary stall budget instead; a silent one after this.
 const READER_HANDOVER_MS: i64 = 90_000;
+/// A task's clock moving further than this in one reading is logged at debug level with
+/// what each of its inputs said (`synclag::clock_trace`).
+const CLOCK_JUMP_TRACE_MS: i64 = 5_000;
 
 /// What a task last heard of one input from its reader.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +139,33 @@ impl Task {
                 h.since = None;
             }
         }
+    }
+
+    /// Logs (at debug level) what each part of the clock said when it moved far at once.
+    fn trace_jump(&self, k: i32, before: i64, now: i64, wall: i64) {
+        // Times are shown relative to the clock before (or, at its first reading, after).
+        let base = if before == i64::MIN { now } else { before };
+        let parts: Vec<String> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(id, tp)| {
+                let id = id as u32;
+                let view = self.clock.view(id);
+                let heard = self.heard.get(&id);
+                format!(
+                    "{}[{}]: position {:?} record {:?} confirmed {:?} progress {:?} heard {:?}",
+                    tp.0,
+                    tp.1,
+                    view.and_then(|v| v.position),
+                    view.and_then(|v| v.max_record_ms).map(|t| t - base),
+                    view.and_then(|v| v.confirmed_ms).map(|t| t - base),
+                    view.map(|v| wall - v.progress_ms),
+                    heard.map(|h| (wall - h.at, h.moving, h.fresh, h.since.map(|s| wall - s))),
+                )
+            })
+            .collect();
+        tracing::debug!(target: "synclag::clock_trace", partition = k, jump_ms = now.saturating_sub(before), parts = ?parts, "a task's clock moved far at once");
     }
 
     /// Applies a progress record.
@@ -611,8 +641,12 @@ impl Pipeline {
                 }
             }
             task.hold_for_handover(wall);
+            let before = task.engine.now();
             let reading = task.clock.read(wall);
             if let Some(now) = reading.now_ms {
+                if before == i64::MIN || now.saturating_sub(before) > CLOCK_JUMP_TRACE_MS {
+                    task.trace_jump(*k, before, now, wall);
+                }
                 task.engine.advance(now, &mut self.out);
                 self.outcomes.take_lane(*k, &mut self.out, generation);
             }

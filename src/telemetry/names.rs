@@ -155,7 +155,7 @@ pub fn describe_all() {
     describe_counter!(
         OUTPUT_TRANSACTIONS_TOTAL,
         Unit::Count,
-        "Output transactions (store.exactly_once) by result: `committed`, or `aborted` (its outputs, changelog records and offsets are written again in a new transaction)."
+        "Output transactions (store.exactly_once) by result: `committed`; `aborted` (its outputs, changelog records and offsets are written again in a new transaction); `fenced` (the producer was replaced first); `rolled_back` (store.repartition: the group moved on before it committed, its outputs are dropped and the pipeline starts again from the committed state)."
     );
     describe_histogram!(
         OUTPUT_TRANSACTION_COMMIT_SECONDS,
@@ -197,7 +197,7 @@ pub fn describe_all() {
     describe_counter!(
         PIPELINE_RESTARTS_TOTAL,
         Unit::Count,
-        "Times the pipeline started again from the committed state because partitions moved to another instance (store.repartition)."
+        "Times the pipeline started again from the committed state because partitions moved to another instance, or because outputs were dropped when the group moved on before they committed (store.repartition)."
     );
     describe_gauge!(
         REPARTITIONED,
