@@ -386,3 +386,69 @@ fn a_breached_completion_counted_before_a_restart_is_announced_once_and_counted_
     let (twice, _) = restart(Image::Pending(unmarked));
     assert_eq!(twice.series_count(end_to_end), 2);
 }
+
+#[test]
+fn a_breached_completion_whose_closing_stage_came_before_its_start_survives_a_restart() {
+    use synclag::correlate::{Segment, SeriesKey};
+    let c = two_stages();
+    let mut original = engine(&c);
+    original.track_changes(true);
+    let mut clock = 0;
+    // The closing stage (at 20) is read before the start (at 0), from another partition:
+    // held until the start comes, which completes it past both tiers (warn 5, critical 10).
+    let close = Step::Event(0, 1, 20, false);
+    let start = Step::Event(0, 0, 0, false);
+    assert!(run_with_outcomes(&c, &mut original, &close, &mut clock, 0).is_empty());
+    let completing = run_with_outcomes(&c, &mut original, &start, &mut clock, 1);
+    let kinds = |out: &[Outcome]| -> Vec<&'static str> {
+        out.iter()
+            .map(|o| match o.kind {
+                OutcomeKind::Breach { .. } => "breach",
+                OutcomeKind::Completed { .. } => "completed",
+                OutcomeKind::NeverArrived { .. } => "never_arrived",
+                OutcomeKind::LateArrival { .. } => "late_arrival",
+                _ => "other",
+            })
+            .collect()
+    };
+    assert_eq!(kinds(&completing), ["breach", "breach", "completed"]);
+    let end_to_end = SeriesKey {
+        workflow: 0,
+        from_stage: 0,
+        to_stage: 1,
+        segment: Segment::EndToEnd,
+        combo: 0,
+    };
+    assert_eq!(original.series_count(end_to_end), 1);
+
+    // The image of that moment is the one before the record that completed it, the
+    // start: held, with its closing stage, marked as counted, both tiers out.
+    let mut closed = Vec::new();
+    original.take_closed_images(&mut closed);
+    assert_eq!(closed.len(), 1);
+    let image = closed.remove(0);
+    assert_eq!(image.seen & 1, 0, "the start is not in it");
+    assert_eq!(image.stages.len(), 1, "the closing stage is: {image:?}");
+    assert_eq!(image.fired, 3);
+    let lags = original.lag_images();
+
+    // A restart reads the start again (offsets stay behind the record that completed
+    // it): the completion is announced once, counted once, and nothing else is raised
+    // however far the clock goes.
+    let mut e = engine(&c);
+    e.restore(Image::Pending(image)).unwrap();
+    for l in lags {
+        e.restore_lag(l).unwrap();
+    }
+    let mut clock = 15;
+    let again = run_with_outcomes(&c, &mut e, &start, &mut clock, 1);
+    assert_eq!(kinds(&again), ["completed"]);
+    assert_eq!(e.pending(), 0);
+    assert_eq!(
+        e.series_count(end_to_end),
+        1,
+        "counted once across the restart"
+    );
+    let later = run_with_outcomes(&c, &mut e, &Step::Advance(200), &mut clock, 2);
+    assert!(later.is_empty(), "nothing more is raised: {later:?}");
+}

@@ -70,6 +70,27 @@ pub fn deserved(order_ref: &str, kind: &str) -> Option<bool> {
     })
 }
 
+/// Whether an alert `deserved` refuses is one of a closing record that happened before
+/// the tier's deadline but reached Kafka after it (its Kafka timestamp is the ERP write
+/// plus [`OUTBOX_DELAY_MS`]): the clock runs on Kafka time, so while other partitions are
+/// read further, that deadline can pass before the record is read. Counted apart, not as
+/// deserved.
+pub fn reached_kafka_at_deadline(order_ref: &str, kind: &str) -> bool {
+    let Some(lag) = order_ref
+        .strip_prefix("SO-")
+        .and_then(|i| i.parse::<u64>().ok())
+        .and_then(import_lag_ms)
+    else {
+        return false;
+    };
+    let tier = match kind {
+        "breach warn" => WARN_MS,
+        "breach critical" => CRITICAL_MS,
+        _ => return false,
+    };
+    lag < tier && lag + OUTBOX_DELAY_MS >= tier
+}
+
 pub fn order_ref(i: u64) -> String {
     format!("SO-{i:09}")
 }

@@ -709,7 +709,7 @@ impl Engine {
             self.pins.pin(ev.origin.partition_id, ev.origin.offset);
         } else if stage == last {
             let (t2, t3) = close_ts(&ev.ts);
-            self.complete(slot, Close { at, t2, t3 }, out);
+            self.complete(slot, Close { at, t2, t3 }, None, out);
         } else {
             if let Some(e) = self.entry_mut(slot) {
                 e.more
@@ -732,6 +732,13 @@ impl Engine {
     /// completion lists are what live processing would have had. Timers are left to the
     /// clock, as for any stage (see `on_existing`).
     fn start_held(&mut self, slot: u32, ev: &StageEvent, at: i64, out: &mut Vec<Outcome>) {
+        // The start is the record that completes it, if a held stage closes it: a durable
+        // image of the moment before is the held entry (see `keep_closed_image`).
+        let mut before_start = if self.tracking {
+            self.image_of(slot)
+        } else {
+            None
+        };
         self.delist(slot);
         let w = {
             let Some(e) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) else {
@@ -764,6 +771,7 @@ impl Engine {
                         t2,
                         t3,
                     },
+                    before_start.take(),
                     out,
                 );
                 return;
@@ -810,7 +818,16 @@ impl Engine {
         });
     }
 
-    fn complete(&mut self, slot: u32, close: Close, out: &mut Vec<Outcome>) {
+    /// Completes the entry in `slot`. `before`: its image before the record that
+    /// completes it, when that record was not the closing stage itself (the start of an
+    /// entry whose closing stage was held); `None`: the entry as it stands is that image.
+    fn complete(
+        &mut self,
+        slot: u32,
+        close: Close,
+        before: Option<super::durable::PendingImage>,
+        out: &mut Vec<Outcome>,
+    ) {
         // A tier whose deadline is before the closing time was passed while pending.
         self.fire_tiers(slot, close.at, out);
         let Some(e) = self.entry(slot) else {
@@ -839,7 +856,8 @@ impl Engine {
         let stages_seen = StageSet(e.seen | bit(last));
         let counted_before = e.flags & FLAG_END_COUNTED != 0;
         if self.tracking && e.fired != 0 {
-            self.keep_closed_image(slot);
+            let fired = e.fired;
+            self.keep_closed_image(slot, before, fired);
         }
         // Counted before a restart (see `FLAG_END_COUNTED`): announced now, counted once.
         if !counted_before {
@@ -975,6 +993,11 @@ impl Engine {
             .filter(|&s| e.at_of(s).is_some_and(|a| a < deadline))
             .collect();
         let last_stage_seen = before.last().copied();
+        if last_stage_seen == Some(n - 1) {
+            // The closing stage is known before the deadline, yet the correlation is
+            // pending: how the entry stands.
+            tracing::debug!(target: "synclag::engine_trace", id = %String::from_utf8_lossy(&e.id), seen = e.seen, fired = e.fired, flags = e.flags, lane = e.lane, start = e.s0_at, deadline, t, recs = ?e.recs().iter().map(|r| (r.stage, r.at - e.s0_at)).collect::<Vec<_>>(), "a tier fires for a correlation whose closing stage is known");
+        }
         let missing_stage = (0..n).find(|s| !before.contains(s)).unwrap_or(n - 1);
         let start = e.s0_at;
         let info = self.info(e, CorrelationId::from(&*e.id));

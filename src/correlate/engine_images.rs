@@ -75,11 +75,19 @@ impl Engine {
         self.dirty.clear();
     }
 
-    /// Keeps the image of breached entry `slot` as it stands before its closing stage,
-    /// marked as counted (see [`take_closed_images`](Self::take_closed_images)).
-    pub(super) fn keep_closed_image(&mut self, slot: u32) {
-        if let Some(mut img) = self.image_of(slot) {
+    /// Keeps the image of breached entry `slot` as it stood before the record that
+    /// completes it, marked as counted, with the tiers `fired` by now (see
+    /// [`take_closed_images`](Self::take_closed_images)). That record is the closing
+    /// stage, and the entry as it stands is the image — unless the closing stage was held
+    /// until the start came: then the start completes it, and the image is the held entry
+    /// from before the start (`before`), closing stage included. Read again after a
+    /// restart, the start completes it once more; an image of the started entry would
+    /// hold a closing stage that counts as already read, and the correlation would never
+    /// complete (a false critical breach, then `never_arrived`).
+    pub(super) fn keep_closed_image(&mut self, slot: u32, before: Option<PendingImage>, fired: u8) {
+        if let Some(mut img) = before.or_else(|| self.image_of(slot)) {
             img.flags |= FLAG_END_COUNTED;
+            img.fired = fired;
             self.closed.push(img);
         }
     }
@@ -101,7 +109,7 @@ impl Engine {
             .collect()
     }
 
-    fn image_of(&self, slot: u32) -> Option<PendingImage> {
+    pub(super) fn image_of(&self, slot: u32) -> Option<PendingImage> {
         let e = self.entry(slot)?;
         let w = usize::from(e.workflow);
         Some(PendingImage {
