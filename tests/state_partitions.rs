@@ -199,3 +199,84 @@ async fn records_are_placed_by_key_and_an_owner_restores_its_partitions_only() {
         "{err}"
     );
 }
+
+fn closing(id: &str, at: i64) -> StageEvent {
+    StageEvent {
+        stage: 1,
+        ..start(id, at)
+    }
+}
+
+/// A correlation whose closing record is read before its start (another partition, read
+/// further), completed by the start past both tiers while its outcomes wait for the
+/// clock: written to the changelog at that moment and restored, the start read again
+/// completes it. (Restored as the started entry that still held its closing stage, the
+/// start was a duplicate, the correlation never completed, and a false critical breach
+/// and `never_arrived` followed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breached_completion_completed_by_its_start_completes_again_after_a_restore() {
+    let topic = support::random_name("state-held-close");
+    let topology = Arc::new(topology(&topic));
+    let config = Rules::engine_config(&topology);
+    let mut state = DurableState::new(&topology);
+    state
+        .create_topic(&topology, &Default::default())
+        .await
+        .expect("changelog topic");
+    let mut engine = Engine::new(&config).expect("engine");
+    tokio::task::block_in_place(|| state.restore(&topology, &mut engine, &mut |_, _| {}, 0))
+        .expect("restore of the empty changelog");
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = now - 3_600_000;
+    let id = "SO-HELD-1";
+    let mut out = Vec::new();
+    // Closed 20 minutes after its start: past warn (5m) and critical (15m).
+    engine
+        .process(closing(id, t0 + 1_200_000), &mut out)
+        .expect("close");
+    assert!(out.is_empty(), "held until its start: {out:?}");
+    engine.process(start(id, t0), &mut out).expect("start");
+    assert_eq!(out.len(), 3, "two breaches and the completion: {out:?}");
+    // The outcomes wait for the clock (it has not moved), as while a backlog is read.
+    let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
+    outcomes.take_lane(synclag::service::outcomes::DIRECT, &mut out, 1);
+    let outputs = Arc::new(Outputs::new(&topology).expect("producer"));
+    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
+    let mut gate = CommitGate::default();
+    state.cut(
+        &mut engine,
+        &mut outcomes,
+        HashMap::new(),
+        emitter.submitted(),
+        now,
+    );
+    state.flush(u64::MAX, &mut emitter, &mut gate);
+    assert!(
+        emitter
+            .drain(Instant::now() + Duration::from_secs(30))
+            .await,
+        "changelog records acknowledged"
+    );
+
+    // Restored elsewhere; the start is read again (offsets stayed behind it).
+    let mut restored = Engine::new(&config).expect("engine");
+    tokio::task::block_in_place(|| {
+        DurableState::new(&topology).restore(&topology, &mut restored, &mut |_, _| {}, now)
+    })
+    .expect("restore");
+    assert_eq!(pending_ids(&restored), BTreeSet::from([id.to_string()]));
+    let mut again = Vec::new();
+    restored
+        .process(start(id, t0), &mut again)
+        .expect("start read again");
+    let completed = again
+        .iter()
+        .filter(|o| matches!(o.kind, synclag::correlate::OutcomeKind::Completed { .. }))
+        .count();
+    assert_eq!(completed, 1, "completed once: {again:?}");
+    assert!(pending_ids(&restored).is_empty());
+    // However far the clock goes, nothing else is raised for it.
+    let mut later = Vec::new();
+    restored.advance(now + 10_800_000, &mut later);
+    assert!(later.is_empty(), "{later:?}");
+}
