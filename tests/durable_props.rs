@@ -301,9 +301,19 @@ fn images_that_do_not_fit_the_topology_are_refused_with_the_reason() {
     assert_eq!(e.pending(), 1);
 }
 
+/// The end-to-end lag series of the two-stage workflow.
+fn end_to_end() -> synclag::correlate::SeriesKey {
+    synclag::correlate::SeriesKey {
+        workflow: 0,
+        from_stage: 0,
+        to_stage: 1,
+        segment: synclag::correlate::Segment::EndToEnd,
+        combo: 0,
+    }
+}
+
 #[test]
 fn a_breached_completion_counted_before_a_restart_is_announced_once_and_counted_once() {
-    use synclag::correlate::{Segment, SeriesKey};
     let c = two_stages();
     let mut original = engine(&c);
     original.track_changes(true);
@@ -325,13 +335,7 @@ fn a_breached_completion_counted_before_a_restart_is_announced_once_and_counted_
         ),
         "{closing:?}"
     );
-    let end_to_end = SeriesKey {
-        workflow: 0,
-        from_stage: 0,
-        to_stage: 1,
-        segment: Segment::EndToEnd,
-        combo: 0,
-    };
+    let end_to_end = end_to_end();
     assert_eq!(original.series_count(end_to_end), 1);
 
     // The image of that moment: pending as before the closing stage, marked as counted;
@@ -389,7 +393,6 @@ fn a_breached_completion_counted_before_a_restart_is_announced_once_and_counted_
 
 #[test]
 fn a_breached_completion_whose_closing_stage_came_before_its_start_survives_a_restart() {
-    use synclag::correlate::{Segment, SeriesKey};
     let c = two_stages();
     let mut original = engine(&c);
     original.track_changes(true);
@@ -412,13 +415,7 @@ fn a_breached_completion_whose_closing_stage_came_before_its_start_survives_a_re
             .collect()
     };
     assert_eq!(kinds(&completing), ["breach", "breach", "completed"]);
-    let end_to_end = SeriesKey {
-        workflow: 0,
-        from_stage: 0,
-        to_stage: 1,
-        segment: Segment::EndToEnd,
-        combo: 0,
-    };
+    let end_to_end = end_to_end();
     assert_eq!(original.series_count(end_to_end), 1);
 
     // The image of that moment is the one before the record that completed it, the

@@ -126,6 +126,28 @@ async fn stale_group_metadata(
     Arc::new(stale)
 }
 
+/// The next pipeline writes its stage records through `next` and commits them; returns
+/// its emitter once a `read_committed` reader sees them.
+async fn next_pipeline_commits(
+    topology: &Arc<Topology>,
+    next: Arc<Outputs>,
+    stages: &str,
+) -> Emitter {
+    let mut emitter = Emitter::start(next, &topology.outputs, Some(transactional(topology, true)));
+    emitter.submit(routed(stages, "next"));
+    emitter.submit(Output::Commit(Box::new(Commit {
+        offsets: Vec::new(),
+        group: None,
+    })));
+    support::wait_until_async(
+        Duration::from_secs(60),
+        "the next pipeline's outputs commit",
+        || async { committed_keys(stages).len() >= 2 },
+    )
+    .await;
+    emitter
+}
+
 fn committed_keys(topic: &str) -> Vec<String> {
     let mut keys: Vec<String> = support::topics::read_all(support::kafka::client_config(), topic)
         .iter()
@@ -201,22 +223,7 @@ async fn a_transaction_whose_group_moved_on_is_dropped_not_committed_without_its
 
     // The next pipeline's producer registers and commits as usual.
     let next = registered(&topology);
-    let mut emitter = Emitter::start(
-        next,
-        &topology.outputs,
-        Some(transactional(&topology, true)),
-    );
-    emitter.submit(routed(&stages, "next"));
-    emitter.submit(Output::Commit(Box::new(Commit {
-        offsets: Vec::new(),
-        group: None,
-    })));
-    support::wait_until_async(
-        Duration::from_secs(60),
-        "the next pipeline's outputs commit",
-        || async { committed_keys(&stages).len() == 2 },
-    )
-    .await;
+    let _emitter = next_pipeline_commits(&topology, next, &stages).await;
     assert_eq!(committed_keys(&stages), vec!["next-0", "next-1"]);
 }
 
@@ -256,22 +263,7 @@ async fn a_retired_emitter_commits_nothing_more_and_does_not_fence_the_next_prod
             .txn_commit(&[], None, Duration::from_secs(30))
             .expect("the next producer is not fenced");
     });
-    let mut emitter = Emitter::start(
-        next,
-        &topology.outputs,
-        Some(transactional(&topology, true)),
-    );
-    emitter.submit(routed(&stages, "next"));
-    emitter.submit(Output::Commit(Box::new(Commit {
-        offsets: Vec::new(),
-        group: None,
-    })));
-    support::wait_until_async(
-        Duration::from_secs(60),
-        "the next pipeline's outputs commit",
-        || async { committed_keys(&stages).len() >= 2 },
-    )
-    .await;
+    let _emitter = next_pipeline_commits(&topology, next, &stages).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         committed_keys(&stages),

@@ -79,6 +79,42 @@ fn start(id: &str, at: i64) -> StageEvent {
     }
 }
 
+/// The durable state of a new changelog topic, and an engine restored from it (empty),
+/// tracking its changes as the service's does.
+async fn fresh_state(topology: &Topology) -> (DurableState, Engine) {
+    let mut state = DurableState::new(topology);
+    state
+        .create_topic(topology, &Default::default())
+        .await
+        .expect("changelog topic");
+    let mut engine = Engine::new(&Rules::engine_config(topology)).expect("engine");
+    tokio::task::block_in_place(|| state.restore(topology, &mut engine, &mut |_, _| {}, 0))
+        .expect("restore of the empty changelog");
+    (state, engine)
+}
+
+/// Cuts the engine's changes and writes them to the changelog through the service's own
+/// path; returns once the broker has them.
+async fn write_cut(
+    topology: &Topology,
+    state: &mut DurableState,
+    engine: &mut Engine,
+    outcomes: &mut Outcomes,
+    now: i64,
+) {
+    let outputs = Arc::new(Outputs::new(topology).expect("producer"));
+    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
+    let mut gate = CommitGate::default();
+    state.cut(engine, outcomes, HashMap::new(), emitter.submitted(), now);
+    state.flush(u64::MAX, &mut emitter, &mut gate);
+    assert!(
+        emitter
+            .drain(Instant::now() + Duration::from_secs(30))
+            .await,
+        "changelog records acknowledged"
+    );
+}
+
 fn pending_ids(engine: &Engine) -> BTreeSet<String> {
     engine
         .export_pending()
@@ -94,38 +130,15 @@ async fn records_are_placed_by_key_and_an_owner_restores_its_partitions_only() {
     let config = Rules::engine_config(&topology);
 
     // Write pending correlations through the service's own changelog path.
-    let mut state = DurableState::new(&topology);
-    state
-        .create_topic(&topology, &Default::default())
-        .await
-        .expect("changelog topic");
-    let mut engine = Engine::new(&config).expect("engine");
-    tokio::task::block_in_place(|| state.restore(&topology, &mut engine, &mut |_, _| {}, 0))
-        .expect("restore of the empty changelog");
+    let (mut state, mut engine) = fresh_state(&topology).await;
     let now = chrono::Utc::now().timestamp_millis();
     let mut out = Vec::new();
     let ids: Vec<String> = (0..120).map(|i| format!("SO-{i:04}")).collect();
     for id in &ids {
         engine.process(start(id, now), &mut out).expect("start");
     }
-    let outputs = Arc::new(Outputs::new(&topology).expect("producer"));
-    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
     let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
-    let mut gate = CommitGate::default();
-    state.cut(
-        &mut engine,
-        &mut outcomes,
-        HashMap::new(),
-        emitter.submitted(),
-        now,
-    );
-    state.flush(u64::MAX, &mut emitter, &mut gate);
-    assert!(
-        emitter
-            .drain(Instant::now() + Duration::from_secs(30))
-            .await,
-        "changelog records acknowledged"
-    );
+    write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
 
     // Every record is on the partition its key hashes to.
     let records = support::topics::read_all(support::client_config(), &topic);
@@ -218,14 +231,7 @@ async fn a_breached_completion_completed_by_its_start_completes_again_after_a_re
     let topic = support::random_name("state-held-close");
     let topology = Arc::new(topology(&topic));
     let config = Rules::engine_config(&topology);
-    let mut state = DurableState::new(&topology);
-    state
-        .create_topic(&topology, &Default::default())
-        .await
-        .expect("changelog topic");
-    let mut engine = Engine::new(&config).expect("engine");
-    tokio::task::block_in_place(|| state.restore(&topology, &mut engine, &mut |_, _| {}, 0))
-        .expect("restore of the empty changelog");
+    let (mut state, mut engine) = fresh_state(&topology).await;
     let now = chrono::Utc::now().timestamp_millis();
     let t0 = now - 3_600_000;
     let id = "SO-HELD-1";
@@ -240,23 +246,7 @@ async fn a_breached_completion_completed_by_its_start_completes_again_after_a_re
     // The outcomes wait for the clock (it has not moved), as while a backlog is read.
     let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
     outcomes.take_lane(synclag::service::outcomes::DIRECT, &mut out, 1);
-    let outputs = Arc::new(Outputs::new(&topology).expect("producer"));
-    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
-    let mut gate = CommitGate::default();
-    state.cut(
-        &mut engine,
-        &mut outcomes,
-        HashMap::new(),
-        emitter.submitted(),
-        now,
-    );
-    state.flush(u64::MAX, &mut emitter, &mut gate);
-    assert!(
-        emitter
-            .drain(Instant::now() + Duration::from_secs(30))
-            .await,
-        "changelog records acknowledged"
-    );
+    write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
 
     // Restored elsewhere; the start is read again (offsets stayed behind it).
     let mut restored = Engine::new(&config).expect("engine");
