@@ -742,19 +742,19 @@ fn topic_records(bootstrap: &str, topic: &str) -> anyhow::Result<Breaches> {
                 if let Some(v) = &value {
                     let kind = format!("{} {}", text(v, "kind"), text(v, "severity"));
                     let id = text(v, "correlation_id");
-                    if workload::deserved(&id, &kind) == Some(false)
-                        && workload::reached_kafka_at_deadline(&id, &kind)
-                    {
-                        at_deadline += 1;
-                    } else if workload::deserved(&id, &kind) == Some(false) {
-                        if undeserved.len() < 2 {
-                            // In full: what the service knew when it raised it.
-                            eprintln!("{topic}: an alert the workload does not explain: {v}");
+                    if workload::deserved(&id, &kind) == Some(false) {
+                        if workload::reached_kafka_at_deadline(&id, &kind) {
+                            at_deadline += 1;
+                        } else {
+                            if undeserved.len() < 2 {
+                                // In full: what the service knew when it raised it.
+                                eprintln!("{topic}: an alert the workload does not explain: {v}");
+                            }
+                            if undeserved.len() < 5 {
+                                undeserved.push(format!("{kind} {id}"));
+                            }
+                            undeserved_total += 1;
                         }
-                        if undeserved.len() < 5 {
-                            undeserved.push(format!("{kind} {id}"));
-                        }
-                        undeserved_total += 1;
                     }
                     *kinds.entry(kind).or_insert(0) += 1;
                 }

@@ -56,17 +56,31 @@ pub fn import_lag_ms(i: u64) -> Option<i64> {
     }
 }
 
+/// How long after its creation the correlation `order_ref` names is imported (the inner
+/// `None`: never); `None` when the id is not the workload's.
+fn lag_of(order_ref: &str) -> Option<Option<i64>> {
+    let i: u64 = order_ref.strip_prefix("SO-")?.parse().ok()?;
+    Some(import_lag_ms(i))
+}
+
+/// The SLA tier a breach alert of `kind` is raised at.
+fn tier_ms(kind: &str) -> Option<i64> {
+    match kind {
+        "breach warn" => Some(WARN_MS),
+        "breach critical" => Some(CRITICAL_MS),
+        _ => None,
+    }
+}
+
 /// Whether an alert of `kind` (a breach event's `kind` and `severity`: `breach warn`,
 /// `breach critical`, `never_arrived`) is deserved by the correlation `order_ref`
 /// names; `None` when the id is not the workload's.
 pub fn deserved(order_ref: &str, kind: &str) -> Option<bool> {
-    let i: u64 = order_ref.strip_prefix("SO-")?.parse().ok()?;
-    let lag = import_lag_ms(i);
-    Some(match kind {
-        "breach warn" => lag.is_none_or(|l| l >= WARN_MS),
-        "breach critical" => lag.is_none_or(|l| l >= CRITICAL_MS),
-        k if k.starts_with("never_arrived") => lag.is_none(),
-        _ => true,
+    let lag = lag_of(order_ref)?;
+    Some(match tier_ms(kind) {
+        Some(tier) => lag.is_none_or(|l| l >= tier),
+        None if kind.starts_with("never_arrived") => lag.is_none(),
+        None => true,
     })
 }
 
@@ -76,19 +90,10 @@ pub fn deserved(order_ref: &str, kind: &str) -> Option<bool> {
 /// read further, that deadline can pass before the record is read. Counted apart, not as
 /// deserved.
 pub fn reached_kafka_at_deadline(order_ref: &str, kind: &str) -> bool {
-    let Some(lag) = order_ref
-        .strip_prefix("SO-")
-        .and_then(|i| i.parse::<u64>().ok())
-        .and_then(import_lag_ms)
-    else {
-        return false;
-    };
-    let tier = match kind {
-        "breach warn" => WARN_MS,
-        "breach critical" => CRITICAL_MS,
-        _ => return false,
-    };
-    lag < tier && lag + OUTBOX_DELAY_MS >= tier
+    match (lag_of(order_ref).flatten(), tier_ms(kind)) {
+        (Some(lag), Some(tier)) => lag < tier && lag + OUTBOX_DELAY_MS >= tier,
+        _ => false,
+    }
 }
 
 pub fn order_ref(i: u64) -> String {

@@ -733,8 +733,12 @@ impl Engine {
     /// clock, as for any stage (see `on_existing`).
     fn start_held(&mut self, slot: u32, ev: &StageEvent, at: i64, out: &mut Vec<Outcome>) {
         // The start is the record that completes it, if a held stage closes it: a durable
-        // image of the moment before is the held entry (see `keep_closed_image`).
-        let mut before_start = if self.tracking {
+        // image of the moment before is the held entry (see `keep_closed_image`). Taken
+        // only then: most held entries wait for a later stage, not the closing one.
+        let closes = self
+            .entry(slot)
+            .is_some_and(|e| e.seen & bit(self.wfs[usize::from(e.workflow)].n_stages - 1) != 0);
+        let mut before_start = if self.tracking && closes {
             self.image_of(slot)
         } else {
             None

@@ -644,7 +644,9 @@ impl Pipeline {
             let before = task.engine.now();
             let reading = task.clock.read(wall);
             if let Some(now) = reading.now_ms {
-                if before == i64::MIN || now.saturating_sub(before) > CLOCK_JUMP_TRACE_MS {
+                if (before == i64::MIN || now.saturating_sub(before) > CLOCK_JUMP_TRACE_MS)
+                    && tracing::enabled!(target: "synclag::clock_trace", tracing::Level::DEBUG)
+                {
                     task.trace_jump(*k, before, now, wall);
                 }
                 task.engine.advance(now, &mut self.out);
