@@ -550,16 +550,32 @@ fn txn_failure(e: KafkaError) -> TxnFailure {
 /// the transaction coordinator answers or `timeout` passes: call them off the async
 /// worker threads (`tokio::task::block_in_place`).
 impl Outputs {
+    /// What a failed transaction call means. A producer with a fatal error (its
+    /// transaction coordinator fenced it, say, after the transaction timed out in an
+    /// outage) can only be replaced, whatever the call reports: a commit that timed out
+    /// before the fatal error answers "conflicting call in progress", a retriable error,
+    /// for ever.
+    fn txn_failure(&self, e: KafkaError) -> TxnFailure {
+        match self.producer.client().fatal_error() {
+            Some((code, why)) => TxnFailure::Fatal(format!(
+                "{e} (the producer has a fatal error: {code:?}: {why})"
+            )),
+            None => txn_failure(e),
+        }
+    }
+
     /// Registers the `transactional.id`, fencing and aborting what an earlier process
     /// with the same id left open.
     pub fn txn_init(&self, timeout: Duration) -> Result<(), TxnFailure> {
         self.producer
             .init_transactions(timeout)
-            .map_err(txn_failure)
+            .map_err(|e| self.txn_failure(e))
     }
 
     pub fn txn_begin(&self) -> Result<(), TxnFailure> {
-        self.producer.begin_transaction().map_err(txn_failure)
+        self.producer
+            .begin_transaction()
+            .map_err(|e| self.txn_failure(e))
     }
 
     /// Adds the input offsets (if any) to the open transaction and commits it: every
@@ -578,11 +594,11 @@ impl Outputs {
             }
             self.producer
                 .send_offsets_to_transaction(&tpl, group, timeout)
-                .map_err(txn_failure)?;
+                .map_err(|e| self.txn_failure(e))?;
         }
         self.producer
             .commit_transaction(timeout)
-            .map_err(txn_failure)
+            .map_err(|e| self.txn_failure(e))
     }
 
     /// Aborts the open transaction: nothing produced in it is seen by `read_committed`
@@ -590,7 +606,7 @@ impl Outputs {
     pub fn txn_abort(&self, timeout: Duration) -> Result<(), TxnFailure> {
         self.producer
             .abort_transaction(timeout)
-            .map_err(txn_failure)
+            .map_err(|e| self.txn_failure(e))
     }
 }
 
