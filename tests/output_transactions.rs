@@ -16,7 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use synclag::config::Topology;
 use synclag::emit::emitter::{Commit, Emitter, Output, RoutedBatch, Transactional};
-use synclag::emit::producer::Outputs;
+use synclag::emit::producer::{Outputs, TxnFailure};
 
 fn topology(name: &str) -> Arc<Topology> {
     let yaml = format!(
@@ -269,5 +269,81 @@ async fn a_retired_emitter_commits_nothing_more_and_does_not_fence_the_next_prod
         committed_keys(&stages),
         vec!["next-0", "next-1"],
         "only the next pipeline's outputs are committed"
+    );
+}
+
+/// A commit whose call timed out is resumed by calling it again. The input offsets were
+/// already added to the transaction then: adding them again is refused by the producer as
+/// a conflict with the pending commit (retriable) for as long as it is retried, and the
+/// breaches in the transaction were never committed (seen after a broker outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_timed_out_is_resumed_with_its_offsets_not_sent_again() {
+    let name = support::random_name("txn-resume");
+    let topology = topology(&name);
+    let input = format!("{name}-orders");
+    let out = format!("{name}-out");
+    support::kafka::create_topic(&input, 1).await;
+    support::kafka::create_topic(&out, 1).await;
+    let group = format!("{name}-group");
+    let member = support::kafka::consumer(&group);
+    member.subscribe(&[&input]).expect("subscribe");
+    joined(&member, "the member has its partition").await;
+    let metadata = member.group_metadata().expect("group metadata");
+
+    let outputs = registered(&topology);
+    tokio::task::block_in_place(|| outputs.txn_begin()).expect("begin");
+    // Enough in flight that a commit given a millisecond cannot flush it.
+    let payload = vec![b'x'; 1000];
+    let mut acks = Vec::new();
+    for i in 0..5_000 {
+        let key = format!("k{i}");
+        acks.push(
+            outputs
+                .enqueue_raw(&out, Some(0), key.as_bytes(), Some(&payload))
+                .await
+                .expect("queued"),
+        );
+    }
+    let offsets = vec![((input.clone(), 0), 42)];
+    let mut timed_out = 0;
+    let mut last = None;
+    for _ in 0..600 {
+        let o = outputs.clone();
+        let (offsets, metadata) = (&offsets, &metadata);
+        match tokio::task::block_in_place(move || {
+            o.txn_commit(offsets, Some(metadata), Duration::from_millis(1))
+        }) {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(TxnFailure::Retry(why)) => {
+                timed_out += 1;
+                last = Some(why);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the commit failed: {e}"),
+        }
+    }
+    assert_eq!(
+        last, None,
+        "the commit never completed after {timed_out} retries"
+    );
+    assert!(
+        timed_out > 0,
+        "no call timed out: the commit was not resumed"
+    );
+    for ack in acks {
+        ack.await.expect("delivered");
+    }
+    assert_eq!(
+        committed_offset(&group, &input, 0),
+        Some(42),
+        "the offsets are committed with the transaction"
+    );
+    assert_eq!(
+        support::topics::read_all(support::kafka::client_config(), &out).len(),
+        5_000,
+        "every record of the transaction is committed"
     );
 }

@@ -31,6 +31,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,11 @@ pub struct Outputs {
     /// The largest record each output topic takes (its `max.message.bytes`), once read
     /// (see [`Outputs::learn_record_limits`]); records over it are never sent.
     record_limits: std::sync::OnceLock<HashMap<String, usize>>,
+    /// The input offsets were added to the open transaction: a commit retried after its
+    /// call timed out must resume the commit, not add them again (librdkafka refuses
+    /// another transaction call while a timed-out commit is pending, as retriable, for
+    /// ever).
+    offsets_in_txn: AtomicBool,
 }
 
 /// Bytes a record batch adds around one record (batch header 61 bytes, record framing):
@@ -197,6 +203,7 @@ impl Outputs {
             batches_topic: topology.outputs.batches_topic.clone(),
             dead_letter_max_bytes: dead_letter_max_bytes(topology),
             record_limits: std::sync::OnceLock::new(),
+            offsets_in_txn: AtomicBool::new(false),
         })
     }
 
@@ -542,6 +549,9 @@ fn txn_failure(e: KafkaError) -> TxnFailure {
         KafkaError::Transaction(rd) if rd.is_fatal() => TxnFailure::Fatal(e.to_string()),
         KafkaError::Transaction(rd) if rd.txn_requires_abort() => TxnFailure::Abort(e.to_string()),
         KafkaError::Transaction(rd) if rd.is_retriable() => TxnFailure::Retry(e.to_string()),
+        // A commit first waits for what is in flight; not done within its timeout, the
+        // commit is called again.
+        KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => TxnFailure::Retry(e.to_string()),
         _ => TxnFailure::Abort(e.to_string()),
     }
 }
@@ -552,9 +562,8 @@ fn txn_failure(e: KafkaError) -> TxnFailure {
 impl Outputs {
     /// What a failed transaction call means. A producer with a fatal error (its
     /// transaction coordinator fenced it, say, after the transaction timed out in an
-    /// outage) can only be replaced, whatever the call reports: a commit that timed out
-    /// before the fatal error answers "conflicting call in progress", a retriable error,
-    /// for ever.
+    /// outage) can only be replaced, whatever the call reports (a call may still answer
+    /// with a retriable error).
     fn txn_failure(&self, e: KafkaError) -> TxnFailure {
         match self.producer.client().fatal_error() {
             Some((code, why)) => TxnFailure::Fatal(format!(
@@ -575,18 +584,23 @@ impl Outputs {
     pub fn txn_begin(&self) -> Result<(), TxnFailure> {
         self.producer
             .begin_transaction()
-            .map_err(|e| self.txn_failure(e))
+            .map_err(|e| self.txn_failure(e))?;
+        self.offsets_in_txn.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Adds the input offsets (if any) to the open transaction and commits it: every
     /// record produced since [`Outputs::txn_begin`] becomes visible together with them.
+    /// Safe to call again with the same arguments after a `Retry`: offsets already added
+    /// are not added again, so a commit that timed out is resumed.
     pub fn txn_commit(
         &self,
         offsets: &[((String, i32), i64)],
         group: Option<&ConsumerGroupMetadata>,
         timeout: Duration,
     ) -> Result<(), TxnFailure> {
-        if let (false, Some(group)) = (offsets.is_empty(), group) {
+        let pending = !self.offsets_in_txn.load(Ordering::Acquire);
+        if let (true, false, Some(group)) = (pending, offsets.is_empty(), group) {
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), offset) in offsets {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -595,6 +609,7 @@ impl Outputs {
             self.producer
                 .send_offsets_to_transaction(&tpl, group, timeout)
                 .map_err(|e| self.txn_failure(e))?;
+            self.offsets_in_txn.store(true, Ordering::Release);
         }
         self.producer
             .commit_transaction(timeout)
