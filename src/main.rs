@@ -10,6 +10,7 @@ use synclag::config::Topology;
 /// 282 MiB and it used fewer CPU-seconds (README, Performance → Memory). It is built
 /// without transparent huge pages (`no_thp`): with them, a 2 MiB page of its arena stays
 /// resident while any of it is in use (271–277 → 245–261 MiB in the same run).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
