@@ -220,8 +220,13 @@ pub struct IncidentSummary {
     /// `open` or `resolved`.
     pub state: String,
     pub evidence: Vec<String>,
-    /// The fault most of its sampled correlations were changed by (none: unexplained).
+    /// The fault most of its sampled correlations were changed by (none: see
+    /// `produced_at_deadline`, else unexplained).
     pub fault: Option<String>,
+    /// No fault changed its sampled correlations and each of their last records was
+    /// handed to Kafka at its deadline or later ([`TruthNote::produced_at_deadline`]): the
+    /// simulator fell behind its plan, and the incident is right, not a false alarm.
+    pub produced_at_deadline: bool,
 }
 
 /// Summaries of the incidents in an `/api/v1/incidents` answer, each matched to the fault
@@ -247,6 +252,13 @@ pub fn incident_summaries(answer: &serde_json::Value, truth: &TruthNotes) -> Vec
                 .into_iter()
                 .max_by_key(|(_, n)| *n)
                 .map(|(f, _)| f.to_string());
+            let produced_at_deadline = fault.is_none()
+                && !i.sample.is_empty()
+                && i.sample.iter().all(|id| {
+                    truth
+                        .get(&(i.workflow.clone(), id.clone()))
+                        .is_some_and(|n| n.produced_at_deadline)
+                });
             IncidentSummary {
                 slice: incident_slice(&i),
                 workflow: i.workflow,
@@ -258,6 +270,7 @@ pub fn incident_summaries(answer: &serde_json::Value, truth: &TruthNotes) -> Vec
                 state: state.to_string(),
                 evidence: i.evidence,
                 fault,
+                produced_at_deadline,
             }
         })
         .collect()
@@ -1315,10 +1328,11 @@ fn print_summary(report: &DemoReport, phases: &[String]) {
             i.cause,
             i.route.as_deref().unwrap_or("-"),
             i.team.as_deref().unwrap_or("-"),
-            i.fault
-                .as_deref()
-                .map(|f| format!(" — from {f}"))
-                .unwrap_or_else(|| " — from no injected fault".into())
+            match (&i.fault, i.produced_at_deadline) {
+                (Some(f), _) => format!(" — from {f}"),
+                (None, true) => " — from records written at their deadline or later (the simulator fell behind; right, not a false alarm)".into(),
+                (None, false) => " — from no injected fault".into(),
+            }
         );
     }
     if !report.batch_faults.is_empty() {
@@ -1552,6 +1566,73 @@ mod tests {
         );
         assert_eq!(a.by_phase["surge"], 0, "cut-off breaches are counted apart");
         assert_eq!(a.by_phase["unknown correlation"], 1);
+    }
+
+    #[test]
+    fn an_incident_is_matched_to_its_fault_or_to_records_written_at_their_deadline() {
+        let w = "order_import";
+        let incident = |id: &str, sample: &[&str]| crate::emit::events::IncidentEvent {
+            incident_id: id.into(),
+            kind: "opened".into(),
+            sequence: 1,
+            severity: "warn".into(),
+            workflow: w.into(),
+            slice: BTreeMap::new(),
+            probable_cause: "unknown".into(),
+            route: None,
+            team: None,
+            evidence: Vec::new(),
+            trigger: "breaches".into(),
+            opened_at_ms: 0,
+            first_breach_ms: 0,
+            last_breach_ms: 0,
+            resolved_at_ms: None,
+            emitted_at_ms: 0,
+            breached: sample.len() as i64,
+            pending: 0,
+            completed: 0,
+            never_arrived: 0,
+            worst_lag_ms: 0,
+            sample: sample.iter().map(|c| c.to_string()).collect(),
+            slice_breach_rate: None,
+            peer_breach_rate: None,
+        };
+        let late = |phase: &str| TruthNote {
+            produced_at_deadline: true,
+            ..note(phase, &[], Expected::None, false)
+        };
+        let mut truth = TruthNotes::new();
+        truth.insert(
+            (w.into(), "slow".into()),
+            note("slowdown", &["carrier_slowdown"], Expected::Warn, false),
+        );
+        truth.insert((w.into(), "late-1".into()), late("slowdown"));
+        truth.insert((w.into(), "late-2".into()), late("steady"));
+        truth.insert(
+            (w.into(), "fine".into()),
+            note("steady", &[], Expected::None, false),
+        );
+        let answer = serde_json::json!({
+            "open": [incident("faulted", &["slow", "late-1"])],
+            "resolved": [
+                incident("written-late", &["late-1", "late-2"]),
+                incident("partly-late", &["late-2", "fine"]),
+                incident("no-sample", &[]),
+            ],
+        });
+        let got: Vec<(Option<String>, bool)> = incident_summaries(&answer, &truth)
+            .into_iter()
+            .map(|i| (i.fault, i.produced_at_deadline))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("carrier_slowdown".to_string()), false),
+                (None, true),
+                (None, false),
+                (None, false),
+            ]
+        );
     }
 
     #[test]

@@ -245,6 +245,12 @@ async fn demo_detects_every_injected_fault_and_explains_every_breach() {
     assert!(!incidents.is_empty(), "{report:#}");
     let mut per_fault_workflow = BTreeMap::new();
     for i in incidents {
+        if i["fault"].is_null() && i["produced_at_deadline"] == true {
+            // Raised right: every sampled correlation's last record reached Kafka at its
+            // deadline or later (the machine was too busy for the simulator's plan); the
+            // breach accounting above counts them the same way.
+            continue;
+        }
         let fault = i["fault"]
             .as_str()
             .unwrap_or_else(|| panic!("an incident no fault explains: {i:#}"));
