@@ -101,7 +101,7 @@ pub struct DemoArgs {
     /// once the correlations started by then have finished and their SLAs have passed.
     #[arg(long, default_value = "3m", value_parser = crate::config::duration::parse_duration)]
     pub duration: Duration,
-    /// Address of the web view, `/metrics` and the API.
+    /// Address of the web view, `/metrics` and the API (port 0: any free port, printed).
     #[arg(long, default_value = "127.0.0.1:9187")]
     pub listen: SocketAddr,
     /// Correlations started per second over all workflows.
@@ -472,11 +472,21 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
     topology.kafka.properties.retain(|k, _| {
         !k.starts_with("security.") && !k.starts_with("sasl.") && !k.starts_with("ssl.")
     });
-    topology.service.http_listen = args.listen;
+    // Bound here, so `--listen 127.0.0.1:0` works: the port chosen is the one printed.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listen = listener
+        .local_addr()
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    topology.service.http_listen = listen;
 
     let shutdown = CancellationToken::new();
-    let service = tokio::spawn(crate::service::run(topology.clone(), shutdown.clone()));
-    let web_view = format!("http://{}/", args.listen);
+    let service = tokio::spawn(crate::service::run_on(
+        topology.clone(),
+        Some(listener),
+        shutdown.clone(),
+    ));
+    let web_view = format!("http://{listen}/");
     println!(
         "synclag demo: web view on {web_view} (the API and /metrics on the same address); Ctrl-C ends the demo early"
     );
@@ -582,7 +592,7 @@ pub async fn run(args: DemoArgs, quit: CancellationToken) -> anyhow::Result<Demo
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
-    let api = format!("http://{}", args.listen);
+    let api = format!("http://{listen}");
     let mut rates = RateTracker::default();
     let mut printed: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

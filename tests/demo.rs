@@ -14,22 +14,19 @@ use synclag::sim::{Expected, GroundTruth};
 /// A `synclag demo` child process writing its files into a temporary directory.
 struct Demo {
     child: Child,
-    port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Demo {
+    /// Starts a demo on a port it chooses (see [`Demo::base`]): a port chosen here and
+    /// handed over could be taken in between, e.g. by a broker of the in-process cluster.
     fn start(duration: &str) -> Demo {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
         let dir = tempfile::tempdir().expect("tempdir");
         let out = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let err = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         let child = Command::new(env!("CARGO_BIN_EXE_synclag"))
             .args(["demo", "--duration", duration, "--plain", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
             .arg("--report")
             .arg(dir.path().join("report.json"))
             .arg("--events")
@@ -41,7 +38,26 @@ impl Demo {
             .stderr(err)
             .spawn()
             .expect("run synclag demo");
-        Demo { child, port, dir }
+        Demo { child, dir }
+    }
+
+    /// The web view's address (`http://127.0.0.1:PORT/`) as the demo prints it.
+    async fn base(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let stdout = self.stdout();
+            if let Some(rest) = stdout.split("web view on ").nth(1) {
+                if let Some(url) = rest.split_whitespace().next() {
+                    assert!(url.starts_with("http://127.0.0.1:"), "{stdout}");
+                    return url.to_string();
+                }
+            }
+            if let Some(status) = self.child.try_wait().expect("demo status") {
+                panic!("demo ended ({status}) before serving\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "no web view\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -177,15 +193,12 @@ fn every_breach_is_explained(demo: &Demo) -> serde_json::Value {
 async fn demo_detects_every_injected_fault_and_explains_every_breach() {
     let mut demo = Demo::start("60s");
     // The web view is served, at the address the demo prints, while it runs.
-    let base = format!("http://127.0.0.1:{}/", demo.port);
+    let base = demo.base().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let printed = demo.stdout().contains(&format!("web view on {base}"));
-        if printed {
-            if let Some((200, page)) = get(&base).await {
-                assert!(page.contains("assets/app.js"), "{page}");
-                break;
-            }
+        if let Some((200, page)) = get(&base).await {
+            assert!(page.contains("assets/app.js"), "{page}");
+            break;
         }
         assert!(Instant::now() < deadline, "no web view\n{}", demo.output());
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -316,7 +329,7 @@ async fn a_demo_stopped_early_reports_its_cut_off_correlations() {
     let mut demo = Demo::start("60s");
     // Quit once the carrier slowdown has raised breaches (its phase starts at ~9 s; the
     // warehouse outage only at ~31 s).
-    let api = format!("http://127.0.0.1:{}/api/v1/breaches?limit=1", demo.port);
+    let api = format!("{}api/v1/breaches?limit=1", demo.base().await);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some((200, body)) = get(&api).await {

@@ -469,6 +469,7 @@ pub fn admit(addr: SocketAddr, api: &Api, tokens: Option<&TokenStore>) -> Result
 /// certificate) until `shutdown`, and returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
+    bound: Option<std::net::TcpListener>,
     api: &Api,
     app: Router,
     guard: Guard,
@@ -476,9 +477,15 @@ pub async fn serve(
 ) -> Result<SocketAddr, AuthError> {
     admit(addr, api, guard.tokens.as_deref())?;
     let app = app.layer(axum::middleware::from_fn_with_state(guard, check));
-    let tcp = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| AuthError::Serve(format!("cannot bind {addr}: {e}")))?;
+    let tcp = match bound {
+        Some(listener) => listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|e| AuthError::Serve(format!("cannot serve on {addr}: {e}")))?,
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AuthError::Serve(format!("cannot bind {addr}: {e}")))?,
+    };
     let local = tcp
         .local_addr()
         .map_err(|e| AuthError::Serve(e.to_string()))?;
@@ -511,9 +518,11 @@ pub async fn serve(
 }
 
 /// The service's API: the read API of `emit::http` and the dead-letter actions, behind
-/// authentication and the audit trail, on `service.http_listen`.
+/// authentication and the audit trail, on `service.http_listen` (or on `bound`, a
+/// socket already listening there).
 pub async fn serve_api(
     topology: &Arc<crate::config::Topology>,
+    bound: Option<std::net::TcpListener>,
     state: crate::emit::http::ApiState,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, AuthError> {
@@ -533,6 +542,7 @@ pub async fn serve_api(
         .merge(crate::dlq::api::router(topology.clone(), audit.clone()));
     serve(
         topology.service.http_listen,
+        bound,
         &topology.api,
         app,
         Guard { tokens, audit },

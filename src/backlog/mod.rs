@@ -251,7 +251,7 @@ pub async fn run_standalone(args: BacklogArgs) -> anyhow::Result<()> {
     // are `synclag run`'s to create.
     let mut served = topology.clone();
     served.retention.create_topics = false;
-    let bound = crate::auth::serve_api(&std::sync::Arc::new(served), api, shutdown.clone())
+    let bound = crate::auth::serve_api(&std::sync::Arc::new(served), None, api, shutdown.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve HTTP on {addr}: {e}"))?;
     tracing::info!(%bound, "backlog monitor serving /metrics and /api/v1/groups");

@@ -142,6 +142,17 @@ struct Pipeline {
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_on(topology, None, shutdown).await
+}
+
+/// [`run`], serving the API on `bound` — a socket already listening on
+/// `service.http_listen` — when given (so a caller can ask for port 0 and print the port
+/// chosen, with no window for another process to take it).
+pub async fn run_on(
+    topology: Topology,
+    bound: Option<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let metrics = crate::telemetry::install().map_err(RunError::Metrics)?;
     let topology = Arc::new(topology);
     let masker = match &topology.masking.key_env {
@@ -175,7 +186,7 @@ pub async fn run(topology: Topology, shutdown: CancellationToken) -> Result<(), 
         }));
     }
     let addr = topology.service.http_listen;
-    let bound = crate::auth::serve_api(&topology, api.clone(), shutdown.clone())
+    let bound = crate::auth::serve_api(&topology, bound, api.clone(), shutdown.clone())
         .await
         .map_err(|e| RunError::Http {
             addr: addr.to_string(),
