@@ -855,15 +855,82 @@ fn run_synclag(
         .iter()
         .map(|d| std::fs::read_to_string(d.join("synclag.log")).unwrap_or_default())
         .collect();
+    let log = strip_ansi(&log);
     let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
     eprintln!(
-        "round {round}: {}: input paused for outputs {} time(s), partitions judged stalled {} time(s), pipeline restarts {}",
+        "round {round}: {}: input paused for outputs {} time(s) for {:.1}s in all, partitions judged stalled {} time(s), pipeline restarts {}",
         system.label,
-        count("input paused, timers keep running"),
+        count(PAUSED_FOR_OUTPUTS),
+        paused_for_outputs_s(&log),
         count("input partition stalled"),
         count("partitions moved to another instance"),
     );
+    // Where each instance's pipeline loop spent its time (its "pipeline time" line at
+    // shutdown): busy per activity, the rest it waited for Kafka.
+    for line in log.lines().filter(|l| l.contains("pipeline time")) {
+        let fields: Vec<String> = line
+            .split_whitespace()
+            .filter(|w| w.contains("_s="))
+            .map(|w| {
+                let (k, v) = w.split_once('=').unwrap_or((w, ""));
+                let v = v
+                    .parse::<f64>()
+                    .map_or(v.to_string(), |x| format!("{x:.1}"));
+                format!("{}={v}", k.trim_end_matches("_s"))
+            })
+            .collect();
+        eprintln!(
+            "round {round}: {}: pipeline loop seconds: {}",
+            system.label,
+            fields.join(" ")
+        );
+    }
     Ok(m)
+}
+
+/// What synclag logs when input pauses for outputs, and when it resumes.
+const PAUSED_FOR_OUTPUTS: &str = "input paused, timers keep running";
+const RESUMED_FOR_OUTPUTS: &str = "outputs moving again: input resumed";
+
+/// `log` without terminal colour sequences.
+fn strip_ansi(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Seconds between each "input paused" line and the "resumed" line after it (log lines
+/// begin with an RFC 3339 time).
+fn paused_for_outputs_s(log: &str) -> f64 {
+    let at = |l: &str| {
+        l.split_whitespace()
+            .next()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let mut paused_at = None;
+    let mut total = 0.0;
+    for line in log.lines() {
+        if line.contains(PAUSED_FOR_OUTPUTS) {
+            paused_at = paused_at.or_else(|| at(line));
+        } else if line.contains(RESUMED_FOR_OUTPUTS) {
+            if let (Some(from), Some(to)) = (paused_at.take(), at(line)) {
+                total += (to - from).num_milliseconds() as f64 / 1000.0;
+            }
+        }
+    }
+    total
 }
 
 /// The built peer: its classpath.

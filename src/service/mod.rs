@@ -14,6 +14,7 @@
 //! input is paused — the clock and the timers keep running in every case.
 
 mod batches;
+mod busy;
 mod held;
 pub mod outcomes;
 mod records;
@@ -446,16 +447,24 @@ async fn run_pipeline(
     let mut last_lag = Instant::now();
     let mut last_summary = Instant::now();
     let mut failed: Option<String> = None;
+    let mut busy = busy::Busy::new(Instant::now());
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             Some(ends) = ends_rx.recv() => {
+                let t = Instant::now();
                 p.on_ends(&ends);
                 p.advance_clock(&consumer);
+                busy.spent(busy::Activity::Ends, t);
             }
-            Some(retry) = retry_rx.recv() => p.on_retry(retry, &consumer).await,
+            Some(retry) = retry_rx.recv() => {
+                let t = Instant::now();
+                p.on_retry(retry, &consumer).await;
+                busy.spent(busy::Activity::Retries, t);
+            }
             _ = tick.tick() => {
+                let t = Instant::now();
                 p.tick(&consumer);
                 if let Some(why) = p.emitter.rolled_back() {
                     tracing::warn!(error = %why, "outputs since the last commit were dropped; the pipeline starts again from the committed state");
@@ -471,6 +480,7 @@ async fn run_pipeline(
                 }
                 if last_publish.elapsed() >= PUBLISH_EVERY {
                     last_publish = Instant::now();
+                    busy.publish(last_publish);
                     p.publish();
                     p.batch_publish();
                     p.checkpoint(&consumer);
@@ -490,9 +500,14 @@ async fn run_pipeline(
                     last_summary = Instant::now();
                     p.outcomes.log_summary();
                 }
+                busy.spent(busy::Activity::Tick, t);
             }
             msg = consumer.recv() => match msg {
-                Ok(m) => p.on_message(&m, &consumer).await,
+                Ok(m) => {
+                    let t = Instant::now();
+                    p.on_message(&m, &consumer).await;
+                    busy.spent(busy::Activity::Records, t);
+                }
                 // Missing topics and broker outages are reported once per change by
                 // ingest::health; librdkafka repeats them on every retry.
                 Err(e) if crate::ingest::health::is_reported_by_health(&e) => {
@@ -510,6 +525,7 @@ async fn run_pipeline(
         }
     }
 
+    busy.log_run();
     if let Some(why) = failed {
         // Outputs can no longer be written: nothing is committed; the open transaction
         // is aborted by the broker and the next start goes on from the last commit.

@@ -194,6 +194,11 @@ pub fn describe_all() {
         Unit::Count,
         "Input partitions paused now because, while a backlog is read, their record time ran more than 3 s ahead of the clock (they are read again within 1.5 s of it)."
     );
+    describe_gauge!(
+        PIPELINE_BUSY_RATIO,
+        Unit::Count,
+        "Share of the last second the pipeline's loop spent on each activity (records, tick, end_offsets, registry_retries); summed, the share of one core it keeps busy: near 1 the pipeline bounds throughput, well below 1 while input lags it waits for Kafka."
+    );
     describe_counter!(
         PIPELINE_RESTARTS_TOTAL,
         Unit::Count,
@@ -450,6 +455,9 @@ pub const INPUT_HELD_RECORDS: &str = "synclag_input_held_records";
 pub const OUTPUT_QUEUED: &str = "synclag_output_queued_records";
 pub const INPUTS_PAUSED_FOR_OUTPUT: &str = "synclag_input_paused_for_output";
 pub const INPUT_PACED: &str = "synclag_input_paced_partitions";
+pub const PIPELINE_BUSY_RATIO: &str = "synclag_pipeline_busy_ratio";
+/// The `activity` labels of [`PIPELINE_BUSY_RATIO`].
+pub const PIPELINE_ACTIVITIES: [&str; 4] = ["records", "tick", "end_offsets", "registry_retries"];
 pub const INPUT_PACED_TOTAL: &str = "synclag_input_paced_total";
 pub const PIPELINE_RESTARTS_TOTAL: &str = "synclag_pipeline_restarts_total";
 pub const OWNED_STAGES_PARTITIONS: &str = "synclag_owned_stages_partitions";

@@ -57,6 +57,9 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
     ] {
         gauge!(g).set(0.0);
     }
+    for activity in names::PIPELINE_ACTIVITIES {
+        gauge!(names::PIPELINE_BUSY_RATIO, "activity" => activity).set(0.0);
+    }
     for kind in ["pending", "finished"] {
         gauge!(names::STATE_RESTORED, "kind" => kind).set(0.0);
     }
