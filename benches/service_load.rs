@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench service_load -- [--peer true] [--correlations 1000000]
 //!     [--rounds 3] [--partitions 6] [--bootstrap HOST:PORT] [--property KEY=VALUE]...
-//!     [--delivery exactly_once|at_least_once|both|none] [--instances 1,2,3]
+//!     [--delivery exactly_once|at_least_once|both|in_memory|all|none] [--instances 1,2,3]
 //! ```
 //!
 //! Without `--bootstrap` it starts the test harness broker (a real Kafka 4.1, as the
@@ -22,8 +22,10 @@
 //!
 //! `--delivery` picks synclag's delivery mode (`store.exactly_once`; default: exactly
 //! once, the service's default); `both` runs synclag in each mode every round, one after
-//! the other, for the cost of transactions measured side by side; `none` runs only the
-//! repartitioned systems of `--instances`.
+//! the other, for the cost of transactions measured side by side; `in_memory` runs it
+//! with `store.durable: false` (no changelog, no transactions), for the cost of the
+//! durable state; `all` runs the three; `none` runs only the repartitioned systems of
+//! `--instances`.
 //!
 //! `--instances 1,2,3` also runs synclag with `store.repartition: true` (exactly once), as
 //! that many instances sharing one consumer group, every round: each count is one more
@@ -64,8 +66,8 @@ struct Args {
     peer: bool,
     /// librdkafka settings for synclag (`kafka.properties`).
     properties: Vec<(String, String)>,
-    /// synclag's delivery modes to run, each round: `store.exactly_once` values.
-    modes: Vec<bool>,
+    /// synclag's delivery modes to run, each round.
+    modes: Vec<Delivery>,
     /// Another synclag binary (an earlier build) run after this one in each round and
     /// mode, for a before/after comparison under the same conditions.
     against: Option<PathBuf>,
@@ -81,7 +83,7 @@ fn parse_args() -> anyhow::Result<Args> {
         partitions: 6,
         peer: false,
         properties: Vec::new(),
-        modes: vec![true],
+        modes: vec![Delivery::ExactlyOnce],
         against: None,
         instances: Vec::new(),
     };
@@ -104,13 +106,19 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--delivery" => {
                 a.modes = match value.as_str() {
-                    "exactly_once" => vec![true],
-                    "at_least_once" => vec![false],
-                    "both" => vec![true, false],
+                    "exactly_once" => vec![Delivery::ExactlyOnce],
+                    "at_least_once" => vec![Delivery::AtLeastOnce],
+                    "both" => vec![Delivery::ExactlyOnce, Delivery::AtLeastOnce],
+                    "in_memory" => vec![Delivery::InMemory],
+                    "all" => vec![
+                        Delivery::ExactlyOnce,
+                        Delivery::AtLeastOnce,
+                        Delivery::InMemory,
+                    ],
                     // Only the repartitioned runs of `--instances`.
                     "none" => vec![],
                     other => anyhow::bail!(
-                        "--delivery wants exactly_once, at_least_once, both or none, got {other}"
+                        "--delivery wants exactly_once, at_least_once, both, in_memory, all or none, got {other}"
                     ),
                 }
             }
@@ -207,9 +215,17 @@ fn main() -> anyhow::Result<()> {
         }
     }
     for n in &args.instances {
-        systems.push(System::new(true, Some(*n), this_build.as_path()));
+        systems.push(System::new(
+            Delivery::ExactlyOnce,
+            Some(*n),
+            this_build.as_path(),
+        ));
         if let Some(other) = &args.against {
-            systems.push(System::new(true, Some(*n), other.as_path()));
+            systems.push(System::new(
+                Delivery::ExactlyOnce,
+                Some(*n),
+                other.as_path(),
+            ));
         }
     }
     let mut synclag_runs: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
@@ -221,7 +237,7 @@ fn main() -> anyhow::Result<()> {
             report_run(label, round, &backlog, &m);
             anyhow::ensure!(m.breaches.total > 0, "synclag run raised no breach events");
             anyhow::ensure!(
-                !system.exactly_once || m.breaches.repeated == 0,
+                system.delivery != Delivery::ExactlyOnce || m.breaches.repeated == 0,
                 "{label}: {} breach events read twice (same breach_id and kind)",
                 m.breaches.repeated
             );
@@ -262,22 +278,32 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How synclag keeps its state and delivers its outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// `store.exactly_once: true` (the default): transactions.
+    ExactlyOnce,
+    /// `store.exactly_once: false`: durable state, no transactions.
+    AtLeastOnce,
+    /// `store.durable: false`: no changelog, no transactions.
+    InMemory,
+}
+
 /// One way of running synclag, measured every round.
 struct System<'a> {
     label: String,
-    /// `store.exactly_once`.
-    exactly_once: bool,
+    delivery: Delivery,
     /// `Some(n)`: `store.repartition` with `n` instances in the group.
     instances: Option<usize>,
     binary: &'a Path,
 }
 
 impl<'a> System<'a> {
-    fn new(exactly_once: bool, instances: Option<usize>, binary: &'a Path) -> System<'a> {
-        let mut what = vec![if exactly_once {
-            "exactly once".to_owned()
-        } else {
-            "at least once".to_owned()
+    fn new(delivery: Delivery, instances: Option<usize>, binary: &'a Path) -> System<'a> {
+        let mut what = vec![match delivery {
+            Delivery::ExactlyOnce => "exactly once".to_owned(),
+            Delivery::AtLeastOnce => "at least once".to_owned(),
+            Delivery::InMemory => "in memory, store.durable false".to_owned(),
         }];
         if let Some(n) = instances {
             what.push(format!(
@@ -290,7 +316,7 @@ impl<'a> System<'a> {
         }
         System {
             label: format!("synclag run ({})", what.join(", ")),
-            exactly_once,
+            delivery,
             instances,
             binary,
         }
@@ -804,7 +830,11 @@ fn run_synclag(
     let outputs = support::random_name("load-out");
     let n = system.instances.unwrap_or(1);
     let ports = process::free_ports(n);
-    let mut store = format!("store:\n  exactly_once: {}\n", system.exactly_once);
+    let mut store = match system.delivery {
+        Delivery::ExactlyOnce => "store:\n  exactly_once: true\n".to_owned(),
+        Delivery::AtLeastOnce => "store:\n  exactly_once: false\n".to_owned(),
+        Delivery::InMemory => "store:\n  durable: false\n  exactly_once: false\n".to_owned(),
+    };
     if system.instances.is_some() {
         store.push_str("  repartition: true\n");
     }
