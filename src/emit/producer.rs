@@ -1151,6 +1151,41 @@ mod tests {
         };
     }
 
+    /// A shared acknowledgement resolves only once it is sealed and every record queued
+    /// with it is reported, with the first error any of them had.
+    #[test]
+    fn a_shared_acknowledgement_waits_for_its_seal_and_every_record() {
+        use futures::FutureExt;
+        let ack = Acknowledgement::open();
+        let records: Vec<Arc<AckState>> = (0..3)
+            .map(|_| {
+                ack.state.remaining.fetch_add(1, Ordering::AcqRel);
+                ack.state.clone()
+            })
+            .collect();
+        records[1].settle(Err(EmitError::Delivery {
+            topic: "t".into(),
+            why: "first".into(),
+        }));
+        records[0].settle(Ok(()));
+        records[2].settle(Err(EmitError::Delivery {
+            topic: "t".into(),
+            why: "second".into(),
+        }));
+        let mut ack = ack;
+        assert!((&mut ack).now_or_never().is_none(), "not sealed yet");
+        let outcome = ack.seal().now_or_never().expect("sealed, all reported");
+        assert!(matches!(outcome, Err(EmitError::Delivery { why, .. }) if why == "first"));
+
+        let ack = Acknowledgement::open();
+        ack.state.remaining.fetch_add(1, Ordering::AcqRel);
+        let record = ack.state.clone();
+        let mut ack = ack.seal();
+        assert!((&mut ack).now_or_never().is_none(), "one record unreported");
+        record.settle(Ok(()));
+        assert!(matches!(ack.now_or_never(), Some(Ok(()))));
+    }
+
     #[test]
     fn a_smaller_message_max_bytes_lowers_the_dead_letter_limit() {
         let yaml = include_str!("../../topology.yaml");
