@@ -546,6 +546,20 @@ fn gauges(page: &str, names: &[&str]) -> Vec<f64> {
         .collect()
 }
 
+/// The values of series `name` in a Prometheus text page, by their `label`.
+fn by_label(page: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let want = format!("{label}=\"");
+    page.lines()
+        .filter_map(|l| {
+            let labels = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = labels.rsplit_once("} ")?;
+            let at = labels.find(&want)? + want.len();
+            let v = labels[at..].split('"').next()?;
+            Some((v.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// GET `/metrics` of the service on `port` (plain HTTP/1.0; `None` if it does not answer).
 fn scrape(port: u16) -> Option<String> {
     use std::io::{Read, Write};
@@ -667,6 +681,18 @@ fn measure(
             list(g)
         );
         eprintln!("{name}: highest of each: {}", list(&highest));
+    }
+    // What the durable state wrote, per kind of changelog record, summed over instances.
+    let mut written: std::collections::BTreeMap<String, f64> = Default::default();
+    for page in metrics_ports.iter().filter_map(|p| scrape(*p)) {
+        for (kind, v) in by_label(&page, "synclag_state_records_total", "kind") {
+            *written.entry(kind).or_default() += v;
+        }
+    }
+    if !written.is_empty() {
+        let name = services.first().map_or("", |s| s.name());
+        let list: Vec<String> = written.iter().map(|(k, v)| format!("{k}={v:.0}")).collect();
+        eprintln!("{name}: changelog records written: {}", list.join(" "));
     }
     let (mut cpu_s, mut peak_rss_mib) = (0.0, 0.0);
     for service in services {

@@ -270,3 +270,85 @@ async fn a_breached_completion_completed_by_its_start_completes_again_after_a_re
     restored.advance(now + 10_800_000, &mut later);
     assert!(later.is_empty(), "{later:?}");
 }
+
+/// Kinds of the changelog records written for `id`, in the order written.
+fn written_for(topic: &str, id: &str) -> Vec<&'static str> {
+    use rdkafka::Message;
+    support::topics::read_all(support::client_config(), topic)
+        .iter()
+        .filter_map(|m| {
+            let (_, key_id) = synclag::correlate::durable::decode_key(m.key()?).ok()?;
+            if key_id != id.as_bytes() {
+                return None;
+            }
+            let Some(value) = m.payload() else {
+                return Some("deleted");
+            };
+            match synclag::correlate::durable::decode(m.key()?, value, &["order_import"]) {
+                Ok(synclag::correlate::durable::Image::Pending(_)) => Some("pending"),
+                Ok(synclag::correlate::durable::Image::Finished(_)) => Some("finished"),
+                Err(_) => Some("unreadable"),
+            }
+        })
+        .collect()
+}
+
+/// A completion within its SLA whose outcome waits for the clock is written as finished at
+/// the first cut, and neither the cuts while it waits nor its release write it again (a
+/// cut every tick wrote it at each of them, and a deletion for each later). Restored, the
+/// start read again is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_end_is_written_once_however_many_cuts_it_waits() {
+    let topic = support::random_name("state-held-once");
+    let topology = Arc::new(topology(&topic));
+    let config = Rules::engine_config(&topology);
+    let (mut state, mut engine) = fresh_state(&topology).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = now - 3_600_000;
+    let id = "SO-HELD-ONCE";
+    let mut out = Vec::new();
+    engine.process(start(id, t0), &mut out).expect("start");
+    engine
+        .process(closing(id, t0 + 60_000), &mut out)
+        .expect("close within the SLA");
+    let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
+    outcomes.track_ended();
+    outcomes.take_lane(synclag::service::outcomes::DIRECT, &mut out, 1);
+    for _ in 0..3 {
+        write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
+    }
+    assert_eq!(written_for(&topic, id), ["finished"], "held: written once");
+
+    // Released; the next cuts write nothing more for it.
+    let signals = synclag::rules::SignalBook::new(1_000);
+    let ctx = synclag::service::outcomes::Context {
+        signals: &signals,
+        backlogged: &[],
+        stalled: &HashMap::new(),
+        wall_ms: now,
+    };
+    let mut raised = Vec::new();
+    outcomes.release(now, true, &ctx, &mut raised);
+    assert!(raised.is_empty(), "within its SLA: {raised:?}");
+    for _ in 0..2 {
+        write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
+    }
+    assert_eq!(written_for(&topic, id), ["finished"], "released: not again");
+
+    let mut restored = Engine::new(&config).expect("engine");
+    tokio::task::block_in_place(|| {
+        DurableState::new(&topology).restore(&topology, &mut restored, &mut |_, _| {}, now)
+    })
+    .expect("restore");
+    let mut again = Vec::new();
+    restored
+        .process(start(id, t0), &mut again)
+        .expect("start read again");
+    assert!(
+        again
+            .iter()
+            .all(|o| !matches!(o.kind, synclag::correlate::OutcomeKind::Completed { .. })),
+        "a duplicate, not a new correlation: {again:?}"
+    );
+    assert!(pending_ids(&restored).is_empty());
+}

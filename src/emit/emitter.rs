@@ -1015,7 +1015,7 @@ async fn start(
             })
         }
         Output::State(batch) => {
-            let mut acks = Vec::with_capacity(batch.records.len());
+            let ack = Acknowledgement::open();
             let mut queued = Ok(());
             let placed = batch.records.iter().map(|(key, value)| {
                 let partition = (batch.partitions > 0)
@@ -1027,70 +1027,56 @@ async fn start(
                 .iter()
                 .map(|(p, key, value)| (Some(*p), key, Some(value.as_slice())));
             for (partition, key, value) in placed.chain(pinned) {
-                match outputs
-                    .enqueue_raw(&batch.topic, partition, key, value)
-                    .await
-                {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        queued = Err(e);
-                        break;
-                    }
+                queued = outputs
+                    .enqueue_raw_into(&ack, &batch.topic, partition, key, value)
+                    .await;
+                if queued.is_err() {
+                    break;
                 }
             }
-            batch_delivery(seq, queued, acks, Output::State(batch))
+            batch_delivery(seq, queued, ack, Output::State(batch))
         }
         Output::Routed(batch) => {
-            let mut acks = Vec::with_capacity(batch.records.len());
+            let ack = Acknowledgement::open();
             let mut queued = Ok(());
             for (partition, key, value) in &batch.records {
-                match outputs
-                    .enqueue_raw(&batch.topic, Some(*partition), key, Some(value))
-                    .await
-                {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        queued = Err(e);
-                        break;
-                    }
+                queued = outputs
+                    .enqueue_raw_into(&ack, &batch.topic, Some(*partition), key, Some(value))
+                    .await;
+                if queued.is_err() {
+                    break;
                 }
             }
-            batch_delivery(seq, queued, acks, Output::Routed(batch))
+            batch_delivery(seq, queued, ack, Output::Routed(batch))
         }
         // Handled by the run loop; nothing to write.
         out @ Output::Commit(_) => Box::pin(async move { (seq, Ok(()), out) }),
         Output::Lag(summaries) => {
-            let mut acks = Vec::with_capacity(summaries.len());
+            let ack = Acknowledgement::open();
             let mut queued = Ok(());
             for s in &summaries {
-                match outputs.enqueue_lag(s).await {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        queued = Err(e);
-                        break;
-                    }
+                queued = outputs.enqueue_lag_into(&ack, s).await;
+                if queued.is_err() {
+                    break;
                 }
             }
-            batch_delivery(seq, queued, acks, Output::Lag(summaries))
+            batch_delivery(seq, queued, ack, Output::Lag(summaries))
         }
     }
 }
 
-/// A batch output is delivered once every record it queued is acknowledged; a batch cut
-/// short by a queueing error is retried whole (its records are idempotent: summaries and
-/// the latest state of keys).
+/// A batch output is delivered once every record it queued is acknowledged (one
+/// acknowledgement for them all); a batch cut short by a queueing error is retried whole
+/// (its records are idempotent: summaries and the latest state of keys).
 fn batch_delivery(
     seq: u64,
     queued: Result<(), EmitError>,
-    acks: Vec<Acknowledgement>,
+    ack: Acknowledgement,
     out: Output,
 ) -> Delivery {
+    let ack = ack.seal();
     Box::pin(async move {
-        let delivered = futures::future::join_all(acks)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()
-            .map(|_| ());
+        let delivered = ack.await;
         (seq, queued.and(delivered), out)
     })
 }

@@ -3,7 +3,10 @@
 //! Every output goes the same way: `enqueue_*` hands the record to librdkafka without
 //! waiting for the broker and returns an [`Acknowledgement`], a future that resolves once
 //! the broker has the record (or librdkafka gave up on it). So the pipeline can keep many
-//! records in flight and still learn, per record, when its output is safe. Enqueueing waits
+//! records in flight and still learn, per output, when it is safe. A batch output (state
+//! records, routed stages, lag summaries) shares one acknowledgement among its records
+//! (`*_into`): librdkafka's delivery report settles it directly, with no future, channel
+//! or label look-up per record. Enqueueing waits
 //! only while librdkafka's local queue is full (back-pressure, counted); synclag sets no
 //! delivery deadline of its own. Order of enqueue calls is the order on each partition.
 //!
@@ -17,10 +20,12 @@ use super::events::{
 use crate::config::Topology;
 use crate::decode::RecordView;
 use crate::telemetry::names;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use schema_registry_converter::async_impl::avro::AvroEncoder;
@@ -31,7 +36,8 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -109,39 +115,136 @@ impl EmitError {
     }
 }
 
-/// Resolves once the broker has acknowledged one output record, or with the error that
-/// made librdkafka give up on it; counts the outcome on `synclag_output_records_total`.
-/// Dropping it does not cancel the delivery, only the news of it.
+/// Resolves once the broker has acknowledged every record queued with it, or with the
+/// first error that made librdkafka give up on one of them. Dropping it does not cancel
+/// the deliveries, only the news of them. Each record's delivery is counted on
+/// `synclag_output_records_total` as librdkafka reports it.
 #[must_use = "an acknowledgement says when the output is safe; await it or drop it knowingly"]
 pub struct Acknowledgement {
-    topic: String,
-    delivery: DeliveryFuture,
+    state: Arc<AckState>,
+}
+
+/// What the records of one acknowledgement share with librdkafka's delivery reports.
+pub struct AckState {
+    /// Records not yet reported, plus one until the acknowledgement is sealed (no record
+    /// can be added after that).
+    remaining: AtomicUsize,
+    failed: Mutex<Option<EmitError>>,
+    waker: futures::task::AtomicWaker,
+}
+
+impl AckState {
+    /// One record is reported: `Err` keeps the first error.
+    fn settle(&self, outcome: Result<(), EmitError>) {
+        if let Err(e) = outcome {
+            if let Ok(mut failed) = self.failed.lock() {
+                failed.get_or_insert(e);
+            }
+        }
+        self.release();
+    }
+
+    fn release(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+}
+
+impl Acknowledgement {
+    /// An acknowledgement records can be queued with (`Outputs::*_into`); it resolves
+    /// only after [`seal`](Self::seal).
+    pub fn open() -> Acknowledgement {
+        Acknowledgement {
+            state: Arc::new(AckState {
+                remaining: AtomicUsize::new(1),
+                failed: Mutex::new(None),
+                waker: futures::task::AtomicWaker::new(),
+            }),
+        }
+    }
+
+    /// No more records come: resolves once those queued are reported.
+    pub fn seal(self) -> Acknowledgement {
+        self.state.release();
+        self
+    }
+
+    fn outcome(&self) -> Option<Result<(), EmitError>> {
+        if self.state.remaining.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let failed = self.state.failed.lock().ok().and_then(|mut f| f.take());
+        Some(failed.map_or(Ok(()), Err))
+    }
 }
 
 impl Future for Acknowledgement {
     type Output = Result<(), EmitError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let outcome = match Pin::new(&mut self.delivery).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(outcome) => outcome,
-        };
-        let result = match outcome {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(delivery_error(&self.topic, &e)),
-            Err(_) => Err(EmitError::Delivery {
-                topic: self.topic.clone(),
-                why: "the producer was dropped before the record was delivered".into(),
-            }),
-        };
-        count_delivery(&self.topic, result.is_ok());
-        Poll::Ready(result)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(outcome) = self.outcome() {
+            return Poll::Ready(outcome);
+        }
+        self.state.waker.register(cx.waker());
+        match self.outcome() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
     }
 }
 
+/// The output producer's context: librdkafka's delivery report settles the record's
+/// acknowledgement and counts the delivery with a counter handle kept per topic.
+pub struct AckContext {
+    counters: Mutex<HashMap<String, [metrics::Counter; 2]>>,
+}
+
+impl AckContext {
+    fn new() -> AckContext {
+        AckContext {
+            counters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one delivery outcome on `synclag_output_records_total`.
+    fn count(&self, topic: &str, ok: bool) {
+        let Ok(mut counters) = self.counters.lock() else {
+            return count_delivery(topic, ok);
+        };
+        let pair = match counters.get(topic) {
+            Some(pair) => pair,
+            None => counters.entry(topic.to_string()).or_insert_with(|| {
+                [true, false].map(|ok| {
+                    let result = if ok { "ok" } else { "error" };
+                    metrics::counter!(names::OUTPUT_RECORDS_TOTAL, "topic" => topic.to_string(), "result" => result)
+                })
+            }),
+        };
+        pair[usize::from(!ok)].increment(1);
+    }
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<AckState>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<AckState>) {
+        let (topic, outcome) = match result {
+            Ok(m) => (m.topic(), Ok(())),
+            Err((e, m)) => (m.topic(), Err(delivery_error(m.topic(), e))),
+        };
+        self.count(topic, outcome.is_ok());
+        ack.settle(outcome);
+    }
+}
+
+type OutputRecord<'a> = BaseRecord<'a, [u8], [u8]>;
+
 /// The producer of every synclag output topic.
 pub struct Outputs {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<AckContext>>,
     encoder: Option<AvroEncoder>,
     breaches_topic: String,
     lag_topic: String,
@@ -171,8 +274,10 @@ impl Outputs {
         // Defaults (never give an output up: message.timeout.ms=0), then the user's
         // properties, then idempotence (config::kafka has the table).
         let cfg = crate::config::kafka::output_producer_config(topology);
-        let producer: FutureProducer =
-            cfg.create().map_err(|e| EmitError::Client(e.to_string()))?;
+        let producer: Arc<ThreadedProducer<AckContext>> = Arc::new(
+            cfg.create_with_context(AckContext::new())
+                .map_err(|e| EmitError::Client(e.to_string()))?,
+        );
         // librdkafka looks up a topic it has never produced to only at its next periodic
         // topic scan (every second), which would hold the first breach (or incident) after
         // start-up back by up to a second. Fetching the metadata now puts the topic in the
@@ -301,13 +406,22 @@ impl Outputs {
         }
     }
 
-    /// The one way records reach librdkafka: hands `record` over, waiting (and counting the
-    /// wait) only while the local queue is full, and returns its acknowledgement. Any other
-    /// refusal (e.g. a record over `message.max.bytes`) is an error at once.
-    async fn enqueue(
+    /// Hands `record` over with an acknowledgement of its own.
+    async fn enqueue(&self, record: OutputRecord<'_>) -> Result<Acknowledgement, EmitError> {
+        let ack = Acknowledgement::open();
+        self.enqueue_into(&ack, record).await?;
+        Ok(ack.seal())
+    }
+
+    /// The one way records reach librdkafka: hands `record` over, to be reported to `ack`,
+    /// waiting (and counting the wait) only while the local queue is full. Any other
+    /// refusal (e.g. a record over `message.max.bytes`) is an error at once, and the record
+    /// is not part of `ack`.
+    async fn enqueue_into(
         &self,
-        mut record: FutureRecord<'_, [u8], [u8]>,
-    ) -> Result<Acknowledgement, EmitError> {
+        ack: &Acknowledgement,
+        record: OutputRecord<'_>,
+    ) -> Result<(), EmitError> {
         let topic = record.topic;
         if let Some(limit) = self.record_limit(topic) {
             let headers = record.headers.as_ref().map_or(0, |h| {
@@ -326,11 +440,21 @@ impl Outputs {
                 });
             }
         }
+        ack.state.remaining.fetch_add(1, Ordering::AcqRel);
+        let mut record = BaseRecord {
+            topic: record.topic,
+            partition: record.partition,
+            payload: record.payload,
+            key: record.key,
+            timestamp: record.timestamp,
+            headers: record.headers,
+            delivery_opaque: ack.state.clone(),
+        };
         let mut waiting: Option<QueueWait> = None;
         let mut pause = QUEUE_FULL_FIRST_PAUSE;
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     record = back;
                     if waiting.is_none() {
@@ -340,16 +464,13 @@ impl Outputs {
                     pause = (pause * 2).min(QUEUE_FULL_MAX_PAUSE);
                 }
                 Err((e, _)) => {
-                    count_delivery(topic, false);
+                    // Never queued: no report comes for it.
+                    ack.state.release();
+                    self.producer.context().count(topic, false);
                     return Err(delivery_error(topic, &e));
                 }
             }
-        };
-        drop(waiting);
-        Ok(Acknowledgement {
-            topic: topic.to_string(),
-            delivery,
-        })
+        }
     }
 
     /// Bounds a breach event ([`BreachEvent::bounded`], so no path can skip it), encodes it
@@ -378,7 +499,7 @@ impl Outputs {
             .await?;
         let key = event.key();
         self.enqueue(
-            FutureRecord::to(&self.breaches_topic)
+            OutputRecord::to(&self.breaches_topic)
                 .key(key.as_bytes())
                 .payload(bytes.as_slice()),
         )
@@ -407,7 +528,7 @@ impl Outputs {
             .encode(&self.incidents_topic, INCIDENT_SCHEMA, event)
             .await?;
         self.enqueue(
-            FutureRecord::to(&self.incidents_topic)
+            OutputRecord::to(&self.incidents_topic)
                 .key(event.key().as_bytes())
                 .payload(bytes.as_slice()),
         )
@@ -422,14 +543,29 @@ impl Outputs {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<Acknowledgement, EmitError> {
-        let mut record = FutureRecord::to(topic).key(key);
+        let ack = Acknowledgement::open();
+        self.enqueue_raw_into(&ack, topic, partition, key, value)
+            .await?;
+        Ok(ack.seal())
+    }
+
+    /// [`enqueue_raw`](Self::enqueue_raw), reported to `ack` (one of a batch).
+    pub async fn enqueue_raw_into(
+        &self,
+        ack: &Acknowledgement,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), EmitError> {
+        let mut record = OutputRecord::to(topic).key(key);
         if let Some(p) = partition {
             record = record.partition(p);
         }
         if let Some(value) = value {
             record = record.payload(value);
         }
-        self.enqueue(record).await
+        self.enqueue_into(ack, record).await
     }
 
     /// A batch run event (Avro `schemas/batch.avsc`, or JSON without a registry), keyed
@@ -446,7 +582,7 @@ impl Outputs {
                     .encode(&self.batches_topic, crate::batch::BATCH_SCHEMA, ev.as_ref())
                     .await?;
                 self.enqueue(
-                    FutureRecord::to(&self.batches_topic)
+                    OutputRecord::to(&self.batches_topic)
                         .key(ev.key().as_bytes())
                         .payload(bytes.as_slice()),
                 )
@@ -458,7 +594,7 @@ impl Outputs {
                     why: e.to_string(),
                 })?;
                 self.enqueue(
-                    FutureRecord::to(topic)
+                    OutputRecord::to(topic)
                         .key(record.state.workflow.as_bytes())
                         .payload(bytes.as_slice()),
                 )
@@ -467,11 +603,17 @@ impl Outputs {
         }
     }
 
-    /// Encodes one lag summary and hands it to the producer, keyed by workflow.
-    pub async fn enqueue_lag(&self, summary: &LagSummary) -> Result<Acknowledgement, EmitError> {
+    /// Encodes one lag summary and hands it to the producer, keyed by workflow, reported
+    /// to `ack` (summaries go as a batch).
+    pub async fn enqueue_lag_into(
+        &self,
+        ack: &Acknowledgement,
+        summary: &LagSummary,
+    ) -> Result<(), EmitError> {
         let bytes = self.encode(&self.lag_topic, LAG_SCHEMA, summary).await?;
-        self.enqueue(
-            FutureRecord::to(&self.lag_topic)
+        self.enqueue_into(
+            ack,
+            OutputRecord::to(&self.lag_topic)
                 .key(summary.workflow.as_bytes())
                 .payload(bytes.as_slice()),
         )
@@ -492,8 +634,8 @@ impl Outputs {
         for field in &letter.cut {
             count_truncation(&self.dead_letter_topic, field);
         }
-        let mut rec: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.dead_letter_topic).headers(letter.headers);
+        let mut rec: OutputRecord<'_> =
+            OutputRecord::to(&self.dead_letter_topic).headers(letter.headers);
         if let Some(k) = letter.key {
             rec = rec.key(k);
         }
@@ -998,12 +1140,50 @@ mod tests {
         fn is_send<T: Send>(_: T) {}
         fn is_send_and_static<T: Send + 'static>() {}
         is_send_and_static::<Acknowledgement>();
-        let _type_check_only =
-            |o: &Outputs, r: &RecordView<'_>, b: &BreachEvent, l: &LagSummary| {
-                is_send(o.enqueue_dead_letter(r, "not_json", "e"));
-                is_send(o.enqueue_breach(b));
-                is_send(o.enqueue_lag(l));
-            };
+        let _type_check_only = |o: &Outputs,
+                                r: &RecordView<'_>,
+                                b: &BreachEvent,
+                                l: &LagSummary,
+                                a: &Acknowledgement| {
+            is_send(o.enqueue_dead_letter(r, "not_json", "e"));
+            is_send(o.enqueue_breach(b));
+            is_send(o.enqueue_lag_into(a, l));
+        };
+    }
+
+    /// A shared acknowledgement resolves only once it is sealed and every record queued
+    /// with it is reported, with the first error any of them had.
+    #[test]
+    fn a_shared_acknowledgement_waits_for_its_seal_and_every_record() {
+        use futures::FutureExt;
+        let ack = Acknowledgement::open();
+        let records: Vec<Arc<AckState>> = (0..3)
+            .map(|_| {
+                ack.state.remaining.fetch_add(1, Ordering::AcqRel);
+                ack.state.clone()
+            })
+            .collect();
+        records[1].settle(Err(EmitError::Delivery {
+            topic: "t".into(),
+            why: "first".into(),
+        }));
+        records[0].settle(Ok(()));
+        records[2].settle(Err(EmitError::Delivery {
+            topic: "t".into(),
+            why: "second".into(),
+        }));
+        let mut ack = ack;
+        assert!((&mut ack).now_or_never().is_none(), "not sealed yet");
+        let outcome = ack.seal().now_or_never().expect("sealed, all reported");
+        assert!(matches!(outcome, Err(EmitError::Delivery { why, .. }) if why == "first"));
+
+        let ack = Acknowledgement::open();
+        ack.state.remaining.fetch_add(1, Ordering::AcqRel);
+        let record = ack.state.clone();
+        let mut ack = ack.seal();
+        assert!((&mut ack).now_or_never().is_none(), "one record unreported");
+        record.settle(Ok(()));
+        assert!(matches!(ack.now_or_never(), Some(Ok(()))));
     }
 
     #[test]

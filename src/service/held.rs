@@ -110,6 +110,7 @@ impl<T> HeldQueue<T> {
     }
 
     /// Every held item, in no particular order.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &Held<T>> {
         self.queues.values().flat_map(|q| q.iter().map(|(_, h)| h))
     }

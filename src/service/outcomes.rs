@@ -55,6 +55,27 @@ pub struct Context<'a> {
 
 type Key = (usize, Box<[u8]>);
 
+/// Outcomes of one correlation held back for the clock, by what durable state must know:
+/// how many warn breaches, critical breaches and ends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeldMarks([u32; 3]);
+
+const WARN: usize = 0;
+const CRITICAL: usize = 1;
+const ENDS: usize = 2;
+
+impl HeldMarks {
+    /// The breach tiers held: bit 1 warn, bit 2 critical (as `PendingImage::fired`).
+    pub fn tiers(&self) -> u8 {
+        u8::from(self.0[WARN] > 0) | (u8::from(self.0[CRITICAL] > 0) << 1)
+    }
+
+    /// Whether an end is held.
+    pub fn end(&self) -> bool {
+        self.0[ENDS] > 0
+    }
+}
+
 /// The lane of outcomes of the only engine (without `store.repartition`).
 pub const DIRECT: i32 = -1;
 
@@ -117,6 +138,10 @@ pub struct Outcomes {
     /// Held outcomes per lane: one per engine, each released by its own clock
     /// ([`DIRECT`], or with `store.repartition` one per owned stages partition).
     held: BTreeMap<i32, HeldQueue<Outcome>>,
+    /// What `held` holds per correlation that durable state must know of, kept as outcomes
+    /// are held and released: a state cut asks every tick, and a scan of everything held
+    /// cost more than the rest of the cut.
+    held_marks: HashMap<Key, HeldMarks>,
     /// Topics each workflow stage is read from (for stalled-input evidence).
     stage_topics: Vec<Vec<String>>,
     /// Events raised since the last log summary, by kind.
@@ -191,6 +216,7 @@ impl Outcomes {
             open_breaches: Bounded::new(capacity),
             partner_delay: Bounded::new(capacity),
             held: BTreeMap::new(),
+            held_marks: HashMap::new(),
             stage_topics,
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
@@ -217,51 +243,50 @@ impl Outcomes {
         }
     }
 
-    /// Tiers of breach outcomes still held back, per key (usually none): a durable image
-    /// must not claim them raised before their events are out.
-    pub fn held_breach_tiers(&self) -> HashMap<Key, u8> {
-        let mut out = HashMap::new();
-        for h in self.held.values().flat_map(HeldQueue::iter) {
-            if let OutcomeKind::Breach { tier, .. } = h.item.kind {
-                let bit = match tier {
-                    Tier::Warn => 1,
-                    Tier::Critical => 2,
-                };
-                *out.entry((
-                    h.item.info.workflow,
-                    h.item.info.correlation_id.as_bytes().into(),
-                ))
-                .or_insert(0) |= bit;
-            }
-        }
-        out
+    /// What is held back per key (keys with nothing of interest held are absent): the
+    /// breach tiers still held (a durable image must not claim them raised before their
+    /// events are out) and whether an end is held (see [`held_ends`](Self::held_ends)).
+    pub fn held_marks(&self) -> &HashMap<Key, HeldMarks> {
+        &self.held_marks
     }
 
     /// Keys whose end (completion, never arrived, eviction) is still held back for the
     /// clock, each with whether the correlation breached (a breach held back or raised):
     /// the engine has counted their end (its lag included), so a durable image of that
     /// moment must say so. A breached correlation's end is announced (`resolved`), so
-    /// its image must also keep that announcement owed. `held_breaches`: what
-    /// [`held_breach_tiers`](Self::held_breach_tiers) says now.
-    pub fn held_ends(&self, held_breaches: &HashMap<Key, u8>) -> Vec<(Key, bool)> {
-        let mut out: Vec<(Key, bool)> = self
-            .held
-            .values()
-            .flat_map(HeldQueue::iter)
-            .filter(|h| h.item.is_terminal())
-            .map(|h| {
-                let key: Key = (
-                    h.item.info.workflow,
-                    h.item.info.correlation_id.as_bytes().into(),
-                );
-                let breached =
-                    held_breaches.contains_key(&key) || self.open_breaches.get(&key).is_some();
+    /// its image must also keep that announcement owed.
+    pub fn held_ends(&self) -> impl Iterator<Item = (&Key, bool)> + '_ {
+        self.held_marks
+            .iter()
+            .filter(|(_, m)| m.end())
+            .map(|(key, m)| {
+                let breached = m.tiers() != 0 || self.open_breaches.get(key).is_some();
                 (key, breached)
             })
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+    }
+
+    /// Counts `o` in [`held_marks`](Self::held_marks) as held (`+1`) or no longer (`-1`).
+    fn mark_held(&mut self, o: &Outcome, held: bool) {
+        let slot = match o.kind {
+            OutcomeKind::Breach {
+                tier: Tier::Warn, ..
+            } => WARN,
+            OutcomeKind::Breach {
+                tier: Tier::Critical,
+                ..
+            } => CRITICAL,
+            _ if o.is_terminal() => ENDS,
+            _ => return,
+        };
+        let key: Key = (o.info.workflow, o.info.correlation_id.as_bytes().into());
+        if held {
+            self.held_marks.entry(key).or_default().0[slot] += 1;
+        } else if let Some(m) = self.held_marks.get_mut(&key) {
+            m.0[slot] = m.0[slot].saturating_sub(1);
+            if m.0 == [0; 3] {
+                self.held_marks.remove(&key);
+            }
+        }
     }
 
     /// A restored correlation had a breach raised before the restart: its completion is
@@ -342,6 +367,7 @@ impl Outcomes {
             let key = self
                 .label_hasher
                 .hash_one((o.info.workflow, o.info.correlation_id.as_bytes()));
+            self.mark_held(&o, true);
             self.held.entry(lane).or_default().push(
                 key,
                 Held {
@@ -361,7 +387,11 @@ impl Outcomes {
     /// Drops what `lane` holds: its engine moved to another owner, which raises its
     /// outcomes from the state committed with them.
     pub fn drop_lane(&mut self, lane: i32) {
-        self.held.remove(&lane);
+        if let Some(mut queue) = self.held.remove(&lane) {
+            for h in queue.take_due(None) {
+                self.mark_held(&h.item, false);
+            }
+        }
         self.counters.deferred_outcomes.set(self.held_len() as f64);
     }
 
@@ -396,6 +426,7 @@ impl Outcomes {
             due_items.extend(queue.take_due(due));
         }
         for h in due_items {
+            self.mark_held(&h.item, false);
             let o = &h.item;
             if let Some(ended) = &mut self.ended {
                 if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
@@ -980,6 +1011,128 @@ fn segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::correlate::{Engine, Origin, StageEvent, Timestamps};
+
+    const TOPOLOGY: &str = r#"
+kafka:
+  bootstrap_servers: "127.0.0.1:9"
+outputs:
+  breaches_topic: b
+  lag_topic: l
+streams:
+  - name: orders
+    topic: orders
+    format: json
+    fields: { correlation_id: $.id, event_time: $.at }
+  - name: odoo
+    topic: odoo
+    format: json
+    fields: { correlation_id: $.id, event_time: $.at }
+workflows:
+  - name: order_import
+    stages:
+      - { name: created, stream: orders }
+      - { name: imported, stream: odoo }
+    sla: { warn: 5m, critical: 15m }
+    window: 1h
+"#;
+
+    fn stage(id: &str, stage: usize, at: i64) -> StageEvent {
+        StageEvent {
+            workflow: 0,
+            stage,
+            correlation_id: CorrelationId::from(id),
+            ts: Timestamps {
+                source_event_ms: Some(at),
+                ..Timestamps::default()
+            },
+            dimensions: Vec::new(),
+            origin: Origin {
+                partition_id: 0,
+                offset: 0,
+            },
+        }
+    }
+
+    /// What a scan of everything held says, as `held_marks` keeps it.
+    fn scanned(o: &Outcomes) -> HashMap<Key, HeldMarks> {
+        let mut out: HashMap<Key, HeldMarks> = HashMap::new();
+        for h in o.held.values().flat_map(HeldQueue::iter) {
+            let slot = match h.item.kind {
+                OutcomeKind::Breach {
+                    tier: Tier::Warn, ..
+                } => WARN,
+                OutcomeKind::Breach {
+                    tier: Tier::Critical,
+                    ..
+                } => CRITICAL,
+                _ if h.item.is_terminal() => ENDS,
+                _ => continue,
+            };
+            let key = (
+                h.item.info.workflow,
+                h.item.info.correlation_id.as_bytes().into(),
+            );
+            out.entry(key).or_default().0[slot] += 1;
+        }
+        out
+    }
+
+    /// The marks durable state reads every cut are kept as outcomes are held, released
+    /// and dropped with their lane, and always say what a scan of the held outcomes says.
+    #[test]
+    fn held_marks_always_match_a_scan_of_what_is_held() {
+        let topology =
+            Arc::new(Topology::from_yaml_str("t.yaml", TOPOLOGY, Vec::new()).expect("topology"));
+        let mut engine =
+            Engine::new(&crate::rules::Rules::engine_config(&topology)).expect("engine");
+        let mut outcomes = Outcomes::new(topology, Masker::off());
+        let signals = crate::rules::SignalBook::new(1_000);
+        let stalled = HashMap::new();
+        let ctx = Context {
+            signals: &signals,
+            backlogged: &[],
+            stalled: &stalled,
+            wall_ms: 0,
+        };
+        let minute = 60_000;
+        let mut out = Vec::new();
+        let mut sink = Vec::new();
+        // Closed within the SLA, after warn, after critical, never: on two lanes.
+        for i in 0..40i64 {
+            let id = format!("SO-{i}");
+            let t0 = i * minute;
+            engine.process(stage(&id, 0, t0), &mut out).expect("start");
+            let close = match i % 4 {
+                0 => Some(t0 + minute),
+                1 => Some(t0 + 8 * minute),
+                2 => Some(t0 + 20 * minute),
+                _ => None,
+            };
+            if let Some(at) = close {
+                engine.process(stage(&id, 1, at), &mut out).expect("close");
+            }
+            engine.advance(t0, &mut out);
+            let lane = if i % 2 == 0 { DIRECT } else { 7 };
+            outcomes.take_lane(lane, &mut out, 1);
+            assert_eq!(outcomes.held_marks, scanned(&outcomes), "held at {i}");
+        }
+        assert!(outcomes.held_ends().count() > 0);
+        assert!(outcomes.held_marks.values().any(|m| m.tiers() == 3));
+        engine.advance(100 * minute, &mut out);
+        outcomes.take_lane(DIRECT, &mut out, 2);
+        for now in (0..120).map(|m| m * minute).step_by(7) {
+            outcomes.release_lanes(&[(DIRECT, now), (7, now)], false, &ctx, &mut sink);
+            assert_eq!(outcomes.held_marks, scanned(&outcomes), "released at {now}");
+            if now > 50 * minute {
+                outcomes.drop_lane(7);
+                assert_eq!(outcomes.held_marks, scanned(&outcomes), "lane 7 dropped");
+            }
+        }
+        outcomes.release_lanes(&[], true, &ctx, &mut sink);
+        assert!(outcomes.held_marks.is_empty());
+        assert!(!sink.is_empty());
+    }
 
     #[test]
     fn bounded_map_forgets_the_oldest_and_counts_it() {

@@ -42,7 +42,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::outcomes::Outcomes;
+use super::outcomes::{HeldMarks, Outcomes};
 
 /// Why durable state could not be prepared or restored. synclag does not start without
 /// its state: running on a partial one would raise false alerts.
@@ -103,6 +103,10 @@ pub struct DurableState {
     /// it (marked as counted), with the tiers last written for them: kept while their
     /// `resolved` announcement waits for the clock (see `Engine::take_closed_images`).
     closed: HashMap<Key, (PendingImage, Option<u8>)>,
+    /// Ends written while their outcome was still held back for the clock: their release
+    /// lists them again, and the image they would write is the one already written (a
+    /// late arrival after the end is released on its own, and written then).
+    ends_written: HashSet<Key>,
     /// The changelog's partition count, once read (records are placed by
     /// `route::partition_of`, see [`StateBatch::partitions`]).
     partition_count: i32,
@@ -125,6 +129,7 @@ impl DurableState {
             images: Vec::new(),
             stripped: HashSet::new(),
             closed: HashMap::new(),
+            ends_written: HashSet::new(),
             partition_count: 0,
         }
     }
@@ -489,13 +494,15 @@ impl DurableState {
     ) {
         let mut records = Vec::new();
         let mut pinned = Vec::new();
-        let held = outcomes.held_breach_tiers();
+        outcomes.take_ended(&mut self.ended);
+        let held = outcomes.held_marks();
+        let held_tiers = |key: &Key| held.get(key).map_or(0, HeldMarks::tiers);
         // Written without a tier that was held back, and that breach is out now: written
         // again, with it.
         let released: Vec<Key> = self
             .stripped
             .iter()
-            .filter(|k| !held.contains_key(*k))
+            .filter(|k| held_tiers(k) == 0)
             .cloned()
             .collect();
         for key in released {
@@ -520,11 +527,10 @@ impl DurableState {
             for mut p in std::mem::take(&mut self.images) {
                 if !held.is_empty() {
                     let key = (p.workflow, p.correlation_id.clone());
-                    if let Some(bits) = held.get(&key) {
-                        if p.fired & bits != 0 {
-                            p.fired &= !bits;
-                            self.stripped.insert(key);
-                        }
+                    let bits = held_tiers(&key);
+                    if p.fired & bits != 0 {
+                        p.fired &= !bits;
+                        self.stripped.insert(key);
                     }
                 }
                 let (key, value) = self.image_record(Image::Pending(p));
@@ -533,20 +539,30 @@ impl DurableState {
             metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending")
                 .increment(records.len() as u64);
         }
-        outcomes.take_ended(&mut self.ended);
+        // Released ends whose image went out while they were held: written already (the
+        // first listing of a key only; a late arrival released after it writes again).
+        if !self.ends_written.is_empty() {
+            let written = &mut self.ends_written;
+            self.ended.retain(|(workflow, id)| {
+                !written.remove(&(*workflow, Box::<[u8]>::from(id.as_bytes())))
+            });
+        }
         // Ends the engine has counted (lags included) while their outcome waits for the
         // clock: the image says so, or a restart on offsets held back behind them would
         // count them a second time. Without a breach, the image says they ended (their
         // release lists them again: the same image). With one, their `resolved` event is
         // still owed: they stay pending, marked as counted, with the tiers already out.
         let mut owed = HashSet::new();
-        for (key, breached) in outcomes.held_ends(&held) {
+        for (key, breached) in outcomes.held_ends() {
             if !breached {
-                self.ended.push((key.0, CorrelationId::from(key.1)));
+                if !self.ends_written.contains(key) {
+                    self.ended.push((key.0, CorrelationId::from(key.1.clone())));
+                    self.ends_written.insert(key.clone());
+                }
                 continue;
             }
-            let due = self.closed.get_mut(&key).and_then(|(image, written)| {
-                let fired = image.fired & !held.get(&key).copied().unwrap_or(0);
+            let due = self.closed.get_mut(key).and_then(|(image, written)| {
+                let fired = image.fired & !held_tiers(key);
                 (*written != Some(fired)).then(|| {
                     *written = Some(fired);
                     PendingImage {
@@ -630,6 +646,7 @@ impl DurableState {
             crate::route::partition_of(&durable::encode_key(name, id), n) != k
         };
         self.stripped.retain(kept);
+        self.ends_written.retain(kept);
         self.closed.retain(|key, _| kept(key));
     }
 
