@@ -241,9 +241,10 @@ async fn each_batch_fault_is_reported_with_its_check_on_time_and_clean_runs_rais
         assert_eq!(
             statuses(&found),
             expected,
-            "run {} ({})",
+            "run {} ({}): {found:#?}\nservice log:\n{}",
             run.scheduled_ms,
-            run.fault.name()
+            run.fault.name(),
+            svc.log_tail()
         );
         assert_eq!(found.len(), expected.len(), "each finding once: {found:#?}");
         if let Some((check, status)) = run.fault.expected_finding() {

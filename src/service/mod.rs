@@ -1071,12 +1071,15 @@ impl Pipeline {
     }
 
     /// With transactions, whether to commit before the second is up: a breach or incident
-    /// event waits in the open transaction (alerts are visible to `read_committed` readers
-    /// only once it commits: within a tick, not a second), or the outputs since the last
-    /// commit request are many (they are kept in memory until it commits).
+    /// event waits in the open transaction while the clock is live (alerts are visible to
+    /// `read_committed` readers only once it commits: within a tick, not a second), or the
+    /// outputs since the last commit request are many (they are kept in memory until it
+    /// commits). While a backlog is read, alerts are about deadlines the clock reaches
+    /// faster than wall time and wait for the second: a state cut and a commit per tick
+    /// there cost more CPU than they save anyone time.
     fn transaction_due(&self) -> bool {
         self.topology.store.exactly_once
-            && (self.emitter.alerts_submitted() > self.txn_alerts
+            && (self.live && self.emitter.alerts_submitted() > self.txn_alerts
                 || self.emitter.submitted() - self.txn_started_at >= TRANSACTION_MAX_OUTPUTS
                 || self.route.is_some()
                     && self.emitter.submitted() > self.txn_started_at
