@@ -271,12 +271,24 @@ async fn a_breached_completion_completed_by_its_start_completes_again_after_a_re
     assert!(later.is_empty(), "{later:?}");
 }
 
-/// Kinds of the changelog records written for `id`, in the order written.
+/// Kinds of the changelog records written for `id`, in the order written (a finished
+/// batch that holds it counts as its `finished` record).
 fn written_for(topic: &str, id: &str) -> Vec<&'static str> {
     use rdkafka::Message;
     support::topics::read_all(support::client_config(), topic)
         .iter()
         .filter_map(|m| {
+            if let (Some(key), Some(value)) = (m.key(), m.payload()) {
+                if let Some(batch) = synclag::correlate::durable::decode_finished_batch(
+                    key,
+                    value,
+                    &["order_import"],
+                ) {
+                    let images = batch.expect("a readable finished batch");
+                    let holds = images.iter().any(|f| &*f.correlation_id == id.as_bytes());
+                    return holds.then_some("finished");
+                }
+            }
             let (_, key_id) = synclag::correlate::durable::decode_key(m.key()?).ok()?;
             if key_id != id.as_bytes() {
                 return None;
@@ -351,4 +363,189 @@ async fn a_held_end_is_written_once_however_many_cuts_it_waits() {
         "a duplicate, not a new correlation: {again:?}"
     );
     assert!(pending_ids(&restored).is_empty());
+}
+
+/// Correlations that end between two cuts are remembered in one finished batch per
+/// partition instead of a record per key, and the pending image of each is deleted after
+/// its batch, on the batch's partition. Restored, their starts read again are duplicates,
+/// nothing stays pending, and the batch is deleted once its ends are old enough. A write
+/// cut short between a batch and the deletions after it (a crash) is finished by the
+/// restore: the pending images it left are deleted then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_are_written_in_one_batch_per_partition_and_their_pending_images_deleted() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::Message;
+    let topic = support::random_name("state-batched");
+    let topology = Arc::new(self::topology(&topic));
+    let config = Rules::engine_config(&topology);
+    let (mut state, mut engine) = fresh_state(&topology).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = now - 3_600_000;
+    let ids: Vec<String> = (0..60).map(|i| format!("SO-B{i:03}")).collect();
+    let mut out = Vec::new();
+    for id in &ids {
+        engine.process(start(id, t0), &mut out).expect("start");
+    }
+    let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
+    outcomes.track_ended();
+    write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
+    for id in &ids {
+        engine
+            .process(closing(id, t0 + 60_000), &mut out)
+            .expect("close within the SLA");
+    }
+    outcomes.take_lane(synclag::service::outcomes::DIRECT, &mut out, 1);
+    write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
+
+    let records = support::topics::read_all(support::client_config(), &topic);
+    for id in &ids {
+        assert_eq!(
+            written_for(&topic, id),
+            ["pending", "finished", "deleted"],
+            "{id}"
+        );
+    }
+    // One batch per partition that has ends, on that partition, with its keys' deletions
+    // after it there.
+    let mut batches = 0;
+    let mut batch_at: HashMap<i32, i64> = HashMap::new();
+    for m in &records {
+        let (Some(key), Some(value)) = (m.key(), m.payload()) else {
+            continue;
+        };
+        let Some(batch) =
+            synclag::correlate::durable::decode_finished_batch(key, value, &["order_import"])
+        else {
+            continue;
+        };
+        batches += 1;
+        for f in batch.expect("readable") {
+            let record_key =
+                synclag::correlate::durable::encode_key("order_import", &f.correlation_id);
+            assert_eq!(
+                synclag::route::partition_of(&record_key, PARTITIONS),
+                m.partition(),
+                "an end is batched on its key's partition"
+            );
+        }
+        assert!(
+            batch_at.insert(m.partition(), m.offset()).is_none(),
+            "one batch a partition"
+        );
+    }
+    assert!(
+        (2..=PARTITIONS as usize).contains(&batches),
+        "{batches} batches for 60 ends"
+    );
+    for m in &records {
+        if m.payload().is_none() {
+            let key = m.key().expect("keyed");
+            assert_eq!(m.partition(), synclag::route::partition_of(key, PARTITIONS));
+            assert!(
+                m.offset() > batch_at[&m.partition()],
+                "deleted after its batch"
+            );
+        }
+    }
+    let lag = records
+        .iter()
+        .filter(|m| {
+            let (Some(k), Some(v)) = (m.key(), m.payload()) else {
+                return false;
+            };
+            synclag::correlate::durable::decode_lag(k, v, &["order_import"]).is_some()
+        })
+        .count();
+    assert_eq!(
+        records.len(),
+        2 * ids.len() + batches + lag,
+        "per correlation its pending image and its deletion, and the batches"
+    );
+
+    // Restored: nothing pending, and each start read again is a duplicate.
+    let restore = |topology: &Topology, at: i64| {
+        let mut restored = Engine::new(&config).expect("engine");
+        let mut state = DurableState::new(topology);
+        let report = tokio::task::block_in_place(|| {
+            state.restore(topology, &mut restored, &mut |_, _| {}, at)
+        })
+        .expect("restore");
+        (restored, state, report)
+    };
+    let (mut restored, _, report) = restore(&topology, now);
+    assert!(pending_ids(&restored).is_empty());
+    assert_eq!(report.finished as usize, ids.len());
+    for id in &ids {
+        let mut again = Vec::new();
+        restored
+            .process(start(id, t0), &mut again)
+            .expect("start read again");
+        assert!(
+            again
+                .iter()
+                .all(|o| !matches!(o.kind, synclag::correlate::OutcomeKind::Completed { .. })),
+            "{id}: a duplicate, not a new correlation: {again:?}"
+        );
+    }
+
+    // The same records without the deletions, as if the writer died after the batches:
+    // the restore deletes the pending images it finds ended.
+    let short = support::random_name("state-batched-short");
+    let short_topology = Arc::new(self::topology(&short));
+    let (_, _) = fresh_state(&short_topology).await;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        support::client_config().create().expect("producer");
+    for m in records.iter().filter(|m| m.payload().is_some()) {
+        let key = m.key().expect("keyed");
+        producer
+            .send(
+                BaseRecord::to(&short)
+                    .partition(m.partition())
+                    .key(key)
+                    .payload(m.payload().unwrap_or_default()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(30)).expect("copied");
+    let (restored, mut state, _) = restore(&short_topology, now);
+    assert!(pending_ids(&restored).is_empty(), "the batch ends them");
+    let outputs = Arc::new(Outputs::new(&short_topology).expect("producer"));
+    let mut emitter = Emitter::start(outputs, &short_topology.outputs, None);
+    state.flush(u64::MAX, &mut emitter, &mut CommitGate::default());
+    assert!(
+        emitter
+            .drain(Instant::now() + Duration::from_secs(30))
+            .await
+    );
+    for id in &ids {
+        assert_eq!(
+            written_for(&short, id),
+            ["pending", "finished", "deleted"],
+            "{id}: deleted at the restore"
+        );
+    }
+
+    // Restored once its ends are old enough (start + 2 × window): the batches are deleted.
+    let (_, mut state, report) = restore(&topology, t0 + 2 * 7_200_000 + 1);
+    assert_eq!(report.expired as usize, batches);
+    let outputs = Arc::new(Outputs::new(&topology).expect("producer"));
+    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
+    state.flush(u64::MAX, &mut emitter, &mut CommitGate::default());
+    assert!(
+        emitter
+            .drain(Instant::now() + Duration::from_secs(30))
+            .await
+    );
+    let deleted_batches = support::topics::read_all(support::client_config(), &topic)
+        .iter()
+        .filter(|m| {
+            m.payload().is_none()
+                && m.key().is_some_and(|k| {
+                    synclag::correlate::durable::decode_finished_batch(k, b"", &["order_import"])
+                        .is_some()
+                })
+        })
+        .count();
+    assert_eq!(deleted_batches, batches);
 }

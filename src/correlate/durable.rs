@@ -22,6 +22,17 @@
 //! dims     = u8 n × (u8 dimension index | u16 length | UTF-8 value)
 //! ```
 //!
+//! Correlations that end between two state cuts are written together, one record per
+//! workflow and changelog partition ([`encode_finished_batch_key`]), instead of one
+//! finished record per key and a deletion of each later:
+//!
+//! ```text
+//! batch key   = 0x03 | u16 workflow-name length | workflow name | i32 partition
+//!               | u64 writer | u64 sequence
+//! batch value = 0x01 | 0x04 | u32 n × (u16 id length | id | i64 start | u8 started
+//!               | u8 variant | u16 seen | u8 terminal | dims)
+//! ```
+//!
 //! The workflow travels by name, so adding or reordering workflows in the topology keeps
 //! the images readable; an image whose workflow, stage or dimension no longer exists is
 //! rejected with the reason (the caller counts it and goes on).
@@ -32,6 +43,7 @@ const VERSION: u8 = 1;
 const KIND_PENDING: u8 = 1;
 const KIND_FINISHED: u8 = 2;
 const KIND_LAG: u8 = 3;
+const KIND_FINISHED_BATCH: u8 = 4;
 
 /// A non-start stage of a pending correlation (also a start read past its window end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,14 +343,127 @@ pub fn encode_value(image: &Image, out: &mut Vec<u8>) {
         }
         Image::Finished(f) => {
             out.push(KIND_FINISHED);
-            out.extend_from_slice(&f.start_ms.to_be_bytes());
-            out.push(u8::from(f.started));
-            out.push(f.variant);
-            out.extend_from_slice(&f.seen.to_be_bytes());
-            out.push(terminal_code(f.terminal));
-            encode_dims(&f.dimensions, out);
+            encode_finished_fields(f, out);
         }
     }
+}
+
+/// What a finished image holds besides its key.
+fn encode_finished_fields(f: &FinishedImage, out: &mut Vec<u8>) {
+    out.extend_from_slice(&f.start_ms.to_be_bytes());
+    out.push(u8::from(f.started));
+    out.push(f.variant);
+    out.extend_from_slice(&f.seen.to_be_bytes());
+    out.push(terminal_code(f.terminal));
+    encode_dims(&f.dimensions, out);
+}
+
+fn decode_finished_fields(
+    r: &mut Reader<'_>,
+    workflow: usize,
+    correlation_id: Box<[u8]>,
+) -> Result<FinishedImage, ImageError> {
+    let start_ms = r.i64()?;
+    let started = r.u8()? != 0;
+    let variant = r.u8()?;
+    let seen = r.u16()?;
+    let code = r.u8()?;
+    let terminal = terminal_of(code).ok_or(ImageError::Terminal(code))?;
+    let dimensions = decode_dims(r)?;
+    Ok(FinishedImage {
+        workflow,
+        correlation_id,
+        start_ms,
+        started,
+        variant,
+        seen,
+        terminal,
+        dimensions,
+    })
+}
+
+/// First byte of the key of a batch of finished images (see the module docs).
+const KEY_FINISHED_BATCH: u8 = 3;
+
+/// The changelog key of a batch of one workflow's finished images on changelog partition
+/// `partition`: `writer` (chosen at random per process) and `sequence` keep the keys of
+/// different cuts, and of different processes, apart, so compaction never lets a later
+/// batch replace an earlier one.
+pub fn encode_finished_batch_key(
+    workflow_name: &str,
+    partition: i32,
+    writer: u64,
+    sequence: u64,
+) -> Vec<u8> {
+    let mut key = encode_key(workflow_name, &[]);
+    key[0] = KEY_FINISHED_BATCH;
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(&writer.to_be_bytes());
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// Encodes finished images of one workflow as a batch value (their workflow is the key's).
+pub fn encode_finished_batch_value(images: &[FinishedImage], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(VERSION);
+    out.push(KIND_FINISHED_BATCH);
+    let n = u32::try_from(images.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+    for f in images.iter().take(n as usize) {
+        let id = &f.correlation_id[..f.correlation_id.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        out.extend_from_slice(id);
+        encode_finished_fields(f, out);
+    }
+}
+
+/// The finished images of a batch when `key` is a batch key (`None`: another key).
+pub fn decode_finished_batch(
+    key: &[u8],
+    value: &[u8],
+    workflows: &[&str],
+) -> Option<Result<Vec<FinishedImage>, ImageError>> {
+    if key.first() != Some(&KEY_FINISHED_BATCH) {
+        return None;
+    }
+    Some((|| {
+        let mut k = Reader::new(&key[1..]);
+        let len = usize::from(k.u16()?);
+        let name = std::str::from_utf8(k.take(len)?)
+            .map_err(|_| ImageError::Invalid("workflow name is not UTF-8".into()))?;
+        let workflow = workflows
+            .iter()
+            .position(|w| *w == name)
+            .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))?;
+        let mut r = Reader::new(value);
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(ImageError::Version(version));
+        }
+        let kind = r.u8()?;
+        if kind != KIND_FINISHED_BATCH {
+            return Err(ImageError::Kind(kind));
+        }
+        let b = r.take(4)?;
+        let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        // Each entry takes at least 16 bytes: a count beyond that is a corrupt record.
+        let mut images = Vec::with_capacity((n as usize).min(value.len() / 16));
+        for _ in 0..n {
+            let len = usize::from(r.u16()?);
+            let id = r.take(len)?;
+            if id.is_empty() {
+                return Err(ImageError::Invalid("empty correlation id".into()));
+            }
+            images.push(decode_finished_fields(&mut r, workflow, id.into())?);
+        }
+        if !r.is_done() {
+            return Err(ImageError::Invalid(
+                "bytes after the last finished image".into(),
+            ));
+        }
+        Ok(images)
+    })())
 }
 
 /// Decodes a changelog record; `workflows` are the configured workflow names, in order.
@@ -386,25 +511,11 @@ pub fn decode(key: &[u8], value: &[u8], workflows: &[&str]) -> Result<Image, Ima
                 dimensions,
             }))
         }
-        KIND_FINISHED => {
-            let start_ms = r.i64()?;
-            let started = r.u8()? != 0;
-            let variant = r.u8()?;
-            let seen = r.u16()?;
-            let code = r.u8()?;
-            let terminal = terminal_of(code).ok_or(ImageError::Terminal(code))?;
-            let dimensions = decode_dims(&mut r)?;
-            Ok(Image::Finished(FinishedImage {
-                workflow,
-                correlation_id,
-                start_ms,
-                started,
-                variant,
-                seen,
-                terminal,
-                dimensions,
-            }))
-        }
+        KIND_FINISHED => Ok(Image::Finished(decode_finished_fields(
+            &mut r,
+            workflow,
+            correlation_id,
+        )?)),
         other => Err(ImageError::Kind(other)),
     }
 }
@@ -617,6 +728,75 @@ mod tests {
             encode_value(&image, &mut buf);
             assert_eq!(decode(&key, &buf, &names), Ok(image));
         }
+    }
+
+    #[test]
+    fn finished_batches_round_trip_and_are_told_from_other_keys() {
+        let names = ["order_import", "shipment_status"];
+        let finished = |id: &[u8], terminal, dims: Vec<(usize, String)>| FinishedImage {
+            workflow: 1,
+            correlation_id: id.into(),
+            start_ms: 1_700_000_000_000,
+            started: true,
+            variant: 1,
+            seen: 0b11,
+            terminal,
+            dimensions: dims,
+        };
+        let images = vec![
+            finished(b"S-1", Terminal::Completed, vec![(0, "DHL".into())]),
+            finished(b"\x00\xff", Terminal::NeverArrived, vec![]),
+            finished(b"S-3", Terminal::Evicted, vec![(1, "WH-ÄMS".into())]),
+        ];
+        let key = encode_finished_batch_key("shipment_status", 5, 0xfeed, 42);
+        let mut value = Vec::new();
+        encode_finished_batch_value(&images, &mut value);
+        assert_eq!(
+            decode_finished_batch(&key, &value, &names),
+            Some(Ok(images.clone()))
+        );
+        // Keys of other cuts and writers differ; none is a correlation's or a lag key.
+        assert_ne!(
+            key,
+            encode_finished_batch_key("shipment_status", 5, 0xfeed, 43)
+        );
+        assert_ne!(
+            key,
+            encode_finished_batch_key("shipment_status", 5, 0xbeef, 42)
+        );
+        assert!(decode(&key, &value, &names).is_err());
+        assert_eq!(decode_lag(&key, &value, &names), None);
+        let correlation = encode_key("shipment_status", b"S-1");
+        assert_eq!(decode_finished_batch(&correlation, &value, &names), None);
+        let lag = encode_partition_lag_key("shipment_status", 5);
+        assert_eq!(decode_finished_batch(&lag, &value, &names), None);
+        // Every truncation of the value is an error, never a panic; so are trailing bytes.
+        for cut in 0..value.len() {
+            assert!(
+                matches!(
+                    decode_finished_batch(&key, &value[..cut], &names),
+                    Some(Err(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = value.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_finished_batch(&key, &longer, &names),
+            Some(Err(_))
+        ));
+        // A count far beyond the bytes is an error, not a huge allocation.
+        let mut lying = value[..2].to_vec();
+        lying.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode_finished_batch(&key, &lying, &names),
+            Some(Err(ImageError::Truncated(_)))
+        ));
+        assert_eq!(
+            decode_finished_batch(&encode_finished_batch_key("gone", 0, 1, 1), &value, &names),
+            Some(Err(ImageError::UnknownWorkflow("gone".into())))
+        );
     }
 
     #[test]

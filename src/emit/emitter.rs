@@ -104,8 +104,9 @@ pub struct StateBatch {
     /// (0: not known, the producer places it).
     pub partitions: i32,
     pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// Records written to a given partition, after `records`: `(partition, key, value)`.
-    pub pinned: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    /// Records written to a given partition, after `records`: `(partition, key, value)`;
+    /// `None` deletes the key.
+    pub pinned: Vec<(i32, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Records for the stages topic, written in order: `(partition, key, value)`.
@@ -1025,7 +1026,7 @@ async fn start(
             let pinned = batch
                 .pinned
                 .iter()
-                .map(|(p, key, value)| (Some(*p), key, Some(value.as_slice())));
+                .map(|(p, key, value)| (Some(*p), key, value.as_deref()));
             for (partition, key, value) in placed.chain(pinned) {
                 queued = outputs
                     .enqueue_raw_into(&ack, &batch.topic, partition, key, value)

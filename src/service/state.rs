@@ -20,9 +20,11 @@
 //! the write re-reads everything the cut would have held. Either way at most the outputs
 //! of the last second or so are written again (same `breach_id`).
 //!
-//! Finished images are deleted (tombstones) once no stage of theirs can be expected any
-//! more — start + 2 × window — so the changelog holds the pending state plus recent ends,
-//! and a restore reads about that much.
+//! The correlations that ended since the last cut are written together, one record per
+//! workflow and changelog partition (a finished batch), followed by a deletion of the
+//! pending image of those that had one; a batch is deleted (tombstone) once no stage of
+//! its correlations can be expected any more — start + 2 × window — so the changelog holds
+//! the pending state plus recent ends, and a restore reads about that much.
 
 use crate::config::duration::millis;
 use crate::config::Topology;
@@ -78,12 +80,41 @@ pub struct Restored {
 struct Cut {
     after_seq: u64,
     records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pinned: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    pinned: Vec<(i32, Vec<u8>, Option<Vec<u8>>)>,
     offsets: HashMap<Tp, i64>,
+}
+
+/// A finished record (or batch) written, to be deleted at `at`.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Marker {
+    at: i64,
+    key: Vec<u8>,
+    /// The partition a batch was written to (`None`: a key placed by `partition_of`).
+    partition: Option<i32>,
+    /// Ends it remembers.
+    ends: usize,
 }
 
 /// A correlation: (workflow index, correlation id bytes).
 type Key = (usize, Box<[u8]>);
+
+/// The ends of one workflow on one changelog partition in a cut.
+struct FinishedBatch {
+    images: Vec<durable::FinishedImage>,
+    /// Changelog keys of those with a pending image standing: deleted after the batch.
+    imaged: Vec<Vec<u8>>,
+    delete_at: i64,
+}
+
+impl Default for FinishedBatch {
+    fn default() -> FinishedBatch {
+        FinishedBatch {
+            images: Vec::new(),
+            imaged: Vec::new(),
+            delete_at: i64::MIN,
+        }
+    }
+}
 
 /// The durable side of the pipeline (see the module docs).
 pub struct DurableState {
@@ -91,9 +122,16 @@ pub struct DurableState {
     workflows: Vec<String>,
     windows_ms: Vec<i64>,
     cuts: VecDeque<Cut>,
-    /// Finished images written, oldest first: (delete at, key).
-    markers: VecDeque<(i64, Vec<u8>)>,
+    /// Finished records and batches written, oldest first.
+    markers: VecDeque<Marker>,
+    /// Ends the markers remember, and how many the engine keeps (`store.recent_finished`).
+    marker_ends: usize,
     marker_cap: usize,
+    /// Keys whose pending image stands in the changelog: deleted when they end.
+    imaged: HashSet<Key>,
+    /// This process's part of finished batch keys, and the next batch's sequence.
+    writer: u64,
+    batch_seq: u64,
     ended: Vec<(usize, CorrelationId)>,
     images: Vec<PendingImage>,
     /// Keys whose last image left out a tier whose breach was still held back: written
@@ -124,7 +162,11 @@ impl DurableState {
                 .collect(),
             cuts: VecDeque::new(),
             markers: VecDeque::new(),
+            marker_ends: 0,
             marker_cap: topology.store.recent_finished.max(1),
+            imaged: HashSet::new(),
+            writer: rand::random(),
+            batch_seq: 0,
             ended: Vec::new(),
             images: Vec::new(),
             stripped: HashSet::new(),
@@ -284,7 +326,11 @@ impl DurableState {
         let names: Vec<&str> = self.workflows.iter().map(String::as_str).collect();
         let mut report = Restored::default();
         let mut expired: Vec<Vec<u8>> = Vec::new();
-        let mut live_markers: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut expired_batches: Vec<(i32, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut live_markers: Vec<Marker> = Vec::new();
+        // Ended keys whose pending image was read before their finished batch and whose
+        // deletion was not read after it (a write cut short): deleted after the restore.
+        let mut undeleted: HashSet<Key> = HashSet::new();
         let mut lags: std::collections::BTreeMap<(i32, usize), durable::LagImage> =
             Default::default();
         if !left.is_empty() {
@@ -317,12 +363,56 @@ impl DurableState {
                 continue;
             };
             let Some(value) = msg.payload() else {
-                // A deleted finished image: nothing to restore.
+                // A deletion (of a finished record or batch, or of an ended correlation's
+                // pending image): nothing to restore.
+                if let Some(k) = self.key_of(key, &names) {
+                    self.imaged.remove(&k);
+                    undeleted.remove(&k);
+                }
                 continue;
             };
             let Some(engine) = engine_of(engines, msg.partition()) else {
                 continue; // not asked for
             };
+            if let Some(batch) = durable::decode_finished_batch(key, value, &names) {
+                let images = match batch {
+                    Ok(images) => images,
+                    Err(e) => {
+                        report.rejected += 1;
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog finished batch not restored");
+                        continue;
+                    }
+                };
+                let delete_at = images
+                    .iter()
+                    .map(|f| self.delete_at(f.workflow, f.start_ms))
+                    .max()
+                    .unwrap_or(i64::MIN);
+                if delete_at <= wall_ms {
+                    report.expired += 1;
+                    expired_batches.push((msg.partition(), key.to_vec(), None));
+                } else {
+                    live_markers.push(Marker {
+                        at: delete_at,
+                        key: key.to_vec(),
+                        partition: Some(msg.partition()),
+                        ends: images.len(),
+                    });
+                }
+                for f in images {
+                    let k: Key = (f.workflow, f.correlation_id.clone());
+                    if self.imaged.remove(&k) {
+                        undeleted.insert(k);
+                    }
+                    // Restored even when old enough to delete: it replaces the key's
+                    // pending image read before it.
+                    if let Err(e) = engine.restore(Image::Finished(f)) {
+                        report.rejected += 1;
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog finished image not restored");
+                    }
+                }
+                continue;
+            }
             // A workflow's open lag interval: its latest image stands.
             match durable::decode_lag(key, value, &names) {
                 Some(Ok(image)) => {
@@ -352,7 +442,23 @@ impl DurableState {
                     report.expired += 1;
                     expired.push(key.to_vec());
                 } else {
-                    live_markers.push((delete_at, key.to_vec()));
+                    live_markers.push(Marker {
+                        at: delete_at,
+                        key: key.to_vec(),
+                        partition: None,
+                        ends: 1,
+                    });
+                }
+            }
+            // The key's latest record: a pending image stands, a finished one replaced it.
+            let k: Key = (image.workflow(), image.correlation_id().into());
+            undeleted.remove(&k);
+            match &image {
+                Image::Pending(_) => {
+                    self.imaged.insert(k);
+                }
+                Image::Finished(_) => {
+                    self.imaged.remove(&k);
                 }
             }
             let (workflow, fired, finished) = match &image {
@@ -391,12 +497,16 @@ impl DurableState {
         // Merged with those of partitions restored earlier (a restore of some partitions).
         live_markers.extend(self.markers.drain(..));
         live_markers.sort_unstable();
+        self.marker_ends = live_markers.iter().map(|m| m.ends).sum();
         self.markers = live_markers.into();
-        if !expired.is_empty() {
+        for (workflow, id) in undeleted {
+            expired.push(durable::encode_key(self.name(workflow), &id));
+        }
+        if !expired.is_empty() || !expired_batches.is_empty() {
             self.cuts.push_back(Cut {
                 after_seq: 0,
                 records: expired.into_iter().map(|k| (k, None)).collect(),
-                pinned: Vec::new(),
+                pinned: expired_batches,
                 offsets: HashMap::new(),
             });
         }
@@ -533,6 +643,7 @@ impl DurableState {
                         self.stripped.insert(key);
                     }
                 }
+                self.imaged.insert((p.workflow, p.correlation_id.clone()));
                 let (key, value) = self.image_record(Image::Pending(p));
                 records.push((key, Some(value)));
             }
@@ -572,6 +683,7 @@ impl DurableState {
                 })
             });
             if let Some(image) = due {
+                self.imaged.insert(key.clone());
                 let (record_key, value) = self.image_record(Image::Pending(image));
                 records.push((record_key, Some(value)));
                 metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "pending").increment(1);
@@ -580,6 +692,11 @@ impl DurableState {
         }
         self.closed.retain(|key, _| owed.contains(key));
         let mut finished = 0u64;
+        let mut deleted = 0u64;
+        // (workflow, partition) → (finished images, ended keys with a pending image, the
+        // latest deletion time among them).
+        let mut batches: std::collections::BTreeMap<(usize, i32), FinishedBatch> =
+            Default::default();
         for (workflow, id) in std::mem::take(&mut self.ended) {
             let name = self.name(workflow).to_string();
             let engine = engine_for_key(engines, &name, id.as_bytes(), self.partition_count);
@@ -588,20 +705,70 @@ impl DurableState {
                 continue;
             };
             let delete_at = self.delete_at(workflow, f.start_ms);
-            let (key, value) = self.image_record(Image::Finished(f));
-            self.markers.push_back((delete_at, key.clone()));
-            records.push((key, Some(value)));
+            if self.partition_count <= 0 {
+                // The partitions are not known (no restore ran): a record per key.
+                let (key, value) = self.image_record(Image::Finished(f));
+                self.imaged
+                    .remove(&(workflow, Box::<[u8]>::from(id.as_bytes())));
+                self.markers.push_back(Marker {
+                    at: delete_at,
+                    key: key.clone(),
+                    partition: None,
+                    ends: 1,
+                });
+                self.marker_ends += 1;
+                records.push((key, Some(value)));
+                finished += 1;
+                continue;
+            }
+            let key = durable::encode_key(&name, id.as_bytes());
+            let partition = crate::route::partition_of(&key, self.partition_count);
+            let batch = batches.entry((workflow, partition)).or_default();
+            batch.delete_at = batch.delete_at.max(delete_at);
+            batch.images.push(f);
+            if self
+                .imaged
+                .remove(&(workflow, Box::<[u8]>::from(id.as_bytes())))
+            {
+                batch.imaged.push(key);
+            }
+        }
+        // Each batch, then the deletions of its keys' pending images, on its partition: a
+        // key is never deleted before the batch that remembers its end is written.
+        for ((workflow, partition), batch) in batches {
+            let key = durable::encode_finished_batch_key(
+                self.name(workflow),
+                partition,
+                self.writer,
+                self.batch_seq,
+            );
+            self.batch_seq += 1;
+            let mut value = Vec::new();
+            durable::encode_finished_batch_value(&batch.images, &mut value);
+            self.markers.push_back(Marker {
+                at: batch.delete_at,
+                key: key.clone(),
+                partition: Some(partition),
+                ends: batch.images.len(),
+            });
+            self.marker_ends += batch.images.len();
+            pinned.push((partition, key, Some(value)));
             finished += 1;
+            deleted += batch.imaged.len() as u64;
+            pinned.extend(batch.imaged.into_iter().map(|k| (partition, k, None)));
         }
         metrics::counter!(names::STATE_RECORDS_TOTAL, "kind" => "finished").increment(finished);
         // Oldest first is close enough to delete-time order: a workflow's window is fixed.
-        let mut deleted = 0u64;
-        while let Some((at, _)) = self.markers.front() {
-            if *at > clock_ms && self.markers.len() <= self.marker_cap {
+        while let Some(m) = self.markers.front() {
+            if m.at > clock_ms && self.marker_ends <= self.marker_cap {
                 break;
             }
-            if let Some((_, key)) = self.markers.pop_front() {
-                records.push((key, None));
+            if let Some(m) = self.markers.pop_front() {
+                self.marker_ends = self.marker_ends.saturating_sub(m.ends);
+                match m.partition {
+                    None => records.push((m.key, None)),
+                    Some(p) => pinned.push((p, m.key, None)),
+                }
                 deleted += 1;
             }
         }
@@ -620,7 +787,7 @@ impl DurableState {
                     Some(k) => pinned.push((
                         *k,
                         durable::encode_partition_lag_key(self.name(image.workflow), *k),
-                        value,
+                        Some(value),
                     )),
                 }
             }
@@ -638,8 +805,12 @@ impl DurableState {
     /// Changelog partition `k` moved to another owner: its keys' deletions are its.
     pub fn revoke_partition(&mut self, k: i32) {
         let n = self.partition_count;
-        self.markers
-            .retain(|(_, key)| crate::route::partition_of(key, n) != k);
+        self.markers.retain(|m| {
+            m.partition
+                .unwrap_or_else(|| crate::route::partition_of(&m.key, n))
+                != k
+        });
+        self.marker_ends = self.markers.iter().map(|m| m.ends).sum();
         let names = &self.workflows;
         let kept = |(w, id): &Key| {
             let name = names.get(*w).map_or("", String::as_str);
@@ -647,11 +818,20 @@ impl DurableState {
         };
         self.stripped.retain(kept);
         self.ends_written.retain(kept);
+        self.imaged.retain(kept);
         self.closed.retain(|key, _| kept(key));
     }
 
     fn name(&self, workflow: usize) -> &str {
         self.workflows.get(workflow).map_or("", String::as_str)
+    }
+
+    /// The correlation a changelog key names (`None`: another kind of key, or a workflow
+    /// no longer configured).
+    fn key_of(&self, key: &[u8], names: &[&str]) -> Option<Key> {
+        let (name, id) = durable::decode_key(key).ok()?;
+        let workflow = names.iter().position(|w| *w == name)?;
+        Some((workflow, id.into()))
     }
 
     /// The changelog record of `image`: (key, value).

@@ -393,7 +393,7 @@ pub fn describe_all() {
     describe_counter!(
         STATE_RECORDS_TOTAL,
         Unit::Count,
-        "Changelog records written, by kind (pending, finished, deleted)."
+        "Changelog records written, by kind (pending images, finished batches, deleted: tombstones of ended pending images and of expired batches, lag)."
     );
     describe_gauge!(
         STATE_CUTS_WAITING,
