@@ -102,11 +102,30 @@ async fn write_cut(
     outcomes: &mut Outcomes,
     now: i64,
 ) {
+    state.cut(engine, outcomes, HashMap::new(), 0, now);
+    flush_all(topology, state).await;
+}
+
+/// The start of `id` read again by a restored engine that remembers its end: a
+/// duplicate, not a new correlation.
+fn assert_start_is_a_duplicate(engine: &mut Engine, id: &str, t0: i64) {
+    let mut again = Vec::new();
+    engine
+        .process(start(id, t0), &mut again)
+        .expect("start read again");
+    assert!(
+        again
+            .iter()
+            .all(|o| !matches!(o.kind, synclag::correlate::OutcomeKind::Completed { .. })),
+        "{id}: a duplicate, not a new correlation: {again:?}"
+    );
+}
+
+/// Writes what `state` has waiting (a restore's deletions) and waits for the broker.
+async fn flush_all(topology: &Topology, state: &mut DurableState) {
     let outputs = Arc::new(Outputs::new(topology).expect("producer"));
     let mut emitter = Emitter::start(outputs, &topology.outputs, None);
-    let mut gate = CommitGate::default();
-    state.cut(engine, outcomes, HashMap::new(), emitter.submitted(), now);
-    state.flush(u64::MAX, &mut emitter, &mut gate);
+    state.flush(u64::MAX, &mut emitter, &mut CommitGate::default());
     assert!(
         emitter
             .drain(Instant::now() + Duration::from_secs(30))
@@ -352,16 +371,7 @@ async fn a_held_end_is_written_once_however_many_cuts_it_waits() {
         DurableState::new(&topology).restore(&topology, &mut restored, &mut |_, _| {}, now)
     })
     .expect("restore");
-    let mut again = Vec::new();
-    restored
-        .process(start(id, t0), &mut again)
-        .expect("start read again");
-    assert!(
-        again
-            .iter()
-            .all(|o| !matches!(o.kind, synclag::correlate::OutcomeKind::Completed { .. })),
-        "a duplicate, not a new correlation: {again:?}"
-    );
+    assert_start_is_a_duplicate(&mut restored, id, t0);
     assert!(pending_ids(&restored).is_empty());
 }
 
@@ -476,16 +486,7 @@ async fn ends_are_written_in_one_batch_per_partition_and_their_pending_images_de
     assert!(pending_ids(&restored).is_empty());
     assert_eq!(report.finished as usize, ids.len());
     for id in &ids {
-        let mut again = Vec::new();
-        restored
-            .process(start(id, t0), &mut again)
-            .expect("start read again");
-        assert!(
-            again
-                .iter()
-                .all(|o| !matches!(o.kind, synclag::correlate::OutcomeKind::Completed { .. })),
-            "{id}: a duplicate, not a new correlation: {again:?}"
-        );
+        assert_start_is_a_duplicate(&mut restored, id, t0);
     }
 
     // The same records without the deletions, as if the writer died after the batches:
@@ -510,14 +511,7 @@ async fn ends_are_written_in_one_batch_per_partition_and_their_pending_images_de
     producer.flush(Duration::from_secs(30)).expect("copied");
     let (restored, mut state, _) = restore(&short_topology, now);
     assert!(pending_ids(&restored).is_empty(), "the batch ends them");
-    let outputs = Arc::new(Outputs::new(&short_topology).expect("producer"));
-    let mut emitter = Emitter::start(outputs, &short_topology.outputs, None);
-    state.flush(u64::MAX, &mut emitter, &mut CommitGate::default());
-    assert!(
-        emitter
-            .drain(Instant::now() + Duration::from_secs(30))
-            .await
-    );
+    flush_all(&short_topology, &mut state).await;
     for id in &ids {
         assert_eq!(
             written_for(&short, id),
@@ -529,14 +523,7 @@ async fn ends_are_written_in_one_batch_per_partition_and_their_pending_images_de
     // Restored once its ends are old enough (start + 2 × window): the batches are deleted.
     let (_, mut state, report) = restore(&topology, t0 + 2 * 7_200_000 + 1);
     assert_eq!(report.expired as usize, batches);
-    let outputs = Arc::new(Outputs::new(&topology).expect("producer"));
-    let mut emitter = Emitter::start(outputs, &topology.outputs, None);
-    state.flush(u64::MAX, &mut emitter, &mut CommitGate::default());
-    assert!(
-        emitter
-            .drain(Instant::now() + Duration::from_secs(30))
-            .await
-    );
+    flush_all(&topology, &mut state).await;
     let deleted_batches = support::topics::read_all(support::client_config(), &topic)
         .iter()
         .filter(|m| {

@@ -224,20 +224,30 @@ pub fn decode_lag(
     Some(decode_lag_value(name, value, workflows))
 }
 
-fn decode_lag_value(name: &str, value: &[u8], workflows: &[&str]) -> Result<LagImage, ImageError> {
-    let workflow = workflows
+/// The index of the workflow named `name` among the configured `workflows`.
+fn workflow_index(name: &str, workflows: &[&str]) -> Result<usize, ImageError> {
+    workflows
         .iter()
         .position(|w| *w == name)
-        .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))?;
-    let mut r = Reader { buf: value, pos: 0 };
+        .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))
+}
+
+/// Reads a value's version and kind, which must be `kind`.
+fn expect_kind(r: &mut Reader<'_>, kind: u8) -> Result<(), ImageError> {
     let version = r.u8()?;
     if version != VERSION {
         return Err(ImageError::Version(version));
     }
-    let kind = r.u8()?;
-    if kind != KIND_LAG {
-        return Err(ImageError::Kind(kind));
+    match r.u8()? {
+        k if k == kind => Ok(()),
+        other => Err(ImageError::Kind(other)),
     }
+}
+
+fn decode_lag_value(name: &str, value: &[u8], workflows: &[&str]) -> Result<LagImage, ImageError> {
+    let workflow = workflow_index(name, workflows)?;
+    let mut r = Reader { buf: value, pos: 0 };
+    expect_kind(&mut r, KIND_LAG)?;
     let interval_start_ms = r.i64()?;
     let n = r.u16()?;
     let mut series = Vec::with_capacity(usize::from(n));
@@ -432,19 +442,9 @@ pub fn decode_finished_batch(
         let len = usize::from(k.u16()?);
         let name = std::str::from_utf8(k.take(len)?)
             .map_err(|_| ImageError::Invalid("workflow name is not UTF-8".into()))?;
-        let workflow = workflows
-            .iter()
-            .position(|w| *w == name)
-            .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))?;
+        let workflow = workflow_index(name, workflows)?;
         let mut r = Reader::new(value);
-        let version = r.u8()?;
-        if version != VERSION {
-            return Err(ImageError::Version(version));
-        }
-        let kind = r.u8()?;
-        if kind != KIND_FINISHED_BATCH {
-            return Err(ImageError::Kind(kind));
-        }
+        expect_kind(&mut r, KIND_FINISHED_BATCH)?;
         let b = r.take(4)?;
         let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         // Each entry takes at least 16 bytes: a count beyond that is a corrupt record.
@@ -469,10 +469,7 @@ pub fn decode_finished_batch(
 /// Decodes a changelog record; `workflows` are the configured workflow names, in order.
 pub fn decode(key: &[u8], value: &[u8], workflows: &[&str]) -> Result<Image, ImageError> {
     let (name, id) = decode_key(key)?;
-    let workflow = workflows
-        .iter()
-        .position(|w| *w == name)
-        .ok_or_else(|| ImageError::UnknownWorkflow(name.to_string()))?;
+    let workflow = workflow_index(name, workflows)?;
     let correlation_id: Box<[u8]> = id.into();
     let mut r = Reader { buf: value, pos: 0 };
     let version = r.u8()?;
