@@ -64,6 +64,21 @@ const WARN: usize = 0;
 const CRITICAL: usize = 1;
 const ENDS: usize = 2;
 
+/// Where a held `o` counts in [`HeldMarks`] (`None`: durable state need not know it).
+fn held_slot(o: &Outcome) -> Option<usize> {
+    match o.kind {
+        OutcomeKind::Breach {
+            tier: Tier::Warn, ..
+        } => Some(WARN),
+        OutcomeKind::Breach {
+            tier: Tier::Critical,
+            ..
+        } => Some(CRITICAL),
+        _ if o.is_terminal() => Some(ENDS),
+        _ => None,
+    }
+}
+
 impl HeldMarks {
     /// The breach tiers held: bit 1 warn, bit 2 critical (as `PendingImage::fired`).
     pub fn tiers(&self) -> u8 {
@@ -267,16 +282,8 @@ impl Outcomes {
 
     /// Counts `o` in [`held_marks`](Self::held_marks) as held (`+1`) or no longer (`-1`).
     fn mark_held(&mut self, o: &Outcome, held: bool) {
-        let slot = match o.kind {
-            OutcomeKind::Breach {
-                tier: Tier::Warn, ..
-            } => WARN,
-            OutcomeKind::Breach {
-                tier: Tier::Critical,
-                ..
-            } => CRITICAL,
-            _ if o.is_terminal() => ENDS,
-            _ => return,
+        let Some(slot) = held_slot(o) else {
+            return;
         };
         let key: Key = (o.info.workflow, o.info.correlation_id.as_bytes().into());
         if held {
@@ -1058,16 +1065,8 @@ workflows:
     fn scanned(o: &Outcomes) -> HashMap<Key, HeldMarks> {
         let mut out: HashMap<Key, HeldMarks> = HashMap::new();
         for h in o.held.values().flat_map(HeldQueue::iter) {
-            let slot = match h.item.kind {
-                OutcomeKind::Breach {
-                    tier: Tier::Warn, ..
-                } => WARN,
-                OutcomeKind::Breach {
-                    tier: Tier::Critical,
-                    ..
-                } => CRITICAL,
-                _ if h.item.is_terminal() => ENDS,
-                _ => continue,
+            let Some(slot) = held_slot(&h.item) else {
+                continue;
             };
             let key = (
                 h.item.info.workflow,
