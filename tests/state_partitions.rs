@@ -536,3 +536,62 @@ async fn ends_are_written_in_one_batch_per_partition_and_their_pending_images_de
         .count();
     assert_eq!(deleted_batches, batches);
 }
+
+/// Many ends in one cut are written in several finished batches, each within the
+/// record size a topic takes by default: one record of all of a partition's ends was refused by the
+/// broker (over `max.message.bytes`) and, a changelog record never being dropped, retried
+/// forever, holding every later cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_of_many_ends_stays_within_the_record_size_a_topic_takes() {
+    use rdkafka::Message;
+    let topic = support::random_name("state-batched-big");
+    let topology = Arc::new(self::topology(&topic));
+    let config = Rules::engine_config(&topology);
+    let (mut state, mut engine) = fresh_state(&topology).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let t0 = now - 3_600_000;
+    // About 100 bytes an end: each partition's share is more than the broker's default
+    // record limit (about 1 MiB).
+    let ids: Vec<String> = (0..80_000)
+        .map(|i| format!("SO-{i:08}-a-long-correlation-id-as-some-producers-send-them"))
+        .collect();
+    let mut out = Vec::new();
+    for id in &ids {
+        engine.process(start(id, t0), &mut out).expect("start");
+        engine
+            .process(closing(id, t0 + 60_000), &mut out)
+            .expect("close within the SLA");
+    }
+    let mut outcomes = Outcomes::new(topology.clone(), Masker::off());
+    outcomes.track_ended();
+    outcomes.take_lane(synclag::service::outcomes::DIRECT, &mut out, 1);
+    write_cut(&topology, &mut state, &mut engine, &mut outcomes, now).await;
+
+    let records = support::topics::read_all(support::client_config(), &topic);
+    let mut ends = 0;
+    let mut batches_on: HashMap<i32, usize> = HashMap::new();
+    for m in &records {
+        let (Some(key), Some(value)) = (m.key(), m.payload()) else {
+            continue;
+        };
+        if let Some(batch) =
+            synclag::correlate::durable::decode_finished_batch(key, value, &["order_import"])
+        {
+            assert!(value.len() <= 256 * 1024, "{} bytes", value.len());
+            ends += batch.expect("readable").len();
+            *batches_on.entry(m.partition()).or_default() += 1;
+        }
+    }
+    assert_eq!(ends, ids.len(), "every end written");
+    assert!(
+        batches_on.values().any(|n| *n > 1),
+        "a partition's ends split: {batches_on:?}"
+    );
+    let mut restored = Engine::new(&config).expect("engine");
+    tokio::task::block_in_place(|| {
+        DurableState::new(&topology).restore(&topology, &mut restored, &mut |_, _| {}, now)
+    })
+    .expect("restore");
+    assert!(pending_ids(&restored).is_empty());
+    assert_start_is_a_duplicate(&mut restored, &ids[0], t0);
+}

@@ -413,19 +413,47 @@ pub fn encode_finished_batch_key(
     key
 }
 
-/// Encodes finished images of one workflow as a batch value (their workflow is the key's).
-pub fn encode_finished_batch_value(images: &[FinishedImage], out: &mut Vec<u8>) {
-    out.clear();
+/// Encodes finished images of one workflow (their workflow is the key's) as as many batch values as it takes for each to stay within
+/// `max_bytes` (a topic refuses records over its `max.message.bytes`, and a changelog
+/// record is never dropped: one refused would hold every later cut); an image larger
+/// than that alone gets a value of its own. Returns each value with its image count, in
+/// order.
+pub fn encode_finished_batch_values(
+    images: &[FinishedImage],
+    max_bytes: usize,
+) -> Vec<(Vec<u8>, usize)> {
+    const HEADER: usize = 6;
+    let mut values = Vec::new();
+    let mut entry = Vec::new();
+    let (mut value, mut count) = (Vec::new(), 0usize);
+    for f in images {
+        entry.clear();
+        let id = &f.correlation_id[..f.correlation_id.len().min(usize::from(u16::MAX))];
+        entry.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        entry.extend_from_slice(id);
+        encode_finished_fields(f, &mut entry);
+        if count > 0 && HEADER + value.len() + entry.len() > max_bytes {
+            values.push((finish_batch_value(&value, count), count));
+            value.clear();
+            count = 0;
+        }
+        value.extend_from_slice(&entry);
+        count += 1;
+    }
+    if count > 0 {
+        values.push((finish_batch_value(&value, count), count));
+    }
+    values
+}
+
+/// A batch value of `count` encoded entries.
+fn finish_batch_value(entries: &[u8], count: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + entries.len());
     out.push(VERSION);
     out.push(KIND_FINISHED_BATCH);
-    let n = u32::try_from(images.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&n.to_be_bytes());
-    for f in images.iter().take(n as usize) {
-        let id = &f.correlation_id[..f.correlation_id.len().min(usize::from(u16::MAX))];
-        out.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        out.extend_from_slice(id);
-        encode_finished_fields(f, out);
-    }
+    out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(entries);
+    out
 }
 
 /// The finished images of a batch when `key` is a batch key (`None`: another key).
@@ -746,8 +774,8 @@ mod tests {
             finished(b"S-3", Terminal::Evicted, vec![(1, "WH-ÄMS".into())]),
         ];
         let key = encode_finished_batch_key("shipment_status", 5, 0xfeed, 42);
-        let mut value = Vec::new();
-        encode_finished_batch_value(&images, &mut value);
+        let (value, n) = encode_finished_batch_values(&images, usize::MAX).remove(0);
+        assert_eq!(n, images.len());
         assert_eq!(
             decode_finished_batch(&key, &value, &names),
             Some(Ok(images.clone()))
@@ -790,6 +818,21 @@ mod tests {
             decode_finished_batch(&key, &lying, &names),
             Some(Err(ImageError::Truncated(_)))
         ));
+        // Split to a size: each value within it, together every image in order.
+        let values = encode_finished_batch_values(&images, value.len() - 1);
+        assert!(values.len() > 1);
+        let mut again = Vec::new();
+        for (v, n) in &values {
+            assert!(v.len() < value.len());
+            let decoded = decode_finished_batch(&key, v, &names)
+                .expect("a batch key")
+                .expect("readable");
+            assert_eq!(decoded.len(), *n);
+            again.extend(decoded);
+        }
+        assert_eq!(again, images);
+        // An image larger than the bound alone still gets a value.
+        assert_eq!(encode_finished_batch_values(&images, 1).len(), images.len());
         assert_eq!(
             decode_finished_batch(&encode_finished_batch_key("gone", 0, 1, 1), &value, &names),
             Some(Err(ImageError::UnknownWorkflow("gone".into())))

@@ -59,6 +59,10 @@ pub enum StateError {
 /// How long the stages topic keeps records (`retention.ms` when synclag creates it): an
 /// engine partition stopped for longer than this would miss the stages routed to it.
 const STAGES_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The largest finished batch record: a cut's ends on one partition beyond it go in
+/// several (a broker takes about 1 MiB per record by default, and a changelog record it
+/// refused would be retried forever, holding every later cut).
+const FINISHED_BATCH_MAX_BYTES: usize = 256 * 1024;
 /// How long a start may take to read the changelog before giving up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long metadata of a just-created changelog topic may take to show up.
@@ -736,24 +740,26 @@ impl DurableState {
         // Each batch, then the deletions of its keys' pending images, on its partition: a
         // key is never deleted before the batch that remembers its end is written.
         for ((workflow, partition), batch) in batches {
-            let key = durable::encode_finished_batch_key(
-                self.name(workflow),
-                partition,
-                self.writer,
-                self.batch_seq,
-            );
-            self.batch_seq += 1;
-            let mut value = Vec::new();
-            durable::encode_finished_batch_value(&batch.images, &mut value);
-            self.markers.push_back(Marker {
-                at: batch.delete_at,
-                key: key.clone(),
-                partition: Some(partition),
-                ends: batch.images.len(),
-            });
-            self.marker_ends += batch.images.len();
-            pinned.push((partition, key, Some(value)));
-            finished += 1;
+            for (value, ends) in
+                durable::encode_finished_batch_values(&batch.images, FINISHED_BATCH_MAX_BYTES)
+            {
+                let key = durable::encode_finished_batch_key(
+                    self.name(workflow),
+                    partition,
+                    self.writer,
+                    self.batch_seq,
+                );
+                self.batch_seq += 1;
+                self.markers.push_back(Marker {
+                    at: batch.delete_at,
+                    key: key.clone(),
+                    partition: Some(partition),
+                    ends,
+                });
+                self.marker_ends += ends;
+                pinned.push((partition, key, Some(value)));
+                finished += 1;
+            }
             deleted += batch.imaged.len() as u64;
             pinned.extend(batch.imaged.into_iter().map(|k| (partition, k, None)));
         }
