@@ -263,12 +263,52 @@ impl Entry {
     }
 }
 
+/// A lane's key, `(anchor, slot)`, in 12 bytes instead of the 16 of an `(i64, u32)` tuple
+/// (whose alignment pads it): the lanes hold one key per pending correlation, and a B-tree
+/// leaf holds 11 of them whatever their size. Ordered as the tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct LaneKey {
+    at_hi: i32,
+    at_lo: u32,
+    slot: u32,
+}
+
+impl LaneKey {
+    fn new(at: i64, slot: u32) -> Self {
+        Self {
+            at_hi: (at >> 32) as i32,
+            at_lo: at as u32,
+            slot,
+        }
+    }
+
+    fn at(self) -> i64 {
+        (i64::from(self.at_hi) << 32) | i64::from(self.at_lo)
+    }
+
+    fn pair(self) -> (i64, u32) {
+        (self.at(), self.slot)
+    }
+}
+
+impl Ord for LaneKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.pair().cmp(&other.pair())
+    }
+}
+
+impl PartialOrd for LaneKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 struct Lane {
-    set: BTreeSet<(i64, u32)>,
+    set: BTreeSet<LaneKey>,
     /// `(warn_ms, critical_ms)`; `None` for the held lane.
     tiers: Option<(i64, i64)>,
-    warn_cursor: Option<(i64, u32)>,
-    critical_cursor: Option<(i64, u32)>,
+    warn_cursor: Option<LaneKey>,
+    critical_cursor: Option<LaneKey>,
 }
 
 struct Wf {
@@ -601,7 +641,7 @@ impl Engine {
         let anchor = e.anchor();
         let wf = &mut self.wfs[usize::from(e.workflow)];
         if let Some(lane) = wf.lanes.get_mut(usize::from(e.lane)) {
-            lane.set.insert((anchor, slot));
+            lane.set.insert(LaneKey::new(anchor, slot));
         }
         *wf.age.entry(anchor.div_euclid(1000)).or_insert(0) += 1;
         wf.pending += 1;
@@ -615,7 +655,7 @@ impl Engine {
         let anchor = e.anchor();
         let wf = &mut self.wfs[usize::from(e.workflow)];
         if let Some(lane) = wf.lanes.get_mut(usize::from(e.lane)) {
-            lane.set.remove(&(anchor, slot));
+            lane.set.remove(&LaneKey::new(anchor, slot));
         }
         let sec = anchor.div_euclid(1000);
         if let Some(n) = wf.age.get_mut(&sec) {
@@ -1076,7 +1116,11 @@ impl Engine {
         let oldest = self
             .wfs
             .iter()
-            .flat_map(|wf| wf.lanes.iter().filter_map(|l| l.set.first().copied()))
+            .flat_map(|wf| {
+                wf.lanes
+                    .iter()
+                    .filter_map(|l| l.set.first().map(|k| k.pair()))
+            })
             .min();
         let Some((_, slot)) = oldest else {
             return;
@@ -1238,14 +1282,14 @@ impl Engine {
                             Tier::Critical => (critical, &mut lane.critical_cursor),
                         };
                         let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
-                        for &(start, slot) in lane.set.range((lower, Bound::Unbounded)) {
-                            if start.saturating_add(sla) > now {
+                        for key in lane.set.range((lower, Bound::Unbounded)) {
+                            if key.at().saturating_add(sla) > now {
                                 break;
                             }
-                            due.push((start, slot));
+                            due.push(key.pair());
                         }
-                        if let Some(&last) = due.last() {
-                            *cursor = Some(last);
+                        if let Some(&(at, slot)) = due.last() {
+                            *cursor = Some(LaneKey::new(at, slot));
                         }
                     }
                     for &(_, slot) in &due {
@@ -1253,14 +1297,15 @@ impl Engine {
                     }
                 }
                 let window = self.wfs[w].window_ms;
-                while let Some(&(anchor, slot)) = self.wfs[w].lanes[l].set.first() {
+                while let Some((anchor, slot)) = self.wfs[w].lanes[l].set.first().map(|k| k.pair())
+                {
                     if anchor.saturating_add(window) > now {
                         break;
                     }
                     if !self.expire_if_due(slot, now, out) {
                         // Defensive: an entry the set points at but cannot expire would
                         // otherwise stall this loop.
-                        self.wfs[w].lanes[l].set.remove(&(anchor, slot));
+                        self.wfs[w].lanes[l].set.remove(&LaneKey::new(anchor, slot));
                     }
                 }
             }
@@ -1336,7 +1381,7 @@ impl Engine {
                 let mut firsts: Vec<(i64, u32)> = wf
                     .lanes
                     .iter()
-                    .flat_map(|l| l.set.iter().take(self.oldest_n).copied())
+                    .flat_map(|l| l.set.iter().take(self.oldest_n).map(|k| k.pair()))
                     .collect();
                 firsts.sort_unstable();
                 firsts.truncate(self.oldest_n);
@@ -1404,6 +1449,43 @@ mod tests {
     #[test]
     fn pending_entry_stays_at_64_bytes() {
         assert_eq!(std::mem::size_of::<Option<Entry>>(), 64);
+    }
+
+    #[test]
+    fn lane_keys_take_12_bytes_and_order_as_their_pairs() {
+        assert_eq!(std::mem::size_of::<LaneKey>(), 12);
+        let ats = [
+            i64::MIN,
+            i64::MIN + 1,
+            -(1 << 32) - 1,
+            -(1 << 32),
+            -1,
+            0,
+            1,
+            (1 << 31) - 1,
+            1 << 31,
+            (1 << 32) - 1,
+            1 << 32,
+            (1 << 32) + 1,
+            1_764_000_000_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        let slots = [0, 1, u32::MAX >> 1, u32::MAX];
+        let pairs: Vec<(i64, u32)> = ats
+            .iter()
+            .flat_map(|&at| slots.iter().map(move |&slot| (at, slot)))
+            .collect();
+        for &a in &pairs {
+            assert_eq!(LaneKey::new(a.0, a.1).pair(), a);
+            for &b in &pairs {
+                assert_eq!(
+                    LaneKey::new(a.0, a.1).cmp(&LaneKey::new(b.0, b.1)),
+                    a.cmp(&b),
+                    "{a:?} against {b:?}"
+                );
+            }
+        }
     }
 
     #[test]
