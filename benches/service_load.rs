@@ -167,6 +167,8 @@ struct Measured {
     wall_s: f64,
     cpu_s: f64,
     peak_rss_mib: f64,
+    /// CPU seconds the harness broker spent during the run (`None` with `--bootstrap`).
+    broker_cpu_s: Option<f64>,
     breaches: Breaches,
 }
 
@@ -182,7 +184,10 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let bootstrap = match &args.bootstrap {
         Some(b) => b.clone(),
-        None => support::bootstrap(),
+        None => {
+            HARNESS_BROKER.store(true, std::sync::atomic::Ordering::Relaxed);
+            support::bootstrap()
+        }
     };
     let peer = if args.peer { Some(build_peer()?) } else { None };
     let rt = tokio::runtime::Runtime::new()?;
@@ -334,6 +339,12 @@ fn report_run(system: &str, round: usize, backlog: &Backlog, m: &Measured) {
         m.breaches.total,
         m.breaches.repeated
     );
+    if let Some(broker) = m.broker_cpu_s {
+        eprintln!(
+            "round {round}: {system}: the broker spent {broker:.1} CPU-s meanwhile ({:.0} % of the run's 2-core capacity with the system's own)",
+            100.0 * (broker + m.cpu_s) / (2.0 * m.wall_s)
+        );
+    }
     eprintln!(
         "round {round}: {system}: breach records by kind: {:?}; {} alerts the workload does not explain (first: {:?}); {} more whose closing record happened before the deadline but reached Kafka after it",
         m.breaches.kinds, m.breaches.undeserved_total, m.breaches.undeserved, m.breaches.at_deadline
@@ -599,11 +610,14 @@ fn measure(
     stages: Option<String>,
 ) -> anyhow::Result<Measured> {
     let started = Instant::now();
+    let broker_at_start = broker_cpu_s();
     let mut progress = Progress::new(bootstrap, group, backlog, stages)?;
     let mut last = (0u64, Instant::now());
     let mut sampled = Instant::now();
     let mut at_peak: Option<(f64, f64, Vec<f64>)> = None;
     let mut highest = vec![0.0; MEMORY_GAUGES.len()];
+    // When the input records consumed first reached the backlog (sampled once a second).
+    let mut read_all_at: Option<f64> = None;
     let tails = || {
         services
             .iter()
@@ -617,16 +631,21 @@ fn measure(
             let mut rss = 0.0;
             let mut g = vec![0.0; MEMORY_GAUGES.len()];
             let mut complete = true;
+            let mut consumed = 0.0;
             for (service, port) in services.iter().zip(metrics_ports) {
                 match (service.pid().and_then(rss_mib), scrape(*port)) {
                     (Some(r), Some(page)) => {
                         rss += r;
+                        consumed += gauges(&page, &["synclag_records_consumed_total"])[0];
                         for (sum, v) in g.iter_mut().zip(gauges(&page, &MEMORY_GAUGES)) {
                             *sum += v;
                         }
                     }
                     _ => complete = false,
                 }
+            }
+            if complete && read_all_at.is_none() && consumed >= backlog.records as f64 {
+                read_all_at = Some(started.elapsed().as_secs_f64());
             }
             if complete {
                 for (h, v) in highest.iter_mut().zip(&g) {
@@ -666,6 +685,11 @@ fn measure(
         std::thread::sleep(Duration::from_millis(100));
     }
     let wall_s = started.elapsed().as_secs_f64();
+    if let Some(at) = read_all_at {
+        let name = services.first().map_or("", |s| s.name());
+        eprintln!("{name}: every input record consumed by {at:.0}s, all committed at {wall_s:.1}s");
+    }
+    let broker_cpu = broker_at_start.zip(broker_cpu_s()).map(|(a, b)| b - a);
     if let Some((rss, at_s, g)) = &at_peak {
         let list = |v: &[f64]| {
             MEMORY_GAUGES
@@ -694,6 +718,16 @@ fn measure(
         let list: Vec<String> = written.iter().map(|(k, v)| format!("{k}={v:.0}")).collect();
         eprintln!("{name}: changelog records written: {}", list.join(" "));
     }
+    // How often reading stopped for the clock, summed over instances.
+    let pages: Vec<String> = metrics_ports.iter().filter_map(|p| scrape(*p)).collect();
+    if !pages.is_empty() {
+        let total = |name: &str| -> f64 { pages.iter().map(|p| gauges(p, &[name])[0]).sum() };
+        let name = services.first().map_or("", |s| s.name());
+        eprintln!(
+            "{name}: input partitions paused for running ahead of the clock {:.0} time(s)",
+            total("synclag_input_paced_total")
+        );
+    }
     let (mut cpu_s, mut peak_rss_mib) = (0.0, 0.0);
     for service in services {
         let pid = service
@@ -711,8 +745,21 @@ fn measure(
         wall_s,
         cpu_s,
         peak_rss_mib,
+        broker_cpu_s: broker_cpu,
         breaches,
     })
+}
+
+/// Whether the broker is the harness's (no `--bootstrap`), so its process can be read.
+static HARNESS_BROKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// CPU seconds the harness broker has used so far, if this run started it.
+fn broker_cpu_s() -> Option<f64> {
+    if !HARNESS_BROKER.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let pid = support::kafka::broker().local.as_ref()?.service.pid()?;
+    usage(pid).ok().map(|(cpu, _)| cpu)
 }
 
 /// (user + system CPU seconds, peak RSS MiB) of process `pid`, all its threads.

@@ -132,6 +132,13 @@ pub const SETTINGS: &[Setting] = &[
         why: "each fetch brings at most 64 KiB of a partition, so all input partitions are read in step: with librdkafka's 1 MiB one partition could run seconds of event time ahead of the others, whose stages then waited in memory for the slowest partition's clock (the load run held 124,000 outcomes at 667 MiB RSS; at 64 KiB 364 MiB and 3.8× the throughput)",
     },
     Setting {
+        key: "fetch.queue.backoff.ms",
+        value: "10",
+        rule: Rule::Default,
+        clients: &[Input],
+        why: "while a backlog is read, partitions running ahead of the clock are paused and resumed; with librdkafka's 1,000 ms a resumed partition whose queue was judged full waited up to a second before it was fetched again, while every other partition waited for it (the load run read 27 k records/s with it, 70 k with 10 ms)",
+    },
+    Setting {
         key: "partition.assignment.strategy",
         value: "cooperative-sticky",
         rule: Rule::Default,

@@ -68,6 +68,9 @@ pub enum RunError {
 
 const TICK: Duration = Duration::from_millis(100);
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// While records flow, how often the clock is advanced between ticks (see the loop in
+/// `run_pipeline`).
+const CLOCK_EVERY: Duration = Duration::from_millis(5);
 const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// With transactions: outputs after which a transaction is committed before its second
 /// is up, bounding the outputs kept in memory to write an aborted transaction again.
@@ -448,6 +451,7 @@ async fn run_pipeline(
     let mut last_summary = Instant::now();
     let mut failed: Option<String> = None;
     let mut busy = busy::Busy::new(Instant::now());
+    let mut last_clock = Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -507,6 +511,15 @@ async fn run_pipeline(
                     let t = Instant::now();
                     p.on_message(&m, &consumer).await;
                     busy.spent(busy::Activity::Records, t);
+                    // While a backlog is read the clock follows the records: advanced
+                    // only at the tick, every partition that ran ahead would wait there
+                    // for the slowest one to be read, and reading would go at the pace
+                    // of the tick rather than of the records.
+                    if last_clock.elapsed() >= CLOCK_EVERY {
+                        last_clock = Instant::now();
+                        p.advance_clock(&consumer);
+                        busy.spent(busy::Activity::Tick, last_clock);
+                    }
                 }
                 // Missing topics and broker outages are reported once per change by
                 // ingest::health; librdkafka repeats them on every retry.
