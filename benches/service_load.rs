@@ -707,9 +707,10 @@ fn measure(
         eprintln!("{name}: highest of each: {}", list(&highest));
     }
     // What the durable state wrote, per kind of changelog record, summed over instances.
+    let pages: Vec<String> = metrics_ports.iter().filter_map(|p| scrape(*p)).collect();
     let mut written: std::collections::BTreeMap<String, f64> = Default::default();
-    for page in metrics_ports.iter().filter_map(|p| scrape(*p)) {
-        for (kind, v) in by_label(&page, "synclag_state_records_total", "kind") {
+    for page in &pages {
+        for (kind, v) in by_label(page, "synclag_state_records_total", "kind") {
             *written.entry(kind).or_default() += v;
         }
     }
@@ -719,7 +720,6 @@ fn measure(
         eprintln!("{name}: changelog records written: {}", list.join(" "));
     }
     // How often reading stopped for the clock, summed over instances.
-    let pages: Vec<String> = metrics_ports.iter().filter_map(|p| scrape(*p)).collect();
     if !pages.is_empty() {
         let total = |name: &str| -> f64 { pages.iter().map(|p| gauges(p, &[name])[0]).sum() };
         let name = services.first().map_or("", |s| s.name());

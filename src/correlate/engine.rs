@@ -1282,14 +1282,16 @@ impl Engine {
                             Tier::Critical => (critical, &mut lane.critical_cursor),
                         };
                         let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
-                        for key in lane.set.range((lower, Bound::Unbounded)) {
+                        let mut last = None;
+                        for &key in lane.set.range((lower, Bound::Unbounded)) {
                             if key.at().saturating_add(sla) > now {
                                 break;
                             }
                             due.push(key.pair());
+                            last = Some(key);
                         }
-                        if let Some(&(at, slot)) = due.last() {
-                            *cursor = Some(LaneKey::new(at, slot));
+                        if last.is_some() {
+                            *cursor = last;
                         }
                     }
                     for &(_, slot) in &due {
@@ -1297,15 +1299,14 @@ impl Engine {
                     }
                 }
                 let window = self.wfs[w].window_ms;
-                while let Some((anchor, slot)) = self.wfs[w].lanes[l].set.first().map(|k| k.pair())
-                {
-                    if anchor.saturating_add(window) > now {
+                while let Some(&key) = self.wfs[w].lanes[l].set.first() {
+                    if key.at().saturating_add(window) > now {
                         break;
                     }
-                    if !self.expire_if_due(slot, now, out) {
+                    if !self.expire_if_due(key.slot, now, out) {
                         // Defensive: an entry the set points at but cannot expire would
                         // otherwise stall this loop.
-                        self.wfs[w].lanes[l].set.remove(&LaneKey::new(anchor, slot));
+                        self.wfs[w].lanes[l].set.remove(&key);
                     }
                 }
             }
