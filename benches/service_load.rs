@@ -727,6 +727,12 @@ fn measure(
             "{name}: input partitions paused for running ahead of the clock {:.0} time(s)",
             total("synclag_input_paced_total")
         );
+        // A pause drops what the consumer fetched ahead for the partition; it is fetched again.
+        let fetched = total("synclag_input_fetched_records");
+        eprintln!(
+            "{name}: input records fetched from the broker {fetched:.0}, {:.2} per record in the backlog",
+            fetched / backlog.records.max(1) as f64
+        );
     }
     let (mut cpu_s, mut peak_rss_mib) = (0.0, 0.0);
     for service in services {

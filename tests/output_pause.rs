@@ -1,4 +1,5 @@
-//! Input paused for outputs is no stall, on the real broker.
+//! Input paused for outputs is no stall, and a short wait for outputs costs no fetched
+//! input, on the real broker.
 //!
 //! A backlog of one two-stage workflow is read while outputs cannot be written: they
 //! are Avro, and the schema registry cannot be reached (the service talks to it through
@@ -92,6 +93,51 @@ async fn metrics(svc: &SynclagProcess) -> String {
     svc.get_text("/metrics").await.unwrap_or_default()
 }
 
+/// The registry's URL, and a URL of the same registry through a relay on a free port that
+/// accepts nothing until [`support::relay`] is started on that port with the host:port.
+struct Relayed {
+    real: String,
+    via_relay: String,
+    relay_port: u16,
+    hostport: String,
+}
+
+fn registry_behind_relay() -> Relayed {
+    let real = support::registry_url(); // http://127.0.0.1:PORT/apis/ccompat/v7
+    let (hostport, path) = real
+        .trim_start_matches("http://")
+        .split_once('/')
+        .expect("registry url has a path");
+    let relay_port = support::free_port();
+    Relayed {
+        via_relay: format!("http://127.0.0.1:{relay_port}/{path}"),
+        hostport: hostport.to_string(),
+        relay_port,
+        real,
+    }
+}
+
+/// Every breach record on `topic`: correlation id to its `kind/severity` pairs.
+async fn breaches_by_correlation(
+    topic: &str,
+    registry: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let dec = AvroDecoder::new(SrSettings::new(registry.to_string()));
+    for m in support::topics::read_all(support::client_config(), topic) {
+        let v = dec
+            .decode(m.payload())
+            .await
+            .unwrap_or_else(|e| panic!("a breach record decodes with the registry: {e}"));
+        let ev: BreachEvent = apache_avro::from_value(&v.value)
+            .unwrap_or_else(|e| panic!("a breach record matches the schema: {e}"));
+        seen.entry(ev.correlation_id)
+            .or_default()
+            .insert(format!("{}/{}", ev.kind, ev.severity));
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_paused_for_outputs_is_not_a_stall() {
     let orders = support::random_name("pause-orders");
@@ -101,13 +147,12 @@ async fn input_paused_for_outputs_is_not_a_stall() {
     support::create_topic(&orders, 1).await;
     support::create_topic(&outbox, 1).await;
     // The registry, reached through a relay that accepts nothing until it is started.
-    let real = support::registry_url(); // http://127.0.0.1:PORT/apis/ccompat/v7
-    let (hostport, path) = real
-        .trim_start_matches("http://")
-        .split_once('/')
-        .expect("registry url has a path");
-    let relay_port = support::free_port();
-    let via_relay = format!("http://127.0.0.1:{relay_port}/{path}");
+    let Relayed {
+        real,
+        via_relay,
+        relay_port,
+        hostport,
+    } = registry_behind_relay();
 
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - 10 * 60_000;
@@ -151,7 +196,7 @@ async fn input_paused_for_outputs_is_not_a_stall() {
 
     // The registry answers: outputs move, the backlog is read to its end and every output
     // is delivered.
-    tokio::spawn(support::relay(relay_port, hostport.to_string()));
+    tokio::spawn(support::relay(relay_port, hostport));
     let never = NEVER_CLOSED as f64;
     support::wait_until_async(
         Duration::from_secs(180),
@@ -172,19 +217,7 @@ async fn input_paused_for_outputs_is_not_a_stall() {
         svc.log_tail()
     );
 
-    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let dec = AvroDecoder::new(SrSettings::new(real.clone()));
-    for m in support::topics::read_all(support::client_config(), &breaches) {
-        let v = dec
-            .decode(m.payload())
-            .await
-            .unwrap_or_else(|e| panic!("a breach record decodes with the registry: {e}"));
-        let ev: BreachEvent = apache_avro::from_value(&v.value)
-            .unwrap_or_else(|e| panic!("a breach record matches the schema: {e}"));
-        seen.entry(ev.correlation_id)
-            .or_default()
-            .insert(format!("{}/{}", ev.kind, ev.severity));
-    }
+    let seen = breaches_by_correlation(&breaches, &real).await;
     let mut invented = Vec::new();
     let mut lost = Vec::new();
     for i in 0..NEVER_CLOSED + ON_TIME {
@@ -216,6 +249,153 @@ async fn input_paused_for_outputs_is_not_a_stall() {
     assert!(
         lost.is_empty(),
         "{} alerts lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+/// Correlations of the in-step backlog, 1 ms apart; each closes [`LATE_MS`] after it
+/// started: after its warn deadline (2 s), before its critical one (5 s).
+const IN_STEP: u64 = 12_000;
+const LATE_MS: i64 = 2_500;
+
+/// A short wait for outputs leaves the records the consumer fetched ahead where they are.
+///
+/// Both stages are read from one single-partition topic, so no partition is paused for
+/// running ahead. Every correlation closes 2.5 s after its start and raises a warn; the first waits for the registry,
+/// behind a relay that accepts nothing, so outputs pile up until input is held back. The
+/// relay is started as soon as that is seen. A pause in the consumer would drop every
+/// record fetched ahead and fetch it again, so the consumer would have fetched more records
+/// than the topic holds (`synclag_input_fetched_records`, librdkafka's `rxmsgs`); a wait shorter than a second must not pause there,
+/// and no alert may be lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_output_wait_drops_no_fetched_input() {
+    let orders = support::random_name("hold-orders");
+    let outbox = support::random_name("hold-outbox");
+    let out = support::random_name("hold-out");
+    let breaches = format!("{out}.breaches");
+    support::create_topic(&orders, 1).await;
+    support::create_topic(&outbox, 1).await;
+    let Relayed {
+        real,
+        via_relay,
+        relay_port,
+        hostport,
+    } = registry_behind_relay();
+
+    // Both stages on one single-partition topic, in record-time order: nothing can run
+    // ahead of anything.
+    let base = chrono::Utc::now().timestamp_millis() - 10 * 60_000;
+    let writer = support::BacklogWriter::new();
+    let mut records: Vec<(i64, String, String)> = Vec::new();
+    for i in 0..IN_STEP {
+        let id = order_ref(i);
+        let created = base + i as i64;
+        let imported = created + LATE_MS;
+        records.push((
+            created,
+            id.clone(),
+            format!(r#"{{"order_ref":"{id}","event":"order.created","created_at":{created}}}"#),
+        ));
+        records.push((
+            imported,
+            id.clone(),
+            format!(
+                r#"{{"order_ref":"{id}","event":"sale.order.imported","created_at":{imported}}}"#
+            ),
+        ));
+    }
+    records.sort();
+    for (ts, id, value) in &records {
+        writer.send(&orders, id, value, *ts);
+    }
+    writer.flush();
+
+    let port = support::free_port();
+    let yaml = support::OrderImport {
+        orders: &orders,
+        outbox: &outbox,
+        out: &out,
+        idle_partition_s: IDLE_PARTITION_S,
+        registry_url: Some(&via_relay),
+    }
+    .yaml(port)
+    .replace("stream: odoo_outbox", "stream: orders");
+    let mut svc = SynclagProcess::start(&yaml, port, "output-hold");
+    support::wait_until_async(
+        Duration::from_secs(120),
+        "input is held back for outputs",
+        || async {
+            support::metric_sum(&metrics(&svc).await, "synclag_input_paused_for_output", &[]) == 1.0
+        },
+    )
+    .await;
+    tokio::spawn(support::relay(relay_port, hostport));
+    support::wait_until_async(
+        Duration::from_secs(180),
+        "the backlog was read to its end and every output was acknowledged",
+        || async {
+            let text = metrics(&svc).await;
+            support::metric_sum(&text, "synclag_input_lag_records", &[]) == 0.0
+                && support::metric_sum(&text, "synclag_input_paused_for_output", &[]) == 0.0
+                && support::metric_sum(&text, "synclag_output_unacknowledged_records", &[]) == 0.0
+                && support::metric_sum(&text, "synclag_output_queued_records", &[]) == 0.0
+                && support::metric_sum(&text, "synclag_breaches_total", &[]) >= IN_STEP as f64
+        },
+    )
+    .await;
+    // The consumer's statistics, where the dropped records are counted, come once a second.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let text = metrics(&svc).await;
+    let waits = support::metric_sum(&text, "synclag_output_backpressure_wait_seconds_count", &[]);
+    let short = support::metric_sum(
+        &text,
+        "synclag_output_backpressure_wait_seconds_bucket",
+        &["le=\"1\""],
+    );
+    let paced = support::metric_sum(&text, "synclag_input_paced_total", &[]);
+    let fetched = support::metric_sum(&text, "synclag_input_fetched_records", &[]);
+    assert!(
+        waits >= 1.0,
+        "outputs held input back at least once ({waits} waits)\n{}",
+        svc.log_tail()
+    );
+    assert_eq!(
+        short,
+        waits,
+        "every wait for outputs ended within a second, so none paused the consumer\n{}",
+        svc.log_tail()
+    );
+    assert_eq!(
+        paced,
+        0.0,
+        "the backlog is read in step: no partition paused for running ahead\n{}",
+        svc.log_tail()
+    );
+    assert_eq!(
+        fetched,
+        (2 * IN_STEP) as f64,
+        "each record fetched once: none fetched ahead, dropped while outputs held input back, and fetched again\n{}",
+        svc.log_tail()
+    );
+    assert_eq!(
+        svc.terminate().await,
+        Some(0),
+        "clean exit\n{}",
+        svc.log_tail()
+    );
+
+    let seen = breaches_by_correlation(&breaches, &real).await;
+    let lost: Vec<String> = (0..IN_STEP)
+        .map(order_ref)
+        .filter(|id| {
+            let got = seen.get(id).cloned().unwrap_or_default();
+            !got.contains("breach/warn")
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} correlations lack their warn, e.g. {:?}",
         lost.len(),
         &lost[..lost.len().min(5)]
     );

@@ -73,11 +73,13 @@ impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
         self.shared.health.on_stats(&statistics);
         let mut stats = lock(&self.shared.stats);
+        let mut fetched = 0;
         for (topic, t) in statistics.topics {
             for (p, part) in t.partitions {
                 if p < 0 {
                     continue; // the internal "unassigned" partition
                 }
+                fetched += part.rxmsgs;
                 stats.insert(
                     (topic.clone(), p),
                     PartitionStats {
@@ -90,6 +92,7 @@ impl ClientContext for IngestContext {
                 );
             }
         }
+        metrics::gauge!(crate::telemetry::names::INPUT_FETCHED_RECORDS).set(fetched as f64);
     }
 
     /// Feeds the health view only: librdkafka hands the same error to the consumer's

@@ -72,6 +72,13 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// `run_pipeline`).
 const CLOCK_EVERY: Duration = Duration::from_millis(5);
 const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// How long outputs may hold input back before its partitions are paused in the consumer.
+/// Until then the pipeline just stops taking records: a pause in librdkafka drops every
+/// record it has fetched ahead for the partition (up to `queued.min.messages` in all) and
+/// fetches them again once resumed, and reading stood still for up to a second and a half
+/// after each short wait for outputs. Beyond it the consumer is polled again, paused, so
+/// that it stays in its group, serves rebalances and reports errors.
+const OUTPUT_WAIT_IN_CLIENT: Duration = Duration::from_secs(1);
 /// With transactions: outputs after which a transaction is committed before its second
 /// is up, bounding the outputs kept in memory to write an aborted transaction again.
 const TRANSACTION_MAX_OUTPUTS: u64 = 10_000;
@@ -115,8 +122,12 @@ struct Pipeline {
     /// Records waiting (for the registry), per paused partition, in offset order.
     held: HashMap<u32, Held>,
     retry_tx: mpsc::Sender<Retry>,
-    /// Input is paused because outputs wait beyond the emitter's channel.
+    /// Input is paused because outputs wait beyond the emitter's channel: the pipeline
+    /// takes no records from the consumer (see [`OUTPUT_WAIT_IN_CLIENT`]).
     paused_for_output: bool,
+    /// The output wait lasted beyond [`OUTPUT_WAIT_IN_CLIENT`]: the input partitions are
+    /// paused in the consumer too, which is polled again.
+    paused_in_client: bool,
     signal_kinds: SignalKinds,
     /// Kafka reachability and missing input topics (breach evidence).
     health: crate::ingest::health::InputHealth,
@@ -423,6 +434,7 @@ async fn run_pipeline(
         held: HashMap::new(),
         retry_tx,
         paused_for_output: false,
+        paused_in_client: false,
         stalled: HashMap::new(),
         stalled_ids: BTreeSet::new(),
         live: false,
@@ -506,7 +518,14 @@ async fn run_pipeline(
                 }
                 busy.spent(busy::Activity::Tick, t);
             }
-            msg = consumer.recv() => match msg {
+            // While outputs hold input back (and not yet for long), the clock, the
+            // timers and the check for outputs moving again run at the records' pace.
+            _ = tokio::time::sleep(CLOCK_EVERY), if p.holding_input() => {
+                last_clock = Instant::now();
+                p.advance_clock(&consumer);
+                busy.spent(busy::Activity::Tick, last_clock);
+            }
+            msg = consumer.recv(), if !p.holding_input() => match msg {
                 Ok(m) => {
                     let t = Instant::now();
                     p.on_message(&m, &consumer).await;
@@ -618,6 +637,12 @@ fn spawn_registry_probe(topology: &Topology, api: ApiState, shutdown: Cancellati
 }
 
 impl Pipeline {
+    /// Outputs hold input back, and not yet for long: no records are taken from the
+    /// consumer, whose partitions are not paused (see [`OUTPUT_WAIT_IN_CLIENT`]).
+    fn holding_input(&self) -> bool {
+        self.paused_for_output && !self.paused_in_client
+    }
+
     /// The engine clock (with `store.repartition`, the earliest of the tasks').
     fn engine_now(&self) -> i64 {
         match &self.route {
@@ -759,7 +784,7 @@ impl Pipeline {
                     for reason in ["record_waiting", "no_progress"] {
                         metrics::gauge!(names::INPUT_STALLED, "topic" => tp.0.clone(), "partition" => tp.1.to_string(), "reason" => reason).set(0.0);
                     }
-                    if self.paused_for_output {
+                    if self.paused_in_client {
                         pause(consumer, std::slice::from_ref(&tp));
                     } else {
                         // A pause from an earlier assignment (for running ahead, say)
@@ -782,7 +807,7 @@ impl Pipeline {
             }
             if !new_tasks.is_empty() {
                 self.ensure_tasks(&new_tasks, consumer);
-                if self.paused_for_output {
+                if self.paused_in_client {
                     let tps: Vec<Tp> = new_tasks
                         .iter()
                         .filter_map(|k| self.route.as_ref().map(|r| (r.topic.to_string(), *k)))
@@ -973,7 +998,7 @@ impl Pipeline {
                 continue;
             };
             // Paused for outputs or behind a waiting record, it stays paused for that.
-            if !self.paused_for_output && !self.held.contains_key(&id) {
+            if !self.paused_in_client && !self.held.contains_key(&id) {
                 resume(consumer, &[tp]);
             }
         }
@@ -985,6 +1010,19 @@ impl Pipeline {
     fn apply_backpressure(&mut self, consumer: &StreamConsumer<IngestContext>) {
         let saturated = self.emitter.saturated();
         if saturated == self.paused_for_output {
+            if saturated
+                && !self.paused_in_client
+                && self
+                    .paused_since
+                    .is_some_and(|since| since.elapsed() >= OUTPUT_WAIT_IN_CLIENT)
+            {
+                self.paused_in_client = true;
+                tracing::warn!(
+                    waited_s = OUTPUT_WAIT_IN_CLIENT.as_secs_f64(),
+                    "outputs still wait for Kafka: input partitions paused in the consumer"
+                );
+                self.pause_all(consumer);
+            }
             return;
         }
         self.paused_for_output = saturated;
@@ -997,13 +1035,16 @@ impl Pipeline {
         if saturated {
             tracing::warn!("outputs wait for Kafka: input paused, timers keep running");
             self.paused_since = Some(Instant::now());
-            pause(consumer, &tps);
         } else {
             if let Some(since) = self.paused_since.take() {
                 metrics::histogram!(names::OUTPUT_BACKPRESSURE_WAIT_SECONDS)
                     .record(since.elapsed().as_secs_f64());
             }
             tracing::info!("outputs moving again: input resumed");
+            if !std::mem::take(&mut self.paused_in_client) {
+                // Nothing was paused in the consumer for this wait.
+                return;
+            }
             // Partitions with a waiting record stay paused behind it, and those running
             // ahead of the clock until it catches up.
             let resumable: Vec<Tp> = tps

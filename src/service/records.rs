@@ -211,7 +211,7 @@ impl Pipeline {
         self.clock.resume(pid, wall_ms());
         if let Some(tp) = self.offsets.tp(pid).cloned() {
             tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "waiting records processed; partition resumed");
-            if !self.paused_for_output && !self.clock.is_paced(pid) {
+            if !self.paused_in_client && !self.clock.is_paced(pid) {
                 resume(consumer, &[tp]);
             }
         }

@@ -561,7 +561,7 @@ impl Pipeline {
                     route.tasks.insert(k, task);
                     route.unrestored.remove(&k);
                 }
-                if !self.paused_for_output {
+                if !self.paused_in_client {
                     super::resume(consumer, &tps);
                 }
             }

@@ -214,6 +214,11 @@ pub fn describe_all() {
         Unit::Count,
         "Stages partitions this instance owns and has restored (store.repartition); summed over instances it is the stages topic's partition count."
     );
+    describe_gauge!(
+        INPUT_FETCHED_RECORDS,
+        Unit::Count,
+        "Records the input consumer fetched from the brokers, summed over its partitions (librdkafka's rxmsgs): more than it handed over when a pause dropped records fetched ahead, which were fetched again after the resume."
+    );
     describe_counter!(
         INPUT_PACED_TOTAL,
         Unit::Count,
@@ -459,6 +464,7 @@ pub const PIPELINE_BUSY_RATIO: &str = "synclag_pipeline_busy_ratio";
 /// The `activity` labels of [`PIPELINE_BUSY_RATIO`].
 pub const PIPELINE_ACTIVITIES: [&str; 4] = ["records", "tick", "end_offsets", "registry_retries"];
 pub const INPUT_PACED_TOTAL: &str = "synclag_input_paced_total";
+pub const INPUT_FETCHED_RECORDS: &str = "synclag_input_fetched_records";
 pub const PIPELINE_RESTARTS_TOTAL: &str = "synclag_pipeline_restarts_total";
 pub const OWNED_STAGES_PARTITIONS: &str = "synclag_owned_stages_partitions";
 pub const REPARTITIONED: &str = "synclag_repartitioned";
