@@ -93,6 +93,18 @@ async fn metrics(svc: &SynclagProcess) -> String {
     svc.get_text("/metrics").await.unwrap_or_default()
 }
 
+/// Fresh single-partition `orders` and `outbox` topics named after `prefix`, the output
+/// prefix, and the breach topic under it.
+async fn topics(prefix: &str) -> (String, String, String, String) {
+    let orders = support::random_name(&format!("{prefix}-orders"));
+    let outbox = support::random_name(&format!("{prefix}-outbox"));
+    let out = support::random_name(&format!("{prefix}-out"));
+    support::create_topic(&orders, 1).await;
+    support::create_topic(&outbox, 1).await;
+    let breaches = format!("{out}.breaches");
+    (orders, outbox, out, breaches)
+}
+
 /// The registry's URL, and a URL of the same registry through a relay on a free port that
 /// accepts nothing until [`support::relay`] is started on that port with the host:port.
 struct Relayed {
@@ -140,12 +152,7 @@ async fn breaches_by_correlation(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_paused_for_outputs_is_not_a_stall() {
-    let orders = support::random_name("pause-orders");
-    let outbox = support::random_name("pause-outbox");
-    let out = support::random_name("pause-out");
-    let breaches = format!("{out}.breaches");
-    support::create_topic(&orders, 1).await;
-    support::create_topic(&outbox, 1).await;
+    let (orders, outbox, out, breaches) = topics("pause").await;
     // The registry, reached through a relay that accepts nothing until it is started.
     let Relayed {
         real,
@@ -270,12 +277,7 @@ const LATE_MS: i64 = 2_500;
 /// and no alert may be lost on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_output_wait_drops_no_fetched_input() {
-    let orders = support::random_name("hold-orders");
-    let outbox = support::random_name("hold-outbox");
-    let out = support::random_name("hold-out");
-    let breaches = format!("{out}.breaches");
-    support::create_topic(&orders, 1).await;
-    support::create_topic(&outbox, 1).await;
+    let (orders, outbox, out, breaches) = topics("hold").await;
     let Relayed {
         real,
         via_relay,
