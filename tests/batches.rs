@@ -114,6 +114,20 @@ batches:
 const FAST_TIERS: &str =
     "    start: { warn: 3s, critical: 6s }\n    completion: { warn: 8s, critical: 12s }";
 
+/// Waits until just after a run of `topology`'s batch workflow falls due, so that a
+/// service started now takes up the schedule with a whole interval before its next run.
+/// The service judges every run that falls due after its first clock reading; a test that
+/// plans its runs from a moment after the service is ready must leave none of them out.
+async fn start_after_a_boundary(topology: &Topology) {
+    let schedule = synclag::batch::Schedule::new(&topology.batches[0].schedule);
+    let now = chrono::Utc::now().timestamp_millis();
+    let next = schedule
+        .next_after(now)
+        .unwrap_or_else(|| panic!("the schedule has a next run"));
+    let wait = u64::try_from(next + 500 - now).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
 fn findings<'a>(seen: &'a [Seen<BatchEvent>], run: &PlannedRun) -> Vec<&'a Seen<BatchEvent>> {
     seen.iter()
         .filter(|s| s.event.scheduled_at_ms == run.scheduled_ms && s.event.check != "run")
@@ -160,11 +174,13 @@ async fn each_batch_fault_is_reported_with_its_check_on_time_and_clean_runs_rais
     let t = Topics::create("batches").await;
     let port = free_port();
     let scenario = BatchScenario::builtin("batch_faults").expect("built-in");
-    // Start-up, the runs 15 s apart and a margin, all in one hour.
-    keep_within_one_hour(Duration::from_secs(30 + 15 * scenario.runs.len() as u64)).await;
     let yaml = config(&t, port, 15, FAST_TIERS);
     let topology = Topology::from_yaml_str("batches.yaml", &yaml, Vec::new())
         .unwrap_or_else(|e| panic!("{e}"));
+    // Start-up, the runs 15 s apart and a margin, all in one hour; a wait to the next hour
+    // ends on a run's time, as the wait before it does.
+    start_after_a_boundary(&topology).await;
+    keep_within_one_hour(Duration::from_secs(30 + 15 * scenario.runs.len() as u64)).await;
     let batches: Watcher<BatchEvent> = Watcher::start(&t.batches);
     let incidents: Watcher<IncidentEvent> = Watcher::start(&t.incidents);
     let mut svc = SynclagProcess::start(&yaml, port, "batches");
@@ -426,6 +442,7 @@ async fn recent_runs_survive_a_restart_in_the_middle_of_a_run() {
     let topology = Topology::from_yaml_str("batches.yaml", &yaml, Vec::new())
         .unwrap_or_else(|e| panic!("{e}"));
     let batches: Watcher<BatchEvent> = Watcher::start(&t.batches);
+    start_after_a_boundary(&topology).await;
     let mut svc = SynclagProcess::start(&yaml, port, "batch-restart-1");
     svc.wait_ready().await;
 
