@@ -4,10 +4,13 @@
 //! records are large and the closing records small, so every fetch (at most 64 KiB a
 //! partition) brings about twenty times more event time of the closing input. Left to the
 //! fetch queue, that partition would run far ahead of the clock, which follows the
-//! slowest partition. The reader must pause it while it is more than 3 s ahead and read it
-//! again once the clock has caught up, and doing so must cost nothing in correctness:
+//! slowest partition. The reader must hold it back while it is more than 3 s ahead (its
+//! records wait in the pipeline, and beyond 4,000 the partition is paused in the
+//! consumer) and process it again once the clock has caught up, and doing so must cost
+//! nothing in correctness:
 //!
-//! - the pausing happens (`synclag_input_paced_total`) and ends (the gauge back at 0);
+//! - the holding back happens (`synclag_input_paced_total`) and ends (the gauges back at
+//!   0, no record left waiting);
 //! - a partition paused that way is never judged stalled;
 //! - a record from a producer whose clock is a day ahead, last on the closing input, does
 //!   not keep that partition paused: the whole backlog is read;
@@ -171,6 +174,13 @@ async fn a_partition_running_ahead_is_paused_without_losing_or_inventing_an_aler
         support::metric_sum(&text, "synclag_input_paced_partitions", &[]),
         0.0,
         "no partition stays paused once the backlog is read"
+    );
+    assert_eq!(
+        support::metric_sum(&text, "synclag_input_paced_records", &[]),
+        0.0,
+        "no record of a partition that ran ahead is left waiting once the backlog is read (fetched {} records, paused in the consumer {} times)",
+        support::metric_sum(&text, "synclag_input_fetched_records", &[]),
+        support::metric_sum(&text, "synclag_input_paced_pauses_total", &[]),
     );
     assert_eq!(
         stalled_seen,

@@ -44,7 +44,7 @@ use outcomes::{Context, Outcomes};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use records::{Held, Hot, Retry};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,6 +87,13 @@ const TRANSACTION_MAX_OUTPUTS: u64 = 10_000;
 /// for the slowest partition stay a few seconds' worth, large enough that a partition is
 /// not paused for the normal spread of one fetch.
 const READ_AHEAD_MS: i64 = 3_000;
+/// Records a partition running ahead may have waiting in the pipeline before it is paused
+/// in the consumer as well. Until then its records are taken from the consumer and kept:
+/// a pause in librdkafka drops what was fetched ahead for the partition and fetches it
+/// again after the resume, behind everything other partitions have queued meanwhile, so
+/// that those ran ahead in turn, and the load run fetched each input record more than six
+/// times.
+const PACED_RECORDS_MAX: usize = 4_000;
 /// With `store.repartition`: how often a transaction commits while stages are routed.
 /// Routed stages and input progress reach the engine only once committed, so this adds
 /// to the detection time.
@@ -121,6 +128,13 @@ struct Pipeline {
     assigned: ends::Assigned,
     /// Records waiting (for the registry), per paused partition, in offset order.
     held: HashMap<u32, Held>,
+    /// Records taken from the consumer for partitions running ahead of the clock, not yet
+    /// processed, in offset order (see `pace_inputs`).
+    paced: HashMap<u32, VecDeque<rdkafka::message::OwnedMessage>>,
+    /// Paced partitions with [`PACED_RECORDS_MAX`] records waiting: paused in the consumer.
+    paced_in_client: HashSet<u32>,
+    /// Partitions within the read-ahead again whose waiting records are to be processed.
+    replay: BTreeSet<u32>,
     retry_tx: mpsc::Sender<Retry>,
     /// Input is paused because outputs wait beyond the emitter's channel: the pipeline
     /// takes no records from the consumer (see [`OUTPUT_WAIT_IN_CLIENT`]).
@@ -432,6 +446,9 @@ async fn run_pipeline(
             .unwrap_or(0),
         assigned,
         held: HashMap::new(),
+        paced: HashMap::new(),
+        paced_in_client: HashSet::new(),
+        replay: BTreeSet::new(),
         retry_tx,
         paused_for_output: false,
         paused_in_client: false,
@@ -465,6 +482,11 @@ async fn run_pipeline(
     let mut busy = busy::Busy::new(Instant::now());
     let mut last_clock = Instant::now();
     loop {
+        if p.replay_due() {
+            let t = Instant::now();
+            p.replay_paced(&consumer).await;
+            busy.spent(busy::Activity::Records, t);
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -800,6 +822,9 @@ impl Pipeline {
                         state.revoke(&tp);
                     }
                     self.last_committed.remove(&tp);
+                    self.paced.remove(&id);
+                    self.paced_in_client.remove(&id);
+                    self.replay.remove(&id);
                     if self.held.remove(&id).is_some() {
                         tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "revoked while a record waited; the next owner reads it");
                     }
@@ -846,6 +871,8 @@ impl Pipeline {
             .set((self.emitter.submitted() - self.emitter.acked_through()) as f64);
         let held: usize = self.held.values().map(Held::len).sum();
         metrics::gauge!(names::INPUT_HELD_RECORDS).set(held as f64);
+        let paced: usize = self.paced.values().map(VecDeque::len).sum();
+        metrics::gauge!(names::INPUT_PACED_RECORDS).set(paced as f64);
     }
 
     /// Where the consumer stands on each partition beyond the records handed to us: past
@@ -861,7 +888,12 @@ impl Pipeline {
             let Some(id) = self.offsets.lookup(&tp) else {
                 continue;
             };
-            if self.held.contains_key(&id) || !self.clock.is_assigned(id) {
+            // Records handed over but not processed yet (waiting for the registry or for
+            // the clock) are not read as far as the clock is concerned.
+            if self.held.contains_key(&id)
+                || self.waits_for_clock(id)
+                || !self.clock.is_assigned(id)
+            {
                 continue;
             }
             if let Offset::Offset(o) = e.offset() {
@@ -976,24 +1008,30 @@ impl Pipeline {
         self.stalled_ids = ids;
     }
 
-    /// While a backlog is read, pauses partitions whose record time runs more than
-    /// [`READ_AHEAD_MS`] ahead of the clock, and reads them again once they are within
+    /// While a backlog is read, holds back partitions whose record time runs more than
+    /// [`READ_AHEAD_MS`] ahead of the clock, and processes them again once they are within
     /// half of it (see `InputClock::running_ahead`). Without it the reader follows
     /// librdkafka's fetch queue, where a partition could run tens of seconds of event
     /// time ahead of the slowest one, and every outcome it led to waited in memory for
-    /// the clock.
+    /// the clock. A held-back partition's records wait in the pipeline as they arrive
+    /// (see `wait_for_clock`), up to [`PACED_RECORDS_MAX`].
     fn pace_inputs(&mut self, consumer: &StreamConsumer<IngestContext>, wall: i64) {
         for id in self.clock.running_ahead(READ_AHEAD_MS, wall) {
-            let Some(tp) = self.offsets.tp(id).cloned() else {
+            let Some(tp) = self.offsets.tp(id) else {
                 continue;
             };
+            tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), "input partition runs ahead of the clock: its records wait until the others catch up");
             self.clock.pace(id, true, wall);
             metrics::counter!(names::INPUT_PACED_TOTAL).increment(1);
-            tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), "input partition runs ahead of the clock: paused until the others catch up");
-            pause(consumer, &[tp]);
         }
         for id in self.clock.caught_up(READ_AHEAD_MS / 2, wall) {
             self.clock.pace(id, false, wall);
+            if self.paced.contains_key(&id) {
+                self.replay.insert(id);
+            }
+            if !self.paced_in_client.remove(&id) {
+                continue;
+            }
             let Some(tp) = self.offsets.tp(id).cloned() else {
                 continue;
             };
@@ -1003,6 +1041,36 @@ impl Pipeline {
             }
         }
         metrics::gauge!(names::INPUT_PACED).set(self.clock.paced() as f64);
+    }
+
+    /// Whether records of input partition `id` wait for the clock: it runs ahead, or
+    /// records it ran ahead with are not processed yet.
+    fn waits_for_clock(&self, id: u32) -> bool {
+        self.clock.is_paced(id) || self.paced.contains_key(&id)
+    }
+
+    /// A record of a partition whose records wait for the clock: kept behind the others.
+    /// At [`PACED_RECORDS_MAX`] the partition is paused in the consumer too.
+    fn wait_for_clock(
+        &mut self,
+        id: u32,
+        record: rdkafka::message::OwnedMessage,
+        consumer: &StreamConsumer<IngestContext>,
+    ) {
+        let waiting = self.paced.entry(id).or_default();
+        waiting.push_back(record);
+        if waiting.len() >= PACED_RECORDS_MAX && self.paced_in_client.insert(id) {
+            if let Some(tp) = self.offsets.tp(id).cloned() {
+                tracing::debug!(partition = %format!("{}[{}]", tp.0, tp.1), waiting = PACED_RECORDS_MAX, "input partition far ahead of the clock: paused in the consumer");
+                pause(consumer, &[tp]);
+                metrics::counter!(names::INPUT_PACED_PAUSES_TOTAL).increment(1);
+            }
+        }
+    }
+
+    /// Whether partitions back within the read-ahead have records to process now.
+    fn replay_due(&self) -> bool {
+        !self.replay.is_empty() && !self.paused_for_output
     }
 
     /// Outputs pile up beyond the emitter's channel: stop reading input (the clock and
@@ -1050,9 +1118,9 @@ impl Pipeline {
             let resumable: Vec<Tp> = tps
                 .into_iter()
                 .filter(|tp| {
-                    self.offsets
-                        .lookup(tp)
-                        .is_none_or(|id| !self.held.contains_key(&id) && !self.clock.is_paced(id))
+                    self.offsets.lookup(tp).is_none_or(|id| {
+                        !self.held.contains_key(&id) && !self.paced_in_client.contains(&id)
+                    })
                 })
                 .collect();
             resume(consumer, &resumable);

@@ -109,6 +109,22 @@ impl Pipeline {
             held.records.push_back(m.detach());
             return;
         }
+        if self.waits_for_clock(pid) {
+            self.wait_for_clock(pid, m.detach(), consumer);
+            return;
+        }
+        self.take(pid, m, || m.detach(), consumer).await;
+    }
+
+    /// Decodes and processes a record of input partition `pid`, or holds it (`own` makes
+    /// the copy kept) when the registry does not answer in time.
+    async fn take<M: Message>(
+        &mut self,
+        pid: u32,
+        m: &M,
+        own: impl FnOnce() -> OwnedMessage,
+        consumer: &StreamConsumer<IngestContext>,
+    ) {
         let headers = header_list(m);
         let record = view(m, &headers);
         // Formats that need no registry decode at once: no future, no timer.
@@ -117,9 +133,37 @@ impl Pipeline {
             return;
         }
         match tokio::time::timeout(DECODE_WAIT, self.decoder.decode(&record)).await {
-            Ok(Err(e)) if e.is_retryable() => self.hold(pid, m.detach(), consumer),
-            Err(_) => self.hold(pid, m.detach(), consumer),
+            Ok(Err(e)) if e.is_retryable() => self.hold(pid, own(), consumer),
+            Err(_) => self.hold(pid, own(), consumer),
             Ok(result) => self.process(pid, &record, result),
+        }
+    }
+
+    /// Processes the records that waited for the clock, for every partition back within
+    /// the read-ahead, in offset order, as they would have been when read; stops where
+    /// outputs hold input back or a partition runs ahead again (the rest waits on), and
+    /// moves the clock along as the reading loop does.
+    pub(super) async fn replay_paced(&mut self, consumer: &StreamConsumer<IngestContext>) {
+        let mut last_clock = std::time::Instant::now();
+        while let Some(pid) = self.replay.pop_first() {
+            loop {
+                if self.paused_for_output {
+                    self.replay.insert(pid);
+                    return;
+                }
+                if self.clock.is_paced(pid) || self.held.contains_key(&pid) {
+                    break;
+                }
+                let Some(record) = self.paced.get_mut(&pid).and_then(VecDeque::pop_front) else {
+                    self.paced.remove(&pid);
+                    break;
+                };
+                self.take(pid, &record, || record.clone(), consumer).await;
+                if last_clock.elapsed() >= super::CLOCK_EVERY {
+                    last_clock = std::time::Instant::now();
+                    self.advance_clock(consumer);
+                }
+            }
         }
     }
 
@@ -134,6 +178,11 @@ impl Pipeline {
             backoff: RETRY_FIRST,
         });
         held.records.push_front(record);
+        // Records that waited for the clock come after it.
+        if let Some(waiting) = self.paced.remove(&pid) {
+            held.records.extend(waiting);
+        }
+        self.replay.remove(&pid);
         self.schedule_retry(pid);
     }
 
@@ -211,7 +260,7 @@ impl Pipeline {
         self.clock.resume(pid, wall_ms());
         if let Some(tp) = self.offsets.tp(pid).cloned() {
             tracing::info!(partition = %format!("{}[{}]", tp.0, tp.1), "waiting records processed; partition resumed");
-            if !self.paused_in_client && !self.clock.is_paced(pid) {
+            if !self.paused_in_client && !self.paced_in_client.contains(&pid) {
                 resume(consumer, &[tp]);
             }
         }

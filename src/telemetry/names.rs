@@ -192,7 +192,17 @@ pub fn describe_all() {
     describe_gauge!(
         INPUT_PACED,
         Unit::Count,
-        "Input partitions paused now because, while a backlog is read, their record time ran more than 3 s ahead of the clock (they are read again within 1.5 s of it)."
+        "Input partitions held back now because, while a backlog is read, their record time ran more than 3 s ahead of the clock (their records wait until it is within 1.5 s)."
+    );
+    describe_counter!(
+        INPUT_PACED_PAUSES_TOTAL,
+        Unit::Count,
+        "Times a partition running ahead of the clock had 4,000 records waiting and was paused in the consumer as well (which drops what the consumer had fetched ahead for it and fetches it again on resume)."
+    );
+    describe_gauge!(
+        INPUT_PACED_RECORDS,
+        Unit::Count,
+        "Records taken from the consumer that wait because their partition runs ahead of the clock; at 4,000 for a partition it is paused in the consumer as well."
     );
     describe_gauge!(
         PIPELINE_BUSY_RATIO,
@@ -460,6 +470,8 @@ pub const INPUT_HELD_RECORDS: &str = "synclag_input_held_records";
 pub const OUTPUT_QUEUED: &str = "synclag_output_queued_records";
 pub const INPUTS_PAUSED_FOR_OUTPUT: &str = "synclag_input_paused_for_output";
 pub const INPUT_PACED: &str = "synclag_input_paced_partitions";
+pub const INPUT_PACED_RECORDS: &str = "synclag_input_paced_records";
+pub const INPUT_PACED_PAUSES_TOTAL: &str = "synclag_input_paced_pauses_total";
 pub const PIPELINE_BUSY_RATIO: &str = "synclag_pipeline_busy_ratio";
 /// The `activity` labels of [`PIPELINE_BUSY_RATIO`].
 pub const PIPELINE_ACTIVITIES: [&str; 4] = ["records", "tick", "end_offsets", "registry_retries"];
