@@ -162,16 +162,22 @@ impl RecentBreaches {
                     bound_text(&ev.workflow, BREACH_FIELD_MAX_BYTES).into_owned(),
                     bound_text(&ev.correlation_id, BREACH_FIELD_MAX_BYTES).into_owned(),
                 );
-                if self.open.remove(&key).is_none() {
+                let Some(mut open) = self.open.remove(&key) else {
                     return;
-                }
+                };
+                // Newest first, and only as far back as the last open one of the key: a
+                // resolution mostly follows its breaches closely.
                 for r in self.events.iter_mut().rev() {
+                    if open == 0 {
+                        break;
+                    }
                     if r.closed_by.is_none()
-                        && r.event.workflow == key.0
                         && r.event.correlation_id == key.1
+                        && r.event.workflow == key.0
                     {
                         r.closed_by = Some(ev.kind.clone());
                         r.closed_at_ms = Some(ev.observed_at_ms);
+                        open -= 1;
                     }
                 }
             }
@@ -521,6 +527,58 @@ mod tests {
             .filter(|b| b.closed_by.as_deref() == Some("resolved"))
             .count();
         assert_eq!(closed, 4, "the warn and critical breaches of SO-0 and SO-1");
+    }
+
+    #[test]
+    fn a_resolution_closes_every_open_breach_of_its_correlation_and_no_other() {
+        let closed = |r: &RecentBreaches| -> Vec<(String, String, Option<String>)> {
+            r.events
+                .iter()
+                .map(|b| {
+                    (
+                        b.event.correlation_id.clone(),
+                        b.event.severity.clone(),
+                        b.closed_by.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut r = RecentBreaches::new(4);
+        r.observe(&event("breach", "warn", "SO-1", &[], 1_000));
+        r.observe(&event("breach", "warn", "SO-2", &[], 1_001));
+        r.observe(&event("breach", "critical", "SO-1", &[], 1_002));
+        r.observe(&event("resolved", "info", "SO-1", &[], 1_003));
+        let resolved = Some("resolved".to_string());
+        assert_eq!(
+            closed(&r),
+            vec![
+                ("SO-1".into(), "warn".into(), resolved.clone()),
+                ("SO-2".into(), "warn".into(), None),
+                ("SO-1".into(), "critical".into(), resolved.clone()),
+            ]
+        );
+        // A second resolution of it finds nothing open; a later breach of it is open.
+        r.observe(&event("resolved", "info", "SO-1", &[], 1_004));
+        r.observe(&event("breach", "warn", "SO-1", &[], 1_005));
+        assert_eq!(closed(&r)[3], ("SO-1".into(), "warn".into(), None));
+        // The oldest (closed) is pushed out by a new breach; the next resolution closes
+        // the one still open and leaves the closed ones as they were.
+        r.observe(&event("breach", "warn", "SO-3", &[], 1_006));
+        r.observe(&event("resolved", "info", "SO-1", &[], 1_007));
+        assert_eq!(
+            closed(&r),
+            vec![
+                ("SO-2".into(), "warn".into(), None),
+                ("SO-1".into(), "critical".into(), resolved.clone()),
+                ("SO-1".into(), "warn".into(), resolved),
+                ("SO-3".into(), "warn".into(), None),
+            ]
+        );
+        assert_eq!(
+            r.open
+                .get(&("shipment_status".to_string(), "SO-1".to_string())),
+            None
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::TIERS_AFTER_WINDOW_TOTAL,
         names::STATE_REJECTED_TOTAL,
         names::INPUT_PACED_TOTAL,
+        names::INPUT_PACED_PAUSES_TOTAL,
         names::PIPELINE_RESTARTS_TOTAL,
     ] {
         counter!(c).absolute(0);
@@ -46,6 +47,8 @@ pub fn preregister(topology: &Topology, signal_kinds: &SignalKinds) {
         names::OUTPUT_QUEUED,
         names::INPUTS_PAUSED_FOR_OUTPUT,
         names::INPUT_PACED,
+        names::INPUT_PACED_RECORDS,
+        names::INPUT_FETCHED_RECORDS,
         names::OWNED_STAGES_PARTITIONS,
         names::REPARTITIONED,
         names::CLOCK_LIVE,
