@@ -141,6 +141,14 @@ async fn tokens_roles_https_audit_and_retention() {
     );
     assert_eq!(status(&https, &url("/metrics"), Some(VIEWER)).await, 200);
     assert_eq!(status(&https, &url("/api/v1/dlq"), Some(VIEWER)).await, 403);
+    // The API answers before the service has created its dead-letter topics; until they
+    // can be read, listing them is 503 (Kafka not ready) for whoever may ask.
+    support::wait_until_async(
+        Duration::from_secs(60),
+        "the dead-letter topics can be read",
+        || async { status(&https, &url("/api/v1/dlq"), Some(OPERATOR)).await != 503 },
+    )
+    .await;
     assert_eq!(
         status(&https, &url("/api/v1/dlq"), Some(OPERATOR)).await,
         200
