@@ -136,7 +136,7 @@ pub const SETTINGS: &[Setting] = &[
         value: "10",
         rule: Rule::Default,
         clients: &[Input],
-        why: "while a backlog is read, partitions running ahead of the clock are paused and resumed; with librdkafka's 1,000 ms a resumed partition whose queue was judged full waited up to a second before it was fetched again, while every other partition waited for it (the load run read 27 k records/s with it, 70 k with 10 ms)",
+        why: "input partitions are paused and resumed (a record waiting for the registry, a long wait for outputs, a partition far ahead of the clock); with librdkafka's 1,000 ms a resumed partition whose queue was judged full waited up to a second before it was fetched again, while every other partition waited for it (the load run read 27 k records/s with it, 70 k with 10 ms)",
     },
     Setting {
         key: "partition.assignment.strategy",

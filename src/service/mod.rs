@@ -165,6 +165,8 @@ struct Pipeline {
     route: Option<routed::Route>,
     /// When the last transaction was asked to commit.
     last_checkpoint: Instant,
+    /// When the clock was last advanced between ticks (see [`CLOCK_EVERY`]).
+    last_clock: Instant,
     /// With `store.repartition`: partitions were revoked (see `Ended::Rebalanced`).
     revoked: bool,
 }
@@ -468,6 +470,7 @@ async fn run_pipeline(
             )
         }),
         last_checkpoint: Instant::now(),
+        last_clock: Instant::now(),
         revoked: false,
         topology: topology.clone(),
     };
@@ -480,7 +483,6 @@ async fn run_pipeline(
     let mut last_summary = Instant::now();
     let mut failed: Option<String> = None;
     let mut busy = busy::Busy::new(Instant::now());
-    let mut last_clock = Instant::now();
     loop {
         if p.replay_due() {
             let t = Instant::now();
@@ -543,9 +545,9 @@ async fn run_pipeline(
             // While outputs hold input back (and not yet for long), the clock, the
             // timers and the check for outputs moving again run at the records' pace.
             _ = tokio::time::sleep(CLOCK_EVERY), if p.holding_input() => {
-                last_clock = Instant::now();
-                p.advance_clock(&consumer);
-                busy.spent(busy::Activity::Tick, last_clock);
+                if let Some(t) = p.advance_clock_when_due(&consumer) {
+                    busy.spent(busy::Activity::Tick, t);
+                }
             }
             msg = consumer.recv(), if !p.holding_input() => match msg {
                 Ok(m) => {
@@ -556,10 +558,8 @@ async fn run_pipeline(
                     // only at the tick, every partition that ran ahead would wait there
                     // for the slowest one to be read, and reading would go at the pace
                     // of the tick rather than of the records.
-                    if last_clock.elapsed() >= CLOCK_EVERY {
-                        last_clock = Instant::now();
-                        p.advance_clock(&consumer);
-                        busy.spent(busy::Activity::Tick, last_clock);
+                    if let Some(t) = p.advance_clock_when_due(&consumer) {
+                        busy.spent(busy::Activity::Tick, t);
                     }
                 }
                 // Missing topics and broker outages are reported once per change by
@@ -925,6 +925,20 @@ impl Pipeline {
                 self.input_lag.insert(id, u64::try_from(lag).unwrap_or(0));
             }
         }
+    }
+
+    /// Between ticks: advances the clock once [`CLOCK_EVERY`] has passed since it last
+    /// was here; returns when it started, if it did.
+    fn advance_clock_when_due(
+        &mut self,
+        consumer: &StreamConsumer<IngestContext>,
+    ) -> Option<Instant> {
+        if self.last_clock.elapsed() < CLOCK_EVERY {
+            return None;
+        }
+        self.last_clock = Instant::now();
+        self.advance_clock(consumer);
+        Some(self.last_clock)
     }
 
     /// Reads the clock, advances the engine and emits what is due.

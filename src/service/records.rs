@@ -144,7 +144,6 @@ impl Pipeline {
     /// outputs hold input back or a partition runs ahead again (the rest waits on), and
     /// moves the clock along as the reading loop does.
     pub(super) async fn replay_paced(&mut self, consumer: &StreamConsumer<IngestContext>) {
-        let mut last_clock = std::time::Instant::now();
         while let Some(pid) = self.replay.pop_first() {
             loop {
                 if self.paused_for_output {
@@ -159,10 +158,7 @@ impl Pipeline {
                     break;
                 };
                 self.take(pid, &record, || record.clone(), consumer).await;
-                if last_clock.elapsed() >= super::CLOCK_EVERY {
-                    last_clock = std::time::Instant::now();
-                    self.advance_clock(consumer);
-                }
+                self.advance_clock_when_due(consumer);
             }
         }
     }
