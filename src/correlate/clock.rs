@@ -79,6 +79,8 @@ struct Part {
     /// Next offset to read (everything below has been fully handled).
     position: Option<i64>,
     max_record_ms: Option<i64>,
+    /// Smallest record time read since it was assigned.
+    min_record_ms: Option<i64>,
     /// End offsets asked for at a wall time and not reached yet, oldest first.
     probes: VecDeque<(i64, i64)>,
     confirmed_ms: Option<i64>,
@@ -202,6 +204,7 @@ impl InputClock {
         let p = self.part(partition);
         if let Some(t) = record_ms {
             p.max_record_ms = Some(p.max_record_ms.map_or(t, |m| m.max(t)));
+            p.min_record_ms = Some(p.min_record_ms.map_or(t, |m| m.min(t)));
         }
         Self::advance_position(p, offset.saturating_add(1), wall_ms);
     }
@@ -283,9 +286,10 @@ impl InputClock {
     }
 
     /// Assigned partitions, not paused for any reason, whose record time (at most
-    /// `wall_ms`) is more than `ahead_ms` past the clock's last reading.
+    /// `wall_ms`) is more than `ahead_ms` past the clock's last reading (before the
+    /// first, see [`pace_reference`](Self::pace_reference)).
     pub fn running_ahead(&self, ahead_ms: i64, wall_ms: i64) -> Vec<u32> {
-        let Some(now) = self.last else {
+        let Some(now) = self.pace_reference(wall_ms) else {
             return Vec::new();
         };
         self.parts
@@ -300,7 +304,7 @@ impl InputClock {
     /// Paced partitions whose record time (at most `wall_ms`) is no more than `ahead_ms`
     /// past the clock's last reading: they may be read again.
     pub fn caught_up(&self, ahead_ms: i64, wall_ms: i64) -> Vec<u32> {
-        let now = self.last.unwrap_or(i64::MAX);
+        let now = self.pace_reference(wall_ms).unwrap_or(i64::MAX);
         self.parts
             .iter()
             .enumerate()
@@ -308,6 +312,24 @@ impl InputClock {
             .filter(|(_, p)| p.lead_ms(now, wall_ms).is_none_or(|l| l <= ahead_ms))
             .map(|(id, _)| id as u32)
             .collect()
+    }
+
+    /// What running ahead is measured from: the clock's last reading; before the first,
+    /// the earliest record time read of any partition (at most `wall_ms`). Until every
+    /// partition has delivered or confirmed there is no reading, and without this the
+    /// partitions that deliver first would be read without bound while the others have
+    /// not delivered yet: a start-up where the closing input came first held 300,000
+    /// outcomes. Measured from a fixed point, they all stop 3 s past it until the clock
+    /// has a reading, which it gets once the others deliver or are judged stalled.
+    fn pace_reference(&self, wall_ms: i64) -> Option<i64> {
+        self.last.or_else(|| {
+            self.parts
+                .iter()
+                .filter(|p| p.assigned)
+                .filter_map(|p| p.min_record_ms)
+                .min()
+                .map(|t| t.min(wall_ms))
+        })
     }
 
     /// The reader paused (`true`) or resumed (`false`) `partition` for running ahead, at
@@ -723,5 +745,54 @@ mod tests {
         assert!(c.running_ahead(3_000, 20_000).is_empty());
         c.pace(1, true, 20_000);
         assert_eq!(c.paced(), 0, "an unassigned partition cannot be paced");
+    }
+
+    #[test]
+    fn before_the_first_reading_partitions_that_deliver_stop_past_the_earliest_record() {
+        let mut c = InputClock::new(BUDGET);
+        let wall = 1_000_000;
+        for id in 0..3 {
+            c.assign(id, wall);
+            c.end_offset(id, 1_000, wall);
+        }
+        // Partitions 1 and 2 deliver; partition 0 has delivered nothing yet.
+        c.record(1, 0, Some(10_000), wall);
+        c.record(2, 0, Some(11_000), wall);
+        assert_eq!(c.read(wall).now_ms, None, "partition 0 holds the clock");
+        assert!(c.running_ahead(3_000, wall).is_empty(), "within 3 s");
+        // Both run on; the reference stays the earliest record read (10 s), so neither
+        // follows the other away.
+        c.record(1, 1, Some(13_500), wall + 1);
+        c.record(2, 1, Some(12_500), wall + 1);
+        assert_eq!(c.read(wall + 1).now_ms, None);
+        assert_eq!(c.running_ahead(3_000, wall + 1), [1]);
+        c.pace(1, true, wall + 1);
+        assert!(c.caught_up(1_500, wall + 1).is_empty(), "no reading yet");
+        // Partition 0 delivers older records: the clock reads them, and partition 1
+        // waits until the clock is back within reach.
+        c.record(0, 0, Some(9_000), wall + 2);
+        assert_eq!(c.read(wall + 2).now_ms, Some(9_000));
+        assert!(c.caught_up(1_500, wall + 2).is_empty());
+        c.record(0, 1, Some(12_100), wall + 3);
+        assert_eq!(c.read(wall + 3).now_ms, Some(12_100));
+        assert_eq!(c.caught_up(1_500, wall + 3), [1]);
+    }
+
+    #[test]
+    fn before_the_first_reading_a_silent_partition_stalls_and_the_others_go_on() {
+        let mut c = InputClock::new(BUDGET);
+        let wall = 1_000_000;
+        c.assign(0, wall);
+        c.assign(1, wall);
+        c.record(1, 0, Some(10_000), wall);
+        c.record(1, 1, Some(14_000), wall);
+        assert_eq!(c.running_ahead(3_000, wall), [1]);
+        c.pace(1, true, wall);
+        // Partition 0 never delivers nor confirms: past the stall budget it stops
+        // holding the clock, which then reads partition 1, caught up with itself.
+        let r = c.read(wall + BUDGET);
+        assert_eq!(r.now_ms, Some(14_000));
+        assert_eq!(r.stalled.len(), 1, "{r:?}");
+        assert_eq!(c.caught_up(1_500, wall + BUDGET), [1]);
     }
 }
