@@ -63,7 +63,8 @@ impl DeadLetter {
 /// One output.
 #[derive(Debug, Clone)]
 pub enum Output {
-    Breach(Box<BreachEvent>),
+    /// Shared with the API's memory of recent breaches.
+    Breach(std::sync::Arc<BreachEvent>),
     DeadLetter(Box<DeadLetter>),
     Lag(Vec<LagSummary>),
     Incident(Box<IncidentEvent>),
@@ -749,7 +750,10 @@ fn refused_for_size(
         Output::Breach(ev) => {
             let s = ev.smallest();
             let what = format!("breach event {}", ev.breach_id);
-            ((s != **ev).then(|| Output::Breach(Box::new(s))), what)
+            (
+                (s != **ev).then(|| Output::Breach(std::sync::Arc::new(s))),
+                what,
+            )
         }
         Output::Incident(ev) => {
             let s = ev.smallest();

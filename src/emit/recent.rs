@@ -11,6 +11,7 @@
 use super::events::{bound_text, BreachEvent, BREACH_FIELD_MAX_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Breach events remembered.
 pub const RECENT_BREACHES: usize = 1_000;
@@ -26,8 +27,9 @@ const TIMELINE_WIDTHS_MS: [i64; 8] = [
 /// One remembered breach event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecentBreach {
+    /// Shared with the output on its way to the breach topic: not copied.
     #[serde(flatten)]
-    pub event: BreachEvent,
+    pub event: Arc<BreachEvent>,
     /// `resolved` (the closing stage arrived), `late_arrival` (the missing stage arrived
     /// after the window) or `evicted`; `None` while the correlation is still late.
     pub closed_by: Option<String>,
@@ -135,18 +137,24 @@ impl RecentBreaches {
     /// Takes one event as it is raised: breaches and never-arrived events are remembered
     /// (bounded like the breach topic's), resolutions, late arrivals and evictions close
     /// the breaches of their correlation.
-    pub fn observe(&mut self, ev: &BreachEvent) {
+    pub fn observe(&mut self, ev: &Arc<BreachEvent>) {
         match ev.kind.as_str() {
             "breach" | "never_arrived" => {
                 if self.events.len() == self.capacity {
                     if let Some(old) = self.events.pop_front() {
                         if old.closed_by.is_none() {
-                            self.forget_open(&(old.event.workflow, old.event.correlation_id));
+                            self.forget_open(&(
+                                old.event.workflow.clone(),
+                                old.event.correlation_id.clone(),
+                            ));
                         }
                     }
                 }
                 // Bounded as on the breach topic: memory stays small whatever inputs hold.
-                let event = ev.bounded();
+                let event = match ev.bounded_cow() {
+                    std::borrow::Cow::Borrowed(_) => Arc::clone(ev),
+                    std::borrow::Cow::Owned(bounded) => Arc::new(bounded),
+                };
                 *self
                     .open
                     .entry((event.workflow.clone(), event.correlation_id.clone()))
@@ -427,8 +435,14 @@ fn ranked(counts: BTreeMap<String, u64>) -> Vec<Count> {
 mod tests {
     use super::*;
 
-    fn event(kind: &str, severity: &str, id: &str, dims: &[(&str, &str)], at: i64) -> BreachEvent {
-        BreachEvent {
+    fn event(
+        kind: &str,
+        severity: &str,
+        id: &str,
+        dims: &[(&str, &str)],
+        at: i64,
+    ) -> Arc<BreachEvent> {
+        Arc::new(BreachEvent {
             breach_id: format!("{id}-{severity}"),
             kind: kind.into(),
             severity: severity.into(),
@@ -456,7 +470,7 @@ mod tests {
             waiting_for: None,
             waiting_ms: None,
             truncated: Vec::new(),
-        }
+        })
     }
 
     #[test]
@@ -482,7 +496,7 @@ mod tests {
         // Two DHL correlations resolve.
         let mut done = event("resolved", "info", "SO-0", &[], 4_000);
         r.observe(&done);
-        done.correlation_id = "SO-1".into();
+        Arc::make_mut(&mut done).correlation_id = "SO-1".into();
         r.observe(&done);
 
         let v = r.view(None, 5, 10_000);
@@ -596,7 +610,7 @@ mod tests {
             3,
             "a correlation no longer remembered changes nothing"
         );
-        done.correlation_id = "SO-4".into();
+        Arc::make_mut(&mut done).correlation_id = "SO-4".into();
         r.observe(&done);
         assert_eq!(r.open.len(), 2);
         let v = r.view(None, 10, 10);

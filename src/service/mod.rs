@@ -707,6 +707,8 @@ impl Pipeline {
             None => vec![(outcomes::DIRECT, self.engine.now())],
         };
         self.outcomes.release_lanes(&clocks, all, &ctx, &mut events);
+        let events: Vec<Arc<crate::emit::events::BreachEvent>> =
+            events.into_iter().map(Arc::new).collect();
         if !events.is_empty() {
             let mut recent = self.api.breaches.lock().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
@@ -715,7 +717,7 @@ impl Pipeline {
         }
         for ev in events {
             tracing::debug!(kind = %ev.kind, severity = %ev.severity, workflow = %ev.workflow, breach_id = %ev.breach_id, lag_ms = ev.lag_ms, cause = ?ev.probable_cause, "breach event");
-            self.emitter.submit(Output::Breach(Box::new(ev)));
+            self.emitter.submit(Output::Breach(ev));
         }
         let mut incidents = Vec::new();
         self.outcomes

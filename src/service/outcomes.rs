@@ -55,6 +55,27 @@ pub struct Context<'a> {
 
 type Key = (usize, Box<[u8]>);
 
+/// A [`Key`] by reference: hashes and compares like the owned pair, so a map of keys is
+/// looked up per outcome without copying the correlation id.
+#[derive(Hash)]
+pub(super) struct KeyRef<'a>(pub usize, pub &'a [u8]);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && *self.1 == *key.1
+    }
+}
+
+impl<'a> KeyRef<'a> {
+    fn of(o: &'a Outcome) -> Self {
+        KeyRef(o.info.workflow, o.info.correlation_id.as_bytes())
+    }
+
+    fn owned(&self) -> Key {
+        (self.0, self.1.into())
+    }
+}
+
 /// Outcomes of one correlation held back for the clock, by what durable state must know:
 /// how many warn breaches, critical breaches and ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +118,7 @@ pub const DIRECT: i32 = -1;
 /// A map that forgets its oldest entries beyond a capacity, counting what it forgets.
 #[derive(Debug)]
 struct Bounded<V> {
-    map: HashMap<Key, V>,
+    map: hashbrown::HashMap<Key, V>,
     order: VecDeque<Key>,
     capacity: usize,
     forgotten: u64,
@@ -106,7 +127,7 @@ struct Bounded<V> {
 impl<V> Bounded<V> {
     fn new(capacity: usize) -> Self {
         Bounded {
-            map: HashMap::new(),
+            map: hashbrown::HashMap::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             forgotten: 0,
@@ -128,11 +149,14 @@ impl<V> Bounded<V> {
         }
     }
 
-    fn get(&self, key: &Key) -> Option<&V> {
+    fn get<Q: std::hash::Hash + hashbrown::Equivalent<Key> + ?Sized>(&self, key: &Q) -> Option<&V> {
         self.map.get(key)
     }
 
-    fn remove(&mut self, key: &Key) -> Option<V> {
+    fn remove<Q: std::hash::Hash + hashbrown::Equivalent<Key> + ?Sized>(
+        &mut self,
+        key: &Q,
+    ) -> Option<V> {
         self.map.remove(key)
     }
 
@@ -156,7 +180,7 @@ pub struct Outcomes {
     /// What `held` holds per correlation that durable state must know of, kept as outcomes
     /// are held and released: a state cut asks every tick, and a scan of everything held
     /// cost more than the rest of the cut.
-    held_marks: HashMap<Key, HeldMarks>,
+    held_marks: hashbrown::HashMap<Key, HeldMarks>,
     /// Topics each workflow stage is read from (for stalled-input evidence).
     stage_topics: Vec<Vec<String>>,
     /// Events raised since the last log summary, by kind.
@@ -231,7 +255,7 @@ impl Outcomes {
             open_breaches: Bounded::new(capacity),
             partner_delay: Bounded::new(capacity),
             held: BTreeMap::new(),
-            held_marks: HashMap::new(),
+            held_marks: hashbrown::HashMap::new(),
             stage_topics,
             since_summary: BTreeMap::new(),
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
@@ -261,7 +285,7 @@ impl Outcomes {
     /// What is held back per key (keys with nothing of interest held are absent): the
     /// breach tiers still held (a durable image must not claim them raised before their
     /// events are out) and whether an end is held (see [`held_ends`](Self::held_ends)).
-    pub fn held_marks(&self) -> &HashMap<Key, HeldMarks> {
+    pub fn held_marks(&self) -> &hashbrown::HashMap<Key, HeldMarks> {
         &self.held_marks
     }
 
@@ -275,7 +299,8 @@ impl Outcomes {
             .iter()
             .filter(|(_, m)| m.end())
             .map(|(key, m)| {
-                let breached = m.tiers() != 0 || self.open_breaches.get(key).is_some();
+                let breached =
+                    m.tiers() != 0 || self.open_breaches.get(&KeyRef(key.0, &key.1)).is_some();
                 (key, breached)
             })
     }
@@ -285,9 +310,16 @@ impl Outcomes {
         let Some(slot) = held_slot(o) else {
             return;
         };
-        let key: Key = (o.info.workflow, o.info.correlation_id.as_bytes().into());
+        let key = KeyRef::of(o);
         if held {
-            self.held_marks.entry(key).or_default().0[slot] += 1;
+            match self.held_marks.get_mut(&key) {
+                Some(m) => m.0[slot] += 1,
+                None => {
+                    let mut m = HeldMarks::default();
+                    m.0[slot] = 1;
+                    self.held_marks.insert(key.owned(), m);
+                }
+            }
         } else if let Some(m) = self.held_marks.get_mut(&key) {
             m.0[slot] = m.0[slot].saturating_sub(1);
             if m.0 == [0; 3] {
@@ -511,7 +543,7 @@ impl Outcomes {
 
     fn on_outcome(&mut self, o: &Outcome, ctx: &Context<'_>) -> Option<BreachEvent> {
         let wf = o.info.workflow;
-        let key: Key = (wf, o.info.correlation_id.as_bytes().into());
+        let key = KeyRef::of(o);
         match &o.kind {
             OutcomeKind::StageReached { .. } => {
                 self.stage_reached(o);
@@ -597,7 +629,7 @@ impl Outcomes {
                     Tier::Warn => st.warn += 1,
                     Tier::Critical => st.critical += 1,
                 }
-                self.open_breaches.insert(key, ());
+                self.open_breaches.insert(key.owned(), ());
                 let ev = self.event(
                     o,
                     ctx,
@@ -702,7 +734,7 @@ impl Outcomes {
     ) -> BreachEvent {
         let wf = o.info.workflow;
         let cid = o.info.correlation_id.to_string();
-        let key: Key = (wf, o.info.correlation_id.as_bytes().into());
+        let key = KeyRef::of(o);
         let pending = kind == "breach" || kind == "never_arrived";
         // Measured segments: all of them once the correlation completed; while pending only
         // the partner/ingestion part (t1 − t0 of the start record), the rest being time
@@ -1062,8 +1094,8 @@ workflows:
     }
 
     /// What a scan of everything held says, as `held_marks` keeps it.
-    fn scanned(o: &Outcomes) -> HashMap<Key, HeldMarks> {
-        let mut out: HashMap<Key, HeldMarks> = HashMap::new();
+    fn scanned(o: &Outcomes) -> hashbrown::HashMap<Key, HeldMarks> {
+        let mut out: hashbrown::HashMap<Key, HeldMarks> = hashbrown::HashMap::new();
         for h in o.held.values().flat_map(HeldQueue::iter) {
             let Some(slot) = held_slot(&h.item) else {
                 continue;
