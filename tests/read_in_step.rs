@@ -235,3 +235,169 @@ async fn a_partition_running_ahead_is_paused_without_losing_or_inventing_an_aler
         &wrong[..wrong.len().min(5)]
     );
 }
+
+const ORDER_SCHEMA: &str = r#"{"type":"record","name":"Order","namespace":"test.step","fields":[
+  {"name":"order_ref","type":"string"},{"name":"created_at","type":"long"},{"name":"event","type":"string"}]}"#;
+
+/// Before the clock has its first reading every partition must have delivered or been
+/// confirmed, and a partition that delivers nothing yet (here: its first record waits for
+/// the schema registry) must not let the others be read without bound meanwhile. The
+/// closing input holds 100 s of event time; while the starting input waits, no more than
+/// about 3 s of it may be processed, the rest waits (held back in the pipeline, then
+/// paused in the consumer). Once the registry answers, the whole backlog is read, and as
+/// every correlation closed on time, nothing is alerted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_clock_has_a_reading_no_partition_runs_ahead() {
+    use schema_registry_converter::async_impl::avro::AvroEncoder;
+    use schema_registry_converter::async_impl::schema_registry::SrSettings;
+    use schema_registry_converter::schema_registry_common::{
+        SchemaType, SubjectNameStrategy, SuppliedSchema,
+    };
+    const ORDERS: i64 = 20_000;
+    const SPACING_MS: i64 = 5;
+    let orders = support::random_name("first-orders");
+    let outbox = support::random_name("first-outbox");
+    let out = support::random_name("first-out");
+    let breaches = format!("{out}.breaches");
+    support::create_topic(&orders, 1).await;
+    support::create_topic(&outbox, 1).await;
+
+    // The starting input is Avro: written with the registry, read by synclag through a
+    // relay that does not run yet.
+    let real = support::registry_url();
+    let (hostport, path) = real
+        .trim_start_matches("http://")
+        .split_once('/')
+        .expect("registry url has a path");
+    let relay_port = support::free_port();
+    let via_relay = format!("http://127.0.0.1:{relay_port}/{path}");
+    let enc = AvroEncoder::new(SrSettings::new(real.clone()));
+    let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+        orders.clone(),
+        false,
+        SuppliedSchema::new(None, SchemaType::Avro, ORDER_SCHEMA.to_string()),
+    );
+    let base = chrono::Utc::now().timestamp_millis() - 10 * 60_000;
+    let writer = support::BacklogWriter::new();
+    for i in 0..ORDERS {
+        use apache_avro::types::Value;
+        let id = format!("SO-{i:09}");
+        let created = base + i * SPACING_MS;
+        let bytes = enc
+            .encode(
+                vec![
+                    ("order_ref", Value::String(id.clone())),
+                    ("created_at", Value::Long(created)),
+                    ("event", Value::String("order.created".into())),
+                ],
+                strategy.clone(),
+            )
+            .await
+            .expect("encode an order");
+        writer.send_bytes(&orders, &id, &bytes, created);
+        let closed = created + 400;
+        writer.send(
+            &outbox,
+            &id,
+            &format!(
+                r#"{{"correlation_id":"{id}","event":"sale.order.imported","write_date":{closed}}}"#
+            ),
+            closed,
+        );
+    }
+    writer.flush();
+
+    let port = support::free_port();
+    let yaml = support::OrderImport {
+        orders: &orders,
+        outbox: &outbox,
+        out: &out,
+        // Far beyond the wait below: the waiting partition holds the clock throughout.
+        idle_partition_s: 60,
+        registry_url: Some(&via_relay),
+    }
+    .yaml(port)
+    .replacen(
+        "format: json\n    fields: { correlation_id: $.order_ref",
+        "format: avro\n    fields: { correlation_id: $.order_ref",
+        1,
+    );
+    assert!(yaml.contains("format: avro"), "{yaml}");
+    let mut svc = SynclagProcess::start(&yaml, port, "read-in-step-first");
+    // Not ready without a registry (`/readyz`): wait for the first order to wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while support::metric_sum(&metrics(&svc).await, "synclag_input_held_records", &[]) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first order waits for the registry within 60 s\n{}",
+            svc.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 8 s more without a registry: the closing input is read, the starting one waits.
+    let mut held_max = 0.0f64;
+    let mut paced_seen = 0.0f64;
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let text = metrics(&svc).await;
+        held_max = held_max.max(support::metric_sum(&text, "synclag_held_correlations", &[]));
+        paced_seen = paced_seen.max(support::metric_sum(
+            &text,
+            "synclag_input_paced_partitions",
+            &[],
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics(&svc).await;
+    assert!(
+        support::metric_sum(&text, "synclag_input_held_records", &[]) >= 1.0,
+        "the first order waits for the registry\n{}",
+        svc.log_tail()
+    );
+    assert!(
+        paced_seen >= 1.0,
+        "the closing input was held back while the clock had no reading\n{}",
+        svc.log_tail()
+    );
+    // 3 s of closing records are 600; what a fetch brings besides is not processed.
+    assert!(
+        held_max <= 2_000.0,
+        "while the starting input waited, {held_max} closing stages were processed ahead of it (of {ORDERS}, 100 s of event time)"
+    );
+
+    tokio::spawn(support::relay(relay_port, hostport.to_string()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = metrics(&svc).await;
+        if support::metric_sum(&text, "synclag_completed_total", &[]) >= ORDERS as f64
+            && support::metric_sum(&text, "synclag_input_lag_records", &[]) == 0.0
+            && support::metric_sum(&text, "synclag_input_paced_records", &[]) == 0.0
+            && support::metric_sum(&text, "synclag_input_paced_partitions", &[]) == 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "once the registry answers, every correlation completes and nothing is left waiting, within 120 s\n{}",
+            svc.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        svc.terminate().await,
+        Some(0),
+        "clean exit\n{}",
+        svc.log_tail()
+    );
+    let alerts: Vec<String> = support::topics::read_all(support::client_config(), &breaches)
+        .iter()
+        .map(support::topics::text)
+        .collect();
+    assert!(
+        alerts.is_empty(),
+        "every correlation closed on time, yet {} alerts, e.g. {:?}",
+        alerts.len(),
+        alerts.first()
+    );
+}

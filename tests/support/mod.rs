@@ -120,11 +120,16 @@ impl BacklogWriter {
 
     /// Queues `value` for `topic` under `key`, with record time `ts`.
     pub fn send(&self, topic: &str, key: &str, value: &str, ts: i64) {
+        self.send_bytes(topic, key, value.as_bytes(), ts);
+    }
+
+    /// [`send`](Self::send) for a value that is not text (e.g. Avro).
+    pub fn send_bytes(&self, topic: &str, key: &str, value: &[u8], ts: i64) {
         self.producer
             .send(
                 rdkafka::producer::BaseRecord::to(topic)
                     .key(key)
-                    .payload(value.as_bytes())
+                    .payload(value)
                     .timestamp(ts),
             )
             .unwrap_or_else(|(e, _)| panic!("queue a record for {topic}: {e}"));
