@@ -105,30 +105,6 @@ async fn topics(prefix: &str) -> (String, String, String, String) {
     (orders, outbox, out, breaches)
 }
 
-/// The registry's URL, and a URL of the same registry through a relay on a free port that
-/// accepts nothing until [`support::relay`] is started on that port with the host:port.
-struct Relayed {
-    real: String,
-    via_relay: String,
-    relay_port: u16,
-    hostport: String,
-}
-
-fn registry_behind_relay() -> Relayed {
-    let real = support::registry_url(); // http://127.0.0.1:PORT/apis/ccompat/v7
-    let (hostport, path) = real
-        .trim_start_matches("http://")
-        .split_once('/')
-        .expect("registry url has a path");
-    let relay_port = support::free_port();
-    Relayed {
-        via_relay: format!("http://127.0.0.1:{relay_port}/{path}"),
-        hostport: hostport.to_string(),
-        relay_port,
-        real,
-    }
-}
-
 /// Every breach record on `topic`: correlation id to its `kind/severity` pairs.
 async fn breaches_by_correlation(
     topic: &str,
@@ -154,12 +130,12 @@ async fn breaches_by_correlation(
 async fn input_paused_for_outputs_is_not_a_stall() {
     let (orders, outbox, out, breaches) = topics("pause").await;
     // The registry, reached through a relay that accepts nothing until it is started.
-    let Relayed {
+    let support::registry::Relayed {
         real,
         via_relay,
         relay_port,
         hostport,
-    } = registry_behind_relay();
+    } = support::registry::behind_relay();
 
     let now = chrono::Utc::now().timestamp_millis();
     let base = now - 10 * 60_000;
@@ -278,12 +254,12 @@ const LATE_MS: i64 = 2_500;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_output_wait_drops_no_fetched_input() {
     let (orders, outbox, out, breaches) = topics("hold").await;
-    let Relayed {
+    let support::registry::Relayed {
         real,
         via_relay,
         relay_port,
         hostport,
-    } = registry_behind_relay();
+    } = support::registry::behind_relay();
 
     // Both stages on one single-partition topic, in record-time order: nothing can run
     // ahead of anything.

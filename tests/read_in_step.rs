@@ -264,13 +264,12 @@ async fn before_the_clock_has_a_reading_no_partition_runs_ahead() {
 
     // The starting input is Avro: written with the registry, read by synclag through a
     // relay that does not run yet.
-    let real = support::registry_url();
-    let (hostport, path) = real
-        .trim_start_matches("http://")
-        .split_once('/')
-        .expect("registry url has a path");
-    let relay_port = support::free_port();
-    let via_relay = format!("http://127.0.0.1:{relay_port}/{path}");
+    let support::registry::Relayed {
+        real,
+        via_relay,
+        relay_port,
+        hostport,
+    } = support::registry::behind_relay();
     let enc = AvroEncoder::new(SrSettings::new(real.clone()));
     let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
         orders.clone(),
@@ -366,7 +365,7 @@ async fn before_the_clock_has_a_reading_no_partition_runs_ahead() {
         "while the starting input waited, {held_max} closing stages were processed ahead of it (of {ORDERS}, 100 s of event time)"
     );
 
-    tokio::spawn(support::relay(relay_port, hostport.to_string()));
+    tokio::spawn(support::relay(relay_port, hostport));
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let text = metrics(&svc).await;

@@ -259,8 +259,9 @@ pub struct IncidentBook {
     cfg: Config,
     open: BTreeMap<Key, Incident>,
     resolved: VecDeque<IncidentEvent>,
-    slices: HashMap<(String, String, String), Counts>,
-    totals: HashMap<(String, String), Counts>,
+    /// Looked up per outcome by borrowed names ([`SliceRef`], [`TotalRef`]).
+    slices: hashbrown::HashMap<(String, String, String), Counts>,
+    totals: hashbrown::HashMap<(String, String), Counts>,
     degraded: HashMap<(String, String, String), Degraded>,
     /// Start of the current budget minute (wall ms) and events emitted in it.
     budget: (i64, usize),
@@ -277,8 +278,8 @@ impl IncidentBook {
             cfg: cfg.clone(),
             open: BTreeMap::new(),
             resolved: VecDeque::new(),
-            slices: HashMap::new(),
-            totals: HashMap::new(),
+            slices: hashbrown::HashMap::new(),
+            totals: hashbrown::HashMap::new(),
             degraded: HashMap::new(),
             budget: (i64::MIN, 0),
             counters: Counters::default(),
@@ -298,21 +299,34 @@ impl IncidentBook {
     }
 
     /// Counts one breach or finished correlation against each of its dimension values.
-    fn count(&mut self, workflow: &str, dims: &BTreeMap<String, String>, at_ms: i64, breach: bool) {
+    fn count<'d>(
+        &mut self,
+        workflow: &str,
+        dims: impl IntoIterator<Item = (&'d str, &'d str)>,
+        at_ms: i64,
+        breach: bool,
+    ) {
         let bucket = self.bucket(at_ms);
         let (b, n) = if breach { (1, 0) } else { (0, 1) };
         for (dim, value) in dims {
-            let key = (workflow.to_string(), dim.clone(), value.clone());
             let full = self.slices.len() >= SLICES_FOLLOWED;
-            match self.slices.get_mut(&key) {
+            match self.slices.get_mut(&SliceRef(workflow, dim, value)) {
                 Some(c) => c.add(bucket, b, n),
-                None if !full => self.slices.entry(key).or_default().add(bucket, b, n),
+                None if !full => self
+                    .slices
+                    .entry((workflow.to_string(), dim.to_string(), value.to_string()))
+                    .or_default()
+                    .add(bucket, b, n),
                 None => self.counters.slices_not_followed += 1,
             }
-            self.totals
-                .entry((workflow.to_string(), dim.clone()))
-                .or_default()
-                .add(bucket, b, n);
+            match self.totals.get_mut(&TotalRef(workflow, dim)) {
+                Some(c) => c.add(bucket, b, n),
+                None => self
+                    .totals
+                    .entry((workflow.to_string(), dim.to_string()))
+                    .or_default()
+                    .add(bucket, b, n),
+            }
         }
     }
 
@@ -323,7 +337,7 @@ impl IncidentBook {
         let (b_s, n_s) = self.slices.get(key)?.sum(oldest);
         let (b_t, n_t) = self
             .totals
-            .get(&(key.0.clone(), key.1.clone()))
+            .get(&TotalRef(&key.0, &key.1))
             .map_or((0, 0), |c| c.sum(oldest));
         let (b_p, n_p) = (b_t.saturating_sub(b_s), n_t.saturating_sub(n_s));
         let point = |b: u32, n: u32| f64::from(b) / f64::from((b + n).max(1));
@@ -392,22 +406,15 @@ impl IncidentBook {
     /// `at_ms`; `on_time` when it never breached (then it counts as a trial of the slice
     /// statistics, a breach being the other kind). Counted in open incidents whose slice
     /// it is in.
-    pub fn completed(
-        &mut self,
-        workflow: &str,
-        dims: &BTreeMap<String, String>,
-        at_ms: i64,
-        on_time: bool,
-    ) {
+    pub fn completed(&mut self, workflow: &str, dims: &[(&str, &str)], at_ms: i64, on_time: bool) {
         if on_time {
-            self.count(workflow, dims, at_ms, false);
+            self.count(workflow, dims.iter().copied(), at_ms, false);
         }
         for inc in open_of(&mut self.open, workflow) {
-            let in_slice = inc
-                .key
-                .slice
-                .as_ref()
-                .is_none_or(|(d, v)| dims.get(d) == Some(v));
+            let in_slice = inc.key.slice.as_ref().is_none_or(|(d, v)| {
+                dims.iter()
+                    .any(|(k, value)| *k == d.as_str() && *value == v.as_str())
+            });
             if in_slice {
                 inc.completed += 1;
                 if at_ms >= inc.last_breach_ms {
@@ -485,7 +492,8 @@ impl IncidentBook {
         // A breached correlation is one trial (its warn breach); a correlation that never
         // arrived was breached before.
         if ev.kind == "breach" && ev.severity == "warn" {
-            self.count(&ev.workflow, &ev.dimensions, at_ms, true);
+            let dims = ev.dimensions.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            self.count(&ev.workflow, dims, at_ms, true);
         }
         // Which of its values are degraded (re-judged now), the strongest first.
         let mut slice: Option<(Slice, f64)> = None;
@@ -823,6 +831,28 @@ impl IncidentBook {
 
 /// The open incidents of `workflow` (keys sort by workflow first, so this is a range, not
 /// a scan of every open incident).
+/// A followed dimension value's key by reference: hashes and compares like the owned
+/// `(workflow, dimension, value)`.
+#[derive(Hash)]
+struct SliceRef<'a>(&'a str, &'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String, String)> for SliceRef<'_> {
+    fn equivalent(&self, key: &(String, String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
+/// A dimension's key by reference: hashes and compares like the owned
+/// `(workflow, dimension)`.
+#[derive(Hash)]
+struct TotalRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for TotalRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 fn open_of<'a>(
     open: &'a mut BTreeMap<Key, Incident>,
     workflow: &'a str,

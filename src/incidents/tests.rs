@@ -51,7 +51,7 @@ fn dims(carrier: &str) -> BTreeMap<String, String> {
 fn traffic(book: &mut IncidentBook, at_ms: i64, per_carrier: u32) {
     for c in ["DHL", "UPS", "DPD", "GLS"] {
         for _ in 0..per_carrier {
-            book.completed("shipment_status", &dims(c), at_ms, true);
+            book.completed("shipment_status", &[("carrier", c)], at_ms, true);
         }
     }
 }
@@ -165,7 +165,7 @@ fn updates_are_throttled_and_resolution_needs_quiet_and_completions() {
     let mut late = breach(1, "DHL", "a", "warn");
     late.kind = "resolved".into();
     book.observe(&late, 31_000);
-    book.completed("shipment_status", &dims("DHL"), 31_000, false);
+    book.completed("shipment_status", &[("carrier", "DHL")], 31_000, false);
     let done = tick(&mut book, 31_000, 91_000);
     assert_eq!(done.len(), 1, "{done:#?}");
     assert_eq!(done[0].kind, "resolved");

@@ -176,7 +176,8 @@ pub struct Outcomes {
     partner_delay: Bounded<i64>,
     /// Held outcomes per lane: one per engine, each released by its own clock
     /// ([`DIRECT`], or with `store.repartition` one per owned stages partition).
-    held: BTreeMap<i32, HeldQueue<Outcome>>,
+    /// Boxed: a release moves each item several times (queue, due run, engine order).
+    held: BTreeMap<i32, HeldQueue<Box<Outcome>>>,
     /// What `held` holds per correlation that durable state must know of, kept as outcomes
     /// are held and released: a state cut asks every tick, and a scan of everything held
     /// cost more than the rest of the cut.
@@ -191,7 +192,7 @@ pub struct Outcomes {
     lag_histograms: std::cell::RefCell<LagHistograms>,
     /// Counter handles of the outcome path.
     counters: WorkflowCounters,
-    label_hasher: std::collections::hash_map::RandomState,
+    label_hasher: hashbrown::DefaultHashBuilder,
     /// Breaches grouped into incidents.
     incidents: IncidentBook,
     /// Signals of breached correlations per dimension value (cause evidence).
@@ -261,7 +262,7 @@ impl Outcomes {
             lag_labels: std::cell::RefCell::new(LabelCap::new(LAG_LABEL_COMBINATIONS)),
             lag_histograms: std::cell::RefCell::new(LagHistograms::default()),
             counters: WorkflowCounters::new(&topology),
-            label_hasher: std::collections::hash_map::RandomState::new(),
+            label_hasher: hashbrown::DefaultHashBuilder::default(),
             incidents: IncidentBook::new(&topology.incidents),
             slice_signals: SliceSignals::new(SLICE_SIGNAL_VALUES),
             late_segments: VecDeque::new(),
@@ -412,7 +413,7 @@ impl Outcomes {
                 Held {
                     release_at,
                     generation,
-                    item: o,
+                    item: Box::new(o),
                 },
             );
         }
@@ -466,7 +467,7 @@ impl Outcomes {
         }
         for h in due_items {
             self.mark_held(&h.item, false);
-            let o = &h.item;
+            let o: &Outcome = &h.item;
             if let Some(ended) = &mut self.ended {
                 if o.is_terminal() || matches!(o.kind, OutcomeKind::LateArrival { .. }) {
                     ended.push((o.info.workflow, o.info.correlation_id.clone()));
@@ -558,10 +559,12 @@ impl Outcomes {
                 ..
             } => {
                 let on_time = self.open_breaches.get(&key).is_none();
-                // Built once: the incident book and (when it resolves a breach) the event.
-                let dims = self.dims(o);
+                // Shown (masked) values borrowed for the incident book; a map of them is
+                // built only when the completion resolves a breach, for its event.
+                let shown = self.shown_pairs(o);
+                let pairs: Vec<(&str, &str)> = shown.iter().map(|(k, v)| (*k, &**v)).collect();
                 self.incidents
-                    .completed(&o.info.workflow_name, &dims, *at_ms, on_time);
+                    .completed(&o.info.workflow_name, &pairs, *at_ms, on_time);
                 let last = self.topology.workflows[wf].stages.len() - 1;
                 self.counters.stage_event(wf, last);
                 self.counters.completed(wf);
@@ -600,18 +603,23 @@ impl Outcomes {
                         self.late_segments.pop_front();
                     }
                 }
-                Some(self.event(
-                    o,
-                    ctx,
-                    "resolved",
-                    "info",
-                    Some(last),
-                    None,
-                    None,
-                    *end_to_end_ms,
-                    Some(decomposition),
-                    dims,
-                ))
+                Some(
+                    self.event(
+                        o,
+                        ctx,
+                        "resolved",
+                        "info",
+                        Some(last),
+                        None,
+                        None,
+                        *end_to_end_ms,
+                        Some(decomposition),
+                        pairs
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
+                )
             }
             OutcomeKind::Breach {
                 tier,
@@ -941,20 +949,37 @@ impl Outcomes {
         self.shown_dims(o.info.dimensions.iter().map(|(k, v)| (&**k, &**v)))
     }
 
+    /// [`dims`](Self::dims) without copying what is not masked.
+    fn shown_pairs<'o>(&self, o: &'o Outcome) -> Vec<(&'o str, std::borrow::Cow<'o, str>)> {
+        o.info
+            .dimensions
+            .iter()
+            .map(|(k, v)| (&**k, self.shown_value(k, v)))
+            .collect()
+    }
+
+    /// A dimension value as shown: masked when its dimension is configured so.
+    fn shown_value<'v>(&self, dimension: &str, value: &'v str) -> std::borrow::Cow<'v, str> {
+        if self
+            .topology
+            .masking
+            .dimensions
+            .iter()
+            .any(|d| d == dimension)
+        {
+            std::borrow::Cow::Owned(self.masker.mask(value))
+        } else {
+            std::borrow::Cow::Borrowed(value)
+        }
+    }
+
     /// Dimension values as events, labels and the API show them: masked when configured.
     pub fn shown_dims<'a>(
         &self,
         dims: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> BTreeMap<String, String> {
         dims.into_iter()
-            .map(|(k, v)| {
-                let value = if self.topology.masking.dimensions.iter().any(|d| d == k) {
-                    self.masker.mask(v)
-                } else {
-                    v.to_string()
-                };
-                (k.to_string(), value)
-            })
+            .map(|(k, v)| (k.to_string(), self.shown_value(k, v).into_owned()))
             .collect()
     }
 

@@ -121,15 +121,15 @@ impl WorkflowCounters {
 /// holds at most as many entries as that cap (`synclag_lag_label_overflow_total` counts the
 /// others, which are looked up each time as before).
 pub struct LagHistograms {
-    by_key: HashMap<u64, Histogram>,
-    hasher: std::collections::hash_map::RandomState,
+    by_key: hashbrown::HashMap<u64, Histogram>,
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Default for LagHistograms {
     fn default() -> Self {
         LagHistograms {
-            by_key: HashMap::new(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            by_key: hashbrown::HashMap::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
 }

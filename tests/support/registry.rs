@@ -159,3 +159,30 @@ fn http_get_status(port: u16, path: &str) -> Option<u16> {
     BufReader::new(stream).read_line(&mut status_line).ok()?;
     status_line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// The registry's URL, and a URL of the same registry through a relay on a free port that
+/// accepts nothing until `support::relay` is started on that port with `hostport`.
+#[allow(dead_code)] // not every test binary relays
+pub struct Relayed {
+    pub real: String,
+    pub via_relay: String,
+    pub relay_port: u16,
+    pub hostport: String,
+}
+
+/// The registry behind a relay that does not run yet (see [`Relayed`]).
+#[allow(dead_code)] // not every test binary relays
+pub fn behind_relay() -> Relayed {
+    let real = registry_url(); // http://127.0.0.1:PORT/apis/ccompat/v7
+    let (hostport, path) = real
+        .trim_start_matches("http://")
+        .split_once('/')
+        .expect("registry url has a path");
+    let relay_port = super::free_port();
+    Relayed {
+        via_relay: format!("http://127.0.0.1:{relay_port}/{path}"),
+        hostport: hostport.to_string(),
+        relay_port,
+        real,
+    }
+}
