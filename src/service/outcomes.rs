@@ -118,8 +118,12 @@ pub const DIRECT: i32 = -1;
 /// A map that forgets its oldest entries beyond a capacity, counting what it forgets.
 #[derive(Debug)]
 struct Bounded<V> {
-    map: hashbrown::HashMap<Key, V>,
-    order: VecDeque<Key>,
+    /// Each entry with the number its key was (last) inserted under.
+    map: hashbrown::HashMap<Key, (V, u64)>,
+    /// Keys in insertion order with that number: an entry removed and inserted again
+    /// leaves a stale one behind, which must not take the new entry with it.
+    order: VecDeque<(Key, u64)>,
+    next: u64,
     capacity: usize,
     forgotten: u64,
 }
@@ -129,35 +133,44 @@ impl<V> Bounded<V> {
         Bounded {
             map: hashbrown::HashMap::new(),
             order: VecDeque::new(),
+            next: 0,
             capacity: capacity.max(1),
             forgotten: 0,
         }
     }
 
     fn insert(&mut self, key: Key, value: V) {
-        if self.map.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
+        if let Some((v, _)) = self.map.get_mut(&key) {
+            *v = value;
+        } else {
+            let n = self.next;
+            self.next += 1;
+            self.map.insert(key.clone(), (value, n));
+            self.order.push_back((key, n));
         }
-        // The order queue may hold keys already removed; skip those when trimming.
+        // The order queue may hold keys already removed (or removed and inserted again
+        // since); skip those when trimming.
         while self.map.len() > self.capacity || self.order.len() > 2 * self.capacity {
-            let Some(old) = self.order.pop_front() else {
+            let Some((old, n)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.len() > self.capacity && self.map.remove(&old).is_some() {
+            let current = self.map.get(&old).is_some_and(|(_, m)| *m == n);
+            if current && self.map.len() > self.capacity {
+                self.map.remove(&old);
                 self.forgotten += 1;
             }
         }
     }
 
     fn get<Q: std::hash::Hash + hashbrown::Equivalent<Key> + ?Sized>(&self, key: &Q) -> Option<&V> {
-        self.map.get(key)
+        self.map.get(key).map(|(v, _)| v)
     }
 
     fn remove<Q: std::hash::Hash + hashbrown::Equivalent<Key> + ?Sized>(
         &mut self,
         key: &Q,
     ) -> Option<V> {
-        self.map.remove(key)
+        self.map.remove(key).map(|(v, _)| v)
     }
 
     fn len(&self) -> usize {
@@ -1209,5 +1222,22 @@ workflows:
         assert_eq!(b.forgotten, 4);
         assert_eq!(b.get(&(0, Box::from([4u8].as_slice()))), Some(&4));
         assert!(b.order.len() <= 4);
+    }
+
+    #[test]
+    fn bounded_map_forgets_the_oldest_entry_not_one_inserted_again() {
+        let key = |i: u8| -> Key { (0, Box::from([i].as_slice())) };
+        let mut b: Bounded<i64> = Bounded::new(2);
+        b.insert(key(1), 1);
+        b.insert(key(2), 2);
+        // 1 leaves and comes back: it is now the newest.
+        b.remove(&key(1));
+        b.insert(key(1), 10);
+        // Over the capacity: the oldest entry is 2, not 1.
+        b.insert(key(3), 3);
+        assert_eq!(b.forgotten, 1);
+        assert_eq!(b.get(&key(1)), Some(&10), "the entry inserted again stays");
+        assert_eq!(b.get(&key(2)), None, "the oldest goes");
+        assert_eq!(b.get(&key(3)), Some(&3));
     }
 }
