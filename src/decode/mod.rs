@@ -22,7 +22,6 @@ use crate::config::{EventTimePolicy, Format, Stream, Topology};
 use crate::telemetry::names;
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 /// A Kafka record as the decoder needs it, independent of the client library.
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +110,7 @@ pub const REASONS: &[&str] = &[
 /// Decodes records of every configured stream.
 pub struct Decoder {
     streams: Vec<Stream>,
-    by_topic: HashMap<String, usize>,
+    by_topic: hashbrown::HashMap<String, usize>,
     /// Per stream: how its payload paths are scanned (plain JSON streams; the others, and
     /// a stream with too many paths, go through the parsed document).
     plans: Vec<Option<scan::Plan>>,

@@ -55,12 +55,15 @@ impl Busy {
         }
     }
 
-    /// `activity` took from `since` until now.
-    pub(super) fn spent(&mut self, activity: Activity, since: Instant) {
-        let d = since.elapsed();
+    /// `activity` took from `since` until now, which is returned (one clock reading less
+    /// for what follows).
+    pub(super) fn spent(&mut self, activity: Activity, since: Instant) -> Instant {
+        let now = Instant::now();
+        let d = now.saturating_duration_since(since);
         let i = activity as usize;
         self.window[i] += d;
         self.total[i] += d;
+        now
     }
 
     /// Sets the gauges to the shares of the window that ends `now` and starts the next.

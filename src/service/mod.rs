@@ -16,6 +16,7 @@
 mod batches;
 mod busy;
 mod held;
+mod late;
 pub mod outcomes;
 mod records;
 mod routed;
@@ -545,7 +546,7 @@ async fn run_pipeline(
             // While outputs hold input back (and not yet for long), the clock, the
             // timers and the check for outputs moving again run at the records' pace.
             _ = tokio::time::sleep(CLOCK_EVERY), if p.holding_input() => {
-                if let Some(t) = p.advance_clock_when_due(&consumer) {
+                if let Some(t) = p.advance_clock_when_due(Instant::now(), &consumer) {
                     busy.spent(busy::Activity::Tick, t);
                 }
             }
@@ -553,12 +554,12 @@ async fn run_pipeline(
                 Ok(m) => {
                     let t = Instant::now();
                     p.on_message(&m, &consumer).await;
-                    busy.spent(busy::Activity::Records, t);
+                    let now = busy.spent(busy::Activity::Records, t);
                     // While a backlog is read the clock follows the records: advanced
                     // only at the tick, every partition that ran ahead would wait there
                     // for the slowest one to be read, and reading would go at the pace
                     // of the tick rather than of the records.
-                    if let Some(t) = p.advance_clock_when_due(&consumer) {
+                    if let Some(t) = p.advance_clock_when_due(now, &consumer) {
                         busy.spent(busy::Activity::Tick, t);
                     }
                 }
@@ -929,16 +930,17 @@ impl Pipeline {
         }
     }
 
-    /// Between ticks: advances the clock once [`CLOCK_EVERY`] has passed since it last
-    /// was here; returns when it started, if it did.
+    /// Between ticks: advances the clock once [`CLOCK_EVERY`] has passed, at `now`, since
+    /// it last was here; returns `now` if it did (when the work started).
     fn advance_clock_when_due(
         &mut self,
+        now: Instant,
         consumer: &StreamConsumer<IngestContext>,
     ) -> Option<Instant> {
-        if self.last_clock.elapsed() < CLOCK_EVERY {
+        if now.saturating_duration_since(self.last_clock) < CLOCK_EVERY {
             return None;
         }
-        self.last_clock = Instant::now();
+        self.last_clock = now;
         self.advance_clock(consumer);
         Some(self.last_clock)
     }

@@ -11,6 +11,7 @@
 //! Pure apart from metrics: no Kafka, no wall clock (times are passed in).
 
 use super::held::{Held, HeldQueue};
+use super::late::{LateSegments, Split};
 use super::trend::Trend;
 use crate::config::{LagSegment, Topology};
 use crate::correlate::{
@@ -210,15 +211,16 @@ pub struct Outcomes {
     incidents: IncidentBook,
     /// Signals of breached correlations per dimension value (cause evidence).
     slice_signals: SliceSignals,
-    /// (workflow, time, dominant segment) of recent late completions (resolved breaches):
-    /// evidence for pending breaches whose own measured segments explain little.
-    late_segments: VecDeque<(usize, i64, LagSegment)>,
+    /// Dominant segments of recent late completions (resolved breaches), by workflow and
+    /// time: evidence for pending breaches whose own measured segments explain little.
+    late_segments: LateSegments,
     /// Keys whose terminal outcome (or a late arrival) was released since the last
     /// [`take_ended`](Self::take_ended), when durable state asks for them.
     ended: Option<Vec<(usize, CorrelationId)>>,
 }
 
-/// Late completions whose dominant segment is remembered (cause evidence).
+/// Late completions whose dominant segment is remembered (cause evidence): the latest
+/// by time.
 const LATE_SEGMENTS_KEPT: usize = 1_000;
 /// Late completions a segment must have dominated, and its share of them, to be evidence
 /// for a pending breach of the same workflow.
@@ -278,7 +280,7 @@ impl Outcomes {
             label_hasher: hashbrown::DefaultHashBuilder::default(),
             incidents: IncidentBook::new(&topology.incidents),
             slice_signals: SliceSignals::new(SLICE_SIGNAL_VALUES),
-            late_segments: VecDeque::new(),
+            late_segments: LateSegments::new(LATE_SEGMENTS_KEPT),
             ended: None,
             topology,
         }
@@ -611,10 +613,7 @@ impl Outcomes {
                     decomposition.middleware_erp_ms,
                     decomposition.outbox_cdc_ms,
                 ) {
-                    self.late_segments.push_back((wf, *at_ms, seg));
-                    while self.late_segments.len() > LATE_SEGMENTS_KEPT {
-                        self.late_segments.pop_front();
-                    }
+                    self.late_segments.push(wf, *at_ms, seg);
                 }
                 Some(
                     self.event(
@@ -903,33 +902,11 @@ impl Outcomes {
         let since = at_ms.saturating_sub(
             i64::try_from(self.topology.incidents.slice_window.as_millis()).unwrap_or(i64::MAX),
         );
-        // Counted per segment in the order of their names, so a tie goes to the same
-        // segment as it always did (the last of the largest).
-        const BY_NAME: [LagSegment; 3] = [
-            LagSegment::MiddlewareErp,
-            LagSegment::OutboxCdc,
-            LagSegment::PartnerIngestion,
-        ];
-        let slot = |seg: LagSegment| match seg {
-            LagSegment::MiddlewareErp => 0,
-            LagSegment::OutboxCdc => 1,
-            LagSegment::PartnerIngestion => 2,
-        };
-        let mut counts = [0usize; 3];
-        let mut total = 0usize;
-        for (_, _, seg) in self
-            .late_segments
-            .iter()
-            .filter(|(w, t, _)| *w == workflow && *t >= since && *t <= at_ms)
-        {
-            total += 1;
-            counts[slot(*seg)] += 1;
-        }
-        let (seg, n) = BY_NAME
-            .into_iter()
-            .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .max_by_key(|(_, n)| *n)?;
+        let Split {
+            segment: seg,
+            dominated: n,
+            total,
+        } = self.late_segments.split(workflow, since, at_ms)?;
         (n >= LATE_SEGMENT_MIN && n as f64 >= LATE_SEGMENT_SHARE * total as f64).then(|| {
             (
                 seg,

@@ -20,7 +20,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a decode may wait for the registry on the pipeline task before the record is
 /// held and retried off it.
@@ -158,7 +158,7 @@ impl Pipeline {
                     break;
                 };
                 self.take(pid, &record, || record.clone(), consumer).await;
-                self.advance_clock_when_due(consumer);
+                self.advance_clock_when_due(Instant::now(), consumer);
             }
         }
     }

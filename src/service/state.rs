@@ -44,7 +44,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::outcomes::{HeldMarks, Outcomes};
+use super::outcomes::{HeldMarks, KeyRef, Outcomes};
 
 /// Why durable state could not be prepared or restored. synclag does not start without
 /// its state: running on a partial one would raise false alerts.
@@ -123,7 +123,8 @@ impl Default for FinishedBatch {
 /// The durable side of the pipeline (see the module docs).
 pub struct DurableState {
     topic: Arc<str>,
-    workflows: Vec<String>,
+    /// Workflow names by index (shared: a cut borrows them while it changes the rest).
+    workflows: Arc<[String]>,
     windows_ms: Vec<i64>,
     cuts: VecDeque<Cut>,
     /// Finished records and batches written, oldest first.
@@ -132,7 +133,7 @@ pub struct DurableState {
     marker_ends: usize,
     marker_cap: usize,
     /// Keys whose pending image stands in the changelog: deleted when they end.
-    imaged: HashSet<Key>,
+    imaged: hashbrown::HashSet<Key>,
     /// This process's part of finished batch keys, and the next batch's sequence.
     writer: u64,
     batch_seq: u64,
@@ -140,15 +141,15 @@ pub struct DurableState {
     images: Vec<PendingImage>,
     /// Keys whose last image left out a tier whose breach was still held back: written
     /// again once it is out, or a restart would raise it a second time.
-    stripped: HashSet<Key>,
+    stripped: hashbrown::HashSet<Key>,
     /// Breached correlations whose closing stage the engine counted, as they stood before
     /// it (marked as counted), with the tiers last written for them: kept while their
     /// `resolved` announcement waits for the clock (see `Engine::take_closed_images`).
-    closed: HashMap<Key, (PendingImage, Option<u8>)>,
+    closed: hashbrown::HashMap<Key, (PendingImage, Option<u8>)>,
     /// Ends written while their outcome was still held back for the clock: their release
     /// lists them again, and the image they would write is the one already written (a
     /// late arrival after the end is released on its own, and written then).
-    ends_written: HashSet<Key>,
+    ends_written: hashbrown::HashSet<Key>,
     /// The changelog's partition count, once read (records are placed by
     /// `route::partition_of`, see [`StateBatch::partitions`]).
     partition_count: i32,
@@ -168,14 +169,14 @@ impl DurableState {
             markers: VecDeque::new(),
             marker_ends: 0,
             marker_cap: topology.store.recent_finished.max(1),
-            imaged: HashSet::new(),
+            imaged: hashbrown::HashSet::new(),
             writer: rand::random(),
             batch_seq: 0,
             ended: Vec::new(),
             images: Vec::new(),
-            stripped: HashSet::new(),
-            closed: HashMap::new(),
-            ends_written: HashSet::new(),
+            stripped: hashbrown::HashSet::new(),
+            closed: hashbrown::HashMap::new(),
+            ends_written: hashbrown::HashSet::new(),
             partition_count: 0,
         }
     }
@@ -658,9 +659,8 @@ impl DurableState {
         // first listing of a key only; a late arrival released after it writes again).
         if !self.ends_written.is_empty() {
             let written = &mut self.ends_written;
-            self.ended.retain(|(workflow, id)| {
-                !written.remove(&(*workflow, Box::<[u8]>::from(id.as_bytes())))
-            });
+            self.ended
+                .retain(|(workflow, id)| !written.remove(&KeyRef(*workflow, id.as_bytes())));
         }
         // Ends the engine has counted (lags included) while their outcome waits for the
         // clock: the image says so, or a restart on offsets held back behind them would
@@ -701,9 +701,10 @@ impl DurableState {
         // latest deletion time among them).
         let mut batches: std::collections::BTreeMap<(usize, i32), FinishedBatch> =
             Default::default();
+        let workflows = Arc::clone(&self.workflows);
         for (workflow, id) in std::mem::take(&mut self.ended) {
-            let name = self.name(workflow).to_string();
-            let engine = engine_for_key(engines, &name, id.as_bytes(), self.partition_count);
+            let name = workflows.get(workflow).map_or("", String::as_str);
+            let engine = engine_for_key(engines, name, id.as_bytes(), self.partition_count);
             // None: its partition was revoked; its new owner has its state.
             let Some(f) = engine.and_then(|e| e.finished_image(workflow, id.as_bytes())) else {
                 continue;
@@ -712,8 +713,7 @@ impl DurableState {
             if self.partition_count <= 0 {
                 // The partitions are not known (no restore ran): a record per key.
                 let (key, value) = self.image_record(Image::Finished(f));
-                self.imaged
-                    .remove(&(workflow, Box::<[u8]>::from(id.as_bytes())));
+                self.imaged.remove(&KeyRef(workflow, id.as_bytes()));
                 self.markers.push_back(Marker {
                     at: delete_at,
                     key: key.clone(),
@@ -725,15 +725,12 @@ impl DurableState {
                 finished += 1;
                 continue;
             }
-            let key = durable::encode_key(&name, id.as_bytes());
+            let key = durable::encode_key(name, id.as_bytes());
             let partition = crate::route::partition_of(&key, self.partition_count);
             let batch = batches.entry((workflow, partition)).or_default();
             batch.delete_at = batch.delete_at.max(delete_at);
             batch.images.push(f);
-            if self
-                .imaged
-                .remove(&(workflow, Box::<[u8]>::from(id.as_bytes())))
-            {
+            if self.imaged.remove(&KeyRef(workflow, id.as_bytes())) {
                 batch.imaged.push(key);
             }
         }
