@@ -10,7 +10,6 @@ mod support;
 
 use std::time::Duration;
 use support::SynclagProcess;
-use synclag::emit::events::BreachEvent;
 
 /// Correlations that breach and stay open meanwhile.
 const OPEN: u64 = 999;
@@ -100,39 +99,10 @@ async fn an_id_used_again_breaches_and_resolves_once_in_each_life() {
     }
     // Every open correlation ends (never arrived) at its start + 10 s: by then every
     // event is out.
-    support::wait_until_async(
-        Duration::from_secs(120),
-        "every never-closed correlation ended and every output was acknowledged",
-        || async {
-            let text = svc.get_text("/metrics").await.unwrap_or_default();
-            support::metric_sum(&text, "synclag_never_arrived_total", &[]) >= (OPEN + 1) as f64
-                && support::metric_sum(&text, "synclag_output_unacknowledged_records", &[]) == 0.0
-        },
-    )
-    .await;
-    assert_eq!(
-        svc.terminate().await,
-        Some(0),
-        "clean exit\n{}",
-        svc.log_tail()
-    );
+    svc.stop_when_drained((OPEN + 1) as f64, &[], Duration::from_secs(120))
+        .await;
 
-    let events: Vec<BreachEvent> = support::topics::read_all(support::client_config(), &breaches)
-        .iter()
-        .map(|m| {
-            let text = support::topics::text(m);
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("a breach record is a breach event: {e}: {text}"))
-        })
-        .collect();
-    let of_again = |started: i64, kind: &str| {
-        events
-            .iter()
-            .filter(|e| {
-                e.correlation_id == again && e.started_at_ms == base + started && e.kind == kind
-            })
-            .count()
-    };
+    let events = support::topics::breach_events(&breaches);
     let again_events: Vec<String> = events
         .iter()
         .filter(|e| e.correlation_id == again || e.correlation_id == "SO-FILLER")
@@ -147,6 +117,14 @@ async fn an_id_used_again_breaches_and_resolves_once_in_each_life() {
             )
         })
         .collect();
+    let of_again = |started: i64, kind: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e.correlation_id == again && e.started_at_ms == base + started && e.kind == kind
+            })
+            .count()
+    };
     for (life, started) in [("first", 0), ("second", 7_200)] {
         assert_eq!(
             of_again(started, "breach"),

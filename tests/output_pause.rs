@@ -181,24 +181,15 @@ async fn input_paused_for_outputs_is_not_a_stall() {
     // is delivered.
     tokio::spawn(support::relay(relay_port, hostport));
     let never = NEVER_CLOSED as f64;
-    support::wait_until_async(
+    svc.stop_when_drained(
+        never,
+        &[
+            "synclag_input_paused_for_output",
+            "synclag_output_queued_records",
+        ],
         Duration::from_secs(180),
-        "every never-closed correlation ended and every output was acknowledged",
-        || async {
-            let text = metrics(&svc).await;
-            support::metric_sum(&text, "synclag_never_arrived_total", &[]) >= never
-                && support::metric_sum(&text, "synclag_input_paused_for_output", &[]) == 0.0
-                && support::metric_sum(&text, "synclag_output_unacknowledged_records", &[]) == 0.0
-                && support::metric_sum(&text, "synclag_output_queued_records", &[]) == 0.0
-        },
     )
     .await;
-    assert_eq!(
-        svc.terminate().await,
-        Some(0),
-        "clean exit\n{}",
-        svc.log_tail()
-    );
 
     let seen = breaches_by_correlation(&breaches, &real).await;
     let mut invented = Vec::new();

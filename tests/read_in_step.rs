@@ -23,7 +23,6 @@ use rdkafka::consumer::Consumer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use support::SynclagProcess;
-use synclag::emit::events::BreachEvent;
 
 const CORRELATIONS: u64 = 6_000;
 /// Event time between two starts: the backlog spans 30 s.
@@ -197,10 +196,7 @@ async fn a_partition_running_ahead_is_paused_without_losing_or_inventing_an_aler
 
     // Each alert once: (correlation, kind/severity) → count.
     let mut seen: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for m in support::topics::read_all(support::client_config(), &breaches) {
-        let text = support::topics::text(&m);
-        let ev: BreachEvent = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("a breach record is a breach event: {e}: {text}"));
+    for ev in support::topics::breach_events(&breaches) {
         if ev.kind == "breach" || ev.kind == "never_arrived" {
             *seen
                 .entry(ev.correlation_id)

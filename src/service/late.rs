@@ -70,6 +70,23 @@ pub struct Split {
     pub total: usize,
 }
 
+impl Split {
+    /// The split of completions counted per [`slot`]; `None` when there are none.
+    fn of(counts: [usize; 3]) -> Option<Split> {
+        let total = counts.iter().sum();
+        let (segment, dominated) = BY_NAME
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .max_by_key(|(_, n)| *n)?;
+        Some(Split {
+            segment,
+            dominated,
+            total,
+        })
+    }
+}
+
 impl LateSegments {
     pub fn new(kept: usize) -> LateSegments {
         LateSegments {
@@ -142,20 +159,9 @@ impl LateSegments {
             return None;
         }
         let (upto, before) = (column.running_before(hi), column.running_before(lo));
-        let counts: [usize; 3] = std::array::from_fn(|k| {
+        Split::of(std::array::from_fn(|k| {
             usize::try_from(upto[k].saturating_sub(before[k])).unwrap_or(usize::MAX)
-        });
-        let total = counts.iter().sum();
-        let (segment, dominated) = BY_NAME
-            .into_iter()
-            .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .max_by_key(|(_, n)| *n)?;
-        Some(Split {
-            segment,
-            dominated,
-            total,
-        })
+        }))
     }
 
     /// Completions remembered, over all workflows.
@@ -170,7 +176,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The split as first written: one list of every workflow's completions, filtered.
+    /// The count as first written: one list of every workflow's completions, filtered.
     fn model(
         all: &[(usize, i64, LagSegment)],
         workflow: usize,
@@ -178,24 +184,13 @@ mod tests {
         until: i64,
     ) -> Option<Split> {
         let mut counts = [0usize; 3];
-        let mut total = 0;
         for (_, _, seg) in all
             .iter()
             .filter(|(w, t, _)| *w == workflow && *t >= since && *t <= until)
         {
-            total += 1;
             counts[slot(*seg)] += 1;
         }
-        let (segment, dominated) = BY_NAME
-            .into_iter()
-            .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .max_by_key(|(_, n)| *n)?;
-        Some(Split {
-            segment,
-            dominated,
-            total,
-        })
+        Split::of(counts)
     }
 
     fn segment(i: u8) -> LagSegment {

@@ -147,6 +147,39 @@ impl SynclagProcess {
     }
 }
 
+impl SynclagProcess {
+    /// Waits (at most `timeout`) until `never_arrived` correlations ended as never
+    /// arrived and every output was acknowledged, each gauge of `idle` being 0 too, then
+    /// stops the service and asserts a clean exit: every event of the run is written.
+    #[allow(dead_code)] // not every test binary ends a run this way
+    pub async fn stop_when_drained(
+        &mut self,
+        never_arrived: f64,
+        idle: &[&str],
+        timeout: Duration,
+    ) {
+        super::wait_until_async(
+            timeout,
+            "every never-closed correlation ended and every output was acknowledged",
+            || async {
+                let text = self.get_text("/metrics").await.unwrap_or_default();
+                super::metric_sum(&text, "synclag_never_arrived_total", &[]) >= never_arrived
+                    && ["synclag_output_unacknowledged_records"]
+                        .iter()
+                        .chain(idle)
+                        .all(|g| super::metric_sum(&text, g, &[]) == 0.0)
+            },
+        )
+        .await;
+        assert_eq!(
+            self.terminate().await,
+            Some(0),
+            "clean exit\n{}",
+            self.log_tail()
+        );
+    }
+}
+
 impl Drop for SynclagProcess {
     fn drop(&mut self) {
         self.kill();

@@ -74,6 +74,19 @@ pub fn read_all(mut config: ClientConfig, topic: &str) -> Vec<OwnedMessage> {
     out
 }
 
+/// Every committed record of the JSON breach topic `topic`, as breach events.
+#[allow(dead_code)] // not every test binary reads breach events
+pub fn breach_events(topic: &str) -> Vec<synclag::emit::events::BreachEvent> {
+    read_all(super::client_config(), topic)
+        .iter()
+        .map(|m| {
+            let text = text(m);
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("a breach record is a breach event: {e}: {text}"))
+        })
+        .collect()
+}
+
 /// The payload of `m` as text (lossy).
 pub fn text(m: &OwnedMessage) -> String {
     String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
