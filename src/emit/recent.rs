@@ -10,7 +10,7 @@
 
 use super::events::{bound_text, BreachEvent, BREACH_FIELD_MAX_BYTES};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// Breach events remembered.
@@ -116,7 +116,18 @@ pub struct RecentBreaches {
     events: VecDeque<RecentBreach>,
     /// Remembered events not closed yet, per (workflow, correlation id): a closing event
     /// of a correlation without one (most completions) costs a lookup, not a scan.
-    open: HashMap<(String, String), usize>,
+    open: hashbrown::HashMap<(String, String), usize>,
+}
+
+/// A (workflow, correlation id) key of [`RecentBreaches`] by reference: hashes and
+/// compares like the owned pair, so the key is copied only when a breach is first open.
+#[derive(Hash)]
+struct PairRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for PairRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
 }
 
 impl Default for RecentBreaches {
@@ -130,7 +141,7 @@ impl RecentBreaches {
         RecentBreaches {
             capacity: capacity.max(1),
             events: VecDeque::new(),
-            open: HashMap::new(),
+            open: hashbrown::HashMap::new(),
         }
     }
 
@@ -143,9 +154,9 @@ impl RecentBreaches {
                 if self.events.len() == self.capacity {
                     if let Some(old) = self.events.pop_front() {
                         if old.closed_by.is_none() {
-                            self.forget_open(&(
-                                old.event.workflow.clone(),
-                                old.event.correlation_id.clone(),
+                            self.forget_open(&PairRef(
+                                &old.event.workflow,
+                                &old.event.correlation_id,
                             ));
                         }
                     }
@@ -155,10 +166,14 @@ impl RecentBreaches {
                     std::borrow::Cow::Borrowed(_) => Arc::clone(ev),
                     std::borrow::Cow::Owned(bounded) => Arc::new(bounded),
                 };
-                *self
-                    .open
-                    .entry((event.workflow.clone(), event.correlation_id.clone()))
-                    .or_default() += 1;
+                let key = PairRef(&event.workflow, &event.correlation_id);
+                match self.open.get_mut(&key) {
+                    Some(n) => *n += 1,
+                    None => {
+                        let owned = (event.workflow.clone(), event.correlation_id.clone());
+                        self.open.insert(owned, 1);
+                    }
+                }
                 self.events.push_back(RecentBreach {
                     event,
                     closed_by: None,
@@ -166,11 +181,9 @@ impl RecentBreaches {
                 });
             }
             "resolved" | "late_arrival" | "evicted" => {
-                let key = (
-                    bound_text(&ev.workflow, BREACH_FIELD_MAX_BYTES).into_owned(),
-                    bound_text(&ev.correlation_id, BREACH_FIELD_MAX_BYTES).into_owned(),
-                );
-                let Some(mut open) = self.open.remove(&key) else {
+                let workflow = bound_text(&ev.workflow, BREACH_FIELD_MAX_BYTES);
+                let id = bound_text(&ev.correlation_id, BREACH_FIELD_MAX_BYTES);
+                let Some(mut open) = self.open.remove(&PairRef(&workflow, &id)) else {
                     return;
                 };
                 // Newest first, and only as far back as the last open one of the key: a
@@ -180,8 +193,8 @@ impl RecentBreaches {
                         break;
                     }
                     if r.closed_by.is_none()
-                        && r.event.correlation_id == key.1
-                        && r.event.workflow == key.0
+                        && r.event.correlation_id == *id
+                        && r.event.workflow == *workflow
                     {
                         r.closed_by = Some(ev.kind.clone());
                         r.closed_at_ms = Some(ev.observed_at_ms);
@@ -193,7 +206,7 @@ impl RecentBreaches {
         }
     }
 
-    fn forget_open(&mut self, key: &(String, String)) {
+    fn forget_open(&mut self, key: &PairRef<'_>) {
         if let Some(n) = self.open.get_mut(key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
