@@ -4,8 +4,10 @@
 //!
 //! Asked for most pending breach events, about the completions in a time range, so each
 //! workflow's completions are kept in time order with running counts per segment: a
-//! range is counted with two binary searches, whatever the number kept. Completions come
-//! nearly in time order, so an insertion moves few entries.
+//! range is counted with two binary searches, whatever the number kept. Beyond the bound
+//! the first written is forgotten (so completions with times far ahead cannot take the
+//! memory for good). Completions come nearly in time order, so an insertion or a removal
+//! is mostly at an end and moves few entries.
 
 use crate::config::LagSegment;
 use std::collections::VecDeque;
@@ -31,6 +33,7 @@ fn slot(segment: LagSegment) -> usize {
 struct Entry {
     at_ms: i64,
     seq: u64,
+    slot: usize,
     running: [u64; 3],
 }
 
@@ -51,10 +54,11 @@ impl Column {
     }
 }
 
-/// Late completions of every workflow; beyond a bound the earliest is forgotten.
+/// Late completions of every workflow; beyond a bound the first written is forgotten.
 pub struct LateSegments {
     kept: usize,
-    len: usize,
+    /// (workflow, time, order) of every remembered completion, first written first.
+    written: VecDeque<(usize, i64, u64)>,
     next_seq: u64,
     columns: Vec<Column>,
 }
@@ -91,7 +95,7 @@ impl LateSegments {
     pub fn new(kept: usize) -> LateSegments {
         LateSegments {
             kept,
-            len: 0,
+            written: VecDeque::new(),
             next_seq: 0,
             columns: Vec::new(),
         }
@@ -118,34 +122,43 @@ impl LateSegments {
             Entry {
                 at_ms,
                 seq,
+                slot: s,
                 running,
             },
         );
         for later in column.entries.range_mut(i + 1..) {
             later.running[s] += 1;
         }
-        self.len += 1;
-        while self.len > self.kept {
-            self.forget_earliest();
+        self.written.push_back((workflow, at_ms, seq));
+        while self.written.len() > self.kept {
+            self.forget_first_written();
         }
     }
 
-    /// Forgets the earliest completion of all workflows (the first written among equals).
-    fn forget_earliest(&mut self) {
-        let earliest = self
-            .columns
-            .iter()
-            .enumerate()
-            .filter_map(|(w, c)| c.entries.front().map(|e| ((e.at_ms, e.seq), w)))
-            .min();
-        let Some((_, w)) = earliest else {
-            self.len = 0;
+    /// Forgets the completion written first, of all workflows.
+    fn forget_first_written(&mut self) {
+        let Some((w, at_ms, seq)) = self.written.pop_front() else {
             return;
         };
-        let column = &mut self.columns[w];
-        if let Some(e) = column.entries.pop_front() {
-            column.forgotten = e.running;
-            self.len -= 1;
+        let Some(column) = self.columns.get_mut(w) else {
+            return;
+        };
+        let i = column
+            .entries
+            .partition_point(|e| (e.at_ms, e.seq) < (at_ms, seq));
+        if column.entries.get(i).map(|e| e.seq) != Some(seq) {
+            return;
+        }
+        let Some(gone) = column.entries.remove(i) else {
+            return;
+        };
+        if i == 0 {
+            column.forgotten = gone.running;
+            return;
+        }
+        // From the middle: the later running counts no longer include it.
+        for later in column.entries.range_mut(i..) {
+            later.running[gone.slot] -= 1;
         }
     }
 
@@ -167,7 +180,7 @@ impl LateSegments {
     /// Completions remembered, over all workflows.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.len
+        self.written.len()
     }
 }
 
@@ -202,15 +215,15 @@ mod tests {
     }
 
     #[test]
-    fn the_earliest_completion_of_any_workflow_is_forgotten_first() {
+    fn the_first_written_completion_of_any_workflow_is_forgotten_first() {
         let mut late = LateSegments::new(3);
-        late.push(0, 30, LagSegment::MiddlewareErp);
+        // Far ahead in time, but written first: the first to go.
+        late.push(0, 1_000_000, LagSegment::OutboxCdc);
         late.push(1, 20, LagSegment::PartnerIngestion);
-        // Written last, but the earliest: the first to go.
-        late.push(0, 10, LagSegment::OutboxCdc);
+        late.push(0, 30, LagSegment::MiddlewareErp);
         late.push(1, 40, LagSegment::PartnerIngestion);
         assert_eq!(late.len(), 3);
-        // Workflow 0 lost its completion at 10, workflow 1 kept both.
+        // Workflow 0 lost its first completion, workflow 1 kept both.
         let w0 = late.split(0, i64::MIN, i64::MAX).expect("workflow 0");
         assert_eq!(
             (w0.segment, w0.dominated, w0.total),
@@ -238,17 +251,16 @@ mod tests {
             queries in prop::collection::vec((0usize..4, -60i64..60, 0i64..80), 1..20),
         ) {
             let mut late = LateSegments::new(kept);
-            // (time, order written) → completion; the earliest goes first.
-            let mut all = std::collections::BTreeMap::new();
-            for (n, (w, t, s)) in pushes.into_iter().enumerate() {
+            let mut all = VecDeque::new();
+            for (w, t, s) in pushes {
                 late.push(w, t, segment(s));
                 if kept > 0 {
-                    all.insert((t, n), (w, t, segment(s)));
+                    all.push_back((w, t, segment(s)));
                     while all.len() > kept {
-                        all.pop_first();
+                        all.pop_front();
                     }
                 }
-                let all: Vec<_> = all.values().copied().collect();
+                let all: Vec<_> = all.iter().copied().collect();
                 for (qw, since, width) in &queries {
                     prop_assert_eq!(
                         late.split(*qw, *since, since + width),

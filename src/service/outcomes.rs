@@ -219,8 +219,7 @@ pub struct Outcomes {
     ended: Option<Vec<(usize, CorrelationId)>>,
 }
 
-/// Late completions whose dominant segment is remembered (cause evidence): the latest
-/// by time.
+/// Late completions whose dominant segment is remembered (cause evidence).
 const LATE_SEGMENTS_KEPT: usize = 1_000;
 /// Late completions a segment must have dominated, and its share of them, to be evidence
 /// for a pending breach of the same workflow.
